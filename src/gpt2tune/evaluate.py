@@ -1,0 +1,93 @@
+"""Held-out loss and perplexity of a language model on documents."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gpt2tune.model import GPT2
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    """Mean next-token cross-entropy (nats) over all scored tokens."""
+    perplexity: float
+    """exp(loss)."""
+    tokens: int
+    """Number of scored tokens."""
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "perplexity": self.perplexity, "tokens": self.tokens}
+
+
+def windows(doc: list[int], context: int, stride: int) -> list[tuple[list[int], list[int]]]:
+    """Split one document into (input ids, targets) windows for scoring.
+
+    Every token after the first is predicted exactly once. A document longer than ``context`` is
+    scored with a sliding window that advances by ``stride`` tokens, so each window's scored tokens
+    see up to ``context - stride`` tokens of earlier context. Targets of context-only tokens are -100.
+    """
+    if len(doc) < 2:
+        return []
+    out = []
+    scored_to = 1  # tokens [1, scored_to) are already scored
+    begin = 0
+    while scored_to < len(doc):
+        end = min(begin + context, len(doc))
+        inp = doc[begin:end]
+        tgt = [-100] * len(inp)
+        for j in range(max(scored_to, begin + 1), end):
+            tgt[j - begin - 1] = doc[j]
+        scored_to = end
+        out.append((inp, tgt))
+        begin += stride
+        if begin + 1 >= len(doc):
+            break
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: GPT2, docs: list[list[int]], *, stride: int | None = None,
+             batch_size: int = 8, autocast_dtype: torch.dtype | None = None,
+             context: int | None = None) -> EvalResult:
+    """Mean next-token loss and perplexity over documents, each scored on its own.
+
+    Args:
+        model: the language model.
+        docs: token ids per document (append the end-of-text id to score it too).
+        stride: sliding-window step for documents longer than the context; default half of it.
+        batch_size: windows per forward pass.
+        autocast_dtype: e.g. ``torch.bfloat16``; ``None`` for float32.
+        context: window length; default the model's context.
+    """
+    context = context or model.config.n_positions
+    stride = stride or max(1, context // 2)
+    if not 0 < stride <= context:
+        raise ValueError(f"stride must be in [1, {context}], got {stride}")
+    items = [w for d in docs for w in windows(d, context, stride)]
+    items.sort(key=lambda w: len(w[0]))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    amp = (torch.autocast(device.type, dtype=autocast_dtype)
+           if autocast_dtype not in (None, torch.float32) else nullcontext())
+    with amp:
+        for b in range(0, len(items), batch_size):
+            batch = items[b:b + batch_size]
+            T = max(len(x) for x, _ in batch)
+            # right padding needs no attention mask: causal attention never looks ahead
+            inp = torch.tensor([x + [0] * (T - len(x)) for x, _ in batch], device=device)
+            tgt = torch.tensor([y + [-100] * (T - len(y)) for _, y in batch], device=device)
+            logits = model(inp).float()
+            total += F.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1),
+                                     ignore_index=-100, reduction="sum").item()
+            count += int((tgt != -100).sum())
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return EvalResult(loss=loss, perplexity=math.exp(min(loss, 700.0)), tokens=count)
