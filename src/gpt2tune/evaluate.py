@@ -28,26 +28,25 @@ class EvalResult:
 def windows(doc: list[int], context: int, stride: int) -> list[tuple[list[int], list[int]]]:
     """Split one document into (input ids, targets) windows for scoring.
 
-    Every token after the first is predicted exactly once. A document longer than ``context`` is
-    scored with a sliding window that advances by ``stride`` tokens, so each window's scored tokens
-    see up to ``context - stride`` tokens of earlier context. Targets of context-only tokens are -100.
+    Every token after the first is predicted exactly once. The first window scores up to
+    ``context - 1`` tokens; each later one scores the next ``stride`` tokens (fewer at the end) and
+    fills the rest of its ``context`` with the tokens just before them, so a scored token sees at
+    least ``context - stride`` tokens of earlier context. Targets of context-only tokens are -100.
     """
-    if len(doc) < 2:
-        return []
     out = []
-    scored_to = 1  # tokens [1, scored_to) are already scored
-    begin = 0
+    scored_to = 1  # tokens [1, scored_to) are scored
     while scored_to < len(doc):
-        end = min(begin + context, len(doc))
+        if scored_to == 1:
+            end = min(context, len(doc))
+        else:
+            end = min(scored_to + stride, len(doc), scored_to - 1 + context)
+        begin = max(0, end - context)
         inp = doc[begin:end]
         tgt = [-100] * len(inp)
-        for j in range(max(scored_to, begin + 1), end):
-            tgt[j - begin - 1] = doc[j]
-        scored_to = end
+        for j in range(scored_to, end):
+            tgt[j - begin - 1] = doc[j]  # position j-1 predicts token j
         out.append((inp, tgt))
-        begin += stride
-        if begin + 1 >= len(doc):
-            break
+        scored_to = end
     return out
 
 

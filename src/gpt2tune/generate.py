@@ -217,6 +217,7 @@ def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig
     """
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
+    cfg.validate()
     ctx, _ = build_context(tokenizer, prompt, prime, cfg.max_new_tokens, model.config.n_positions)
     shown = [0] * num_samples
     stopped = [False] * num_samples

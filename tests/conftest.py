@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny random GPT-2 checkpoints built by transformers itself (the reference)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+logging.getLogger("transformers").setLevel(logging.ERROR)
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_hf_model(path: Path, seed: int = 0, **overrides):
+    """Save a random ``GPT2LMHeadModel`` to ``path`` and return it (eval mode, fp32)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = dict(n_layer=2, n_head=3, n_embd=48, n_positions=64, vocab_size=50257,
+               bos_token_id=50256, eos_token_id=50256)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(**cfg)).eval()
+    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    """(directory, transformers model) of a tiny GPT-2 with the full 50,257-token vocabulary."""
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    return path, make_hf_model(path)
