@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -197,6 +198,9 @@ class GPT2(nn.Module):
         # Weight tying: the output projection is the token embedding matrix (saves 38M params
         # in the 124M model, and is how GPT-2 was trained).
         self.lm_head.weight = self.transformer.wte.weight
+        # Recompute each block in backward instead of storing its activations (set by the trainer;
+        # changes memory and speed, never the math).
+        self.gradient_checkpointing = False
         self.apply(self._init_weights)
         # GPT-2 scales the init of each residual projection by 1/sqrt(2 * n_layer).
         for name, p in self.named_parameters():
@@ -253,7 +257,10 @@ class GPT2(nn.Module):
         x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, mask, cache, i)
+            if self.gradient_checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, mask, None, i, use_reentrant=False)
+            else:
+                x = block(x, mask, cache, i)
         if cache is not None:
             cache.pos = S
         return self.transformer.ln_f(x)
@@ -292,8 +299,6 @@ def lm_head_loss(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 0
     count = (targets != -100).sum().clamp(min=1)
     if chunk_size <= 0 or h.size(0) <= chunk_size:
         return _chunk_loss_sum(h, weight, targets) / count
-    from torch.utils.checkpoint import checkpoint
-
     total = h.new_zeros((), dtype=torch.float32)
     for start in range(0, h.size(0), chunk_size):
         sl = slice(start, start + chunk_size)
