@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from gpt2tune.errors import UserError
-from gpt2tune.model import GPT2, GPT2Config
+from gpt2tune.model import GPT2, GPT2Config, empty_init
 from gpt2tune.tokenizer import vocab_files
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -214,8 +214,8 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = None,
     model_dir = resolve_model_dir(name_or_path)
     config = load_config(model_dir)
     sd = hf_to_ours(load_hf_state_dict(model_dir), config)
-    with torch.device("meta"):
-        model = GPT2(config)
+    with empty_init():
+        model = GPT2(config, init_weights=False)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for k, v in sd.items():
         if tuple(v.shape) != shapes[k]:

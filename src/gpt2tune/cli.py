@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -272,15 +273,19 @@ def cmd_data(args) -> int:
     return 0
 
 
-def _log_to_stderr() -> None:
-    import logging
+class _StderrHandler(logging.Handler):
+    """Writes log messages to whatever ``sys.stderr`` is at the time (tests swap it)."""
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _log_to_stderr() -> None:
     logger = logging.getLogger("gpt2tune")
-    if not logger.handlers:
-        logger.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
     logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _common_model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:

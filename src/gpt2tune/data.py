@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import random
@@ -90,7 +91,7 @@ def _read_json(path: Path, field: str) -> list[str]:
 
 
 def _read_csv(path: Path, field: str) -> list[str]:
-    reader = csv.DictReader(_read_text(path).splitlines())
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     if reader.fieldnames is None or field not in reader.fieldnames:
         raise UserError(f"{path}: no {field!r} column (columns: "
                         f"{', '.join(reader.fieldnames or [])}); choose one with --text-field")

@@ -8,6 +8,8 @@ transpose of the four Conv1D weights and nothing else (see ``checkpoint.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import torch
@@ -184,7 +186,12 @@ class GPT2(nn.Module):
     computes the next-token cross-entropy without materialising every logit at once.
     """
 
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, *, init_weights: bool = True) -> None:
+        """Args:
+            config: the architecture.
+            init_weights: draw GPT-2's random initialisation; pass False when the weights are
+                about to be loaded (e.g. on the meta device, where initialising is wasted work).
+        """
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
@@ -201,11 +208,12 @@ class GPT2(nn.Module):
         # Recompute each block in backward instead of storing its activations (set by the trainer;
         # changes memory and speed, never the math).
         self.gradient_checkpointing = False
-        self.apply(self._init_weights)
-        # GPT-2 scales the init of each residual projection by 1/sqrt(2 * n_layer).
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if init_weights:
+            self.apply(self._init_weights)
+            # GPT-2 scales the init of each residual projection by 1/sqrt(2 * n_layer).
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -285,6 +293,23 @@ class GPT2(nn.Module):
         """
         h = self.hidden_states(input_ids, attention_mask=attention_mask)
         return lm_head_loss(h, self.lm_head.weight, targets, chunk_size)
+
+
+@contextmanager
+def empty_init() -> Iterator[None]:
+    """Build modules on the meta device with no random initialisation, for weights that are about
+    to be loaded. (Initialising on meta still dispatches through torch's Python reference ops,
+    whose first use imports torch._dynamo: seconds of start-up for nothing.)"""
+    classes = (nn.Linear, nn.Embedding, nn.LayerNorm)
+    saved = {cls: cls.reset_parameters for cls in classes}
+    for cls in classes:
+        cls.reset_parameters = lambda self: None
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        for cls, fn in saved.items():
+            cls.reset_parameters = fn
 
 
 def _chunk_loss_sum(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:

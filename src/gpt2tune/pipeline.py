@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,8 +141,12 @@ def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: i
     return rows, val, len(docs)
 
 
-def fine_tune(opts: RunOptions) -> TrainResult:
+def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Run ``gpt2tune train``: fine-tune (LoRA or full) or train from scratch, or resume.
+
+    Args:
+        opts: all options.
+        on_step: passed to ``train`` (called after each optimizer step).
 
     Returns:
         The ``TrainResult``; the adapter or model is in ``opts.out``.
@@ -191,7 +196,7 @@ def fine_tune(opts: RunOptions) -> TrainResult:
                                                indent=2) + "\n")
     base_name = opts.model.model or f"scratch:{opts.model.preset}"
     return train(model, rows, t, out, val_docs=val, lora_cfg=opts.lora if t.method == "lora" else None,
-                 base_name=base_name, resume_state=resume_state)
+                 base_name=base_name, resume_state=resume_state, on_step=on_step)
 
 
 def _load_checkpoint_weights(model: GPT2, ckpt: Path, opts: RunOptions) -> GPT2:

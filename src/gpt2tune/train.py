@@ -394,7 +394,6 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
             micro = batch_indices(len(train_rows), cfg.batch_size, epoch, cfg.seed, dist.rank, dist.world)
             steps = [micro[i:i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
             while state["step_in_epoch"] < len(steps) and state["step"] < total_steps:
-                step_rng = _rng_state()  # a Ctrl-C mid-step resumes from here
                 group = steps[state["step_in_epoch"]]
                 # token-weighted mean over the whole step, so accumulation == one big batch
                 n_tokens = sum(int((train_rows.targets[idx] != IGNORE).sum()) for idx in group)
@@ -426,6 +425,7 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
                 scheduler.step()
                 state["step"] += 1
                 state["step_in_epoch"] += 1
+                step_rng = _rng_state()  # a Ctrl-C from here to the next step resumes from here
                 state["tokens_seen"] += n_tokens
                 window_tokens += n_tokens
                 last_loss = dist.all_sum(loss_sum)[0] / max(n_tokens, 1)
@@ -455,8 +455,8 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
                             state["bad_evals"] += 1
                             if cfg.early_stopping and state["bad_evals"] >= cfg.early_stopping:
                                 stopped_early = True
-                    if dist.is_main:
-                        plot_losses(metrics.rows, out_dir / "loss_curve.png")
+                        if dist.is_main:  # keep the plot current while a long run goes on
+                            plot_losses(metrics.rows, out_dir / "loss_curve.png")
                 if on_step is not None:
                     on_step(state["step"], last_loss)
                 if cfg.save_every and state["step"] % cfg.save_every == 0:
