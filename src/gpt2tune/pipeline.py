@@ -158,7 +158,24 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
     if opts.model.init == "scratch" and t.method == "lora":
         raise UserError("--init scratch trains every weight; use --method full")
     out = Path(opts.out)
-    prepare_output_dir(out, opts.resume, opts.overwrite)
+    rank, world = 0, 1
+    from gpt2tune.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        import torch.distributed as dist
+
+        from gpt2tune.distributed import init_from_env
+
+        opts.model.device = str(init_from_env(opts.model.device, t.dist_timeout))
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if rank != 0:
+            log.setLevel(logging.WARNING)  # one rank talks
+    elif t.fsdp:
+        raise UserError("--fsdp shards over several processes: launch with torchrun "
+                        "--nproc_per_node N -m gpt2tune train ...")
+    if rank == 0:
+        prepare_output_dir(out, opts.resume, opts.overwrite)
+    _barrier(world)
 
     torch.manual_seed(t.seed)  # LoRA's initial A comes from here
     model = build_model(opts.model)
@@ -190,13 +207,30 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
     log.info(f"data: {n_docs} documents -> {len(rows)} rows of {rows.inputs.size(1)} tokens "
              f"({rows.num_targets:,} training tokens); validation: "
              f"{len(val) if val else 0} documents")
+    if world > 1:
+        log.info(f"data parallel over {world} ranks: global batch {t.batch_size} x {world} ranks "
+                 f"x {t.grad_accum} accumulation = {t.batch_size * world * t.grad_accum} rows "
+                 f"of {rows.inputs.size(1)} tokens per step")
     out.mkdir(parents=True, exist_ok=True)
-    if not opts.resume:
+    if not opts.resume and rank == 0:
         (out / RUN_FILE).write_text(json.dumps({"identity": opts.identity(), "options": _jsonable(opts)},
                                                indent=2) + "\n")
     base_name = opts.model.model or f"scratch:{opts.model.preset}"
-    return train(model, rows, t, out, val_docs=val, lora_cfg=opts.lora if t.method == "lora" else None,
-                 base_name=base_name, resume_state=resume_state, on_step=on_step)
+    result = train(model, rows, t, out, val_docs=val,
+                   lora_cfg=opts.lora if t.method == "lora" else None, base_name=base_name,
+                   resume_state=resume_state, on_step=on_step)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return result
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def _load_checkpoint_weights(model: GPT2, ckpt: Path, opts: RunOptions) -> GPT2:

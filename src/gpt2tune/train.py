@@ -83,6 +83,11 @@ class TrainConfig:
     """Write a metrics line every N steps."""
     progress: bool = False
     """Show a progress bar on stderr."""
+    fsdp: bool = False
+    """Under torchrun: shard parameters, gradients and optimizer state over ranks (FSDP) instead
+    of replicating them (DDP); for GPT-2 sizes that do not fit one device."""
+    dist_timeout: int = 600
+    """Under torchrun: seconds a rank waits for the others before giving up with an error."""
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -322,7 +327,7 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
     cfg.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dist = _dist_info()
+    dist = _dist_info(cfg.fsdp)
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(cfg.precision, device)
     trainable_setup(model, cfg.method)
@@ -346,10 +351,13 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
         scheduler.load_state_dict(resume_state["scheduler"])
         scaler.load_state_dict(resume_state["scaler"])
         state.update(resume_state["position"])
-        _set_rng_state(resume_state["rng"])
+        if resume_state.get("world_size", 1) != dist.world:
+            raise UserError(f"--resume: the checkpoint was written by {resume_state.get('world_size', 1)} "
+                            f"rank(s), this run has {dist.world}; resume with the same number")
+        _set_rng_state(resume_state["rng"][dist.rank])
     else:
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed + dist.rank)  # ranks draw different dropout masks
+        random.seed(cfg.seed + dist.rank)
     metrics = MetricsLog(out_dir / "metrics.jsonl" if dist.is_main else None,
                          keep_from_step=state["step"])
     if resume_state is None and metrics.path is not None:
@@ -361,9 +369,12 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
                 "scaler": scaler.state_dict(), "position": dict(state), "rng": rng,
                 "total_steps": total_steps, "world_size": dist.world}
 
-    def save(rng: dict) -> None:
+    def save(rng: dict, collective: bool = True) -> None:
+        # every rank's RNG state, so dropout continues exactly on each (skipped on Ctrl-C, when
+        # the ranks may not all reach this point together)
+        rngs = dist.gather(rng) if collective and dist.world > 1 else [rng] * dist.world
         if dist.is_main:
-            save_checkpoint(out_dir, model, checkpoint_state(rng), cfg.method, lora_cfg, base_name)
+            save_checkpoint(out_dir, model, checkpoint_state(rngs), cfg.method, lora_cfg, base_name)
 
     def run_eval() -> float | None:
         if not val_docs:
@@ -469,7 +480,7 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
     except KeyboardInterrupt:
         interrupted = True
         optimizer.zero_grad(set_to_none=True)  # a half-accumulated step is replayed on resume
-        save(step_rng)
+        save(step_rng, collective=False)
     finally:
         if bar is not None:
             bar.close()
@@ -499,6 +510,12 @@ class _Single:
 
     rank, world, is_main = 0, 1, True
 
+    def gather(self, obj) -> list:
+        return [obj]
+
+    def barrier(self) -> None:
+        pass
+
     def wrap(self, model: GPT2):
         return _LossModule(model)
 
@@ -520,9 +537,12 @@ class _LossModule(nn.Module):
         return self.model.loss(x, y, chunk_size=chunk_size)
 
 
-def _dist_info():
+def _dist_info(fsdp: bool = False):
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         from gpt2tune.distributed import DistInfo
 
-        return DistInfo()
+        return DistInfo(fsdp=fsdp)
+    if fsdp:
+        raise UserError("--fsdp shards over several processes: launch with torchrun "
+                        "--nproc_per_node N -m gpt2tune train ...")
     return _Single()
