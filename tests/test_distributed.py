@@ -77,7 +77,8 @@ def test_two_ranks_equal_one_process_with_double_batch(setup, tmp_path, method, 
         p.name for p in (tmp_path / "one").iterdir())
 
 
-def test_ctrl_c_under_torchrun_then_resume_equals_uninterrupted(setup, tmp_path):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_ctrl_c_under_torchrun_then_resume_equals_uninterrupted(setup, tmp_path, sharding):
     """Ctrl-C reaches every rank (the terminal signals the whole process group); the run keeps a
     good checkpoint, and --resume with the same number of ranks finishes with the same weights."""
     import os
@@ -88,7 +89,7 @@ def test_ctrl_c_under_torchrun_then_resume_equals_uninterrupted(setup, tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "gpt2tune"]
     args = lambda out, *x: _args(setup, out, 2, "--method", "full", "--max-steps", "8",
-                                 "--save-every", "1", *x)
+                                 "--save-every", "1", *sharding, *x)
     _torchrun(args(tmp_path / "a"), tmp=tmp_path)
     proc = subprocess.Popen(cmd + args(tmp_path / "b"), env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -107,3 +108,25 @@ def test_ctrl_c_under_torchrun_then_resume_equals_uninterrupted(setup, tmp_path)
     b = load_file(tmp_path / "b" / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp_two_ranks_equal_one_process(setup, tmp_path, method, monkeypatch):
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    extra = ["--method", method, "--val-split", "0.2", "--save-every", "2"]
+    assert main(_args(setup, tmp_path / "one", 4, *extra)) == 0
+    _torchrun(_args(setup, tmp_path / "two", 2, *extra, "--fsdp"), tmp=tmp_path)
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-5)
+    val = lambda out: [json.loads(x)["val_loss"] for x in (out / "metrics.jsonl").read_text().splitlines()
+                       if "val_loss" in json.loads(x)]
+    assert val(tmp_path / "two") == pytest.approx(val(tmp_path / "one"), abs=1e-5)
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_fsdp_without_torchrun_is_a_clear_error(setup, tmp_path, capsys):
+    assert main(_args(setup, tmp_path / "x", 2, "--fsdp")) == 2
+    assert "launch with torchrun" in capsys.readouterr().err

@@ -72,6 +72,56 @@ class DistInfo:
         device_ids = [model.lm_head.weight.device.index] if model.lm_head.weight.is_cuda else None
         return DDP(module, device_ids=device_ids)
 
+    def full_model(self, model: nn.Module, wrapped: nn.Module) -> nn.Module | None:
+        """The model with whole (unsharded) weights on rank 0, None on the others.
+
+        Under FSDP this gathers every shard (a collective: all ranks must call it) into a CPU copy;
+        under DDP each rank already holds the whole model.
+        """
+        if not self.fsdp:
+            return model if self.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True,
+                                                                    cpu_offload=True))
+        if not self.is_main:
+            return None
+        from gpt2tune.lora import LoRALinear, lora_modules
+        from gpt2tune.model import GPT2, empty_init
+
+        with empty_init():
+            copy = GPT2(model.config, init_weights=False)
+        for name, mod in lora_modules(model):  # same adapters, same places
+            parent, _, attr = name.rpartition(".")
+            with empty_init():
+                wrapper = LoRALinear(copy.get_submodule(name), mod.r, mod.scaling * mod.r)
+            setattr(copy.get_submodule(parent), attr, wrapper)
+        copy.load_state_dict({k.removeprefix("model."): v for k, v in sd.items()},
+                             strict=True, assign=True)
+        copy.lm_head.weight = copy.transformer.wte.weight
+        copy.source_dir = getattr(model, "source_dir", None)
+        return copy
+
+    def optimizer_state(self, wrapped: nn.Module, optimizer) -> dict:
+        """The optimizer's state as one whole dict (FSDP: gathered to rank 0; a collective)."""
+        if not self.fsdp:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             get_optimizer_state_dict)
+
+        return get_optimizer_state_dict(wrapped, optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+
+    def load_optimizer_state(self, wrapped: nn.Module, optimizer, state: dict) -> None:
+        if not self.fsdp:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             set_optimizer_state_dict)
+
+        set_optimizer_state_dict(wrapped, optimizer, optim_state_dict=state,
+                                 options=StateDictOptions(full_state_dict=True))
+
     def no_sync(self, wrapped: nn.Module):
         """Skip the gradient all-reduce on micro-batches before the last of a step."""
         if hasattr(wrapped, "no_sync"):

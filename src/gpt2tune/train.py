@@ -339,15 +339,15 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
     steps_per_epoch = max(1, math.ceil(n_micro / cfg.grad_accum))
     total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
 
+    ddp_model = dist.wrap(model)  # before the optimizer: FSDP replaces the parameters
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ddp_model = dist.wrap(model)
 
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "tokens_seen": 0, "best_val": None,
              "best_step": None, "bad_evals": 0}
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
+        dist.load_optimizer_state(ddp_model, optimizer, resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         scaler.load_state_dict(resume_state["scaler"])
         state.update(resume_state["position"])
@@ -364,8 +364,9 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
         metrics.path.write_text("")
         metrics.rows = []
 
-    def checkpoint_state(rng: dict) -> dict:
-        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    def checkpoint_state(rng: list[dict]) -> dict:
+        return {"optimizer": dist.optimizer_state(ddp_model, optimizer),
+                "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "position": dict(state), "rng": rng,
                 "total_steps": total_steps, "world_size": dist.world}
 
@@ -373,12 +374,25 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
         # every rank's RNG state, so dropout continues exactly on each (skipped on Ctrl-C, when
         # the ranks may not all reach this point together)
         rngs = dist.gather(rng) if collective and dist.world > 1 else [rng] * dist.world
+        whole = dist.full_model(model, ddp_model)
+        state_now = checkpoint_state(rngs)
         if dist.is_main:
-            save_checkpoint(out_dir, model, checkpoint_state(rngs), cfg.method, lora_cfg, base_name)
+            save_checkpoint(out_dir, whole, state_now, cfg.method, lora_cfg, base_name)
+
+    def save_result(where: Path) -> None:
+        whole = dist.full_model(model, ddp_model)
+        if dist.is_main:
+            save_weights(whole, where, cfg.method, lora_cfg, base_name)
 
     def run_eval() -> float | None:
         if not val_docs:
             return None
+        if dist.fsdp:
+            # sharded weights are gathered in every forward, so every rank runs the same batches
+            res = evaluate(ddp_model, val_docs, autocast_dtype=amp_dtype,
+                           context=train_rows.inputs.size(1), batch_size=cfg.batch_size)
+            model.train()
+            return res.loss
         res = evaluate(model, val_docs[dist.rank::dist.world], autocast_dtype=amp_dtype,
                        context=train_rows.inputs.size(1), batch_size=cfg.batch_size)
         loss_sum, count = dist.all_sum(res.loss * res.tokens, res.tokens)
@@ -460,8 +474,7 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
                                        "val_perplexity": round(math.exp(min(val_loss, 700)), 4)})
                         if state["best_val"] is None or val_loss < state["best_val"]:
                             state["best_val"], state["best_step"], state["bad_evals"] = val_loss, state["step"], 0
-                            if dist.is_main:
-                                save_weights(model, out_dir / "best", cfg.method, lora_cfg, base_name)
+                            save_result(out_dir / "best")
                         else:
                             state["bad_evals"] += 1
                             if cfg.early_stopping and state["bad_evals"] >= cfg.early_stopping:
@@ -480,15 +493,19 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
     except KeyboardInterrupt:
         interrupted = True
         optimizer.zero_grad(set_to_none=True)  # a half-accumulated step is replayed on resume
-        save(step_rng, collective=False)
+        if dist.fsdp:
+            log.warning("interrupted: under --fsdp the shards cannot be gathered now; the last "
+                        "--save-every checkpoint is the one to --resume from")
+        else:
+            save(step_rng, collective=False)
     finally:
         if bar is not None:
             bar.close()
 
     if not interrupted:
         save(_rng_state())
+        save_result(out_dir)
         if dist.is_main:
-            save_weights(model, out_dir, cfg.method, lora_cfg, base_name)
             plot_losses(metrics.rows, out_dir / "loss_curve.png")
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mib())
     result = TrainResult(
@@ -508,7 +525,16 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
 class _Single:
     """No-op stand-in for torch.distributed when running in one process."""
 
-    rank, world, is_main = 0, 1, True
+    rank, world, is_main, fsdp = 0, 1, True, False
+
+    def full_model(self, model: GPT2, _wrapped) -> GPT2:
+        return model
+
+    def optimizer_state(self, _wrapped, optimizer) -> dict:
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, _wrapped, optimizer, state: dict) -> None:
+        optimizer.load_state_dict(state)
 
     def gather(self, obj) -> list:
         return [obj]
@@ -533,7 +559,9 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, y, chunk_size: int = 0):
+    def forward(self, x, y=None, chunk_size: int = 0):
+        if y is None:  # evaluation through the wrapper (FSDP gathers weights in its hooks)
+            return self.model(x)
         return self.model.loss(x, y, chunk_size=chunk_size)
 
 
