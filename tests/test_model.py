@@ -104,3 +104,23 @@ def test_context_overflow_is_a_clear_error(tiny_hf):
     m = load_model(path)
     with pytest.raises(ValueError, match="exceeds the model's context"):
         m(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_hf):
+    path, _ = tiny_hf
+    x = torch.randint(0, 50257, (2, 24))
+    targets = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
+    grads = []
+    for ckpt in (False, True):
+        m = load_model(path)
+        m.train()
+        for mod in m.modules():  # dropout would draw different masks on recomputation order
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        for blk in m.transformer.h:
+            blk.attn.attn_pdrop = 0.0
+        m.gradient_checkpointing = ckpt
+        m.loss(x, targets).backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)

@@ -274,3 +274,14 @@ def test_eval_and_generate_accept_adapter(capsys, tiny_hf, corpus, tmp_path):
                        "--prompt", "Story", "--greedy", "--max-new-tokens", "5", "--json")
     assert code == 0 and len(json.loads(out)["token_ids"]) <= 5
     assert math.isfinite(with_adapter)
+
+
+def test_early_stopping_stops_after_patience_evaluations(tiny_hf, corpus, tmp_path):
+    # a learning rate far too high makes validation loss worse after the first evaluations
+    res = fine_tune(options(tiny_hf[0], corpus, tmp_path / "es", method="full", max_steps=40,
+                            lr=0.5, eval_every=1, early_stopping=2, warmup_steps=0))
+    vals = [r["val_loss"] for r in res.history if "val_loss" in r]
+    assert res.stopped_early and res.steps < 40
+    best = min(vals)
+    assert vals.index(best) == len(vals) - 3  # two evaluations without improvement, then stop
+    assert res.best_val_loss == pytest.approx(best, abs=1e-6)
