@@ -273,6 +273,30 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from gpt2tune.demo import PretrainConfig, pretrain
+
+    _log_to_stderr()
+    cfg = collect(args, "pretrain", PretrainConfig)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    info = pretrain(args.out, cfg, overwrite=args.overwrite, progress=progress)
+    print(f"done: {info.parameters:,} parameters, {info.steps} steps, {info.tokens_seen:,} tokens "
+          f"in {info.train_wall_s:.1f}s; held-out wiki loss {info.val_loss:.4f}; model saved to "
+          f"{args.out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from gpt2tune.demo import DemoOptions, run_demo
+
+    _log_to_stderr()
+    opts = collect(args, "demo", DemoOptions)
+    opts.progress = sys.stderr.isatty() if args.progress is None else args.progress
+    res = run_demo(opts)
+    print(f"demo finished in {res.wall_s:.0f}s; report: {res.report_html} (and {res.report_md.name})")
+    return 0
+
+
 class _StderrHandler(logging.Handler):
     """Writes log messages to whatever ``sys.stderr`` is at the time (tests swap it)."""
 
@@ -300,6 +324,7 @@ def _common_model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from gpt2tune import __version__
+    from gpt2tune.demo import DemoOptions, PretrainConfig
     from gpt2tune.lora import TARGETS, LoRAConfig
     from gpt2tune.pipeline import DataOptions, ModelOptions, RunOptions
     from gpt2tune.train import TrainConfig
@@ -376,6 +401,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     show.add_argument("name", help="e.g. builtin:news or builtin:shakespeare:FALSTAFF")
     show.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data)
+
+    pre = sub.add_parser("pretrain", help="pretrain the demo's small base GPT-2 from scratch on "
+                                          "builtin:wiki")
+    pre.add_argument("--out", required=True, help="directory for the model and training logs")
+    pre.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    pre.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar on stderr (default: when stderr is a terminal)")
+    add_dataclass_args(pre, PretrainConfig, "pretrain")
+    pre.set_defaults(func=cmd_pretrain)
+
+    demo = sub.add_parser("demo", help="rerun the seed project's experiments and write a report",
+                          description="News style and a Shakespeare character's voice: base model, "
+                                      "priming, LoRA and full fine-tuning, a LoRA rank sweep; "
+                                      "writes report.md and report.html to --out.")
+    add_dataclass_args(demo, DemoOptions, "demo", skip=("progress",))
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="progress bars on stderr (default: when stderr is a terminal)")
+    demo.set_defaults(func=cmd_demo)
     return parser, {"train": t}
 
 
