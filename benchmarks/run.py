@@ -1,0 +1,605 @@
+"""Side-by-side speed and memory of gpt2tune and transformers (+ peft), same machine, same run.
+
+Every configuration runs in its own child process (this file, called with ``--child``), so the
+peak memory each one reports is its own: the child's ``ru_maxrss`` on CPU, or
+``torch.cuda.max_memory_allocated`` on a GPU. The parent only plans, collects and prints.
+
+    python benchmarks/run.py                  # everything; writes benchmarks/results.json
+    python benchmarks/run.py --quick          # smoke run: fewer steps and tokens, no file
+    python benchmarks/run.py --only 'train-lora'  --libs gpt2tune
+    python benchmarks/run.py --device cuda
+
+See benchmarks/README.md for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LIBS = ("gpt2tune", "transformers")
+
+# The benchmark's fixed shape: GPT-2 124M, batch 8 x 256 tokens, LoRA r=4 on c_attn.
+BATCH, SEQ = 8, 256
+LORA_R, LORA_ALPHA = 4, 8
+PROMPT_LEN, TOP_K = 16, 50
+EOT = 50256
+# A run during which other processes used more than this many cores counts as disturbed.
+BUSY = 0.2
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration, run once per library."""
+
+    name: str
+    """``train-{lora,full}-{fp32,bf16}`` or ``generate-b{1,8}-{fp32,bf16}``."""
+    kind: str
+    """``train`` or ``generate``."""
+    precision: str
+    """``fp32`` or ``bf16`` (bf16 = torch.autocast with bfloat16 around fp32 weights)."""
+    method: str = ""
+    """Training: ``lora`` or ``full``."""
+    batch: int = BATCH
+    """Rows per step (training) or prompts decoded together (generation)."""
+
+
+CASES = [
+    *(Case(f"train-{m}-{p}", "train", p, method=m) for m in ("lora", "full") for p in ("fp32", "bf16")),
+    *(Case(f"generate-b{b}-{p}", "generate", p, batch=b) for b in (1, 8) for p in ("fp32", "bf16")),
+]
+
+# The issue's targets, as ratios gpt2tune / transformers (same run, same machine).
+TARGETS = {
+    ("train-lora-bf16", "tokens/s"): (">=", 2.0),
+    ("train-full-bf16", "tokens/s"): (">=", 1.5),
+    ("train-lora-bf16", "peak memory"): ("<=", 0.5),
+    ("train-lora-fp32", "peak memory"): ("<=", 0.5),
+    ("train-lora-fp32", "tokens/s"): (">=", 1.0),
+    ("train-full-fp32", "tokens/s"): (">=", 1.0),
+    **{(f"generate-b{b}-{p}", "tokens/s"): (">=", 1.5) for b in (1, 8) for p in ("fp32", "bf16")},
+}
+
+
+# ----------------------------------------------------------------------------- model FLOPs
+
+def matmul_params(n_layer: int = 12, n_embd: int = 768, vocab: int = 50257) -> int:
+    """Weights that take part in a matmul per token: the four projections of each block
+    (12 d^2) and the tied LM head (V d). Biases, LayerNorms and the embedding lookups are left out."""
+    return n_layer * 12 * n_embd**2 + vocab * n_embd
+
+
+def train_flops_per_token(method: str, seq: int = SEQ, n_layer: int = 12, n_embd: int = 768) -> float:
+    """Model FLOPs per trained token.
+
+    Weights: forward 2N, backward 2N for the input gradients plus 2N for the weight gradients;
+    LoRA skips the frozen weights' gradients, so 4N instead of 6N (the r=4 adapters add < 0.1%).
+    Attention scores and the weighted sum: 4 * n_layer * T * d forward, twice that backward,
+    counted over the full T x T square as PaLM's MFU does (a causal kernel may skip half).
+    """
+    n = matmul_params(n_layer, n_embd)
+    weights = (6 if method == "full" else 4) * n
+    return weights + 12 * n_layer * seq * n_embd
+
+
+# ----------------------------------------------------------------------------- child side
+
+def _bf16_native(device: str) -> bool:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        from gpt2tune.hardware import cpu_has_bf16
+
+        return cpu_has_bf16()
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_mib(device: str) -> float:
+    import resource
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _amp(device: str, precision: str):
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+
+
+def _build(lib: str, method: str | None, device: str):
+    """The GPT-2 124M architecture with random weights; with LoRA adapters for ``lora``.
+    Returns (model, trainable parameters)."""
+    import torch
+
+    torch.manual_seed(0)
+    if lib == "gpt2tune":
+        from gpt2tune.lora import LoRAConfig, apply_lora
+        from gpt2tune.model import GPT2, GPT2Config
+        from gpt2tune.train import trainable_setup
+
+        model = GPT2(GPT2Config.from_preset("gpt2"))
+        if method == "lora":
+            apply_lora(model, LoRAConfig(r=LORA_R, alpha=LORA_ALPHA, targets=["c_attn"]))
+        if method is not None:
+            trainable_setup(model, method)
+    else:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        model = GPT2LMHeadModel(GPT2Config())
+        if method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA,
+                                                     target_modules=["c_attn"], lora_dropout=0.0,
+                                                     fan_in_fan_out=True))
+    model.to(device)
+    return model, [p for p in model.parameters() if p.requires_grad]
+
+
+def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> dict:
+    """Time ``warmup + steps`` optimizer steps: forward with the loss, backward, clip, AdamW."""
+    import torch
+
+    model, params = _build(lib, case.method, device)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 50257, (case.batch, SEQ + 1), generator=gen).to(device)
+    if lib == "gpt2tune":
+        from gpt2tune.train import TrainConfig, make_optimizer
+
+        tcfg = TrainConfig(method=case.method)
+        optimizer = make_optimizer(model, tcfg)
+        x, y = data[:, :-1], data[:, 1:]
+
+        def loss_fn():
+            return model.loss(x, y, chunk_size=tcfg.loss_chunk)
+    else:
+        # what transformers' Trainer does by default: AdamW, fused on GPUs
+        fused = {"fused": True} if device.startswith("cuda") else {}
+        optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01, **fused)
+        x = data[:, :-1]
+
+        def loss_fn():
+            return model(input_ids=x, labels=x).loss  # shifts inside: same forward shape as ours
+    setup_mib = _peak_mib(device)
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        t = time.perf_counter()
+        with _amp(device, case.precision):
+            loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    assert torch.isfinite(loss).item()
+    return {"step_s": times, "tokens_per_step": case.batch * SEQ, "setup_peak_mib": setup_mib,
+            "peak_mib": _peak_mib(device), "trainable_params": sum(p.numel() for p in params)}
+
+
+def child_generate(lib: str, case: Case, device: str, new_tokens: int, repeats: int) -> dict:
+    """Time top-k sampling of ``new_tokens`` tokens for ``case.batch`` prompts of PROMPT_LEN tokens
+    (the prefill is included), after one short warm-up generation."""
+    import torch
+
+    model, _ = _build(lib, None, device)
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(0, EOT, (case.batch, PROMPT_LEN), generator=gen).to(device)
+    if lib == "gpt2tune":
+        from gpt2tune.generate import SamplingConfig, generate_ids
+
+        amp = torch.bfloat16 if case.precision == "bf16" else None
+        rows = prompts.tolist()
+
+        def run(n: int) -> int:
+            out = generate_ids(model, rows, SamplingConfig(max_new_tokens=n, top_k=TOP_K,
+                                                           stop_at_eot=False, seed=0),
+                               eot_id=EOT, autocast_dtype=amp)
+            return sum(len(r) for r in out)
+    else:
+        mask = torch.ones_like(prompts)
+
+        def run(n: int) -> int:
+            with torch.no_grad(), _amp(device, case.precision):
+                out = model.generate(input_ids=prompts, attention_mask=mask, do_sample=True,
+                                     top_k=TOP_K, max_new_tokens=n, min_new_tokens=n,
+                                     pad_token_id=EOT)
+            return (out.size(1) - PROMPT_LEN) * out.size(0)
+
+    run(4)
+    times, produced = [], 0
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        produced = run(new_tokens)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    if produced != case.batch * new_tokens:
+        raise RuntimeError(f"{lib} produced {produced} tokens, expected {case.batch * new_tokens}")
+    return {"run_s": times, "tokens_per_run": produced, "peak_mib": _peak_mib(device)}
+
+
+def child_matmul(precision: str, device: str, budget_s: float) -> dict:
+    """Best GFLOP/s of a square ``torch.mm``: the size doubles (up to 4096 on CPU, 8192 on a GPU)
+    while one product stays short, then it repeats for about ``budget_s`` seconds."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    n_max = 8192 if device.startswith("cuda") else 4096
+
+    def timed(n: int) -> float:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        _sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        return time.perf_counter() - t
+
+    n, last = 256, timed(256)
+    while n < n_max and last < 0.25:
+        n *= 2
+        timed(n)  # warm-up at the new size
+        last = timed(n)
+    best, start = last, time.perf_counter()
+    while time.perf_counter() - start < budget_s:
+        best = min(best, timed(n))
+    return {"n": n, "gflops": 2 * n**3 / best / 1e9, "native_bf16": _bf16_native(device)}
+
+
+def child_main(spec: dict) -> None:
+    import torch
+
+    if spec["device"].startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on both sides
+    if spec["what"] == "matmul":
+        out = child_matmul(spec["precision"], spec["device"], spec["budget_s"])
+    else:
+        case = Case(**spec["case"])
+        if case.kind == "train":
+            out = child_train(spec["lib"], case, spec["device"], spec["warmup"], spec["steps"])
+        else:
+            out = child_generate(spec["lib"], case, spec["device"], spec["new_tokens"],
+                                 spec["repeats"])
+    print("BENCH_RESULT " + json.dumps(out), flush=True)
+
+
+# ----------------------------------------------------------------------------- parent side
+
+def _cpu_busy_s() -> float | None:
+    """CPU-seconds all processes on the machine have used since boot (Linux /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def others_load(seconds: float = 1.0) -> float | None:
+    """Cores' worth of CPU that other processes use right now (sampled over ``seconds``)."""
+    before = _cpu_busy_s()
+    time.sleep(seconds)
+    after = _cpu_busy_s()
+    return None if before is None or after is None else (after - before) / seconds
+
+
+def wait_for_quiet(max_wait_s: float, threshold: float = BUSY) -> float | None:
+    """Wait until other processes use less than ``threshold`` cores (at most ``max_wait_s``
+    seconds); return the last reading. On a shared machine this keeps others' test runs out of
+    the timings as far as possible; what remains is reported per configuration."""
+    deadline = time.perf_counter() + max_wait_s
+    load = others_load(0.5)
+    while load is not None and load > threshold and time.perf_counter() < deadline:
+        load = others_load(2.0)
+    return load
+
+
+def run_child(spec: dict, timeout_s: float) -> dict:
+    """Run one configuration in a fresh interpreter; return its result or ``{"error": ...}``.
+
+    Adds ``others_cores``: the CPU that other processes on the machine used while the child ran,
+    in cores (all busy time minus the child's own, over the child's wall time)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    busy0, own0, t0 = _cpu_busy_s(), _children_cpu_s(), time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s"}
+    wall, busy1, own1 = time.perf_counter() - t0, _cpu_busy_s(), _children_cpu_s()
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            out = json.loads(line[len("BENCH_RESULT "):])
+            if busy0 is not None and busy1 is not None:
+                out["others_cores"] = round(max(0.0, (busy1 - busy0) - (own1 - own0)) / wall, 2)
+            return out
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+    return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+
+
+def machine_info(device: str) -> dict:
+    import torch
+
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version(), "device": device}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    for lib in ("transformers", "peft"):
+        try:
+            info[lib] = __import__(lib).__version__
+        except ImportError:
+            info[lib] = None
+    from importlib.metadata import version
+
+    info["gpt2tune"] = version("gpt2tune")
+    return info
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b not in (None, 0) else None
+
+
+def _row(case: str, what: str, unit: str, ours: float | None, theirs: float | None,
+         digits: int = 1, note: str = "") -> dict:
+    r = lambda v: round(v, digits) if v is not None else None  # noqa: E731
+    row = {"name": f"{case} {what}", "unit": unit, "gpt2tune": r(ours), "transformers": r(theirs),
+           "ratio": _ratio(ours, theirs)}
+    target = TARGETS.get((case, what))
+    if target is not None:
+        op, bound = target
+        row["target"] = f"{op} {bound}"
+        if row["ratio"] is not None:
+            row["met"] = row["ratio"] >= bound if op == ">=" else row["ratio"] <= bound
+    if note:
+        row["note"] = note
+    return row
+
+
+def build_rows(results: dict, peaks: dict) -> list[dict]:
+    """Turn the children's raw results into the table's rows."""
+    rows = []
+    for case in CASES:
+        res = results.get(case.name)
+        if res is None:
+            continue
+        skipped = res.get("skipped")
+        ours, theirs = res.get("gpt2tune", {}), res.get("transformers", {})
+        note = skipped or "; ".join(f"{lib}: {r['error']}" for lib, r in
+                                    (("gpt2tune", ours), ("transformers", theirs)) if "error" in r)
+        busy = [f"{lib} {r['others_cores']}" for lib, r in
+                (("gpt2tune", ours), ("transformers", theirs)) if r.get("others_cores", 0) > BUSY]
+        if busy:
+            note = (note + "; " if note else "") + ("other processes used CPU cores during the "
+                                                    "run (" + ", ".join(busy) + "): less reliable")
+        if case.kind == "train":
+            tps = {lib: (r["tokens_per_step"] / min(r["step_s"]) if "step_s" in r else None)
+                   for lib, r in (("gpt2tune", ours), ("transformers", theirs))}
+            rows.append(_row(case.name, "tokens/s", "tokens/s (higher is better)",
+                             tps["gpt2tune"], tps["transformers"], note=note))
+            rows.append(_row(case.name, "peak memory", "MiB peak RSS of the process "
+                             "(lower is better; ratio < 1 = gpt2tune leaner)",
+                             ours.get("peak_mib"), theirs.get("peak_mib")))
+            peak = peaks.get(case.precision)
+            flops = train_flops_per_token(case.method)
+            mfu = {lib: (v * flops / (peak * 1e9) if v is not None and peak else None)
+                   for lib, v in tps.items()}
+            rows.append(_row(case.name, "MFU", f"fraction of the measured {case.precision} "
+                             "matmul peak (higher is better)", mfu["gpt2tune"],
+                             mfu["transformers"], digits=3))
+        else:
+            tps = {lib: (r["tokens_per_run"] / min(r["run_s"]) if "run_s" in r else None)
+                   for lib, r in (("gpt2tune", ours), ("transformers", theirs))}
+            rows.append(_row(case.name, "tokens/s", "new tokens/s, all rows (higher is better)",
+                             tps["gpt2tune"], tps["transformers"], note=note))
+            rows.append(_row(case.name, "peak memory", "MiB peak RSS of the process "
+                             "(lower is better)", ours.get("peak_mib"), theirs.get("peak_mib")))
+    return rows
+
+
+def format_table(rows: list[dict], meta: dict) -> str:
+    m = meta["machine"]
+    head = [f"machine: {m['cpu']}, {m['cores']} cores, {m.get('gpu') or 'CPU'}; torch {m['torch']}, "
+            f"transformers {m['transformers']}, peft {m['peft']}, gpt2tune {m['gpt2tune']}",
+            "matmul peak: " + ", ".join(f"{p} {v['gflops']:.1f} GFLOP/s (n={v['n']})"
+                                        for p, v in meta["matmul"].items() if "gflops" in v),
+            f"load average at start/end: {meta['loadavg_start']} / {meta['loadavg_end']}", ""]
+    cols = ["name", "gpt2tune", "transformers", "ratio", "target"]
+    body = [["" if r.get(c) is None else
+             (f"{r[c]}" + (" ok" if c == "target" and r.get("met") else
+                           " MISSED" if c == "target" and r.get("met") is False else ""))
+             for c in cols] for r in rows]
+    body = [b[:1] + [v if v else "-" for v in b[1:4]] + b[4:] for b in body]
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    out = head + [line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(b) for b in body]
+    notes = [f"- {r['name']}: {r['note']}" for r in rows if r.get("note")]
+    units = sorted({(r["name"].split(" ", 1)[1], r["unit"]) for r in rows})
+    out += ["", "units: " + "; ".join(f"{w} = {u}" for w, u in units)]
+    return "\n".join(out + (["", "notes:"] + notes if notes else []))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 warm-up + 1 timed step, 16 new tokens; writes no file "
+                         "unless --output is given")
+    ap.add_argument("--only", metavar="PATTERN",
+                    help="run only configurations whose name matches this regex "
+                         f"(names: {', '.join(c.name for c in CASES)})")
+    ap.add_argument("--libs", default=",".join(LIBS), help="comma-separated subset of: "
+                    + ", ".join(LIBS))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="bf16 configurations: auto runs them only where the device has native "
+                         "bf16 matmuls (elsewhere they take hours)")
+    ap.add_argument("--warmup", type=int, help="training warm-up steps (default 1)")
+    ap.add_argument("--steps", type=int, help="timed training steps (default 3)")
+    ap.add_argument("--new-tokens", type=int, help="tokens generated per row (default 128)")
+    ap.add_argument("--repeats", type=int, help="timed generations per configuration (default 2)")
+    ap.add_argument("--output", type=Path, help="results file (default benchmarks/results.json "
+                    "for a full run, none for --quick/--only/--libs runs)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
+    ap.add_argument("--quiet-wait", type=float, default=180, metavar="SECONDS",
+                    help="before each configuration, wait up to this long for other processes "
+                         "to leave the CPU (default 180; 0 = don't wait)")
+    ap.add_argument("--retries", type=int, default=1,
+                    help=f"run a configuration again when other processes used more than {BUSY} "
+                         "cores during it; the least disturbed run is kept (default 1)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child_main(json.loads(args.child))
+        return 0
+
+    libs = [lib for lib in args.libs.split(",") if lib]
+    if not set(libs) <= set(LIBS):
+        ap.error(f"--libs takes a subset of {', '.join(LIBS)}")
+    warmup = args.warmup if args.warmup is not None else 1
+    steps = args.steps or (1 if args.quick else 3)
+    new_tokens = args.new_tokens or (16 if args.quick else 128)
+    repeats = args.repeats or (1 if args.quick else 2)
+    cases = [c for c in CASES if args.only is None or re.search(args.only, c.name)]
+    partial = args.quick or args.only is not None or libs != list(LIBS)
+    output = args.output or (None if partial else HERE / "results.json")
+
+    meta = {"machine": machine_info(args.device), "loadavg_start": _loadavg(),
+            "settings": {"batch": BATCH, "seq": SEQ, "lora_r": LORA_R, "lora_alpha": LORA_ALPHA,
+                         "lora_targets": ["c_attn"], "warmup_steps": warmup, "timed_steps": steps,
+                         "prompt_len": PROMPT_LEN, "new_tokens": new_tokens, "top_k": TOP_K,
+                         "generate_repeats": repeats, "libs": libs}}
+    t_start = time.perf_counter()
+    print(f"machine: {meta['machine']['cpu']} ({meta['machine']['cores']} cores), "
+          f"load average {meta['loadavg_start']}", flush=True)
+
+    peaks, meta["matmul"] = {}, {}
+    for precision in ("fp32", "bf16"):
+        for attempt in range(1 + args.retries):
+            wait_for_quiet(args.quiet_wait)
+            res = run_child({"what": "matmul", "precision": precision, "device": args.device,
+                             "budget_s": 0.5 if args.quick else 2.0}, args.timeout)
+            if res.get("gflops", 0) > meta["matmul"].get(precision, {}).get("gflops", 0):
+                meta["matmul"][precision] = res
+            if res.get("others_cores", 0) <= BUSY:
+                break
+        res = meta["matmul"].setdefault(precision, res)
+        if "gflops" in res:
+            peaks[precision] = res["gflops"]
+        print(f"matmul {precision}: {res}", flush=True)
+    native_bf16 = meta["matmul"]["bf16"].get("native_bf16", False)
+    run_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16)
+
+    results: dict[str, dict] = {}
+    for k, case in enumerate(cases):
+        if case.precision == "bf16" and not run_bf16:
+            results[case.name] = {"skipped": (
+                f"skipped: no native bf16 matmul on this {args.device} (measured "
+                f"{peaks.get('bf16', 0):.1f} vs {peaks.get('fp32', 0):.1f} GFLOP/s fp32); "
+                "--bf16 on runs it anyway")}
+            continue
+        results[case.name] = {}
+        # alternate which library goes first, so slow drift in the machine's load evens out
+        for lib in (libs if k % 2 == 0 else libs[::-1]):
+            spec = {"what": case.kind, "lib": lib, "case": asdict(case), "device": args.device,
+                    "warmup": warmup, "steps": steps, "new_tokens": new_tokens, "repeats": repeats}
+            for attempt in range(1 + args.retries):
+                wait_for_quiet(args.quiet_wait)
+                t = time.perf_counter()
+                res = run_child(spec, args.timeout)
+                print(f"{case.name:<20} {lib:<13} {time.perf_counter() - t:6.1f} s  "
+                      f"{_summary(res)}", flush=True)
+                best = results[case.name].get(lib)
+                if best is None or res.get("others_cores", 0) < best.get("others_cores", 0):
+                    results[case.name][lib] = res
+                if res.get("others_cores", 0) <= BUSY or "error" in res:
+                    break
+
+    meta["loadavg_end"] = _loadavg()
+    meta["wall_s"] = round(time.perf_counter() - t_start, 1)
+    meta["flops_per_token"] = {m: train_flops_per_token(m) for m in ("lora", "full")}
+    rows = build_rows(results, peaks)
+    print()
+    print(format_table(rows, meta))
+    if output is not None:
+        m = meta["machine"]
+        meta_row = {"name": "metadata", "unit": "versions", "gpt2tune": m["gpt2tune"],
+                    "transformers": m["transformers"], "ratio": None, **meta, "raw": results}
+        output.write_text(json.dumps(rows + [meta_row], indent=1) + "\n")
+        print(f"\nwrote {output}")
+    return 0
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _summary(res: dict) -> str:
+    if "error" in res:
+        return "ERROR " + res["error"]
+    others = f"  others {res['others_cores']} cores" if "others_cores" in res else ""
+    if "step_s" in res:
+        return (f"{res['tokens_per_step'] / min(res['step_s']):8.1f} tokens/s  "
+                f"steps {', '.join(f'{s:.2f}' for s in res['step_s'])} s  "
+                f"peak {res['peak_mib']:.0f} MiB{others}")
+    return (f"{res['tokens_per_run'] / min(res['run_s']):8.1f} tokens/s  "
+            f"runs {', '.join(f'{s:.2f}' for s in res['run_s'])} s  peak {res['peak_mib']:.0f} MiB"
+            f"{others}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
