@@ -33,6 +33,7 @@ BATCH, SEQ = 8, 256
 LORA_R, LORA_ALPHA = 4, 8
 PROMPT_LEN, TOP_K = 16, 50
 EOT = 50256
+MEMORY_UNIT = "MiB, peak of the process (lower is better: ratio < 1 = gpt2tune leaner)"
 # A run during which other processes used more than this many cores counts as disturbed.
 BUSY = 0.2
 
@@ -282,6 +283,9 @@ def child_matmul(precision: str, device: str, budget_s: float) -> dict:
 def child_main(spec: dict) -> None:
     import torch
 
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+
     if spec["device"].startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on both sides
     if spec["what"] == "matmul":
@@ -428,23 +432,22 @@ def build_rows(results: dict, peaks: dict) -> list[dict]:
                    for lib, r in (("gpt2tune", ours), ("transformers", theirs))}
             rows.append(_row(case.name, "tokens/s", "tokens/s (higher is better)",
                              tps["gpt2tune"], tps["transformers"], note=note))
-            rows.append(_row(case.name, "peak memory", "MiB peak RSS of the process "
-                             "(lower is better; ratio < 1 = gpt2tune leaner)",
+            rows.append(_row(case.name, "peak memory", MEMORY_UNIT,
                              ours.get("peak_mib"), theirs.get("peak_mib")))
             peak = peaks.get(case.precision)
             flops = train_flops_per_token(case.method)
             mfu = {lib: (v * flops / (peak * 1e9) if v is not None and peak else None)
                    for lib, v in tps.items()}
-            rows.append(_row(case.name, "MFU", f"fraction of the measured {case.precision} "
-                             "matmul peak (higher is better)", mfu["gpt2tune"],
+            rows.append(_row(case.name, "MFU", "fraction of the measured matmul peak in the "
+                             "row's dtype (higher is better)", mfu["gpt2tune"],
                              mfu["transformers"], digits=3))
         else:
             tps = {lib: (r["tokens_per_run"] / min(r["run_s"]) if "run_s" in r else None)
                    for lib, r in (("gpt2tune", ours), ("transformers", theirs))}
-            rows.append(_row(case.name, "tokens/s", "new tokens/s, all rows (higher is better)",
+            rows.append(_row(case.name, "tokens/s", "tokens/s (higher is better)",
                              tps["gpt2tune"], tps["transformers"], note=note))
-            rows.append(_row(case.name, "peak memory", "MiB peak RSS of the process "
-                             "(lower is better)", ours.get("peak_mib"), theirs.get("peak_mib")))
+            rows.append(_row(case.name, "peak memory", MEMORY_UNIT,
+                             ours.get("peak_mib"), theirs.get("peak_mib")))
     return rows
 
 
@@ -491,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, help="timed generations per configuration (default 2)")
     ap.add_argument("--output", type=Path, help="results file (default benchmarks/results.json "
                     "for a full run, none for --quick/--only/--libs runs)")
+    ap.add_argument("--threads", type=int, help="torch threads in each child (default: "
+                    "torch's default, one per core)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     ap.add_argument("--quiet-wait", type=float, default=180, metavar="SECONDS",
                     help="before each configuration, wait up to this long for other processes "
@@ -519,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"batch": BATCH, "seq": SEQ, "lora_r": LORA_R, "lora_alpha": LORA_ALPHA,
                          "lora_targets": ["c_attn"], "warmup_steps": warmup, "timed_steps": steps,
                          "prompt_len": PROMPT_LEN, "new_tokens": new_tokens, "top_k": TOP_K,
-                         "generate_repeats": repeats, "libs": libs}}
+                         "generate_repeats": repeats, "libs": libs,
+                         "threads": args.threads or meta_threads()}}
     t_start = time.perf_counter()
     print(f"machine: {meta['machine']['cpu']} ({meta['machine']['cores']} cores), "
           f"load average {meta['loadavg_start']}", flush=True)
@@ -529,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         for attempt in range(1 + args.retries):
             wait_for_quiet(args.quiet_wait)
             res = run_child({"what": "matmul", "precision": precision, "device": args.device,
-                             "budget_s": 0.5 if args.quick else 2.0}, args.timeout)
+                             "budget_s": 0.5 if args.quick else 2.0,
+                             "threads": args.threads}, args.timeout)
             if res.get("gflops", 0) > meta["matmul"].get(precision, {}).get("gflops", 0):
                 meta["matmul"][precision] = res
             if res.get("others_cores", 0) <= BUSY:
@@ -553,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         # alternate which library goes first, so slow drift in the machine's load evens out
         for lib in (libs if k % 2 == 0 else libs[::-1]):
             spec = {"what": case.kind, "lib": lib, "case": asdict(case), "device": args.device,
-                    "warmup": warmup, "steps": steps, "new_tokens": new_tokens, "repeats": repeats}
+                    "warmup": warmup, "steps": steps, "new_tokens": new_tokens, "repeats": repeats,
+                    "threads": args.threads}
             for attempt in range(1 + args.retries):
                 wait_for_quiet(args.quiet_wait)
                 t = time.perf_counter()
@@ -579,6 +587,12 @@ def main(argv: list[str] | None = None) -> int:
         output.write_text(json.dumps(rows + [meta_row], indent=1) + "\n")
         print(f"\nwrote {output}")
     return 0
+
+
+def meta_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _loadavg() -> list[float] | None:
