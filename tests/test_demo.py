@@ -105,3 +105,17 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     cfg = PretrainConfig(**{**res["base"]["pretrain"]})
     again = ensure_base(cfg)
     assert not again.built_now and again.path == res["base"]["path"]
+
+
+def test_pretrain_cli_builds_a_loadable_base(tmp_path, monkeypatch, capsys):
+    from gpt2tune.checkpoint import load_model
+
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "base"
+    assert main(["pretrain", "--out", str(out), "--preset", "gpt2-nano", "--max-steps", "3",
+                 "--batch-size", "1", "--block-size", "64", "--no-progress"]) == 0
+    assert "held-out wiki loss" in capsys.readouterr().out
+    info = json.loads((out / "base.json").read_text())
+    assert info["steps"] == 3 and info["tokens_seen"] == 3 * 64
+    assert info["val_tokens"] > 0 and 0 < info["val_loss"] < 20 and info["unigram_val_loss"] > 0
+    assert load_model(out).config.n_layer == 2
