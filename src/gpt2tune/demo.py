@@ -329,7 +329,9 @@ def ensure_base(cfg: PretrainConfig, progress: bool = False) -> BaseInfo:
     root = cache_dir() / "base"
     final = root / cfg.cache_name()
     if (final / BASE_INFO).is_file():
-        info = BaseInfo(**json.loads((final / BASE_INFO).read_text()))
+        saved = json.loads((final / BASE_INFO).read_text())
+        known = {f.name for f in fields(BaseInfo)}  # tolerate fields of other gpt2tune versions
+        info = BaseInfo(**{k: v for k, v in saved.items() if k in known})
         info.path, info.built_now, info.build_s = str(final), False, None
         return info
     root.mkdir(parents=True, exist_ok=True)
