@@ -20,23 +20,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import platform
 import shlex
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from gpt2tune.data import cache_dir, read_documents, tokenize_documents
 from gpt2tune.errors import UserError
-from gpt2tune.evaluate import EvalResult, evaluate
+from gpt2tune.evaluate import EvalResult, evaluate, score_windows, windows
 from gpt2tune.generate import SamplingConfig, generate
 from gpt2tune.hardware import autocast_dtype, resolve_device
 from gpt2tune.lora import LoRAConfig
@@ -441,40 +439,9 @@ def primed_evaluate(model: GPT2, docs: list[list[int]], prime: list[int], *,
     Windows are as in ``evaluate``: the model's context, then steps of half of it.
     """
     context = model.config.n_positions
-    stride = context // 2
-    items: list[tuple[list[int], list[int]]] = []
-    for doc in docs:
-        seq = prime + doc
-        pos = len(prime) + 1  # the first scored token
-        first = True
-        while pos < len(seq):
-            end = min(len(seq), context) if first and pos < context else min(len(seq), pos + stride)
-            begin = max(0, end - context)
-            inp = seq[begin:end]
-            tgt = [-100] * len(inp)
-            for j in range(pos, end):
-                tgt[j - begin - 1] = seq[j]  # position j-1 predicts token j
-            items.append((inp, tgt))
-            pos, first = end, False
-    items.sort(key=lambda w: len(w[0]))
-    device = _device(model)
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    with amp:
-        for b in range(0, len(items), batch_size):
-            batch = items[b:b + batch_size]
-            T = max(len(x) for x, _ in batch)
-            inp = torch.tensor([x + [0] * (T - len(x)) for x, _ in batch], device=device)
-            tgt = torch.tensor([y + [-100] * (T - len(y)) for _, y in batch], device=device)
-            logits = model(inp).float()
-            total += F.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1),
-                                     ignore_index=-100, reduction="sum").item()
-            count += int((tgt != -100).sum())
-    model.train(was_training)
-    loss = total / max(count, 1)
-    return EvalResult(loss=loss, perplexity=math.exp(min(loss, 700.0)), tokens=count)
+    items = [w for doc in docs
+             for w in windows(prime + doc, context, context // 2, start=len(prime) + 1)]
+    return score_windows(model, items, batch_size=batch_size, autocast_dtype=amp_dtype)
 
 
 def pick_prime(speeches: list[str], tokenizer: Tokenizer, n: int, seed: int,

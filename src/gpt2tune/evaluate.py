@@ -25,18 +25,21 @@ class EvalResult:
         return {"loss": self.loss, "perplexity": self.perplexity, "tokens": self.tokens}
 
 
-def windows(doc: list[int], context: int, stride: int) -> list[tuple[list[int], list[int]]]:
+def windows(doc: list[int], context: int, stride: int,
+            start: int = 1) -> list[tuple[list[int], list[int]]]:
     """Split one document into (input ids, targets) windows for scoring.
 
-    Every token after the first is predicted exactly once. The first window scores up to
-    ``context - 1`` tokens; each later one scores the next ``stride`` tokens (fewer at the end) and
+    Every token from position ``start`` on is predicted exactly once (``start=1``: every token
+    after the first; a larger ``start`` makes the tokens before it context only, as for a prime).
+    The first window ends at the context length (or scores the next ``stride`` tokens if ``start``
+    is already beyond it); each later one scores the next ``stride`` tokens (fewer at the end) and
     fills the rest of its ``context`` with the tokens just before them, so a scored token sees at
     least ``context - stride`` tokens of earlier context. Targets of context-only tokens are -100.
     """
     out = []
-    scored_to = 1  # tokens [1, scored_to) are scored
+    scored_to = start  # tokens [start, scored_to) are scored
     while scored_to < len(doc):
-        if scored_to == 1:
+        if scored_to == start and start < context:
             end = min(context, len(doc))
         else:
             end = min(scored_to + stride, len(doc), scored_to - 1 + context)
@@ -69,7 +72,17 @@ def evaluate(model: GPT2, docs: list[list[int]], *, stride: int | None = None,
     if not 0 < stride <= context:
         raise ValueError(f"stride must be in [1, {context}], got {stride}")
     items = [w for d in docs for w in windows(d, context, stride)]
-    items.sort(key=lambda w: len(w[0]))
+    return score_windows(model, items, batch_size=batch_size, autocast_dtype=autocast_dtype)
+
+
+@torch.no_grad()
+def score_windows(model, items: list[tuple[list[int], list[int]]], *, batch_size: int = 8,
+                  autocast_dtype: torch.dtype | None = None) -> EvalResult:
+    """Mean loss over the non-ignored targets of (input ids, targets) windows (see ``windows``).
+
+    ``model`` is anything that maps (B, T) ids to (B, T, V) logits (a ``GPT2``, or a wrapper).
+    """
+    items = sorted(items, key=lambda w: len(w[0]))  # similar lengths batch with little padding
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
