@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from gpt2tune.errors import UserError
 from gpt2tune.model import GPT2Config
+from gpt2tune.ops import Dropout
 
 # The four projections of a GPT-2 block, by their name relative to the block.
 BLOCK_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -122,7 +123,7 @@ class LoRALinear(nn.Module):
         factory = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Linear(base.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, base.out_features, bias=False, **factory)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         # merged: the update is folded into base.weight, so forward is base alone.
         # disabled: set only by disable_adapters(); forward is base alone.
         self.merged = False

