@@ -183,9 +183,8 @@ def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> d
         def loss_fn():
             return model.loss(x, y, chunk_size=tcfg.loss_chunk)
     else:
-        # what transformers' Trainer does by default: AdamW, fused on GPUs
-        fused = {"fused": True} if device.startswith("cuda") else {}
-        optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01, **fused)
+        # what transformers' Trainer does by default with torch >= 2.8: optim="adamw_torch_fused"
+        optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01, fused=True)
         x = data[:, :-1]
 
         def loss_fn():

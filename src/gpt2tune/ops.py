@@ -184,7 +184,10 @@ class _ChunkedLMHeadLoss(torch.autograd.Function):
                 if need_h:
                     grad_h[start:start + chunk] = g @ w
                 if need_w:
-                    grad_w += (g.t() @ hc).to(acc)
+                    if g.dtype == acc:
+                        grad_w.addmm_(g.t(), hc)  # in place: no (vocab x d) temporary
+                    else:
+                        grad_w += (g.t() @ hc).to(acc)
         ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype))
         return total
 
