@@ -128,10 +128,7 @@ def generate_ids(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, 
             else:
                 inp = ids[:, pos - 1:pos]
             attn = mask[:, :pos] if padded else None
-            h = model.hidden_states(inp, attention_mask=attn, cache=cache)[:, -1]  # (B, d)
-            # Only the last position's logits, as (V, d) @ (d, B): for a few rows MKL runs this
-            # orientation ~30% faster than h @ W.T (batch 8: 37 vs 53 ms for GPT-2's head).
-            logits = (model.lm_head.weight @ h.t().to(model.lm_head.weight.dtype)).t().float()
+            logits = model.next_token_logits(inp, attention_mask=attn, cache=cache).float()
             context = ids[:, :pos].masked_fill(mask[:, :pos] == 0, -1)
             logits = process_logits(logits, context, cfg)
             if cfg.greedy:

