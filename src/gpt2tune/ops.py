@@ -26,6 +26,7 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     """The dtype to accumulate softmaxes in: float32 for bf16/fp16, else the dtype itself."""
     return torch.promote_types(dtype, torch.float32)
 
+
 # ----------------------------------------------------------------------------- dropout
 
 
@@ -169,16 +170,17 @@ class _ChunkedLMHeadLoss(torch.autograd.Function):
             hc = h[start:start + chunk].to(w.dtype)
             tc = targets[start:start + chunk]
             keep = tc != -100
+            ignored = not bool(keep.all())
             tc = tc.clamp(min=0).unsqueeze(1)
             # one fused pass for the normalisation (logsumexp + subtract is three, and slower)
             logp = torch.log_softmax((hc @ w.t()).to(acc), dim=1)  # (n, V)
             picked = logp.gather(1, tc).squeeze(1)
-            total -= picked.sum() if bool(keep.all()) else picked[keep].sum()
+            total -= picked[keep].sum() if ignored else picked.sum()
             if need_h or need_w:
                 # d loss / d logits = softmax - one_hot(target); zero where the target is ignored
                 g = logp.exp_()
                 g.scatter_add_(1, tc, torch.full_like(picked, -1.0).unsqueeze(1))
-                if not bool(keep.all()):
+                if ignored:
                     g[~keep] = 0.0
                 g = g.to(w.dtype)
                 if need_h:
