@@ -426,13 +426,16 @@ def build_rows(results: dict, peaks: dict) -> list[dict]:
         if busy:
             note = (note + "; " if note else "") + ("other processes used CPU cores during the "
                                                     "run (" + ", ".join(busy) + "): less reliable")
+        # a train child reports seconds per step, a generate child seconds per run
+        tokens, seconds = (("tokens_per_step", "step_s") if case.kind == "train"
+                           else ("tokens_per_run", "run_s"))
+        tps = {lib: (r[tokens] / min(r[seconds]) if seconds in r else None)
+               for lib, r in (("gpt2tune", ours), ("transformers", theirs))}
+        rows.append(_row(case.name, "tokens/s", "tokens/s (higher is better)",
+                         tps["gpt2tune"], tps["transformers"], note=note))
+        rows.append(_row(case.name, "peak memory", MEMORY_UNIT,
+                         ours.get("peak_mib"), theirs.get("peak_mib")))
         if case.kind == "train":
-            tps = {lib: (r["tokens_per_step"] / min(r["step_s"]) if "step_s" in r else None)
-                   for lib, r in (("gpt2tune", ours), ("transformers", theirs))}
-            rows.append(_row(case.name, "tokens/s", "tokens/s (higher is better)",
-                             tps["gpt2tune"], tps["transformers"], note=note))
-            rows.append(_row(case.name, "peak memory", MEMORY_UNIT,
-                             ours.get("peak_mib"), theirs.get("peak_mib")))
             peak = peaks.get(case.precision)
             flops = train_flops_per_token(case.method)
             mfu = {lib: (v * flops / (peak * 1e9) if v is not None and peak else None)
@@ -440,13 +443,6 @@ def build_rows(results: dict, peaks: dict) -> list[dict]:
             rows.append(_row(case.name, "MFU", "fraction of the measured matmul peak in the "
                              "row's dtype (higher is better)", mfu["gpt2tune"],
                              mfu["transformers"], digits=3))
-        else:
-            tps = {lib: (r["tokens_per_run"] / min(r["run_s"]) if "run_s" in r else None)
-                   for lib, r in (("gpt2tune", ours), ("transformers", theirs))}
-            rows.append(_row(case.name, "tokens/s", "tokens/s (higher is better)",
-                             tps["gpt2tune"], tps["transformers"], note=note))
-            rows.append(_row(case.name, "peak memory", MEMORY_UNIT,
-                             ours.get("peak_mib"), theirs.get("peak_mib")))
     return rows
 
 
