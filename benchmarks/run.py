@@ -102,7 +102,7 @@ def _bf16_native(device: str) -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        from gpt2tune.hardware import cpu_has_bf16
+        from gpt2tune.runtime import cpu_has_bf16
 
         return cpu_has_bf16()
 
@@ -141,9 +141,9 @@ def _build(lib: str, method: str | None, device: str):
 
     torch.manual_seed(0)
     if lib == "gpt2tune":
-        from gpt2tune.lora import LoRAConfig, apply_lora
-        from gpt2tune.model import GPT2, GPT2Config
-        from gpt2tune.train import trainable_setup
+        from gpt2tune.core.lora import LoRAConfig, apply_lora
+        from gpt2tune.core.model import GPT2, GPT2Config
+        from gpt2tune.finetune.loop import trainable_setup
 
         model = GPT2(GPT2Config.from_preset("gpt2"))
         if method == "lora":
@@ -174,7 +174,8 @@ def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> d
     gen = torch.Generator().manual_seed(0)
     data = torch.randint(0, 50257, (case.batch, SEQ + 1), generator=gen).to(device)
     if lib == "gpt2tune":
-        from gpt2tune.train import TrainConfig, make_optimizer
+        from gpt2tune.finetune.config import TrainConfig
+        from gpt2tune.finetune.loop import make_optimizer
 
         tcfg = TrainConfig(method=case.method)
         optimizer = make_optimizer(model, tcfg)
@@ -218,7 +219,7 @@ def child_generate(lib: str, case: Case, device: str, new_tokens: int, repeats: 
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, EOT, (case.batch, PROMPT_LEN), generator=gen).to(device)
     if lib == "gpt2tune":
-        from gpt2tune.generate import SamplingConfig, generate_ids
+        from gpt2tune.inference.generate import SamplingConfig, generate_ids
 
         amp = torch.bfloat16 if case.precision == "bf16" else None
         rows = prompts.tolist()

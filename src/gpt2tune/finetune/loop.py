@@ -1,0 +1,385 @@
+"""One training loop for LoRA, full fine-tuning and training from scratch.
+
+The methods differ only in which parameters train (LoRA: the adapters; full/scratch: everything)
+and in what is saved (a peft adapter, or an HF-format model). ``Trainer.step`` is one optimizer
+step and nothing else (the benchmark times exactly it); ``Trainer.fit`` walks the data in a fixed
+order per epoch, evaluates, and tells its callbacks (progress bar, ``metrics.jsonl``, the loss
+plot, checkpoints: see ``callbacks.py``) what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from gpt2tune.core.lora import LoRAConfig, count_parameters, lora_parameters
+from gpt2tune.core.model import GPT2
+from gpt2tune.data.rows import IGNORE, Rows, batch_indices
+from gpt2tune.errors import UserError
+from gpt2tune.finetune.callbacks import (
+    BestWeights,
+    Callback,
+    Checkpoints,
+    FinalWeights,
+    LossPlot,
+    Metrics,
+    ProgressBar,
+    StepHook,
+    StepStats,
+)
+from gpt2tune.finetune.config import TrainConfig, TrainResult
+from gpt2tune.finetune.parallel import SingleProcess, from_env
+from gpt2tune.finetune.state import CHECKPOINT, Progress, rng_state, set_rng_state
+from gpt2tune.formats.atomic import write_text
+from gpt2tune.inference.evaluate import evaluate
+from gpt2tune.runtime import autocast, autocast_dtype, peak_rss_mib
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak LR at optimizer step ``step`` (0-based): linear warm-up, then decay."""
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * total_steps))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if cfg.schedule == "linear":
+            decay = 1.0 - progress
+        else:
+            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
+
+    return f
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay only on matrices (not biases or norms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    # One fused kernel per step, on CPUs too: 0.15 s instead of 0.78 s for GPT-2 124M here.
+    return torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=cfg.betas, fused=True)
+
+
+def trainable_setup(model: GPT2, method: str) -> None:
+    """Mark what trains: LoRA adapters only, or every parameter."""
+    if method == "lora":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = list(lora_parameters(model))
+        if not params:
+            raise UserError("--method lora but the model has no LoRA adapters; apply LoRA first")
+        for p in params:
+            p.requires_grad_(True)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+
+def steps_per_epoch(n_rows: int, cfg: TrainConfig, rank: int = 0, world: int = 1) -> int:
+    """Optimizer steps in one pass over ``n_rows`` rows."""
+    n_micro = len(batch_indices(n_rows, cfg.batch_size, 0, cfg.seed, rank, world))
+    return max(1, math.ceil(n_micro / cfg.grad_accum))
+
+
+class LossNotFinite(UserError):
+    """The loss became NaN or infinite: the run diverged."""
+
+    def __init__(self, value: float, step: int) -> None:
+        super().__init__(f"loss became {value} at step {step}: training diverged; lower --lr or "
+                         "use --precision fp32, then --resume")
+        self.value, self.step = value, step
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+@dataclass
+class StepResult:
+    """What one optimizer step did."""
+
+    loss: float
+    """Token-weighted mean loss of the step over every rank."""
+    lr: float
+    """The learning rate the step used."""
+    tokens: int
+    """Target tokens in the step, over every rank."""
+
+
+class Trainer:
+    """Model, optimizer, schedule and loss scaling of one run, and the step that moves them.
+
+    Args:
+        model: a ``GPT2``; for ``cfg.method == "lora"`` with its adapters already applied.
+        cfg: training settings.
+        total_steps: the run's length in optimizer steps (sets the LR schedule).
+        parallel: one process, DDP or FSDP (``parallel.from_env``); default: what this process
+            runs under.
+    """
+
+    def __init__(self, model: GPT2, cfg: TrainConfig, total_steps: int,
+                 parallel: SingleProcess | None = None) -> None:
+        cfg.validate()
+        self.model = model
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.parallel = parallel if parallel is not None else from_env(cfg.fsdp)
+        self.device = next(model.parameters()).device
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        trainable_setup(model, cfg.method)
+        model.gradient_checkpointing = cfg.grad_checkpointing
+        self.trainable_params, self.total_params = count_parameters(model)
+        self.wrapped = self.parallel.wrap(model)  # before the optimizer: FSDP swaps parameters
+        self.optimizer = make_optimizer(model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lr_lambda(cfg, total_steps))
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
+        self.progress = Progress()
+        self.step_rng = rng_state()
+        """RNG states right after the last step: a Ctrl-C before the next one resumes from here."""
+
+    # --------------------------------------------------------------- state
+
+    def start(self, resume_state: dict | None = None) -> None:
+        """Seed a new run, or restore a checkpoint's train state (``state.load_train_state``)."""
+        par = self.parallel
+        if resume_state is None:
+            torch.manual_seed(self.cfg.seed + par.rank)  # ranks draw different dropout masks
+            random.seed(self.cfg.seed + par.rank)
+        else:
+            saved_world = resume_state.get("world_size", 1)
+            if saved_world != par.world:
+                raise UserError(f"--resume: the checkpoint was written by {saved_world} rank(s), "
+                                f"this run has {par.world}; resume with the same number")
+            par.load_optimizer_state(self.wrapped, self.optimizer, resume_state["optimizer"])
+            self.scheduler.load_state_dict(resume_state["scheduler"])
+            self.scaler.load_state_dict(resume_state["scaler"])
+            self.progress = Progress(**resume_state["position"])
+            set_rng_state(resume_state["rng"][par.rank])
+        self.step_rng = rng_state()
+
+    def train_state(self, rngs: list[dict]) -> dict:
+        """What a checkpoint's ``train_state.pt`` holds (gathering FSDP shards is a collective).
+
+        Args:
+            rngs: every rank's RNG states, indexed by rank.
+        """
+        return {"optimizer": self.parallel.optimizer_state(self.wrapped, self.optimizer),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "position": asdict(self.progress), "rng": rngs,
+                "total_steps": self.total_steps, "world_size": self.parallel.world}
+
+    def full_model(self) -> GPT2 | None:
+        """The model with whole weights on rank 0, None on other ranks (a collective)."""
+        return self.parallel.full_model(self.model, self.wrapped)
+
+    # --------------------------------------------------------------- one step
+
+    def step(self, micro_batches: Sequence[tuple[Tensor, Tensor]]) -> StepResult:
+        """One optimizer step over ``micro_batches`` of (inputs, targets) rows of this rank.
+
+        The loss is the mean over every target token of the step on every rank, so gradient
+        accumulation and N ranks both equal one big batch.
+
+        Raises:
+            LossNotFinite: a micro-batch's loss is NaN or infinite (nothing was updated).
+        """
+        par, device = self.parallel, self.device
+        n_tokens = sum(int((y != IGNORE).sum()) for _, y in micro_batches)
+        n_tokens = par.all_sum(n_tokens)[0]
+        amp = autocast(device, self.amp_dtype)
+        loss_sum = 0.0
+        for k, (x, y) in enumerate(micro_batches):
+            x, y = x.to(device), y.to(device)
+            sync = par.no_sync(self.wrapped) if k < len(micro_batches) - 1 else nullcontext()
+            with sync, amp:
+                loss = self.wrapped(x, y, chunk_size=self.cfg.loss_chunk)
+            micro_tokens = int((y != IGNORE).sum())
+            weight = micro_tokens / max(n_tokens, 1) * par.world  # DDP averages gradients
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise LossNotFinite(loss.item(), self.progress.step + 1)
+            self.scaler.scale(loss * weight).backward()
+            loss_sum += loss.item() * micro_tokens
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.cfg.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.progress.step += 1
+        self.progress.tokens_seen += n_tokens
+        self.step_rng = rng_state()
+        return StepResult(loss=par.all_sum(loss_sum)[0] / max(n_tokens, 1), lr=lr,
+                          tokens=n_tokens)
+
+    @torch.no_grad()
+    def validation_loss(self, val_docs: list[list[int]] | None, context: int) -> float | None:
+        """Mean loss over the validation documents (each rank scores its share; FSDP: all of
+        them, since every forward gathers the shards). None without documents."""
+        if not val_docs:
+            return None
+        par, kw = self.parallel, dict(autocast_dtype=self.amp_dtype, context=context,
+                                      batch_size=self.cfg.batch_size)
+        if par.shards_weights:
+            res = evaluate(self.wrapped, val_docs, **kw)
+            self.model.train()
+            return res.loss
+        res = evaluate(self.model, val_docs[par.rank::par.world], **kw)
+        loss_sum, count = par.all_sum(res.loss * res.tokens, res.tokens)
+        self.model.train()
+        return loss_sum / max(count, 1)
+
+    # --------------------------------------------------------------- the loop
+
+    def fit(self, rows: Rows, val_docs: list[list[int]] | None = None,
+            callbacks: Sequence[Callback] = ()) -> TrainResult:
+        """Train until ``total_steps`` (or early stopping), from ``self.progress`` on.
+
+        Each epoch visits the rows in an order fixed by (seed, epoch), so a resumed run continues
+        exactly where the interrupted one stopped. Validation runs every ``eval_every`` steps,
+        at the end of each epoch and at the end. Ctrl-C stops after telling the callbacks
+        (``on_interrupt``) and returns with ``interrupted=True``; a finished run calls
+        ``on_end``; an error (a diverged loss) calls neither, so nothing is saved over the last
+        good checkpoint.
+        """
+        cfg, par, prog = self.cfg, self.parallel, self.progress
+        n_steps_epoch = steps_per_epoch(len(rows), cfg, par.rank, par.world)
+        context = rows.inputs.size(1)
+        for cb in callbacks:
+            cb.on_start(self)
+        self.model.train()
+        t0 = time.perf_counter()
+        last_loss = val_loss = None
+        stopped_early = interrupted = False
+        try:
+            while prog.step < self.total_steps and not stopped_early:
+                epoch = prog.epoch
+                micro = batch_indices(len(rows), cfg.batch_size, epoch, cfg.seed, par.rank,
+                                      par.world)
+                steps = [micro[i:i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
+                while prog.step_in_epoch < len(steps) and prog.step < self.total_steps:
+                    group = steps[prog.step_in_epoch]
+                    res = self.step([(rows.inputs[idx], rows.targets[idx]) for idx in group])
+                    prog.step_in_epoch += 1
+                    last_loss = res.loss
+                    now = time.perf_counter()
+                    stats = StepStats(step=prog.step, epoch=epoch + prog.step_in_epoch / len(steps),
+                                      loss=res.loss, lr=res.lr, tokens=res.tokens, time=now,
+                                      elapsed_s=now - t0)
+                    end_of_epoch = prog.step_in_epoch == len(steps)
+                    if ((cfg.eval_every and prog.step % cfg.eval_every == 0) or end_of_epoch
+                            or prog.step == self.total_steps):
+                        stats.val_loss = val_loss = self.validation_loss(val_docs, context)
+                        if val_loss is not None:
+                            if prog.best_val is None or val_loss < prog.best_val:
+                                prog.best_val, prog.best_step, prog.bad_evals = val_loss, prog.step, 0
+                                stats.improved = True
+                            else:
+                                prog.bad_evals += 1
+                                stopped_early = bool(cfg.early_stopping
+                                                     and prog.bad_evals >= cfg.early_stopping)
+                    for cb in callbacks:
+                        cb.on_step(self, stats)
+                    if stopped_early:
+                        break
+                if prog.step_in_epoch >= len(steps):
+                    prog.epoch += 1
+                    prog.step_in_epoch = 0
+        except KeyboardInterrupt:
+            interrupted = True
+            self.optimizer.zero_grad(set_to_none=True)  # a half-accumulated step is replayed
+            for cb in callbacks:
+                cb.on_interrupt(self)
+        else:
+            for cb in callbacks:
+                cb.on_end(self)
+        finally:
+            for cb in callbacks:
+                cb.close()
+        peak = (torch.cuda.max_memory_allocated(self.device) / 2**20
+                if self.device.type == "cuda" else peak_rss_mib())
+        history = next((cb.rows for cb in callbacks if isinstance(cb, Metrics)), [])
+        return TrainResult(
+            steps=prog.step, epochs_done=round(prog.epoch + prog.step_in_epoch / n_steps_epoch, 4),
+            tokens_seen=prog.tokens_seen, wall_s=round(time.perf_counter() - t0, 2),
+            trainable_params=self.trainable_params, total_params=self.total_params,
+            peak_memory_mib=round(peak, 1), final_loss=last_loss, val_loss=val_loss,
+            best_val_loss=prog.best_val, best_step=prog.best_step, stopped_early=stopped_early,
+            interrupted=interrupted, history=history)
+
+
+def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, *,
+          val_docs: list[list[int]] | None = None, lora_cfg: LoRAConfig | None = None,
+          base_name: str = "", resume_state: dict | None = None,
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train ``model`` on ``train_rows`` and save the result in ``out_dir``.
+
+    Args:
+        model: a GPT2; for ``method="lora"`` with adapters already applied.
+        train_rows: packed or padded training rows.
+        cfg: training settings.
+        out_dir: where the result, checkpoints, ``metrics.jsonl`` and ``loss_curve.png`` go.
+        val_docs: token ids of validation documents (each ending with <|endoftext|>).
+        lora_cfg: the adapters' config (saved with them).
+        base_name: the base model's name or path, recorded in the adapter config.
+        resume_state: a checkpoint's train state (``load_train_state``), weights already loaded.
+        on_step: called as ``on_step(step, loss)`` after each optimizer step (tests use it to
+            simulate an interruption by raising KeyboardInterrupt).
+
+    Returns:
+        A ``TrainResult``. Ctrl-C saves a checkpoint and returns with ``interrupted=True``.
+
+    Raises:
+        UserError: the loss became NaN/inf (the last good checkpoint is kept as it was).
+    """
+    cfg.validate()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parallel = from_env(cfg.fsdp)
+    total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch(
+        len(train_rows), cfg, parallel.rank, parallel.world)))
+    trainer = Trainer(model, cfg, total_steps, parallel)
+    trainer.start(resume_state)
+    main = parallel.is_main
+    metrics = Metrics(out_dir / "metrics.jsonl" if main else None, cfg.log_every,
+                      resume=resume_state is not None)
+    callbacks: list[Callback] = [
+        metrics,
+        *([ProgressBar()] if cfg.progress and main else []),
+        BestWeights(out_dir / "best", lora_cfg, base_name),
+        *([LossPlot(out_dir / "loss_curve.png", metrics)] if main else []),
+        *([StepHook(on_step)] if on_step is not None else []),
+        Checkpoints(out_dir, lora_cfg, base_name, cfg.save_every),
+        FinalWeights(out_dir, lora_cfg, base_name),
+    ]
+    try:
+        result = trainer.fit(train_rows, val_docs, callbacks)
+    except LossNotFinite as e:
+        raise UserError(f"loss became {e.value} at step {e.step}: training diverged; the last "
+                        f"good checkpoint in {out_dir / CHECKPOINT} is kept; lower --lr or use "
+                        "--precision fp32, then --resume") from None
+    if main:
+        write_text(out_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    return result

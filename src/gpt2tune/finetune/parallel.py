@@ -1,0 +1,224 @@
+"""One process, or data-parallel under torchrun (DDP, or FSDP with ``--fsdp``), behind one
+interface: the trainer calls the same methods whichever it runs under.
+
+Nothing here launches processes: ``torchrun --nproc_per_node N -m gpt2tune train ...`` does, and
+sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, which ``init_from_env`` reads.
+gloo is used on CPU and nccl on CUDA.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from gpt2tune.core.lora import LoRALinear, lora_modules
+from gpt2tune.core.model import GPT2, empty_init
+from gpt2tune.errors import UserError
+
+DEFAULT_TIMEOUT_S = 600
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several ranks started by torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device_name: str = "auto", timeout_s: int = DEFAULT_TIMEOUT_S) -> torch.device:
+    """Join the process group torchrun set up; returns this rank's device.
+
+    The timeout bounds every collective, so if a rank dies the others fail with a clear message
+    instead of waiting forever (torchrun also stops the remaining workers).
+    """
+    use_cuda = (torch.cuda.is_available() and device_name in ("auto", "cuda")
+                or device_name.startswith("cuda"))
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError("--device cuda under torchrun, but no CUDA GPU is available")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return device
+
+
+class LossModule(nn.Module):
+    """Makes ``forward`` compute the loss, so DDP's and FSDP's hooks see the whole computation."""
+
+    def __init__(self, model: GPT2) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, y: Tensor | None = None, chunk_size: int = 0) -> Tensor:
+        if y is None:  # evaluation through the wrapper (FSDP gathers weights in its hooks)
+            return self.model(x)
+        return self.model.loss(x, y, chunk_size=chunk_size)
+
+
+class SingleProcess:
+    """One process: every collective is the identity. The base of the interface."""
+
+    rank: int = 0
+    world: int = 1
+    is_main: bool = True
+    shards_weights: bool = False
+    """True when no rank holds the whole model (FSDP)."""
+
+    def wrap(self, model: GPT2) -> nn.Module:
+        """The module the trainer calls: its ``forward(x, y, chunk_size)`` returns the loss."""
+        return LossModule(model)
+
+    def full_model(self, model: GPT2, wrapped: nn.Module) -> GPT2 | None:
+        """The model with whole weights on rank 0 (None on the others; a collective)."""
+        return model
+
+    def optimizer_state(self, wrapped: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """The optimizer's whole state (a collective)."""
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
+                             state: dict) -> None:
+        optimizer.load_state_dict(state)
+
+    def no_sync(self, wrapped: nn.Module) -> AbstractContextManager:
+        """Skip the gradient all-reduce (micro-batches before the last of a step)."""
+        return nullcontext()
+
+    def all_sum(self, *values: float) -> tuple:
+        """Each value summed over ranks."""
+        return values
+
+    def gather(self, obj: object) -> list:
+        """Every rank's ``obj``, as a list indexed by rank (on every rank)."""
+        return [obj]
+
+    def barrier(self) -> None:
+        pass
+
+
+class DataParallel(SingleProcess):
+    """DDP: every rank holds the whole model and reads its own share of each batch."""
+
+    def __init__(self) -> None:
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        self.is_main = self.rank == 0
+
+    def wrap(self, model: GPT2) -> nn.Module:
+        """DDP around the loss module; LoRA's frozen base parameters are not registered with DDP
+        (requires_grad=False), so only adapter gradients are reduced."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        device_ids = [model.lm_head.weight.device.index] if model.lm_head.weight.is_cuda else None
+        return DDP(LossModule(model), device_ids=device_ids)
+
+    def full_model(self, model: GPT2, wrapped: nn.Module) -> GPT2 | None:
+        return model if self.is_main else None
+
+    def no_sync(self, wrapped: nn.Module) -> AbstractContextManager:
+        return wrapped.no_sync()
+
+    def all_sum(self, *values: float) -> tuple:
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        try:
+            dist.all_reduce(t)
+        except RuntimeError as e:
+            raise UserError(f"rank {self.rank}: lost contact with the other ranks "
+                            f"({str(e).splitlines()[0][:120]}); a rank died or hung — check its "
+                            "log, then rerun with --resume") from None
+        out = t.tolist()
+        return tuple(int(v) if isinstance(x, int) else v for v, x in zip(out, values))
+
+    def gather(self, obj: object) -> list:
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+class FullyShardedDataParallel(DataParallel):
+    """FSDP2: parameters, gradients and optimizer state sharded over the ranks, one
+    ``fully_shard`` per Transformer block plus the root; whole weights are gathered to rank 0
+    for saving."""
+
+    shards_weights = True
+
+    def wrap(self, model: GPT2) -> nn.Module:
+        from torch.distributed.fsdp import fully_shard
+
+        module = LossModule(model)
+        for block in model.transformer.h:
+            fully_shard(block)
+        fully_shard(module)
+        return module
+
+    def full_model(self, model: GPT2, wrapped: nn.Module) -> GPT2 | None:
+        """Every shard gathered into a CPU copy of the model on rank 0 (a collective)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True,
+                                                                    cpu_offload=True))
+        if not self.is_main:
+            return None
+        with empty_init():
+            copy = GPT2(model.config, init_weights=False, source_dir=model.source_dir)
+        for name, mod in lora_modules(model):  # same adapters, same places
+            parent, _, attr = name.rpartition(".")
+            with empty_init():
+                wrapper = LoRALinear(copy.get_submodule(name), mod.r, mod.scaling * mod.r)
+            setattr(copy.get_submodule(parent), attr, wrapper)
+        copy.load_state_dict({k.removeprefix("model."): v for k, v in sd.items()},
+                             strict=True, assign=True)
+        copy.lm_head.weight = copy.transformer.wte.weight
+        return copy
+
+    def optimizer_state(self, wrapped: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        return get_optimizer_state_dict(wrapped, optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+
+    def load_optimizer_state(self, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
+                             state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        set_optimizer_state_dict(wrapped, optimizer, optim_state_dict=state,
+                                 options=StateDictOptions(full_state_dict=True))
+
+    def no_sync(self, wrapped: nn.Module) -> AbstractContextManager:
+        return nullcontext()  # FSDP2 reduce-scatters every backward
+
+
+def from_env(fsdp: bool = False) -> SingleProcess:
+    """The parallelism this process runs under: DDP/FSDP in an initialised process group, else
+    one process.
+
+    Raises:
+        UserError: ``fsdp`` asked for in a single process.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return FullyShardedDataParallel() if fsdp else DataParallel()
+    if fsdp:
+        raise UserError("--fsdp shards over several processes: launch with torchrun "
+                        "--nproc_per_node N -m gpt2tune train ...")
+    return SingleProcess()

@@ -1,0 +1,235 @@
+"""From a user's options to a finished run: load the model, prepare the data, guard the output
+directory, train (or resume), and save. ``gpt2tune train`` is a thin wrapper around ``fine_tune``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from gpt2tune.core.lora import (
+    LoRAConfig,
+    apply_lora,
+    count_parameters,
+    format_parameter_report,
+)
+from gpt2tune.core.model import GPT2, GPT2Config
+from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.data.rows import make_rows, tokenize_documents
+from gpt2tune.data.sources import read_documents
+from gpt2tune.data.split import split_train_val
+from gpt2tune.errors import UserError
+from gpt2tune.finetune.config import TrainConfig, TrainResult
+from gpt2tune.finetune.loop import train
+from gpt2tune.finetune.parallel import init_from_env, launched_by_torchrun
+from gpt2tune.finetune.state import find_checkpoint, load_train_state
+from gpt2tune.formats.atomic import write_text
+from gpt2tune.formats.hf import load_model
+from gpt2tune.formats.outdir import prepare_output_dir
+from gpt2tune.formats.peft import load_adapter
+from gpt2tune.runtime import resolve_device
+
+log = logging.getLogger("gpt2tune")
+RUN_FILE = "run.json"
+INITS = ("pretrained", "scratch")
+
+
+@dataclass
+class ModelOptions:
+    """Which model to start from."""
+
+    model: str | None = None
+    """HF-format GPT-2 directory or hub id (not needed with ``--init scratch``)."""
+    init: str = "pretrained"
+    """``pretrained`` (load --model) or ``scratch`` (random weights of --preset)."""
+    preset: str = "gpt2"
+    """Architecture for ``--init scratch``: gpt2, gpt2-medium, gpt2-large, gpt2-xl, gpt2-nano, ..."""
+    device: str = "auto"
+    """``auto``, ``cpu`` or ``cuda[:N]``."""
+
+
+@dataclass
+class DataOptions:
+    """What to train on and how to cut it into rows."""
+
+    data: str | None = None
+    """Training text: a .txt/.jsonl/.json/.csv file, a directory of .txt files, or builtin:NAME."""
+    val_data: str | None = None
+    """Validation text (same formats); builtin names use their test split."""
+    val_split: float = 0.0
+    """Hold out this fraction of the training documents (seeded, by document) for validation."""
+    doc_sep: str = "blank"
+    """In .txt files documents are separated by blank lines (``blank``) or lines (``line``)."""
+    text_field: str = "text"
+    """The JSON field or CSV column holding the text."""
+    block_size: int | None = None
+    """Tokens per training row; default min(512, the model's context)."""
+    pack: bool = True
+    """Pack documents into full rows (default); --no-pack gives one padded document per row."""
+
+
+@dataclass
+class RunOptions:
+    """Everything ``gpt2tune train`` needs."""
+
+    out: str | None = None
+    """Output directory for the adapter or model, checkpoints, metrics.jsonl, loss_curve.png."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint."""
+    overwrite: bool = False
+    """Replace whatever --out holds."""
+    model: ModelOptions = field(default_factory=ModelOptions)
+    data: DataOptions = field(default_factory=DataOptions)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def identity(self) -> dict:
+        """The options a resumed run must share with the original."""
+        t = self.train
+        return {"method": t.method, "model": self.model.model, "init": self.model.init,
+                "preset": self.model.preset if self.model.init == "scratch" else None,
+                "data": self.data.data, "block_size": self.data.block_size, "pack": self.data.pack,
+                "batch_size": t.batch_size, "grad_accum": t.grad_accum, "seed": t.seed,
+                "lora": asdict(self.lora) if t.method == "lora" else None}
+
+
+def build_model(opts: ModelOptions) -> GPT2:
+    device = resolve_device(opts.device)
+    if opts.init == "scratch":
+        return GPT2(GPT2Config.from_preset(opts.preset)).to(device)
+    if opts.init != "pretrained":
+        raise UserError(f"unknown --init {opts.init!r}; use pretrained or scratch")
+    if not opts.model:
+        raise UserError("--model is required (or --init scratch --preset NAME to train from scratch)")
+    return load_model(opts.model, device=device)
+
+
+def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int):
+    """Training rows and validation documents (token ids) per the options."""
+    if not opts.data:
+        raise UserError("--data is required: a text file, a directory of .txt files, or builtin:NAME")
+    block = opts.block_size or min(512, n_positions)
+    if not 2 <= block <= n_positions:
+        raise UserError(f"--block-size {block} is outside 2..{n_positions} (the model's context); "
+                        f"use at most {n_positions}")
+    docs = read_documents(opts.data, opts.doc_sep, opts.text_field, split="train")
+    val_texts: list[str] = []
+    if opts.val_data and opts.val_split:
+        raise UserError("give either --val-data or --val-split, not both")
+    if opts.val_data:
+        val_texts = read_documents(opts.val_data, opts.doc_sep, opts.text_field, split="test")
+    elif opts.val_split:
+        docs, val_texts = split_train_val(docs, opts.val_split, seed)
+    train_ids = tokenize_documents(docs, tokenizer)
+    rows = make_rows(train_ids, block, tokenizer.eot_id, pack=opts.pack)
+    val = [ids.tolist() for ids in tokenize_documents(val_texts, tokenizer)] if val_texts else None
+    return rows, val, len(docs)
+
+
+def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Run ``gpt2tune train``: fine-tune (LoRA or full) or train from scratch, or resume.
+
+    Args:
+        opts: all options.
+        on_step: passed to ``train`` (called after each optimizer step).
+
+    Returns:
+        The ``TrainResult``; the adapter or model is in ``opts.out``.
+    """
+    t = opts.train
+    t.validate()
+    if not opts.out:
+        raise UserError("--out is required: the directory for the trained adapter or model")
+    if opts.model.init == "scratch" and t.method == "lora":
+        raise UserError("--init scratch trains every weight; use --method full")
+    out = Path(opts.out)
+    rank, world = 0, 1
+    if launched_by_torchrun():
+        import torch.distributed as dist
+
+        opts.model.device = str(init_from_env(opts.model.device, t.dist_timeout))
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if rank != 0:
+            log.setLevel(logging.WARNING)  # one rank talks
+    elif t.fsdp:
+        raise UserError("--fsdp shards over several processes: launch with torchrun "
+                        "--nproc_per_node N -m gpt2tune train ...")
+    if rank == 0:
+        prepare_output_dir(out, marker=RUN_FILE, resume=opts.resume, overwrite=opts.overwrite)
+    _barrier(world)
+
+    torch.manual_seed(t.seed)  # LoRA's initial A comes from here
+    model = build_model(opts.model)
+    tokenizer = Tokenizer(model.source_dir)
+    rows, val, n_docs = load_data(opts.data, tokenizer, model.config.n_positions, t.seed)
+    opts.data.block_size = rows.inputs.size(1)
+
+    resume_state = None
+    if opts.resume:
+        saved = json.loads((out / RUN_FILE).read_text())
+        now = opts.identity()
+        diff = [k for k in now if saved["identity"].get(k) != now[k]]
+        if diff:
+            raise UserError(f"--resume: --{diff[0].replace('_', '-')} differs from the run in {out} "
+                            f"({saved['identity'].get(diff[0])!r} vs {now[diff[0]]!r}); use the same "
+                            "options, or a new --out")
+        ckpt = find_checkpoint(out)
+        if ckpt is None:
+            raise UserError(f"--resume: {out} has no checkpoint yet; start again with --overwrite")
+        resume_state = load_train_state(ckpt)
+        model = _load_checkpoint_weights(model, ckpt, opts)
+    elif t.method == "lora":
+        apply_lora(model, opts.lora)
+    if t.method == "lora":
+        trainable, total = count_parameters(model)
+    else:
+        trainable = total = sum(p.numel() for p in model.parameters())
+    log.info(format_parameter_report(trainable, total))
+    log.info(f"data: {n_docs} documents -> {len(rows)} rows of {rows.inputs.size(1)} tokens "
+             f"({rows.num_targets:,} training tokens); validation: "
+             f"{len(val) if val else 0} documents")
+    if world > 1:
+        log.info(f"data parallel over {world} ranks: global batch {t.batch_size} x {world} ranks "
+                 f"x {t.grad_accum} accumulation = {t.batch_size * world * t.grad_accum} rows "
+                 f"of {rows.inputs.size(1)} tokens per step")
+    out.mkdir(parents=True, exist_ok=True)
+    if not opts.resume and rank == 0:
+        write_text(out / RUN_FILE, json.dumps({"identity": opts.identity(), "options": _jsonable(opts)},
+                                               indent=2) + "\n")
+    base_name = opts.model.model or f"scratch:{opts.model.preset}"
+    result = train(model, rows, t, out, val_docs=val,
+                   lora_cfg=opts.lora if t.method == "lora" else None, base_name=base_name,
+                   resume_state=resume_state, on_step=on_step)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return result
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _load_checkpoint_weights(model: GPT2, ckpt: Path, opts: RunOptions) -> GPT2:
+    """The weights a checkpoint holds: an adapter onto the base model, or the whole model."""
+    if opts.train.method == "lora":
+        load_adapter(model, ckpt)
+        return model
+    resumed = load_model(ckpt, device=next(model.parameters()).device)
+    resumed.source_dir = model.source_dir  # the tokenizer stays the base model's
+    return resumed
+
+
+def _jsonable(obj):
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _jsonable(v) for k, v in asdict(obj).items()}
+    return obj

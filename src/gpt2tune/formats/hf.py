@@ -1,0 +1,268 @@
+"""Hugging Face GPT-2 model directories <-> our ``GPT2``.
+
+HF stores the four projection weights as ``Conv1D`` (in, out); we use ``nn.Linear`` (out, in), so
+conversion is a transpose of those four and a re-tie of the LM head, with exact key-set checks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from gpt2tune.core.model import GPT2, GPT2Config, empty_init
+from gpt2tune.core.tokenizer import vocab_files
+from gpt2tune.errors import UserError
+from gpt2tune.formats.atomic import atomic_dir
+
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "vocab.json",
+                "merges.txt"]
+
+
+# ----------------------------------------------------------------------------- locating models
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """A local directory for ``name_or_path``: the directory itself, or a hub id's cached snapshot.
+
+    Raises:
+        UserError: the path does not exist and the hub id is neither cached nor downloadable.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{path} is a file; --model takes a directory holding config.json "
+                            "and model weights (or a hub id such as gpt2)")
+        return path
+    name = str(name_or_path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model directory {name} does not exist; check the path")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise UserError("huggingface_hub is not installed; pass a local model directory") from e
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
+    except Exception as e:
+        raise UserError(
+            f"model {name!r} is not a local directory and could not be fetched from the Hugging "
+            f"Face hub ({type(e).__name__}); when offline, pass --model /path/to/dir with an "
+            "HF-format GPT-2 (config.json + model.safetensors)") from None
+
+
+# ----------------------------------------------------------------------------- config
+
+_UNSUPPORTED = {"scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+                "scale_attn_weights": True, "add_cross_attention": False}
+
+
+def config_from_hf(hf: dict, where: str = "config.json") -> GPT2Config:
+    """Our ``GPT2Config`` from a Hugging Face GPT-2 ``config.json`` dict."""
+    if hf.get("model_type") != "gpt2":
+        raise UserError(f"{where}: model_type is {hf.get('model_type')!r}, not 'gpt2'; "
+                        "gpt2tune loads GPT-2 checkpoints only")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"{where}: activation_function {act!r} is not GPT-2's tanh GELU; "
+                        "only gelu_new / gelu_pytorch_tanh checkpoints are supported")
+    for key, expected in _UNSUPPORTED.items():
+        if hf.get(key, expected) != expected:
+            raise UserError(f"{where}: {key}={hf[key]} is not supported (GPT-2 uses {expected})")
+    try:
+        return GPT2Config(
+            n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+            n_positions=hf.get("n_positions", 1024), vocab_size=hf.get("vocab_size", 50257),
+            n_inner=hf.get("n_inner"), embd_pdrop=hf.get("embd_pdrop", 0.1),
+            attn_pdrop=hf.get("attn_pdrop", 0.1), resid_pdrop=hf.get("resid_pdrop", 0.1),
+            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+    except KeyError as e:
+        raise UserError(f"{where}: missing field {e.args[0]!r}; is this a GPT-2 config?") from None
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def config_to_hf(config: GPT2Config) -> dict:
+    """A ``config.json`` dict that ``transformers.GPT2LMHeadModel`` reads as this model."""
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
+        "n_positions": config.n_positions, "n_ctx": config.n_positions,
+        "vocab_size": config.vocab_size, "n_inner": config.n_inner,
+        "activation_function": "gelu_new", "embd_pdrop": config.embd_pdrop,
+        "attn_pdrop": config.attn_pdrop, "resid_pdrop": config.resid_pdrop,
+        "layer_norm_epsilon": config.layer_norm_epsilon, "initializer_range": 0.02,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False, "tie_word_embeddings": True,
+        "bos_token_id": 50256, "eos_token_id": 50256, "use_cache": True,
+    }
+
+
+def load_config(model_dir: Path) -> GPT2Config:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{model_dir} has no config.json; it is not an HF-format GPT-2 directory")
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); restore it or re-save the model") from None
+    return config_from_hf(hf, str(path))
+
+
+# ----------------------------------------------------------------------------- weights
+
+def load_bin(path: Path) -> dict[str, Tensor]:
+    try:
+        # weights_only: never unpickle arbitrary objects from a checkpoint.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot load {path} as a weights-only PyTorch checkpoint: "
+                        f"{str(e).splitlines()[0]}") from None
+
+
+def load_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}); re-save the model") from None
+
+
+def load_hf_state_dict(model_dir: Path) -> dict[str, Tensor]:
+    """Raw tensors of an HF checkpoint: single or sharded safetensors, else pytorch_model.bin."""
+    for index_name, loader in (("model.safetensors.index.json", load_safetensors),
+                               ("pytorch_model.bin.index.json", load_bin)):
+        index = model_dir / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            sd: dict[str, Tensor] = {}
+            for shard in shards:
+                if not (model_dir / shard).is_file():
+                    raise UserError(f"{index} lists shard {shard}, which is missing")
+                sd.update(loader(model_dir / shard))
+            return sd
+    if (model_dir / "model.safetensors").is_file():
+        return load_safetensors(model_dir / "model.safetensors")
+    if (model_dir / "pytorch_model.bin").is_file():
+        return load_bin(model_dir / "pytorch_model.bin")
+    raise UserError(f"{model_dir} has no model weights (expected one of: {', '.join(WEIGHT_FILES)})")
+
+
+def hf_to_ours(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Convert an HF GPT-2 state dict to ours: transpose Conv1D weights, drop mask buffers and the
+    tied head (the model ties it to ``wte`` itself)."""
+    out: dict[str, Tensor] = {}
+    for key, t in sd.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers of old checkpoints, not parameters
+        if not key.startswith(("transformer.", "lm_head.")):
+            key = "transformer." + key  # OpenAI's original upload has no "transformer." prefix
+        if key.endswith(CONV1D_SUFFIXES):
+            t = t.t()
+        out[key] = t.contiguous()
+    out.pop("lm_head.weight", None)
+    return out
+
+
+def ours_to_hf(model: GPT2) -> dict[str, Tensor]:
+    """Our state dict in HF layout (Conv1D weights transposed, tied head omitted)."""
+    out = {}
+    for key, t in model.state_dict().items():
+        if key == "lm_head.weight":
+            continue
+        if key.endswith(CONV1D_SUFFIXES):
+            t = t.t()
+        out[key] = t.detach().contiguous().cpu()
+    return out
+
+
+def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = None,
+               device: torch.device | str = "cpu") -> GPT2:
+    """Load an HF-format GPT-2 (local directory or hub id) as our ``GPT2``, in eval mode.
+
+    Args:
+        name_or_path: a directory with ``config.json`` and weights, or a hub id such as ``gpt2``.
+        dtype: parameter dtype; ``None`` keeps float32.
+        device: where to put the model.
+    """
+    model_dir = resolve_model_dir(name_or_path)
+    config = load_config(model_dir)
+    sd = hf_to_ours(load_hf_state_dict(model_dir))
+    with empty_init():
+        model = GPT2(config, init_weights=False, source_dir=model_dir)
+    # The checkpoint must hold exactly the model's tensors (the tied head once, as wte).
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
+    if missing or unexpected:
+        raise UserError(f"{model_dir}: the checkpoint does not match a GPT-2 with this config.json: "
+                        f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    for k, v in sd.items():
+        if tuple(v.shape) != expected[k]:
+            raise UserError(f"{model_dir}: {k} has shape {tuple(v.shape)}, config.json implies "
+                            f"{expected[k]}; the weights do not belong to this config")
+    sd = {k: v.float() for k, v in sd.items()}
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model.load_state_dict(sd, strict=True, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign made two Parameters: re-tie
+    model.to(device=device, dtype=dtype or torch.float32)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- saving
+
+def write_tokenizer_files(out_dir: Path, source_dir: Path | None) -> None:
+    """Copy the vocabulary (``vocab.json``, ``merges.txt``) so ``out_dir`` is self-contained."""
+    vocab, merges = vocab_files(source_dir)
+    shutil.copyfile(vocab, out_dir / "vocab.json")
+    shutil.copyfile(merges, out_dir / "merges.txt")
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "add_prefix_space": False,
+    }, indent=2) + "\n")
+
+
+def save_model(model: GPT2, out_dir: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    """Save ``model`` as an HF-format directory that ``GPT2LMHeadModel.from_pretrained`` loads.
+
+    Writes ``config.json``, ``model.safetensors`` and the tokenizer files.
+    """
+    out_dir = Path(out_dir)
+    sd = ours_to_hf(model)
+    if dtype is not None:
+        sd = {k: v.to(dtype) for k, v in sd.items()}
+    with atomic_dir(out_dir) as tmp:
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n")
+        write_tokenizer_files(tmp, model.source_dir)
+    return out_dir
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def describe_model(name_or_path: str | Path) -> dict:
+    """Config, parameter count, stored dtype and size on disk of a model directory, without
+    building the model."""
+    model_dir = resolve_model_dir(name_or_path)
+    config = load_config(model_dir)
+    files = [f for f in model_dir.iterdir() if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
+    weights = sorted(f.name for f in files if f.suffix in (".safetensors", ".bin"))
+    dtype = "unknown"
+    if (model_dir / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+            first = next(iter(f.keys()), None)
+            if first is not None:
+                dtype = _SAFETENSORS_DTYPES.get(f.get_slice(first).get_dtype(), "unknown")
+    return {"model": str(model_dir), "config": config.to_dict(), "parameters": config.num_params(),
+            "dtype": dtype, "weights": ", ".join(weights), "size_on_disk_mib": round(size / 2**20, 2)}

@@ -1,0 +1,219 @@
+"""LoRA adapters on disk in peft's format (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+``peft.PeftModel.from_pretrained(GPT2LMHeadModel..., dir)`` loads what we save and we load what
+peft saves. Our module paths equal Hugging Face's, so keys differ only by peft's prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from gpt2tune.core.lora import (
+    BLOCK_LINEARS,
+    LoRAConfig,
+    adapter_state_dict,
+    apply_lora,
+    check_adapter_tensors,
+    load_adapter_state_dict,
+    lora_modules,
+)
+from gpt2tune.core.model import GPT2
+from gpt2tune.errors import UserError
+from gpt2tune.formats.atomic import atomic_dir
+from gpt2tune.formats.hf import load_bin, load_model, load_safetensors
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # PeftModel wraps a LoraModel wrapping the HF model
+
+# adapter_config.json fields that change what the adapter computes, and the one value we support.
+_PEFT_UNSUPPORTED: dict[str, object] = {
+    "use_dora": False, "bias": "none", "lora_bias": False, "modules_to_save": None,
+    "rank_pattern": {}, "alpha_pattern": {}, "layer_replication": None, "target_parameters": None,
+    "trainable_token_indices": None, "exclude_modules": None, "alora_invocation_tokens": None,
+    "use_qalora": False, "use_bdlora": None,
+}
+
+
+def save_adapter(model: GPT2, out_dir: str | Path, lora_cfg: LoRAConfig,
+                 base_model_name_or_path: str) -> Path:
+    """Save the LoRA adapters of ``model`` as a peft adapter directory.
+
+    Args:
+        model: a ``GPT2`` after ``apply_lora(model, lora_cfg)``.
+        out_dir: directory to write ``adapter_config.json`` and ``adapter_model.safetensors`` to.
+        lora_cfg: the config the adapters were made with.
+        base_model_name_or_path: the base model (hub id or path) peft should load them onto.
+
+    Raises:
+        ValueError: the model's adapters are not the ones ``lora_cfg`` describes.
+    """
+    out_dir = Path(out_dir)
+    expected = lora_cfg.module_names(model.config.n_layer)
+    present = [name for name, _ in lora_modules(model)]
+    if sorted(present) != sorted(expected):
+        raise ValueError(f"model's LoRA modules {present[:2]}... do not match lora_cfg "
+                         f"{expected[:2]}...; pass the LoRAConfig given to apply_lora")
+    ranks = {m.r for _, m in lora_modules(model)}
+    if ranks != {lora_cfg.r}:
+        raise ValueError(f"model's LoRA ranks {sorted(ranks)} differ from lora_cfg.r={lora_cfg.r}")
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "revision": None,
+        "inference_mode": True,
+        "r": lora_cfg.r,
+        "lora_alpha": lora_cfg.alpha,
+        "lora_dropout": lora_cfg.dropout,
+        # Module-name suffixes; peft matches a module whose name ends with "." + one of them.
+        "target_modules": lora_cfg.canonical_targets(),
+        "layers_to_transform": None if lora_cfg.layers is None
+        else lora_cfg.layer_indices(model.config.n_layer),
+        "layers_pattern": None if lora_cfg.layers is None else "h",
+        # HF's GPT-2 stores these projections as Conv1D (in, out). For peft this only changes
+        # how it merges; lora_A is (r, in) and lora_B is (out, r) either way, as ours.
+        "fan_in_fan_out": True,
+        "bias": "none",
+        "use_rslora": lora_cfg.use_rslora,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+    tensors = {PEFT_PREFIX + key: t.contiguous().cpu() for key, t in adapter_state_dict(model).items()}
+    with atomic_dir(out_dir) as tmp:
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def _peft_targets_module(name: str, targets: str | list[str]) -> bool:
+    """Whether peft's ``target_modules`` selects the module called ``name``."""
+    if isinstance(targets, str):
+        if targets.lower() == "all-linear":
+            return name != "lm_head"
+        return re.fullmatch(targets, name) is not None  # a string is a regex over the full name
+    return name in targets or any(name.endswith("." + t) for t in targets)
+
+
+def lora_config_from_peft(peft_cfg: dict, n_layer: int, where: str = ADAPTER_CONFIG) -> LoRAConfig:
+    """Our ``LoRAConfig`` for a peft ``adapter_config.json`` dict, for a model of ``n_layer`` blocks.
+
+    Raises:
+        UserError: not a LoRA adapter, an option we do not implement, or targets that are not a
+            set of block projections in a set of layers.
+    """
+    if peft_cfg.get("peft_type") != "LORA":
+        raise UserError(f"{where}: peft_type is {peft_cfg.get('peft_type')!r}; gpt2tune loads LoRA "
+                        "adapters only (peft_type LORA)")
+    for key, supported in _PEFT_UNSUPPORTED.items():
+        value = peft_cfg.get(key, supported)
+        # Where the supported value is "off" (False, None, {}), any other "off" spelling is too.
+        if value != supported and (supported or value):
+            raise UserError(f"{where}: {key}={value!r} is not supported by gpt2tune (only "
+                            f"{supported!r}); retrain the adapter without it")
+    targets = peft_cfg.get("target_modules")
+    if not targets:
+        raise UserError(f"{where}: target_modules is empty; this is not a LoRA adapter for GPT-2")
+    layers = peft_cfg.get("layers_to_transform")
+    if isinstance(layers, int):
+        layers = [layers]
+    pattern = peft_cfg.get("layers_pattern")
+    if layers and pattern not in (None, "", "h", ["h"], []):
+        raise UserError(f"{where}: layers_pattern {pattern!r} does not name GPT-2's blocks "
+                        "(transformer.h); the adapter is for another architecture")
+    if layers and any(not 0 <= i < n_layer for i in layers):
+        raise UserError(f"{where}: layers_to_transform {layers} goes beyond this model's "
+                        f"{n_layer} blocks; the adapter belongs to a deeper base model")
+    if _peft_targets_module("lm_head", targets):
+        raise UserError(f"{where}: the adapter targets lm_head, which GPT-2 ties to the token "
+                        "embedding; gpt2tune does not support adapting it")
+    # Which (layer, projection) pairs the adapter covers, by peft's matching rules.
+    chosen = {(i, proj) for i in range(n_layer) for proj in BLOCK_LINEARS
+              if _peft_targets_module(f"transformer.h.{i}.{proj}", targets)
+              and (not layers or i in layers)}
+    if not chosen:
+        raise UserError(f"{where}: target_modules {targets!r} match no GPT-2 projection "
+                        f"({', '.join(BLOCK_LINEARS)}); the adapter is for another architecture")
+    projs = [p for p in BLOCK_LINEARS if any(p == q for _, q in chosen)]
+    idx = sorted({i for i, _ in chosen})
+    if len(chosen) != len(projs) * len(idx):
+        raise UserError(f"{where}: the adapter adapts different projections in different layers, "
+                        "which gpt2tune cannot represent; retrain it with one target list")
+    targets_ours = ["c_attn" if p == "attn.c_attn" else p for p in projs]
+    try:
+        return LoRAConfig(r=int(peft_cfg["r"]), alpha=peft_cfg.get("lora_alpha", 8),
+                          dropout=float(peft_cfg.get("lora_dropout", 0.0)), targets=targets_ours,
+                          layers=None if len(idx) == n_layer else idx,
+                          use_rslora=bool(peft_cfg.get("use_rslora", False)))
+    except KeyError:
+        raise UserError(f"{where}: missing field 'r'; is this a LoRA adapter config?") from None
+
+
+def load_adapter(model: GPT2, adapter_dir: str | Path) -> LoRAConfig:
+    """Put a peft LoRA adapter (saved by us or by peft) onto ``model``, in place.
+
+    Args:
+        model: a ``GPT2`` without adapters, the base the adapter was trained on.
+        adapter_dir: a directory with ``adapter_config.json`` and ``adapter_model.safetensors``
+            (or peft's older ``adapter_model.bin``).
+
+    Returns:
+        The adapter's ``LoRAConfig``; ``model`` now has its adapters (and only they train).
+
+    Raises:
+        UserError: missing or unreadable files, an unsupported adapter, or an adapter whose targets
+            or shapes do not fit this model. The model is left unchanged in that case.
+    """
+    adapter_dir = Path(adapter_dir)
+    config_path = adapter_dir / ADAPTER_CONFIG
+    if not adapter_dir.is_dir():
+        raise UserError(f"adapter directory {adapter_dir} does not exist; check the path")
+    if not config_path.is_file():
+        raise UserError(f"{adapter_dir} has no {ADAPTER_CONFIG}; it is not a peft adapter "
+                        "directory (save one with save_adapter or peft's save_pretrained)")
+    try:
+        peft_cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_path} is not valid JSON ({e}); re-save the adapter") from None
+    cfg = lora_config_from_peft(peft_cfg, model.config.n_layer, str(config_path))
+    if (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        raw = load_safetensors(adapter_dir / ADAPTER_WEIGHTS)
+    elif (adapter_dir / "adapter_model.bin").is_file():
+        raw = load_bin(adapter_dir / "adapter_model.bin")
+    else:
+        raise UserError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}; the adapter was not saved "
+                        "completely — save it again")
+    sd = {k.removeprefix(PEFT_PREFIX): v for k, v in raw.items()}
+    # Check against the base model before touching it, so a bad adapter leaves it unchanged.
+    expected: dict[str, tuple[int, ...]] = {}
+    for name in cfg.module_names(model.config.n_layer):
+        base = model.get_submodule(name)
+        expected[f"{name}.lora_A.weight"] = (cfg.r, base.in_features)
+        expected[f"{name}.lora_B.weight"] = (base.out_features, cfg.r)
+    check_adapter_tensors(expected, sd, str(adapter_dir))
+    apply_lora(model, cfg)
+    load_adapter_state_dict(model, sd, str(adapter_dir))
+    return cfg
+
+
+def load_model_with_adapter(model: str | Path, adapter: str | Path | None = None, *,
+                            device: torch.device | str = "cpu") -> GPT2:
+    """A base model with an optional LoRA adapter on it: what ``--model`` plus ``--adapter`` name.
+
+    Args:
+        model: HF-format GPT-2 directory or hub id.
+        adapter: a peft adapter directory for that base, or ``None`` for the base alone.
+        device: where to put the model.
+    """
+    loaded = load_model(model, device=device)
+    if adapter:
+        load_adapter(loaded, adapter)
+    return loaded

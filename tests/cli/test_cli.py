@@ -1,0 +1,105 @@
+"""End-to-end CLI tests: `gpt2tune generate / eval / info` through cli.main(argv)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gpt2tune.cli.main import main
+from gpt2tune.core.tokenizer import Tokenizer
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_json_greedy_matches_transformers(capsys, tiny_hf):
+    path, hf = tiny_hf
+    code, out, _ = run(capsys, "generate", "--model", str(path), "--prompt", "Hello there",
+                       "--greedy", "--max-new-tokens", "12", "--json", "--num-samples", "2")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 2 and all({"text", "token_ids"} <= r.keys() for r in rows)
+    prompt = Tokenizer().encode("Hello there")
+    ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                      do_sample=False, max_new_tokens=12, pad_token_id=50256)[0, len(prompt):].tolist()
+    if 50256 in ref:
+        ref = ref[:ref.index(50256)]
+    assert rows[0]["token_ids"] == ref
+    assert rows[0]["text"] == Tokenizer().decode(ref)
+
+
+def test_generate_with_prime_file_and_seed_is_reproducible(capsys, tiny_hf, tmp_path):
+    prime = tmp_path / "prime.txt"
+    prime.write_text("FALSTAFF: A plague of all cowards, I say.\n")
+    args = ["generate", "--model", str(tiny_hf[0]), "--prompt", "FALSTAFF:", "--prime-file",
+            str(prime), "--top-k", "20", "--top-p", "0.9", "--temperature", "0.8",
+            "--repetition-penalty", "1.2", "--seed", "5", "--max-new-tokens", "8", "--json"]
+    assert run(capsys, *args)[1] == run(capsys, *args)[1]
+
+
+def test_eval_json_equals_transformers_loss(capsys, tiny_hf, tmp_path):
+    path, hf = tiny_hf
+    data = tmp_path / "docs.txt"
+    texts = ["First document here.", "Second one,\nwith two lines."]
+    data.write_text("\n\n".join(texts) + "\n")
+    code, out, _ = run(capsys, "eval", "--model", str(path), "--data", str(data), "--json")
+    assert code == 0
+    res = json.loads(out)
+    tok = Tokenizer()
+    total, count = 0.0, 0
+    for t in texts:
+        ids = torch.tensor([tok.encode(t) + [50256]])
+        with torch.no_grad():
+            total += hf(ids, labels=ids).loss.item() * (ids.size(1) - 1)
+        count += ids.size(1) - 1
+    assert res["tokens"] == count
+    assert res["loss"] == pytest.approx(total / count, abs=1e-5)
+    assert res["perplexity"] == pytest.approx(torch.tensor(total / count).exp().item(), rel=1e-5)
+
+
+def test_info(capsys, tiny_hf):
+    code, out, _ = run(capsys, "info", "--model", str(tiny_hf[0]), "--json")
+    info = json.loads(out)
+    assert code == 0
+    assert info["parameters"] == sum(p.numel() for p in tiny_hf[1].parameters())
+    assert info["config"]["n_head"] == 3 and info["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--model", "/no/such/dir", "--prompt", "x"], "does not exist"),
+    (["eval", "--model", "MODEL", "--data", "/no/such/file.txt"], "does not exist"),
+    (["generate", "--model", "MODEL"], "nothing to condition on"),
+    (["generate", "--model", "MODEL", "--prompt", "x", "--top-p", "1.5"], "--top-p"),
+    (["generate", "--model", "MODEL", "--prompt", "x", "--max-new-tokens", "64"], "context"),
+])
+def test_bad_input_is_one_clear_line(capsys, tiny_hf, argv, message):
+    argv = [str(tiny_hf[0]) if a == "MODEL" else a for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_not_a_gpt2_directory(capsys, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    code, _, err = run(capsys, "info", "--model", str(tmp_path))
+    assert code == 2 and "not 'gpt2'" in err
+
+
+def test_non_utf8_data_is_a_clear_error(capsys, tiny_hf, tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9\n".encode("latin-1"))
+    code, _, err = run(capsys, "eval", "--model", str(tiny_hf[0]), "--data", str(bad))
+    assert code == 2 and "not UTF-8" in err
+
+
+def test_python_dash_m_entry_point(tiny_hf):
+    proc = subprocess.run([sys.executable, "-m", "gpt2tune", "generate", "--model",
+                           str(tiny_hf[0]), "--prompt", "Hi", "--max-new-tokens", "3", "--greedy"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Hi")

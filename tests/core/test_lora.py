@@ -1,0 +1,311 @@
+"""LoRA, checked against peft (the reference implementation) on tiny random GPT-2s.
+
+Adapters get random non-zero B in every numerical test: with B = 0 (the default init) a LoRA model
+equals its base model and merge/interop tests would pass whatever the code did.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_hf_model
+
+from gpt2tune.core.lora import (
+    LoRAConfig,
+    LoRALinear,
+    adapter_state_dict,
+    apply_lora,
+    count_parameters,
+    disable_adapters,
+    format_parameter_report,
+    load_adapter_state_dict,
+    lora_modules,
+    lora_parameter_count,
+    lora_parameters,
+    merge_and_unload,
+    merge_lora,
+    unmerge_lora,
+)
+from gpt2tune.core.model import GPT2Config
+from gpt2tune.errors import UserError
+from gpt2tune.formats.hf import load_model, save_model
+from gpt2tune.formats.peft import load_adapter, save_adapter
+
+peft = pytest.importorskip("peft")
+VOCAB = 1000
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(directory, transformers model) of a 2-layer, 48-wide GPT-2 with a 1,000-token vocabulary."""
+    path = tmp_path_factory.mktemp("tiny-lora")
+    return path, make_hf_model(path, vocab_size=VOCAB, bos_token_id=VOCAB - 1,
+                               eos_token_id=VOCAB - 1)
+
+
+@pytest.fixture
+def tokens():
+    return torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def hf_base(path):
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(path).eval()
+
+
+def ours_with_lora(path, cfg: LoRAConfig, seed: int = 0):
+    """Our model with adapters whose B is random, so the adapters change the output."""
+    model = apply_lora(load_model(path), cfg)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.weight.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def logits(model, tokens):
+    with torch.no_grad():
+        out = model(tokens)
+    return getattr(out, "logits", out)
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+PEFT_EQUIVALENTS = [  # (our config, the same adapters as peft LoraConfig kwargs)
+    (LoRAConfig(r=1, targets=["c_attn"]), dict(r=1, target_modules=["c_attn"])),
+    (LoRAConfig(r=4, targets=["c_attn"]), dict(r=4, target_modules=["c_attn"])),
+    (LoRAConfig(r=8, targets=["all-linear"]), dict(r=8, target_modules="all-linear")),
+    (LoRAConfig(r=4, targets=["mlp.c_fc"]), dict(r=4, target_modules=["mlp.c_fc"])),
+    (LoRAConfig(r=2, targets=["c_proj"], layers=[1]),
+     dict(r=2, target_modules=["c_proj"], layers_to_transform=[1])),
+]
+
+
+@pytest.mark.parametrize("cfg, peft_kwargs", PEFT_EQUIVALENTS,
+                         ids=["c_attn-r1", "c_attn-r4", "all-linear-r8", "mlp.c_fc", "c_proj-layer1"])
+def test_trainable_parameters_match_peft(tiny, cfg, peft_kwargs, capsys):
+    path, _ = tiny
+    pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
+        task_type="CAUSAL_LM", fan_in_fan_out=True, **peft_kwargs))
+    expected = pm.get_nb_trainable_parameters()
+    ours = apply_lora(load_model(path), cfg)
+
+    assert count_parameters(ours) == expected
+    assert {p for p in ours.parameters() if p.requires_grad} == set(lora_parameters(ours))
+    assert ({name for name, _ in lora_modules(ours)}
+            == set(pm.base_model.targeted_module_names))
+    config = ours.config
+    assert lora_parameter_count(config, cfg) == expected[0]
+    assert config.num_params() + lora_parameter_count(config, cfg) == expected[1]
+    pm.print_trainable_parameters()
+    assert format_parameter_report(*expected) == capsys.readouterr().out.strip()
+
+
+def test_gpt2_124m_r4_c_attn_count_without_allocating():
+    # peft prints this for GPT2LMHeadModel.from_pretrained("gpt2") with r=4 on c_attn.
+    config, cfg = GPT2Config.from_preset("gpt2"), LoRAConfig(r=4, targets=["c_attn"])
+    trainable = lora_parameter_count(config, cfg)
+    total = config.num_params() + trainable
+    assert (trainable, total) == (147_456, 124_587_264)
+    assert format_parameter_report(trainable, total) == (
+        "trainable params: 147,456 || all params: 124,587,264 || trainable%: 0.1184")
+
+
+def test_config_rejects_unknown_target_and_missing_layer(tiny):
+    with pytest.raises(UserError, match="unknown LoRA target 'q_proj'.*c_attn"):
+        LoRAConfig(targets=["q_proj"])
+    with pytest.raises(UserError, match="layer 5 does not exist"):
+        apply_lora(load_model(tiny[0]), LoRAConfig(layers=[5]))
+
+
+# ----------------------------------------------------------------------------- the layer itself
+
+def test_lora_linear_init_and_structure(tiny):
+    model = apply_lora(load_model(tiny[0]), LoRAConfig(r=4, alpha=8, dropout=0.1))
+    layer = model.transformer.h[0].attn.c_attn
+    assert isinstance(layer, LoRALinear) and isinstance(layer.base, torch.nn.Linear)
+    assert torch.count_nonzero(layer.lora_B.weight) == 0 and layer.lora_A.weight.abs().sum() > 0
+    # nn.Linear's default init: kaiming_uniform(a=sqrt(5)) gives U(-1/sqrt(in), 1/sqrt(in)).
+    assert layer.lora_A.weight.abs().max() <= 1 / 48 ** 0.5
+    assert layer.scaling == 2.0 and isinstance(layer.dropout, torch.nn.Dropout)
+    assert not layer.base.weight.requires_grad and not layer.base.bias.requires_grad
+    rs = apply_lora(load_model(tiny[0]), LoRAConfig(r=4, alpha=8, use_rslora=True))
+    assert rs.transformer.h[0].attn.c_attn.scaling == 4.0
+    with pytest.raises(UserError, match="already has LoRA"):
+        apply_lora(model, LoRAConfig())
+
+
+def test_merge_unmerge_disable(tiny, tokens):
+    path, hf = tiny
+    base_logits = logits(hf, tokens)
+    model = ours_with_lora(path, LoRAConfig(r=4, targets=["all-linear"]))
+    before = {n: m.base.weight.clone() for n, m in lora_modules(model)}
+    unmerged = logits(model, tokens)
+    assert (unmerged - base_logits).abs().max() > 1e-3  # the adapters do something
+
+    merge_lora(model)
+    merged_once = {n: m.base.weight.clone() for n, m in lora_modules(model)}
+    torch.testing.assert_close(logits(model, tokens), unmerged, atol=1e-5, rtol=0)
+    merge_lora(model)  # a second merge must not add the update again
+    for n, m in lora_modules(model):
+        assert torch.equal(m.base.weight, merged_once[n])
+    with disable_adapters(model):
+        torch.testing.assert_close(logits(model, tokens), base_logits, atol=1e-5, rtol=0)
+    assert all(m.merged for _, m in lora_modules(model))  # merged again on exit
+
+    unmerge_lora(model)
+    for n, m in lora_modules(model):
+        torch.testing.assert_close(m.base.weight, before[n], atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits(model, tokens), unmerged, atol=1e-5, rtol=0)
+    with disable_adapters(model):
+        torch.testing.assert_close(logits(model, tokens), base_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits(model, tokens), unmerged, atol=1e-6, rtol=0)
+
+
+def test_one_step_trains_only_adapters(tiny, tokens):
+    model = ours_with_lora(tiny[0], LoRAConfig(r=4, targets=["c_attn", "mlp.c_fc"], dropout=0.1))
+    model.train()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" not in n}
+    adapters = {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" in n}
+    opt = torch.optim.AdamW(lora_parameters(model), lr=1e-2)
+    model.loss(tokens[:, :-1], tokens[:, 1:]).backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert p.grad is None and torch.equal(p, frozen[n]), n
+        else:
+            assert not torch.equal(p, adapters[n]), n
+
+
+def test_adapter_state_dict_round_trip_and_errors(tiny):
+    cfg = LoRAConfig(r=2, targets=["c_proj"])
+    src = ours_with_lora(tiny[0], cfg, seed=3)
+    sd = {k: v.clone() for k, v in adapter_state_dict(src).items()}
+    assert "transformer.h.1.mlp.c_proj.lora_B.weight" in sd and len(sd) == 2 * 2 * 2
+    dst = apply_lora(load_model(tiny[0]), cfg)
+    load_adapter_state_dict(dst, sd)
+    for k, v in adapter_state_dict(dst).items():
+        assert torch.equal(v, sd[k])
+    with pytest.raises(UserError, match="no weight for transformer.h.0.attn.c_proj.lora_A"):
+        load_adapter_state_dict(dst, {k: v for k, v in sd.items() if "h.0.attn" not in k})
+    with pytest.raises(UserError, match="shape"):
+        load_adapter_state_dict(dst, {**sd, "transformer.h.0.attn.c_proj.lora_A.weight":
+                                      torch.zeros(3, 48)})
+
+
+# ----------------------------------------------------------------------------- peft interop
+
+@pytest.mark.parametrize("cfg", [
+    LoRAConfig(r=4, alpha=8, targets=["c_attn"]),
+    LoRAConfig(r=3, alpha=5, targets=["c_proj", "mlp.c_fc"], layers=[0], use_rslora=True),
+], ids=["c_attn", "c_proj+c_fc-layer0-rslora"])
+def test_our_adapter_loads_in_peft_with_same_logits(tiny, tmp_path, tokens, cfg):
+    path, _ = tiny
+    ours = ours_with_lora(path, cfg)
+    save_adapter(ours, tmp_path / "adapter", cfg, str(path))
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors"]
+    pm = peft.PeftModel.from_pretrained(hf_base(path), tmp_path / "adapter").eval()
+    expected = logits(pm, tokens)
+    assert (expected - logits(hf_base(path), tokens)).abs().max() > 1e-3  # peft applied them
+    torch.testing.assert_close(logits(ours, tokens), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("peft_kwargs", [
+    dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"]),
+    # peft saves "all-linear" as the list of full module names it expanded to.
+    dict(r=2, lora_alpha=16, target_modules="all-linear", use_rslora=True),
+    dict(r=3, lora_alpha=6, target_modules=["c_fc"], layers_to_transform=[1]),
+], ids=["c_attn+c_proj", "all-linear-rslora", "c_fc-layer1"])
+def test_peft_adapter_loads_in_ours_with_same_logits(tiny, tmp_path, tokens, peft_kwargs):
+    path, _ = tiny
+    torch.manual_seed(0)
+    # init_lora_weights=False makes B random, so the adapter changes the output.
+    pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
+        task_type="CAUSAL_LM", fan_in_fan_out=True, init_lora_weights=False, **peft_kwargs)).eval()
+    pm.save_pretrained(tmp_path / "adapter")
+    ours = load_model(path)
+    cfg = load_adapter(ours, tmp_path / "adapter")
+    assert cfg.r == peft_kwargs["r"] and cfg.alpha == peft_kwargs["lora_alpha"]
+    assert count_parameters(ours) == pm.get_nb_trainable_parameters()
+    torch.testing.assert_close(logits(ours, tokens), logits(pm, tokens), atol=1e-5, rtol=0)
+
+
+def test_merge_and_unload_saves_a_plain_model_transformers_reads(tiny, tmp_path, tokens):
+    from transformers import GPT2LMHeadModel
+
+    path, _ = tiny
+    ours = ours_with_lora(path, LoRAConfig(r=4, targets=["all-linear"]))
+    expected = logits(ours, tokens)
+    plain = merge_and_unload(ours)
+    assert next(lora_modules(plain), None) is None
+    assert type(plain.transformer.h[0].attn.c_attn) is torch.nn.Linear
+    save_model(plain, tmp_path / "merged")
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(logits(back, tokens), expected, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- bad adapters
+
+def test_adapter_for_another_width_is_rejected_and_model_untouched(tiny, tmp_path):
+    make_hf_model(tmp_path / "narrow", n_embd=24, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)
+    cfg = LoRAConfig(r=4)
+    save_adapter(ours_with_lora(tmp_path / "narrow", cfg), tmp_path / "adapter", cfg, "narrow")
+    model = load_model(tiny[0])
+    with pytest.raises(UserError, match=r"shape \(4, 24\).*\(4, 48\)"):
+        load_adapter(model, tmp_path / "adapter")
+    assert next(lora_modules(model), None) is None
+
+
+def test_adapter_for_other_layers_is_rejected(tiny, tmp_path):
+    make_hf_model(tmp_path / "deep", n_layer=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)
+    cfg = LoRAConfig(r=4)
+    save_adapter(ours_with_lora(tmp_path / "deep", cfg), tmp_path / "adapter", cfg, "deep")
+    with pytest.raises(UserError, match="transformer.h.2.attn.c_attn.lora_A.weight"):
+        load_adapter(load_model(tiny[0]), tmp_path / "adapter")
+
+
+def test_missing_files_and_unsupported_configs(tiny, tmp_path):
+    path, _ = tiny
+    cfg = LoRAConfig(r=2)
+    adapter = tmp_path / "adapter"
+    save_adapter(ours_with_lora(path, cfg), adapter, cfg, str(path))
+    config_file = adapter / "adapter_config.json"
+    good = json.loads(config_file.read_text())
+
+    with pytest.raises(UserError, match="does not exist"):
+        load_adapter(load_model(path), tmp_path / "nowhere")
+    for change, message in [(dict(peft_type="IA3"), "peft_type is 'IA3'"),
+                            (dict(use_dora=True), "use_dora=True is not supported"),
+                            (dict(bias="all"), "bias='all' is not supported"),
+                            (dict(target_modules=["q_proj"]), "match no GPT-2 projection")]:
+        config_file.write_text(json.dumps({**good, **change}))
+        with pytest.raises(UserError, match=message):
+            load_adapter(load_model(path), adapter)
+    config_file.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_adapter(load_model(path), adapter)
+    config_file.unlink()
+    with pytest.raises(UserError, match="no adapter_config.json"):
+        load_adapter(load_model(path), adapter)
+    config_file.write_text(json.dumps(good))
+    (adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(UserError, match="no adapter_model.safetensors"):
+        load_adapter(load_model(path), adapter)
+
+
+def test_real_peft_ia3_and_dora_adapters_are_rejected(tiny, tmp_path):
+    path, _ = tiny
+    peft.get_peft_model(hf_base(path), peft.IA3Config(
+        task_type="CAUSAL_LM", target_modules=["c_attn"], feedforward_modules=[],
+        fan_in_fan_out=True)).save_pretrained(tmp_path / "ia3")
+    with pytest.raises(UserError, match="LoRA adapters only"):
+        load_adapter(load_model(path), tmp_path / "ia3")
+    peft.get_peft_model(hf_base(path), peft.LoraConfig(
+        task_type="CAUSAL_LM", target_modules=["c_attn"], use_dora=True,
+        fan_in_fan_out=True)).save_pretrained(tmp_path / "dora")
+    with pytest.raises(UserError, match="use_dora"):
+        load_adapter(load_model(path), tmp_path / "dora")

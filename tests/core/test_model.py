@@ -1,0 +1,126 @@
+"""Our GPT-2 against transformers' GPT2LMHeadModel on tiny random configs."""
+
+import pytest
+import torch
+from conftest import make_hf_model
+
+from gpt2tune.core.model import GPT2, GPT2Config, KVCache
+from gpt2tune.formats.hf import load_model
+
+CONFIGS = [
+    dict(n_layer=2, n_head=3, n_embd=48),  # odd head count
+    dict(n_layer=3, n_head=5, n_embd=80, n_inner=200),  # width not a power of two, custom MLP
+    dict(n_layer=1, n_head=4, n_embd=64, layer_norm_epsilon=1e-6),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_logits_match_transformers(tmp_path, cfg):
+    hf = make_hf_model(tmp_path, vocab_size=500, **cfg)
+    ours = load_model(tmp_path)
+    x = torch.randint(0, 500, (3, 40))
+    with torch.no_grad():
+        diff = (ours(x) - hf(x).logits).abs().max().item()
+    assert diff <= 1e-5
+
+
+def test_left_padded_batch_matches_transformers(tiny_hf):
+    path, hf = tiny_hf
+    ours = load_model(path)
+    torch.manual_seed(1)
+    lengths = [20, 13, 7]
+    T = max(lengths)
+    ids = torch.randint(0, 50257, (3, T))
+    mask = torch.zeros(3, T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, T - n:] = 1
+    ids = ids.masked_fill(mask == 0, 50256)
+    with torch.no_grad():
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ref = hf(ids, attention_mask=mask, position_ids=pos).logits
+        got = ours(ids, attention_mask=mask)
+        real = mask.bool()
+        assert (got[real] - ref[real]).abs().max().item() <= 1e-5
+        # and each padded row equals that sequence run alone, unpadded
+        for i, n in enumerate(lengths):
+            alone = ours(ids[i:i + 1, T - n:])
+            assert (got[i, T - n:] - alone[0]).abs().max().item() <= 1e-5
+
+
+def test_loss_matches_transformers(tiny_hf):
+    path, hf = tiny_hf
+    ours = load_model(path)
+    x = torch.randint(0, 50257, (2, 30))
+    targets = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
+    with torch.no_grad():
+        ref = hf(x, labels=x).loss
+        assert abs(ours.loss(x, targets).item() - ref.item()) <= 1e-5
+        # chunked LM head + loss is the same number
+        assert abs(ours.loss(x, targets, chunk_size=7).item() - ref.item()) <= 1e-5
+
+
+def test_chunked_loss_gradients_equal_plain(tiny_hf):
+    path, _ = tiny_hf
+    x = torch.randint(0, 50257, (2, 24))
+    targets = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
+    grads = []
+    for chunk in (0, 10):
+        m = load_model(path)
+        m.loss(x, targets, chunk_size=chunk).backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_kv_cache_incremental_equals_full_forward(tiny_hf):
+    path, _ = tiny_hf
+    m = load_model(path)
+    x = torch.randint(0, 50257, (2, 25))
+    with torch.no_grad():
+        full = m(x)
+        cache = KVCache(m.config, 2, 25)
+        parts = [m(x[:, :10], cache=cache)]
+        for t in range(10, 25):
+            parts.append(m(x[:, t:t + 1], cache=cache))
+        inc = torch.cat(parts, dim=1)
+    assert (full - inc).abs().max().item() <= 1e-5
+
+
+def test_lm_head_is_tied_to_token_embedding():
+    m = GPT2(GPT2Config.from_preset("gpt2-nano"))
+    assert m.lm_head.weight is m.transformer.wte.weight
+
+
+def test_presets_parameter_counts():
+    # the published sizes of GPT-2 (tied head counted once)
+    assert GPT2Config.from_preset("gpt2").num_params() == 124_439_808
+    assert GPT2Config.from_preset("gpt2-medium").num_params() == 354_823_168
+    small = GPT2Config.from_preset("gpt2-micro")
+    assert small.num_params() == GPT2(small).num_params()
+
+
+def test_context_overflow_is_a_clear_error(tiny_hf):
+    path, _ = tiny_hf
+    m = load_model(path)
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        m(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_hf):
+    path, _ = tiny_hf
+    x = torch.randint(0, 50257, (2, 24))
+    targets = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
+    grads = []
+    for ckpt in (False, True):
+        m = load_model(path)
+        m.train()
+        for mod in m.modules():  # dropout would draw different masks on recomputation order
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        for blk in m.transformer.h:
+            blk.attn.attn_pdrop = 0.0
+        m.gradient_checkpointing = ckpt
+        m.loss(x, targets).backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)

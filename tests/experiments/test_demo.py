@@ -1,0 +1,126 @@
+"""`gpt2tune demo`: the style classifier, the rerun commands, primed scoring, and the --quick run
+end to end (building its own base in an empty cache, as on a fresh CI machine)."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from gpt2tune.cli.main import build_parser, collect, main
+from gpt2tune.core.lora import LoRAConfig
+from gpt2tune.core.model import GPT2, GPT2Config
+from gpt2tune.experiments.runner import (
+    PretrainConfig,
+    ensure_base,
+    primed_evaluate,
+    train_command,
+)
+from gpt2tune.experiments.style import train_style_classifier
+from gpt2tune.finetune.config import TrainConfig
+from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions
+from gpt2tune.inference.evaluate import evaluate
+from gpt2tune.report.document import SECTIONS
+
+
+def test_style_classifier_reports_heldout_accuracy_above_chance():
+    clf = train_style_classifier("FALSTAFF")
+    h = clf.heldout
+    assert h.positives >= 30 and h.negatives >= h.positives
+    # balanced accuracy: chance is 0.5 whatever the class sizes
+    assert h.accuracy == pytest.approx((h.in_character_rate + 1 - h.false_positive_rate) / 2)
+    assert h.accuracy > 0.65
+    assert h.in_character_rate > h.false_positive_rate
+    assert 0 <= clf.share_in_character(["I am not a coward, Hal; give me a cup of sack."]) <= 1
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_train_command_parses_back_to_the_same_options(method):
+    opts = RunOptions(out="runs/x y", overwrite=True,
+                      model=ModelOptions(model="/cache/base dir"),
+                      data=DataOptions(data="builtin:shakespeare:FALSTAFF",
+                                       val_data="builtin:shakespeare:FALSTAFF"),
+                      lora=LoRAConfig(r=16, alpha=32.0, targets=["c_attn", "mlp.c_fc"]),
+                      train=TrainConfig(method=method, epochs=2, batch_size=4, lr=0.005,
+                                        precision="fp32", eval_every=10))
+    parser, _ = build_parser()
+    args = parser.parse_args(__import__("shlex").split(train_command(opts))[1:])
+    for group, cls, value in (("model", ModelOptions, opts.model), ("data", DataOptions, opts.data),
+                              ("train", TrainConfig, opts.train)):
+        parsed = collect(args, group, cls)
+        if group == "train":
+            parsed.progress = value.progress
+        assert parsed == value
+    if method == "lora":
+        assert collect(args, "lora", LoRAConfig) == opts.lora
+    assert args.run__out == opts.out and args.run__overwrite
+
+
+def _tiny_model() -> GPT2:
+    torch.manual_seed(0)
+    return GPT2(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32)).eval()
+
+
+def test_primed_evaluate_scores_the_same_tokens_as_evaluate():
+    model = _tiny_model()
+    g = torch.Generator().manual_seed(1)
+    docs = [torch.randint(0, 50257, (n,), generator=g).tolist() for n in (5, 31, 70)]
+    plain = evaluate(model, docs)
+    no_prime = primed_evaluate(model, docs, [])
+    assert no_prime.tokens == plain.tokens
+    assert no_prime.loss == pytest.approx(plain.loss, abs=1e-5)
+    primed = primed_evaluate(model, docs, [11, 22, 33, 44])
+    assert primed.tokens == plain.tokens  # the prime is context, never scored
+    assert primed.loss != pytest.approx(plain.loss, abs=1e-6)
+
+
+def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    """The CI check of issue 4: every report section, and LoRA and full fine-tuning each lower
+    held-out news perplexity below the base model's."""
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--device", "cpu"]) == 0
+    assert "report" in capsys.readouterr().out
+
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    for title in SECTIONS:
+        assert f"## {title}" in md, title
+        assert f">{title}</h2>" in page, title
+    # self-contained: every image is embedded, nothing is fetched
+    assert page.count('src="data:image/png;base64,') == 4
+    assert not re.search(r'src="(?!data:)', page)
+    for png in ("loss_curves", "perplexity_by_method", "rank_sweep", "style_scores"):
+        assert f"]({png}.png)" in md and (out / f"{png}.png").stat().st_size > 10_000
+    assert "gpt2tune train " in md and "gpt2tune eval " in md and "gpt2tune generate " in md
+
+    res = json.loads((out / "results.json").read_text())
+    base = res["evals"]["news/base"]["perplexity"]
+    assert res["runs"]["news/lora"]["heldout_perplexity"] < base
+    assert res["runs"]["news/full"]["heldout_perplexity"] < base
+    lora, full = res["runs"]["news/lora"], res["runs"]["news/full"]
+    assert lora["trainable_params"] < full["trainable_params"]
+    assert lora["saved_bytes"] < full["saved_bytes"]
+    assert res["style"]["heldout_accuracy"] > 0.5
+    assert set(res["style"]["share_in_character"]) == {"base", "priming", "lora", "full",
+                                                       "lora+priming"}
+    assert res["base"]["built_now"] and res["base"]["val_loss"] > 0
+
+    # the base is cached: a second demo would reuse it instead of pretraining again
+    cfg = PretrainConfig(**{**res["base"]["pretrain"]})
+    again = ensure_base(cfg)
+    assert not again.built_now and again.path == res["base"]["path"]
+
+
+def test_pretrain_cli_builds_a_loadable_base(tmp_path, monkeypatch, capsys):
+    from gpt2tune.formats.hf import load_model
+
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "base"
+    assert main(["pretrain", "--out", str(out), "--preset", "gpt2-nano", "--max-steps", "3",
+                 "--batch-size", "1", "--block-size", "64", "--no-progress"]) == 0
+    assert "held-out wiki loss" in capsys.readouterr().out
+    info = json.loads((out / "base.json").read_text())
+    assert info["steps"] == 3 and info["tokens_seen"] == 3 * 64
+    assert info["val_tokens"] > 0 and 0 < info["val_loss"] < 20 and info["unigram_val_loss"] > 0
+    assert load_model(out).config.n_layer == 2

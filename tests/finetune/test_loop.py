@@ -1,0 +1,289 @@
+"""The trainer: learning, exact resume, saved outputs loading in peft/transformers, bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt2tune.cli.main import main
+from gpt2tune.core.lora import LoRAConfig
+from gpt2tune.errors import UserError
+from gpt2tune.finetune.config import TrainConfig
+from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
+from gpt2tune.finetune.state import find_checkpoint, load_train_state
+from gpt2tune.formats.hf import load_model
+from gpt2tune.formats.peft import load_adapter
+
+TEXT = "\n\n".join(
+    f"Story {i}: the {a} {b} went to the {c} and found a {d}." for i, (a, b, c, d) in enumerate(
+        [("small", "dog", "market", "bone"), ("old", "king", "castle", "crown"),
+         ("tired", "miner", "river", "stone"), ("young", "poet", "garden", "rose")] * 6))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def options(model, data, out, method="lora", **train_kw):
+    train = dict(method=method, max_steps=6, batch_size=2, lr=5e-3, precision="fp32", seed=1,
+                 warmup_steps=1)
+    train.update(train_kw)
+    return RunOptions(out=str(out), model=ModelOptions(model=str(model), device="cpu"),
+                      data=DataOptions(data=str(data), block_size=32, val_split=0.2),
+                      lora=LoRAConfig(r=4, alpha=8, dropout=0.1), train=TrainConfig(**train))
+
+
+def test_overfits_one_batch(tiny_hf, tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("The quick brown fox jumps over the lazy dog again and again.")
+    opts = options(tiny_hf[0], one, tmp_path / "out", method="full", max_steps=40, lr=1e-2,
+                   batch_size=1)
+    opts.data.val_split = 0
+    res = fine_tune(opts)
+    assert res.history[0]["loss"] > 9  # random init over 50k tokens starts near ln(50257) = 10.8
+    assert res.final_loss < 1.0
+
+
+def test_lora_lowers_validation_loss_and_writes_outputs(tiny_hf, corpus, tmp_path):
+    out = tmp_path / "run"
+    res = fine_tune(options(tiny_hf[0], corpus, out, max_steps=12, eval_every=4))
+    vals = [r["val_loss"] for r in res.history if "val_loss" in r]
+    assert len(vals) >= 3 and vals[-1] < vals[0]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 12 and all({"step", "loss", "lr", "tokens_per_s"} <= r.keys() for r in steps)
+    assert any("val_loss" in r for r in rows)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "loss_curve.png",
+                 "summary.json", "best/adapter_model.safetensors"):
+        assert (out / name).is_file(), name
+    assert res.trainable_params == 2 * 4 * (48 + 144)
+
+
+def test_trained_adapter_loads_in_peft_with_same_logits(tiny_hf, corpus, tmp_path):
+    from peft import PeftModel
+    from transformers import GPT2LMHeadModel
+
+    out = tmp_path / "run"
+    fine_tune(options(tiny_hf[0], corpus, out, max_steps=4))
+    ours = load_model(tiny_hf[0])
+    load_adapter(ours, out)
+    ref = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(tiny_hf[0]), out).eval()
+    x = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        assert (ours.eval()(x) - ref(x).logits).abs().max().item() <= 1e-5
+    # training moved B away from zero, so this comparison is not vacuous
+    assert all(t.abs().sum() > 0 for k, t in load_file(out / "adapter_model.safetensors").items()
+               if "lora_B" in k)
+
+
+def test_full_fine_tune_saves_a_model_transformers_loads(tiny_hf, corpus, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    out = tmp_path / "full"
+    fine_tune(options(tiny_hf[0], corpus, out, method="full", max_steps=3, lr=1e-3))
+    ours = load_model(out)
+    before = load_model(tiny_hf[0])
+    assert not torch.equal(ours.transformer.h[0].attn.c_attn.weight,
+                           before.transformer.h[0].attn.c_attn.weight)
+    hf = GPT2LMHeadModel.from_pretrained(out).eval()
+    x = torch.randint(0, 50257, (2, 20))
+    with torch.no_grad():
+        assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-5
+
+
+def test_gradient_accumulation_equals_the_big_batch(corpus, tmp_path):
+    from conftest import make_hf_model
+
+    # dropout masks depend on the micro-batch shape, so compare on a model without dropout
+    base = tmp_path / "nodrop"
+    make_hf_model(base, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    results = []
+    for bs, acc in ((4, 1), (2, 2)):
+        out = tmp_path / f"b{bs}"
+        fine_tune(options(base, corpus, out, method="full", batch_size=bs, grad_accum=acc,
+                          max_steps=3, lr=1e-3))
+        results.append(load_model(out).state_dict())
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], atol=2e-6, rtol=1e-4)
+
+
+class Interrupt:
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def __call__(self, step: int, loss: float) -> None:
+        if step == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_resume_after_interruption_equals_uninterrupted_run(tiny_hf, corpus, tmp_path, method):
+    kw = dict(method=method, max_steps=7, grad_accum=2, eval_every=3, lr=2e-3)
+    full = fine_tune(options(tiny_hf[0], corpus, tmp_path / "a", **kw))
+    first = fine_tune(options(tiny_hf[0], corpus, tmp_path / "b", **kw), on_step=Interrupt(3))
+    assert first.interrupted and first.steps == 3
+    assert load_train_state(find_checkpoint(tmp_path / "b"))["position"]["step"] == 3
+    opts = options(tiny_hf[0], corpus, tmp_path / "b", **kw)
+    opts.resume = True
+    second = fine_tune(opts)
+    assert second.steps == 7
+    name = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the metrics of the resumed run continue the interrupted one without duplicates
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == list(range(1, 8))
+    assert second.final_loss == pytest.approx(full.final_loss, abs=1e-6)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_hf, corpus, tmp_path, monkeypatch):
+    from gpt2tune.core.model import GPT2
+
+    out = tmp_path / "nan"
+    calls = {"n": 0}
+    orig = GPT2.loss
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        loss = orig(self, *a, **k)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    monkeypatch.setattr(GPT2, "loss", flaky)
+    with pytest.raises(UserError, match="loss became nan at step 5"):
+        fine_tune(options(tiny_hf[0], corpus, out, max_steps=8, save_every=2))
+    ckpt = find_checkpoint(out)
+    assert load_train_state(ckpt)["position"]["step"] == 4
+    load_adapter(load_model(tiny_hf[0]), ckpt)  # intact and loadable
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _train_args(model, data, out, *extra):
+    return ["train", "--model", model, "--data", data, "--out", out, "--max-steps", "2",
+            "--batch-size", "2", "--block-size", "32", "--precision", "fp32", "--no-progress", *extra]
+
+
+def test_cli_train_prints_parameter_report_and_toml_config_matches_flags(capsys, tiny_hf, corpus, tmp_path):
+    code, out, err = run(capsys, *_train_args(tiny_hf[0], corpus, tmp_path / "flags", "--lora-r", "2",
+                                              "--lr", "0.001", "--seed", "4"))
+    assert code == 0, err
+    assert "trainable params: 768 || all params: " in err and "trainable%: " in err
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'model = "{tiny_hf[0]}"\ndata = "{corpus}"\nlr = 0.001\nseed = 4\n'
+                   'max-steps = 2\nbatch_size = 2\nblock-size = 32\nprecision = "fp32"\n'
+                   'progress = false\n[lora]\nr = 2\n')
+    code, _, err = run(capsys, "train", "--config", cfg, "--out", tmp_path / "toml")
+    assert code == 0, err
+    a = load_file(tmp_path / "flags" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "toml" / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_refuses_an_out_dir_holding_another_run(capsys, tiny_hf, corpus, tmp_path):
+    out = tmp_path / "run"
+    assert run(capsys, *_train_args(tiny_hf[0], corpus, out))[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    code, _, err = run(capsys, *_train_args(tiny_hf[0], corpus, out, "--lora-r", "2"))
+    assert code == 2 and "already holds a previous run" in err and "--resume" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    code, _, err = run(capsys, *_train_args(tiny_hf[0], corpus, out, "--lora-r", "2", "--resume"))
+    assert code == 2 and "differs from the run" in err
+    assert run(capsys, *_train_args(tiny_hf[0], corpus, out, "--lora-r", "2", "--overwrite"))[0] == 0
+
+
+@pytest.mark.parametrize("setup, extra, message", [
+    (lambda d: d.write_text(""), [], "holds no text"),
+    (lambda d: d.write_bytes(b"ok\n\xff\xfe bad"), [], "not UTF-8"),
+    (None, ["--block-size", "65"], "outside 2..64"),
+    (None, ["--method", "sideways"], "unknown --method"),
+    (None, ["--lora-targets", "wte"], "unknown LoRA target"),
+])
+def test_cli_bad_input_is_one_line(capsys, tiny_hf, corpus, tmp_path, setup, extra, message):
+    if setup is not None:
+        setup(corpus)
+    code, _, err = run(capsys, *_train_args(tiny_hf[0], corpus, tmp_path / "o", *extra))
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_jsonl_errors_name_the_line_and_field(capsys, tiny_hf, tmp_path):
+    bad = tmp_path / "d.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "fine"}\n{oops}\n')
+    code, _, err = run(capsys, *_train_args(tiny_hf[0], bad, tmp_path / "o"))
+    assert code == 2 and "line 3" in err
+    code, _, err = run(capsys, *_train_args(tiny_hf[0], bad, tmp_path / "o", "--text-field", "body"))
+    assert code == 2 and ("no 'body' field" in err or "line 3" in err)
+
+
+def test_adapter_for_another_base_is_rejected(capsys, tiny_hf, corpus, tmp_path):
+    from conftest import make_hf_model
+
+    assert run(capsys, *_train_args(tiny_hf[0], corpus, tmp_path / "ad"))[0] == 0
+    other = tmp_path / "wide"
+    make_hf_model(other, n_embd=64, n_head=4)
+    capsys.readouterr()
+    code, _, err = run(capsys, "eval", "--model", other, "--adapter", tmp_path / "ad", "--data", corpus)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_merge_writes_a_model_with_the_adapters_logits(capsys, tiny_hf, corpus, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    assert run(capsys, *_train_args(tiny_hf[0], corpus, tmp_path / "ad", "--lr", "0.01"))[0] == 0
+    assert run(capsys, "merge", "--model", tiny_hf[0], "--adapter", tmp_path / "ad",
+               "--out", tmp_path / "merged")[0] == 0
+    ours = load_model(tiny_hf[0])
+    load_adapter(ours, tmp_path / "ad")
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "merged").eval()
+    x = torch.randint(0, 50257, (1, 16))
+    with torch.no_grad():
+        assert (ours.eval()(x) - hf(x).logits).abs().max().item() <= 1e-5
+
+
+def test_info_preset_lora_report_without_allocating(capsys):
+    code, out, _ = run(capsys, "info", "--preset", "gpt2", "--lora-r", "4", "--lora-targets", "c_attn")
+    assert code == 0
+    assert "trainable params: 147,456 || all params: 124,587,264 || trainable%: 0.1184" in out
+
+
+def test_eval_and_generate_accept_adapter(capsys, tiny_hf, corpus, tmp_path):
+    assert run(capsys, *_train_args(tiny_hf[0], corpus, tmp_path / "ad", "--lr", "0.01"))[0] == 0
+    code, out, _ = run(capsys, "eval", "--model", tiny_hf[0], "--adapter", tmp_path / "ad",
+                       "--data", corpus, "--json")
+    with_adapter = json.loads(out)["loss"]
+    code, out, _ = run(capsys, "eval", "--model", tiny_hf[0], "--data", corpus, "--json")
+    assert with_adapter < json.loads(out)["loss"]
+    code, out, _ = run(capsys, "generate", "--model", tiny_hf[0], "--adapter", tmp_path / "ad",
+                       "--prompt", "Story", "--greedy", "--max-new-tokens", "5", "--json")
+    assert code == 0 and len(json.loads(out)["token_ids"]) <= 5
+    assert math.isfinite(with_adapter)
+
+
+def test_early_stopping_stops_after_patience_evaluations(tiny_hf, corpus, tmp_path):
+    # a learning rate far too high makes validation loss worse after the first evaluations
+    res = fine_tune(options(tiny_hf[0], corpus, tmp_path / "es", method="full", max_steps=40,
+                            lr=0.5, eval_every=1, early_stopping=2, warmup_steps=0))
+    vals = [r["val_loss"] for r in res.history if "val_loss" in r]
+    assert res.stopped_early and res.steps < 40
+    best = min(vals)
+    assert vals.index(best) == len(vals) - 3  # two evaluations without improvement, then stop
+    assert res.best_val_loss == pytest.approx(best, abs=1e-6)

@@ -1,0 +1,133 @@
+"""Data-parallel training under torchrun: 2 processes, gloo on loopback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import make_hf_model
+from safetensors.torch import load_file
+
+from gpt2tune.cli.main import main
+from gpt2tune.formats.hf import load_model
+from gpt2tune.formats.peft import load_adapter
+
+TEXT = "\n\n".join(f"Line {i}: a {w} walked past the {v} at dawn." for i, (w, v) in enumerate(
+    [("fox", "barn"), ("clerk", "bank"), ("nurse", "ward"), ("cat", "door")] * 8))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ddp")
+    # no dropout: masks differ between one process and two, the math must not
+    make_hf_model(d / "base", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    (d / "corpus.txt").write_text(TEXT)
+    return d
+
+
+def _args(d, out, batch, *extra):
+    return ["train", "--model", str(d / "base"), "--data", str(d / "corpus.txt"), "--out", str(out),
+            "--block-size", "32", "--batch-size", str(batch), "--max-steps", "4", "--lr", "2e-3",
+            "--precision", "fp32", "--device", "cpu", "--no-progress", "--seed", "3", *extra]
+
+
+def _torchrun(args, env_extra=None, tmp=None):
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", GPT2TUNE_CACHE=str(tmp / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "gpt2tune", *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _losses(out):
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_two_ranks_equal_one_process_with_double_batch(setup, tmp_path, method, monkeypatch, capsys):
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    extra = ["--method", method, "--lora-r", "4"]
+    assert main(_args(setup, tmp_path / "one", 4, *extra)) == 0
+    proc = _torchrun(_args(setup, tmp_path / "two", 2, *extra), tmp=tmp_path)
+    assert "global batch 2 x 2 ranks" in proc.stderr
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(two) == 4  # rank 0 alone wrote the metrics: no duplicated lines
+    assert two == pytest.approx(one, abs=1e-5)
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    if method == "lora":
+        from peft import PeftModel
+        from transformers import GPT2LMHeadModel
+
+        ours = load_model(setup / "base")
+        load_adapter(ours, tmp_path / "two")
+        ref = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(setup / "base"),
+                                        tmp_path / "two").eval()
+        x = torch.randint(0, 50257, (1, 12))
+        with torch.no_grad():
+            assert (ours.eval()(x) - ref(x).logits).abs().max().item() <= 1e-5
+    # no stray files from rank 1 (e.g. a second metrics file or checkpoint)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir())
+
+
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_ctrl_c_under_torchrun_then_resume_equals_uninterrupted(setup, tmp_path, sharding):
+    """Ctrl-C reaches every rank (the terminal signals the whole process group); the run keeps a
+    good checkpoint, and --resume with the same number of ranks finishes with the same weights."""
+    import os
+    import signal
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", GPT2TUNE_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "gpt2tune"]
+    args = lambda out, *x: _args(setup, out, 2, "--method", "full", "--max-steps", "8",
+                                 "--save-every", "1", *sharding, *x)
+    _torchrun(args(tmp_path / "a"), tmp=tmp_path)
+    proc = subprocess.Popen(cmd + args(tmp_path / "b"), env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "b" / "checkpoint" / "train_state.pt"
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=120)
+    from gpt2tune.finetune.state import find_checkpoint, load_train_state
+
+    stopped_at = load_train_state(find_checkpoint(tmp_path / "b"))["position"]["step"]
+    assert 1 <= stopped_at < 8  # really interrupted mid-run
+    _torchrun(args(tmp_path / "b", "--resume"), tmp=tmp_path)
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp_two_ranks_equal_one_process(setup, tmp_path, method, monkeypatch):
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    extra = ["--method", method, "--val-split", "0.2", "--save-every", "2"]
+    assert main(_args(setup, tmp_path / "one", 4, *extra)) == 0
+    _torchrun(_args(setup, tmp_path / "two", 2, *extra, "--fsdp"), tmp=tmp_path)
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-5)
+    val = lambda out: [json.loads(x)["val_loss"] for x in (out / "metrics.jsonl").read_text().splitlines()
+                       if "val_loss" in json.loads(x)]
+    assert val(tmp_path / "two") == pytest.approx(val(tmp_path / "one"), abs=1e-5)
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_fsdp_without_torchrun_is_a_clear_error(setup, tmp_path, capsys):
+    assert main(_args(setup, tmp_path / "x", 2, "--fsdp")) == 2
+    assert "launch with torchrun" in capsys.readouterr().err

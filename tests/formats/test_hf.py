@@ -1,0 +1,89 @@
+"""HF-format checkpoints in and out, checked against transformers."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_hf_model
+
+from gpt2tune.errors import UserError
+from gpt2tune.formats.hf import load_model, save_model
+
+
+def test_our_save_loads_in_transformers_with_identical_logits(tiny_hf, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    path, hf = tiny_hf
+    ours = load_model(path)
+    with torch.no_grad():  # make the weights differ from the source so the round trip is real
+        ours.transformer.h[0].attn.c_attn.weight.add_(0.01 * torch.randn_like(ours.transformer.h[0].attn.c_attn.weight))
+    save_model(ours, tmp_path / "out")
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    assert back.lm_head.weight.data_ptr() == back.transformer.wte.weight.data_ptr()
+    x = torch.randint(0, 50257, (2, 16))
+    with torch.no_grad():
+        assert (back(x).logits - ours(x)).abs().max().item() <= 1e-5
+    for name in ("vocab.json", "merges.txt", "config.json", "model.safetensors"):
+        assert (tmp_path / "out" / name).is_file()
+
+
+def test_transformers_tokenizer_loads_saved_dir(tiny_hf, tmp_path):
+    from transformers import AutoTokenizer
+
+    save_model(load_model(tiny_hf[0]), tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert tok("Hello world")["input_ids"] == [15496, 995]
+
+
+def test_pytorch_model_bin_and_old_key_names(tmp_path):
+    """OpenAI's original upload: no 'transformer.' prefix, mask buffers, a .bin file."""
+    hf = make_hf_model(tmp_path / "src", vocab_size=300)
+    sd = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    for i in range(hf.config.n_layer):
+        sd[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
+        sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    d = tmp_path / "bin"
+    d.mkdir()
+    torch.save(sd, d / "pytorch_model.bin")
+    (d / "config.json").write_text((tmp_path / "src" / "config.json").read_text())
+    ours = load_model(d)
+    x = torch.randint(0, 300, (1, 12))
+    with torch.no_grad():
+        assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-5
+
+
+def test_sharded_safetensors(tmp_path):
+    hf = make_hf_model(tmp_path / "src", vocab_size=300)
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    ours = load_model(tmp_path / "sharded")
+    x = torch.randint(0, 300, (1, 12))
+    with torch.no_grad():
+        assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-5
+
+
+def test_not_gpt2_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(UserError, match="not 'gpt2'"):
+        load_model(tmp_path)
+
+
+def test_missing_weights_and_missing_dir(tmp_path, tiny_hf):
+    (tmp_path / "config.json").write_text((tiny_hf[0] / "config.json").read_text())
+    with pytest.raises(UserError, match="no model weights"):
+        load_model(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(tmp_path / "nope" / "deeper" / "dir")
+
+
+def test_weights_of_another_config_are_rejected(tmp_path, tiny_hf):
+    make_hf_model(tmp_path, n_embd=24, n_head=2)
+    (tmp_path / "config.json").write_text((tiny_hf[0] / "config.json").read_text())
+    with pytest.raises(UserError, match="do not belong to this config"):
+        load_model(tmp_path)
+
+
+def test_offline_hub_id_says_how_to_point_at_a_directory(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="pass --model /path/to/dir"):
+        load_model("nobody-has-this/gpt2-not-cached")

@@ -1,0 +1,131 @@
+"""Generation against transformers' generate() and logits processors."""
+
+import pytest
+import torch
+
+from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.errors import UserError
+from gpt2tune.formats.hf import load_model
+from gpt2tune.inference.generate import (
+    SamplingConfig,
+    build_context,
+    generate,
+    generate_ids,
+    process_logits,
+)
+
+EOT = 50256
+
+
+@pytest.fixture(scope="module")
+def ours(tiny_hf):
+    return load_model(tiny_hf[0])
+
+
+def test_greedy_matches_transformers_generate(tiny_hf, ours):
+    _, hf = tiny_hf
+    prompt = Tokenizer().encode("The quick brown fox jumps over")
+    ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                      do_sample=False, max_new_tokens=30, min_new_tokens=30, pad_token_id=EOT)
+    got = generate_ids(ours, [prompt], SamplingConfig(max_new_tokens=30, greedy=True,
+                                                      stop_at_eot=False), eot_id=EOT)
+    assert got[0] == ref[0, len(prompt):].tolist()
+    assert len(got[0]) == 30
+
+
+def test_kv_cache_output_identical_to_no_cache(ours):
+    prompts = [[464, 2068, 7586], [40, 1101]]
+    for cfg in (SamplingConfig(max_new_tokens=20, greedy=True, stop_at_eot=False),
+                SamplingConfig(max_new_tokens=20, top_k=50, seed=3, stop_at_eot=False)):
+        with_cache = generate_ids(ours, prompts, cfg, eot_id=EOT, use_cache=True)
+        without = generate_ids(ours, prompts, cfg, eot_id=EOT, use_cache=False)
+        assert with_cache == without
+
+
+def test_left_padded_batch_equals_each_prompt_alone(ours):
+    prompts = [[464, 2068, 7586, 21831, 18045], [40], [1639, 389, 257]]
+    cfg = SamplingConfig(max_new_tokens=12, greedy=True, stop_at_eot=False)
+    batch = generate_ids(ours, prompts, cfg, eot_id=EOT)
+    for p, row in zip(prompts, batch):
+        assert generate_ids(ours, [p], cfg, eot_id=EOT)[0] == row
+
+
+def _hf_processors(cfg: SamplingConfig):
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    procs = []
+    if cfg.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+    procs.append(TemperatureLogitsWarper(cfg.temperature))
+    if cfg.top_k:
+        procs.append(TopKLogitsWarper(cfg.top_k))
+    if cfg.top_p < 1:
+        procs.append(TopPLogitsWarper(cfg.top_p))
+    return procs
+
+
+@pytest.mark.parametrize("cfg", [
+    SamplingConfig(temperature=0.7, top_k=20),
+    SamplingConfig(top_p=0.9),
+    SamplingConfig(temperature=1.3, top_p=0.5, repetition_penalty=1.3),
+])
+def test_sampling_filters_match_transformers(cfg):
+    torch.manual_seed(0)
+    logits = torch.randn(4, 1000) * 3
+    context = torch.randint(0, 1000, (4, 30))
+    ref = logits.clone()
+    for proc in _hf_processors(cfg):
+        ref = proc(context, ref)
+    got = process_logits(logits, context, cfg)
+    assert torch.equal(torch.isinf(got), torch.isinf(ref))
+    finite = ~torch.isinf(ref)
+    torch.testing.assert_close(got[finite], ref[finite])
+
+
+def test_top_k_keeps_exactly_k_even_with_ties():
+    logits = torch.zeros(1, 100)  # all tied
+    got = process_logits(logits, torch.zeros(1, 1, dtype=torch.long), SamplingConfig(top_k=5))
+    assert int(torch.isfinite(got).sum()) == 5
+
+
+def test_same_seed_same_samples_and_batch_of_samples(ours):
+    tok = Tokenizer()
+    cfg = SamplingConfig(max_new_tokens=15, top_k=40, seed=7, stop_at_eot=False)
+    a = generate(ours, tok, "Once upon a time", cfg, num_samples=3)
+    b = generate(ours, tok, "Once upon a time", cfg, num_samples=3)
+    assert [s.token_ids for s in a] == [s.token_ids for s in b]
+    assert len({tuple(s.token_ids) for s in a}) > 1  # rows are sampled independently
+    for s in a:
+        assert s.text == tok.decode(s.token_ids)
+
+
+def test_priming_is_trimmed_from_the_left():
+    tok = Tokenizer()
+    prime = " ".join(f"word{i}" for i in range(200))
+    ids, trimmed = build_context(tok, "The end", prime, max_new_tokens=20, n_positions=64)
+    assert len(ids) == 64 - 20 and trimmed > 0
+    assert tok.decode(ids).endswith("\nThe end")
+    full = tok.encode(prime + "\nThe end")
+    assert ids == full[-44:]
+
+
+def test_stop_strings_cut_text(ours):
+    tok = Tokenizer()
+    cfg = SamplingConfig(max_new_tokens=30, greedy=True, stop_at_eot=False)
+    free = generate(ours, tok, "Hello", cfg)[0]
+    assert len(free.text) > 4
+    stop = free.text[2:4]
+    cut = generate(ours, tok, "Hello", SamplingConfig(max_new_tokens=30, greedy=True,
+                                                      stop_at_eot=False, stop=[stop]))[0]
+    assert cut.text == free.text[:free.text.find(stop)]
+    assert free.token_ids[:len(cut.token_ids)] == cut.token_ids
+
+
+def test_prompt_too_long_for_context_is_a_clear_error(ours):
+    with pytest.raises(UserError, match="exceeds the context"):
+        generate_ids(ours, [[1] * 60], SamplingConfig(max_new_tokens=10), eot_id=EOT)
