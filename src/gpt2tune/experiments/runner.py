@@ -21,13 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
-import shlex
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,395 +36,41 @@ from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.rows import tokenize_documents
 from gpt2tune.data.sources import read_documents
 from gpt2tune.errors import UserError
+from gpt2tune.experiments.base import (
+    BaseInfo,
+    PretrainConfig,
+    ensure_base,
+    external_base,
+    pretrain,  # noqa: F401  (the CLI's import, until it takes it from experiments.base)
+)
+from gpt2tune.experiments.commands import (
+    eval_command,
+    generate_command,
+    pretrain_command,
+    train_command,
+)
+from gpt2tune.experiments.spec import (
+    FULL_PLAN,
+    NEWS_PROMPT,
+    QUICK_PLAN,
+    DemoOptions,
+    DemoPlan,
+)
 from gpt2tune.experiments.style import StyleClassifier, train_style_classifier
 from gpt2tune.finetune.config import TrainConfig, TrainResult
 from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
 from gpt2tune.inference.evaluate import EvalResult, evaluate, score_windows, windows
 from gpt2tune.inference.generate import SamplingConfig, generate
-from gpt2tune.runtime import autocast_dtype, cache_dir, resolve_device
+from gpt2tune.runtime import (
+    autocast_dtype,
+    resolve_device,
+    restart_peak_memory,
+    rss_mib,
+)
 
 log = logging.getLogger("gpt2tune")
 
-BASE_INFO = "base.json"
 DEMO_MARKER = "demo.json"
-RECIPE_VERSION = 1
-"""Bump when ``pretrain`` changes what it builds, so cached bases are rebuilt."""
-VAL_TOKENS_PER_DOC = 1024
-"""The base's validation loss scores the first this many tokens of each held-out wiki article
-(all ten of them), which keeps it to a few seconds."""
-
-NEWS_PROMPT = "The Federal Government says"
-CHARACTER_PROMPTS = ("Why,", "I tell thee,", "Now, my lord,", "What,", "Well,", "Nay,")
-
-# ----------------------------------------------------------------------------- configuration
-
-@dataclass
-class PretrainConfig:
-    """How the embedded default base model is pretrained from scratch on ``builtin:wiki``."""
-
-    preset: str = "gpt2-micro"
-    """Architecture (see ``gpt2tune info --preset``)."""
-    max_steps: int = 360
-    """Optimizer steps (360: about 5 minutes on 2 idle CPU cores)."""
-    batch_size: int = 4
-    """Rows per step."""
-    block_size: int = 256
-    """Tokens per row (the whole context, so every position embedding is trained)."""
-    lr: float = 6e-3
-    """Peak learning rate (cosine decay, 5% warm-up)."""
-    precision: str = "fp32"
-    """fp32 or bf16 autocast; on CPUs without native bf16 (most), fp32 is much faster."""
-    seed: int = 0
-    """Seed for initialisation and data order."""
-    device: str = "auto"
-    """auto, cpu or cuda[:N]."""
-
-    def cache_name(self) -> str:
-        """Directory name of this base in the cache: every setting that changes the weights."""
-        return (f"wiki-{self.preset}-{self.max_steps}x{self.batch_size}x{self.block_size}"
-                f"-lr{self.lr:g}-{self.precision}-seed{self.seed}-v{RECIPE_VERSION}")
-
-
-@dataclass
-class DemoPlan:
-    """Sizes of everything the demo does; the full demo and ``--quick`` differ only here."""
-
-    pretrain: PretrainConfig
-    batch_size: int = 4
-    """Rows per step of every fine-tuning run (rows are the model's whole context)."""
-    news_epochs: float | None = 1
-    news_max_steps: int | None = None
-    news_eval_every: int = 18
-    char_epochs: float | None = 2
-    char_max_steps: int | None = None
-    char_eval_every: int = 7
-    lr_lora: float = 1e-2
-    lr_full: float = 1e-3
-    lora_alpha_per_rank: float = 2.0
-    """alpha = this * r, so every rank has the same scaling alpha / r."""
-    news_rank: int = 4
-    char_rank: int = 4
-    ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    wide_rank: int = 8
-    wide_targets: tuple[str, ...] = ("all-linear",)
-    prime_speeches: int = 3
-    """Training speeches placed before the prompt when priming."""
-    news_samples: int = 3
-    char_prompts: tuple[str, ...] = CHARACTER_PROMPTS
-    samples_per_prompt: int = 4
-    max_new_tokens: int = 60
-    temperature: float = 0.9
-    top_k: int = 40
-
-
-FULL_PLAN = DemoPlan(pretrain=PretrainConfig())
-QUICK_PLAN = DemoPlan(
-    pretrain=PretrainConfig(preset="gpt2-nano", max_steps=60, batch_size=2, lr=1e-2),
-    news_epochs=None, news_max_steps=20, news_eval_every=10,
-    char_epochs=None, char_max_steps=6, char_eval_every=3,
-    ranks=(1, 4, 16), char_prompts=CHARACTER_PROMPTS[:3], samples_per_prompt=3,
-    news_samples=2, max_new_tokens=40)
-
-
-@dataclass
-class DemoOptions:
-    """What ``gpt2tune demo`` runs."""
-
-    out: str = "runs/demo"
-    """Directory for the report, plots, adapters and models."""
-    base: str | None = None
-    """Any GPT-2 (HF directory or hub id) as the base; default: the embedded one (built once)."""
-    character: str = "FALSTAFF"
-    """Shakespeare character of experiments 2 and 3."""
-    quick: bool = False
-    """Smaller everything (about 3 minutes with its own small base): for CI and a first look."""
-    overwrite: bool = False
-    """Replace an --out that holds something other than a previous demo."""
-    seed: int = 0
-    """Seed of every training run and sample."""
-    device: str = "auto"
-    """auto, cpu or cuda[:N]."""
-    precision: str = "fp32"
-    """Matmul precision of training, evaluation and generation (fp32 or bf16)."""
-    progress: bool = False
-    """Show progress bars on stderr."""
-
-
-# ----------------------------------------------------------------------------- memory
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
-
-
-def _libc():
-    import ctypes
-    import ctypes.util
-
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of handing it back to the OS (process-wide).
-
-    Each training step allocates and frees the (tokens x 50,257) logits, hundreds of MB. glibc
-    serves blocks that large with mmap and unmaps them on free, so every step page-faults them in
-    afresh: for the demo's small models that measured 1.8x slower on 2 CPU cores. Raising the
-    mmap and trim thresholds keeps the blocks in the heap, where the next step reuses them.
-
-    Returns:
-        True if glibc took the settings (False on other C libraries, where nothing changes).
-    """
-    if platform.system() != "Linux":
-        return False
-    try:
-        libc = _libc()
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-                    and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 31))
-    except (OSError, AttributeError):
-        return False
-
-
-def _start_memory_measurement() -> bool:
-    """Make the next peak-RSS reading (``hardware.peak_rss_mib``) the peak of what follows.
-
-    Freed memory that glibc keeps (see ``keep_freed_memory``) is handed back first, so the
-    resident size starts from what is live; then the kernel's peak counter is restarted. Linux
-    only; elsewhere the peak stays the process's peak so far.
-
-    Returns:
-        True if the peak was restarted.
-    """
-    import gc
-
-    gc.collect()
-    if platform.system() == "Linux":
-        try:
-            _libc().malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_mib() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-# ----------------------------------------------------------------------------- the base model
-
-@dataclass
-class BaseInfo:
-    """The base model of a demo run."""
-
-    path: str
-    """What ``--model`` should be to load it."""
-    embedded: bool
-    """True for the embedded default (pretrained by gpt2tune), False for a user's --base."""
-    parameters: int
-    config: dict
-    pretrain: dict | None = None
-    """For the embedded default: its ``PretrainConfig``."""
-    tokens_seen: int | None = None
-    steps: int | None = None
-    train_wall_s: float | None = None
-    final_train_loss: float | None = None
-    val_loss: float | None = None
-    """Loss on held-out ``builtin:wiki`` articles (first ``VAL_TOKENS_PER_DOC`` tokens of each)."""
-    val_tokens: int | None = None
-    unigram_val_loss: float | None = None
-    """The same tokens scored by word frequencies alone (see ``unigram_loss``), for scale."""
-    built_now: bool = False
-    build_s: float | None = None
-    """Wall time of building it in this run (pretraining, validation, saving)."""
-
-
-def pretrain(out: str | Path, cfg: PretrainConfig, *, overwrite: bool = False,
-             progress: bool = False) -> BaseInfo:
-    """Pretrain a GPT-2 from scratch on ``builtin:wiki`` with the ordinary trainer.
-
-    This is ``gpt2tune train --init scratch --method full --data builtin:wiki`` plus a validation
-    loss on held-out wiki articles, recorded with the settings in ``out/base.json``.
-
-    Args:
-        out: directory for the model (HF format) and the training logs.
-        cfg: size and recipe.
-        overwrite: replace what ``out`` holds.
-        progress: show a progress bar on stderr.
-
-    Returns:
-        What was built (``val_loss`` included).
-    """
-    t0 = time.perf_counter()
-    keep_freed_memory()
-    opts = _pretrain_options(out, cfg, overwrite, progress)
-    res = fine_tune(opts)
-    if res.interrupted:
-        raise KeyboardInterrupt
-    from gpt2tune.formats.hf import load_model
-
-    model = load_model(out, device=resolve_device(cfg.device))
-    tok = Tokenizer(model.source_dir)
-    val_docs = [ids.tolist()[:VAL_TOKENS_PER_DOC] for ids in
-                tokenize_documents(read_documents("builtin:wiki", split="test"), tok)]
-    val = evaluate(model, val_docs, autocast_dtype=autocast_dtype(cfg.precision, _device(model)))
-    train_ids = tokenize_documents(read_documents("builtin:wiki", split="train"), tok)
-    info = BaseInfo(path=str(Path(out).resolve()), embedded=True, parameters=model.num_params(),
-                    config=model.config.to_dict(), pretrain=asdict(cfg),
-                    tokens_seen=res.tokens_seen, steps=res.steps, train_wall_s=res.wall_s,
-                    final_train_loss=res.final_loss, val_loss=val.loss, val_tokens=val.tokens,
-                    unigram_val_loss=unigram_loss(train_ids, val_docs, model.config.vocab_size),
-                    built_now=True, build_s=round(time.perf_counter() - t0, 1))
-    (Path(out) / BASE_INFO).write_text(json.dumps(asdict(info), indent=2) + "\n")
-    return info
-
-
-def unigram_loss(train_docs: list, val_docs: list[list[int]], vocab_size: int,
-                 k: float = 0.1) -> float:
-    """Loss of the unigram model of ``train_docs`` (token frequencies with add-``k`` smoothing)
-    on the tokens ``evaluate`` scores in ``val_docs``: what knowing only which tokens are common
-    is worth, a yardstick for a weak language model."""
-    import numpy as np
-
-    counts = np.bincount(np.concatenate([np.asarray(d) for d in train_docs]),
-                         minlength=vocab_size).astype(np.float64)
-    logp = np.log((counts + k) / (counts.sum() + k * vocab_size))
-    scored = np.concatenate([np.asarray(d[1:], dtype=np.int64) for d in val_docs])
-    return float(-logp[scored].mean())
-
-
-def _pretrain_options(out: str | Path, cfg: PretrainConfig, overwrite: bool,
-                      progress: bool) -> RunOptions:
-    return RunOptions(
-        out=str(out), overwrite=overwrite,
-        model=ModelOptions(init="scratch", preset=cfg.preset, device=cfg.device),
-        data=DataOptions(data="builtin:wiki", block_size=cfg.block_size),
-        train=TrainConfig(method="full", max_steps=cfg.max_steps, batch_size=cfg.batch_size,
-                          lr=cfg.lr, precision=cfg.precision, seed=cfg.seed, log_every=5,
-                          progress=progress))
-
-
-def _device(model: GPT2) -> torch.device:
-    return next(model.parameters()).device
-
-
-def ensure_base(cfg: PretrainConfig, progress: bool = False) -> BaseInfo:
-    """The embedded default base for ``cfg``: from the cache, or pretrained now and cached.
-
-    It is built in a temporary directory and renamed into place, so an interrupted build leaves
-    nothing that a later run would take for a finished model.
-    """
-    root = cache_dir() / "base"
-    final = root / cfg.cache_name()
-    if (final / BASE_INFO).is_file():
-        saved = json.loads((final / BASE_INFO).read_text())
-        known = {f.name for f in fields(BaseInfo)}  # tolerate fields of other gpt2tune versions
-        info = BaseInfo(**{k: v for k, v in saved.items() if k in known})
-        info.path, info.built_now, info.build_s = str(final), False, None
-        return info
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{cfg.cache_name()}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    log.info(f"building the embedded base model {cfg.cache_name()} (once; cached in {root})")
-    try:
-        info = pretrain(tmp, cfg, overwrite=True, progress=progress)
-        # the training checkpoint (optimizer state) is only needed to resume; the cache keeps
-        # just the model and its logs
-        shutil.rmtree(tmp / "checkpoint", ignore_errors=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / BASE_INFO).is_file():  # another process finished first otherwise
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    info.path = str(final)
-    (final / BASE_INFO).write_text(json.dumps(asdict(info), indent=2) + "\n")
-    return info
-
-
-def external_base(name: str) -> BaseInfo:
-    """A user's ``--base`` GPT-2 (described, not trained)."""
-    from gpt2tune.formats.hf import describe_model
-
-    d = describe_model(name)
-    return BaseInfo(path=name, embedded=False, parameters=d["parameters"], config=d["config"])
-
-
-# ----------------------------------------------------------------------------- commands
-
-def _flag_value(value) -> str:
-    if isinstance(value, bool):
-        raise TypeError("booleans are flags")
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return " ".join(_flag_value(v) for v in value)
-    return shlex.quote(str(value))
-
-
-def _flags(obj, prefix: str = "", skip: tuple[str, ...] = ()) -> list[str]:
-    """``--name value`` for each field of dataclass ``obj`` that differs from its default, named
-    as ``cli.add_dataclass_args`` names them."""
-    default = type(obj)()
-    out = []
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if f.name in skip or value == getattr(default, f.name):
-            continue
-        flag = "--" + prefix + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(flag if value else "--no-" + prefix + f.name.replace("_", "-"))
-        elif value is not None:
-            out.append(f"{flag} {_flag_value(value)}")
-    return out
-
-
-def train_command(opts: RunOptions) -> str:
-    """The ``gpt2tune train`` command line that runs ``fine_tune(opts)``."""
-    parts = ["gpt2tune train"]
-    parts += _flags(opts, skip=("model", "data", "lora", "train"))
-    parts += _flags(opts.model)
-    parts += _flags(opts.data)
-    parts += _flags(opts.train, skip=("progress",))
-    if opts.train.method == "lora":
-        parts += _flags(opts.lora, prefix="lora-")
-    return " ".join(parts)
-
-
-def eval_command(base: str, adapter: Path | None, data: str, precision: str) -> str:
-    parts = ["gpt2tune eval", f"--model {shlex.quote(base)}"]
-    if adapter is not None:
-        parts.append(f"--adapter {shlex.quote(str(adapter))}")
-    parts.append(f"--data {data}")
-    if precision != "fp32":
-        parts.append(f"--precision {precision}")
-    return " ".join(parts)
-
-
-def generate_command(model: str, adapter: Path | None, prompt: str, prime_file: Path | None,
-                     cfg: SamplingConfig, num_samples: int, precision: str) -> str:
-    parts = ["gpt2tune generate", f"--model {shlex.quote(model)}"]
-    if adapter is not None:
-        parts.append(f"--adapter {shlex.quote(str(adapter))}")
-    if prime_file is not None:
-        parts.append(f"--prime-file {shlex.quote(str(prime_file))}")
-    parts += [f"--prompt {shlex.quote(prompt)}", f"--max-new-tokens {cfg.max_new_tokens}",
-              f"--temperature {cfg.temperature!r}", f"--top-k {cfg.top_k}",
-              f"--num-samples {num_samples}", f"--seed {cfg.seed}"]
-    if precision != "fp32":
-        parts.append(f"--precision {precision}")
-    return " ".join(parts)
-
 
 # ----------------------------------------------------------------------------- scoring
 
@@ -574,8 +218,8 @@ class Demo:
         """Fine-tune, then measure held-out loss and saved size; drop the resume checkpoint."""
         with self._timed(f"{run.out.parent.name}: {run.label}"):
             t0 = time.perf_counter()
-            self.peak_reset_works = _start_memory_measurement()
-            run.rss_before_mib = _rss_mib()
+            self.peak_reset_works = restart_peak_memory()
+            run.rss_before_mib = rss_mib()
             run.result = fine_tune(run.options)
             if run.result.interrupted:
                 raise KeyboardInterrupt
@@ -621,7 +265,7 @@ class Demo:
             self.base_model = load_model(self.base.path, device=self.device)
             self.tok = Tokenizer(self.base_model.source_dir)
         if self.base.embedded:
-            self.commands.append(("the embedded base model", pretrain_command(self.base)))
+            self.commands.append(("the embedded base model", pretrain_command(PretrainConfig(**self.base.pretrain))))
 
     def news(self) -> None:
         """Experiment 1: base vs LoRA vs full fine-tuning on the news articles."""
@@ -762,13 +406,6 @@ class Demo:
                 "commands": self.commands}
 
 
-def pretrain_command(base: BaseInfo, out: str = "runs/demo-base") -> str:
-    """The ``gpt2tune pretrain`` command that builds ``base`` again (into ``out``)."""
-    cfg = PretrainConfig(**base.pretrain)
-    parts = ["gpt2tune pretrain", f"--out {shlex.quote(out)}"]
-    parts += _flags(replace(cfg, device="auto"))
-    return " ".join(parts)
-
 
 def _loadavg() -> tuple[float, float, float] | None:
     try:
@@ -800,7 +437,6 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
         The report's paths, the total wall time and every number (as in ``results.json``).
     """
     t0 = time.perf_counter()
-    keep_freed_memory()
     demo = Demo(opts, plan)
     demo.prepare_out()
     demo.load_base()

@@ -492,7 +492,8 @@ def machine_info() -> list[tuple[str, str]]:
 
 def build_report(demo: Demo) -> Report:
     """The report document of a finished demo (figures are written into ``demo.out``)."""
-    from gpt2tune.experiments.runner import NEWS_PROMPT, VAL_TOKENS_PER_DOC
+    from gpt2tune.experiments.base import VAL_TOKENS_PER_DOC
+    from gpt2tune.experiments.spec import NEWS_PROMPT
 
     p, b = demo.plan, demo.base
     news_lora, news_full = demo.runs["news/lora"], demo.runs["news/full"]
