@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -143,13 +144,10 @@ def _build(lib: str, method: str | None, device: str):
     if lib == "gpt2tune":
         from gpt2tune.core.lora import LoRAConfig, apply_lora
         from gpt2tune.core.model import GPT2, GPT2Config
-        from gpt2tune.finetune.loop import trainable_setup
 
         model = GPT2(GPT2Config.from_preset("gpt2"))
         if method == "lora":
             apply_lora(model, LoRAConfig(r=LORA_R, alpha=LORA_ALPHA, targets=["c_attn"]))
-        if method is not None:
-            trainable_setup(model, method)
     else:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -166,7 +164,11 @@ def _build(lib: str, method: str | None, device: str):
 
 
 def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> dict:
-    """Time ``warmup + steps`` optimizer steps: forward with the loss, backward, clip, AdamW."""
+    """Time ``warmup + steps`` optimizer steps: forward with the loss, backward, clip, AdamW.
+
+    gpt2tune's step is ``Trainer.step``, the very function ``gpt2tune train`` runs (token
+    weighting, loss scaling, clipping, the LR schedule included), so the figure is what users get.
+    """
     import torch
 
     model, params = _build(lib, case.method, device)
@@ -175,36 +177,38 @@ def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> d
     data = torch.randint(0, 50257, (case.batch, SEQ + 1), generator=gen).to(device)
     if lib == "gpt2tune":
         from gpt2tune.finetune.config import TrainConfig
-        from gpt2tune.finetune.loop import make_optimizer
+        from gpt2tune.finetune.loop import Trainer
+        from gpt2tune.finetune.parallel import SingleProcess
 
-        tcfg = TrainConfig(method=case.method)
-        optimizer = make_optimizer(model, tcfg)
-        x, y = data[:, :-1], data[:, 1:]
+        trainer = Trainer(model, TrainConfig(method=case.method, precision=case.precision),
+                          total_steps=warmup + steps, parallel=SingleProcess())
+        batch = [(data[:, :-1], data[:, 1:])]
 
-        def loss_fn():
-            return model.loss(x, y, chunk_size=tcfg.loss_chunk)
+        def train_step() -> float:
+            return trainer.step(batch).loss
     else:
         # what transformers' Trainer does by default with torch >= 2.8: optim="adamw_torch_fused"
         optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01, fused=True)
         x = data[:, :-1]
 
-        def loss_fn():
-            return model(input_ids=x, labels=x).loss  # shifts inside: same forward shape as ours
+        def train_step() -> float:
+            with _amp(device, case.precision):
+                loss = model(input_ids=x, labels=x).loss  # shifts inside: our forward's shape
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.item()
     setup_mib = _peak_mib(device)
     times = []
     for i in range(warmup + steps):
         _sync(device)
         t = time.perf_counter()
-        with _amp(device, case.precision):
-            loss = loss_fn()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = train_step()
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
-    assert torch.isfinite(loss).item()
+    assert math.isfinite(loss)
     return {"step_s": times, "tokens_per_step": case.batch * SEQ, "setup_peak_mib": setup_mib,
             "peak_mib": _peak_mib(device), "trainable_params": sum(p.numel() for p in params)}
 

@@ -333,7 +333,8 @@ class Trainer:
 def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, *,
           val_docs: list[list[int]] | None = None, lora_cfg: LoRAConfig | None = None,
           base_name: str = "", resume_state: dict | None = None,
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, float], None] | None = None,
+          parallel: SingleProcess | None = None) -> TrainResult:
     """Train ``model`` on ``train_rows`` and save the result in ``out_dir``.
 
     Args:
@@ -347,6 +348,7 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
         resume_state: a checkpoint's train state (``load_train_state``), weights already loaded.
         on_step: called as ``on_step(step, loss)`` after each optimizer step (tests use it to
             simulate an interruption by raising KeyboardInterrupt).
+        parallel: one process, DDP or FSDP; default: what this process runs under.
 
     Returns:
         A ``TrainResult``. Ctrl-C saves a checkpoint and returns with ``interrupted=True``.
@@ -357,7 +359,7 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
     cfg.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    parallel = from_env(cfg.fsdp)
+    parallel = parallel if parallel is not None else from_env(cfg.fsdp)
     total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch(
         len(train_rows), cfg, parallel.rank, parallel.world)))
     trainer = Trainer(model, cfg, total_steps, parallel)

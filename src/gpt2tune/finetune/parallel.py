@@ -103,6 +103,9 @@ class SingleProcess:
     def barrier(self) -> None:
         pass
 
+    def close(self) -> None:
+        """Leave the process group (nothing to leave in one process)."""
+
 
 class DataParallel(SingleProcess):
     """DDP: every rank holds the whole model and reads its own share of each batch."""
@@ -145,6 +148,9 @@ class DataParallel(SingleProcess):
 
     def barrier(self) -> None:
         dist.barrier()
+
+    def close(self) -> None:
+        dist.destroy_process_group()
 
 
 class FullyShardedDataParallel(DataParallel):

@@ -26,7 +26,7 @@ from gpt2tune.data.split import split_train_val
 from gpt2tune.errors import UserError
 from gpt2tune.finetune.config import TrainConfig, TrainResult
 from gpt2tune.finetune.loop import train
-from gpt2tune.finetune.parallel import init_from_env, launched_by_torchrun
+from gpt2tune.finetune.parallel import from_env, init_from_env, launched_by_torchrun
 from gpt2tune.finetune.state import find_checkpoint, load_train_state
 from gpt2tune.formats.atomic import write_text
 from gpt2tune.formats.hf import load_model
@@ -148,20 +148,14 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
     if opts.model.init == "scratch" and t.method == "lora":
         raise UserError("--init scratch trains every weight; use --method full")
     out = Path(opts.out)
-    rank, world = 0, 1
     if launched_by_torchrun():
-        import torch.distributed as dist
-
         opts.model.device = str(init_from_env(opts.model.device, t.dist_timeout))
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if rank != 0:
-            log.setLevel(logging.WARNING)  # one rank talks
-    elif t.fsdp:
-        raise UserError("--fsdp shards over several processes: launch with torchrun "
-                        "--nproc_per_node N -m gpt2tune train ...")
-    if rank == 0:
+    parallel = from_env(t.fsdp)
+    if not parallel.is_main:
+        log.setLevel(logging.WARNING)  # one rank talks
+    if parallel.is_main:
         prepare_output_dir(out, marker=RUN_FILE, resume=opts.resume, overwrite=opts.overwrite)
-    _barrier(world)
+    parallel.barrier()
 
     torch.manual_seed(t.seed)  # LoRA's initial A comes from here
     model = build_model(opts.model)
@@ -193,30 +187,21 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
     log.info(f"data: {n_docs} documents -> {len(rows)} rows of {rows.inputs.size(1)} tokens "
              f"({rows.num_targets:,} training tokens); validation: "
              f"{len(val) if val else 0} documents")
+    world = parallel.world
     if world > 1:
         log.info(f"data parallel over {world} ranks: global batch {t.batch_size} x {world} ranks "
                  f"x {t.grad_accum} accumulation = {t.batch_size * world * t.grad_accum} rows "
                  f"of {rows.inputs.size(1)} tokens per step")
     out.mkdir(parents=True, exist_ok=True)
-    if not opts.resume and rank == 0:
+    if not opts.resume and parallel.is_main:
         write_text(out / RUN_FILE, json.dumps({"identity": opts.identity(), "options": _jsonable(opts)},
                                                indent=2) + "\n")
     base_name = opts.model.model or f"scratch:{opts.model.preset}"
     result = train(model, rows, t, out, val_docs=val,
                    lora_cfg=opts.lora if t.method == "lora" else None, base_name=base_name,
-                   resume_state=resume_state, on_step=on_step)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+                   resume_state=resume_state, on_step=on_step, parallel=parallel)
+    parallel.close()
     return result
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _load_checkpoint_weights(model: GPT2, ckpt: Path, opts: RunOptions) -> GPT2:
