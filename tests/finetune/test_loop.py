@@ -287,3 +287,85 @@ def test_early_stopping_stops_after_patience_evaluations(tiny_hf, corpus, tmp_pa
     best = min(vals)
     assert vals.index(best) == len(vals) - 3  # two evaluations without improvement, then stop
     assert res.best_val_loss == pytest.approx(best, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- Trainer API
+
+def _nodrop_model(seed=0):
+    from gpt2tune.core.model import GPT2, GPT2Config
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=300,
+                     embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+    return GPT2(cfg)
+
+
+def test_trainer_step_is_a_plain_adamw_step():
+    """Trainer.step (what the benchmark times) against the textbook step written out here."""
+    from gpt2tune.finetune.loop import Trainer
+    from gpt2tune.finetune.parallel import SingleProcess
+
+    ours, ref = _nodrop_model(), _nodrop_model()
+    ref.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 300, (4, 16), generator=g)
+    y = torch.randint(0, 300, (4, 16), generator=g)
+    y[0, :5] = -100  # ignored targets weigh nothing
+    cfg = TrainConfig(method="full", lr=1e-2, warmup_steps=0, schedule="constant",
+                      grad_clip=0.5, weight_decay=5.0, precision="fp32", loss_chunk=0)
+    trainer = Trainer(ours, cfg, total_steps=10, parallel=SingleProcess())
+    # two micro-batches of two rows: token-weighted, so equal to one batch of four. Two steps,
+    # so that clipping matters (Adam's first step is g / |g| whatever the scale) and a large
+    # weight decay, so that decaying the wrong parameters shows.
+    for _ in range(2):
+        res = trainer.step([(x[:2], y[:2]), (x[2:], y[2:])])
+
+    params = list(ref.parameters())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 5.0},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=1e-2)
+    for _ in range(2):
+        logits = ref(x)
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, 300), y.view(-1),
+                                                 ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        opt.step()
+        opt.zero_grad()
+    assert res.loss == pytest.approx(loss.item(), abs=1e-5)
+    assert res.tokens == int((y != -100).sum()) and res.lr == pytest.approx(1e-2)
+    # Adam moves every weight by about lr = 1e-2; a weight whose gradient is near Adam's eps
+    # (1e-8) moves by an amount that float rounding changes, hence atol 1e-4, far below 1e-2
+    for a, b in zip(ours.state_dict().values(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_fit_tells_callbacks_every_step_and_each_validation():
+    from gpt2tune.data.rows import Rows
+    from gpt2tune.finetune.callbacks import Callback
+    from gpt2tune.finetune.loop import Trainer
+    from gpt2tune.finetune.parallel import SingleProcess
+
+    class Record(Callback):
+        def __init__(self):
+            self.events = []
+
+        def on_start(self, trainer):
+            self.events.append("start")
+
+        def on_step(self, trainer, stats):
+            self.events.append((stats.step, stats.val_loss is not None))
+
+        def on_end(self, trainer):
+            self.events.append("end")
+
+    g = torch.Generator().manual_seed(0)
+    rows = Rows(torch.randint(0, 300, (6, 16), generator=g), torch.randint(0, 300, (6, 16), generator=g))
+    cfg = TrainConfig(method="full", batch_size=2, max_steps=5, eval_every=2, precision="fp32")
+    trainer = Trainer(_nodrop_model(), cfg, total_steps=5, parallel=SingleProcess())
+    trainer.start()
+    rec = Record()
+    res = trainer.fit(rows, val_docs=[list(range(10))], callbacks=[rec])
+    # 3 steps per epoch: validation at steps 2 and 4 (eval_every), 3 (epoch end) and 5 (the end)
+    assert rec.events == ["start", (1, False), (2, True), (3, True), (4, True), (5, True), "end"]
+    assert res.steps == 5 and trainer.progress.epoch == 1 and trainer.progress.step_in_epoch == 2

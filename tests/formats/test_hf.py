@@ -87,3 +87,33 @@ def test_offline_hub_id_says_how_to_point_at_a_directory(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="pass --model /path/to/dir"):
         load_model("nobody-has-this/gpt2-not-cached")
+
+
+@pytest.mark.parametrize("change", ["extra", "missing"])
+def test_key_set_must_match_exactly(tmp_path, tiny_hf, change):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "m"
+    path.mkdir()
+    (path / "config.json").write_text((tiny_hf[0] / "config.json").read_text())
+    sd = load_file(str(tiny_hf[0] / "model.safetensors"))
+    if change == "extra":
+        sd["transformer.h.0.attn.c_attn.lora_A.weight"] = torch.zeros(4, 48)
+    else:
+        del sd["transformer.h.1.mlp.c_fc.bias"]
+    save_file(sd, str(path / "model.safetensors"))
+    with pytest.raises(UserError, match="unexpected|missing") as e:
+        load_model(path)
+    key = "lora_A" if change == "extra" else "h.1.mlp.c_fc.bias"
+    assert key in str(e.value)
+
+
+def test_the_model_knows_where_it_was_loaded_from(tiny_hf, tmp_path):
+    from gpt2tune.core.model import GPT2, GPT2Config
+
+    assert GPT2(GPT2Config.from_preset("gpt2-nano")).source_dir is None
+    model = load_model(tiny_hf[0])
+    assert model.source_dir == tiny_hf[0]
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied after loading
+    save_model(model, tmp_path / "copy")
+    assert load_model(tmp_path / "copy").source_dir == tmp_path / "copy"

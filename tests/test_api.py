@@ -1,0 +1,20 @@
+"""The public API: everything the README names is importable from ``gpt2tune`` itself, and
+importing the package alone does not import torch (so ``gpt2tune --version`` is instant)."""
+
+import importlib
+import subprocess
+import sys
+
+import gpt2tune
+
+
+def test_public_names_are_the_defining_modules_objects():
+    for name, module in gpt2tune._API.items():
+        assert getattr(gpt2tune, name) is getattr(importlib.import_module(module), name), name
+    assert set(gpt2tune.__all__) == {*gpt2tune._API, "__version__"}
+
+
+def test_importing_the_package_does_not_import_torch():
+    code = "import sys, gpt2tune; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
