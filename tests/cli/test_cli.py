@@ -103,3 +103,47 @@ def test_python_dash_m_entry_point(tiny_hf):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Hi")
+
+
+def _adapter(tiny_hf, out):
+    from gpt2tune.core.lora import LoRAConfig, apply_lora
+    from gpt2tune.formats.hf import load_model
+    from gpt2tune.formats.peft import save_adapter
+
+    model = load_model(tiny_hf[0])
+    cfg = LoRAConfig(r=2)
+    apply_lora(model, cfg)
+    save_adapter(model, out, cfg, str(tiny_hf[0]))
+    return out
+
+
+def test_merge_replaces_a_non_empty_out_only_with_overwrite(capsys, tiny_hf, tmp_path):
+    adapter = _adapter(tiny_hf, tmp_path / "adapter")
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["merge", "--model", str(tiny_hf[0]), "--adapter", str(adapter), "--out", str(out)]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    # a bad adapter fails before --overwrite empties --out
+    code, _, err = run(capsys, *argv[:4], "--adapter", str(tmp_path / "none"), "--out", str(out),
+                       "--overwrite")
+    assert code == 2 and (out / "notes.txt").exists()
+    assert run(capsys, *argv, "--overwrite")[0] == 0
+    assert (out / "config.json").exists() and not (out / "notes.txt").exists()
+
+
+def test_data_show_takes_a_config_file(tmp_path):
+    from gpt2tune.cli.main import build_parser
+
+    cfg = tmp_path / "show.toml"
+    cfg.write_text("json = true\n")
+    def parse(*argv):
+        args = vars(build_parser()[0].parse_args(list(argv)))
+        args.pop("config")
+        return args
+
+    from_file = parse("data", "show", "builtin:news", "--config", str(cfg))
+    assert from_file == parse("data", "show", "builtin:news", "--json") != parse(
+        "data", "show", "builtin:news")
