@@ -35,7 +35,7 @@ _API = {
     "EvalResult": "gpt2tune.inference.evaluate",
     "TrainConfig": "gpt2tune.finetune.config",
     "TrainResult": "gpt2tune.finetune.config",
-    "train": "gpt2tune.finetune.loop",
+    "train": "gpt2tune.finetune.recipe",
     "fine_tune": "gpt2tune.finetune.recipe",
     "RunOptions": "gpt2tune.finetune.recipe",
     "ModelOptions": "gpt2tune.finetune.recipe",
@@ -56,12 +56,12 @@ if TYPE_CHECKING:
     from gpt2tune.data.sources import read_documents
     from gpt2tune.errors import UserError
     from gpt2tune.finetune.config import TrainConfig, TrainResult
-    from gpt2tune.finetune.loop import train
     from gpt2tune.finetune.recipe import (
         DataOptions,
         ModelOptions,
         RunOptions,
         fine_tune,
+        train,
     )
     from gpt2tune.formats.hf import load_model, save_model
     from gpt2tune.formats.peft import (

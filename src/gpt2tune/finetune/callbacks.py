@@ -1,10 +1,7 @@
 """What hangs off the training loop: ``metrics.jsonl``, the progress bar, the loss plot, the best
-and final weights, resumable checkpoints, and a user's per-step hook.
-
-``Trainer.fit`` calls every callback on every rank, in list order: ``on_start`` once, ``on_step``
-after each optimizer step (and its validation, when one was due), then ``on_interrupt`` (Ctrl-C)
-or ``on_end`` (the run finished), and ``close`` in any case. Saving gathers weights, a collective
-under FSDP, so the callbacks that save run on every rank and only rank 0 writes.
+and final weights, resumable checkpoints, and a user's per-step hook (``loop.Callback`` says when
+each is called). Saving gathers weights, a collective under FSDP, so the callbacks that save run
+on every rank and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -13,61 +10,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gpt2tune.core.lora import LoRAConfig
+from gpt2tune.finetune.loop import Callback, StepStats, Trainer
 from gpt2tune.finetune.state import rng_state, save_checkpoint, save_weights
 from gpt2tune.formats.atomic import atomic_file, write_text
 
-if TYPE_CHECKING:
-    from gpt2tune.finetune.loop import Trainer
-
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepStats:
-    """One optimizer step as the callbacks see it."""
-
-    step: int
-    """Optimizer steps taken so far (this one included)."""
-    epoch: float
-    """Position in the data, in epochs."""
-    loss: float
-    """The step's token-weighted mean training loss over all ranks."""
-    lr: float
-    """Learning rate the step used."""
-    tokens: int
-    """Target tokens in the step, over all ranks."""
-    time: float
-    """``time.perf_counter()`` when the step ended (before any validation)."""
-    elapsed_s: float
-    """Seconds since the loop started."""
-    val_loss: float | None = None
-    """Validation loss, when the step ended with a validation."""
-    improved: bool = False
-    """The validation loss is the best so far."""
-
-
-class Callback:
-    """Does nothing; subclasses override what they need."""
-
-    def on_start(self, trainer: Trainer) -> None:
-        pass
-
-    def on_step(self, trainer: Trainer, stats: StepStats) -> None:
-        pass
-
-    def on_interrupt(self, trainer: Trainer) -> None:
-        pass
-
-    def on_end(self, trainer: Trainer) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class Metrics(Callback):

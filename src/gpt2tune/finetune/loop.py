@@ -9,7 +9,6 @@ plot, checkpoints: see ``callbacks.py``) what happened.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -17,30 +16,17 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from gpt2tune.core.lora import LoRAConfig, count_parameters, lora_parameters
+from gpt2tune.core.lora import count_parameters, lora_parameters
 from gpt2tune.core.model import GPT2
 from gpt2tune.data.rows import IGNORE, Rows, batch_indices
 from gpt2tune.errors import UserError
-from gpt2tune.finetune.callbacks import (
-    BestWeights,
-    Callback,
-    Checkpoints,
-    FinalWeights,
-    LossPlot,
-    Metrics,
-    ProgressBar,
-    StepHook,
-    StepStats,
-)
 from gpt2tune.finetune.config import TrainConfig, TrainResult
 from gpt2tune.finetune.parallel import SingleProcess, from_env
-from gpt2tune.finetune.state import CHECKPOINT, Progress, rng_state, set_rng_state
-from gpt2tune.formats.atomic import write_text
+from gpt2tune.finetune.state import Progress, rng_state, set_rng_state
 from gpt2tune.inference.evaluate import evaluate
 from gpt2tune.runtime import autocast, autocast_dtype, peak_rss_mib
 
@@ -110,6 +96,53 @@ class LossNotFinite(UserError):
 
 
 # ----------------------------------------------------------------------------- the trainer
+
+@dataclass
+class StepStats:
+    """One optimizer step as the callbacks see it."""
+
+    step: int
+    """Optimizer steps taken so far (this one included)."""
+    epoch: float
+    """Position in the data, in epochs."""
+    loss: float
+    """The step's token-weighted mean training loss over all ranks."""
+    lr: float
+    """Learning rate the step used."""
+    tokens: int
+    """Target tokens in the step, over all ranks."""
+    time: float
+    """``time.perf_counter()`` when the step ended (before any validation)."""
+    elapsed_s: float
+    """Seconds since the loop started."""
+    val_loss: float | None = None
+    """Validation loss, when the step ended with a validation."""
+    improved: bool = False
+    """The validation loss is the best so far."""
+
+
+class Callback:
+    """Something that hangs off ``Trainer.fit`` (see ``callbacks.py``). ``fit`` calls every
+    callback on every rank, in list order: ``on_start`` once, ``on_step`` after each optimizer
+    step (and its validation, when one was due), then ``on_interrupt`` (Ctrl-C) or ``on_end``
+    (the run finished), and ``close`` in any case. The base class does nothing."""
+
+    def on_start(self, trainer: Trainer) -> None:
+        pass
+
+    def on_step(self, trainer: Trainer, stats: StepStats) -> None:
+        pass
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        pass
+
+    def on_end(self, trainer: Trainer) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 
 @dataclass
 class StepResult:
@@ -320,68 +353,10 @@ class Trainer:
                 cb.close()
         peak = (torch.cuda.max_memory_allocated(self.device) / 2**20
                 if self.device.type == "cuda" else peak_rss_mib())
-        history = next((cb.rows for cb in callbacks if isinstance(cb, Metrics)), [])
         return TrainResult(
             steps=prog.step, epochs_done=round(prog.epoch + prog.step_in_epoch / n_steps_epoch, 4),
             tokens_seen=prog.tokens_seen, wall_s=round(time.perf_counter() - t0, 2),
             trainable_params=self.trainable_params, total_params=self.total_params,
             peak_memory_mib=round(peak, 1), final_loss=last_loss, val_loss=val_loss,
             best_val_loss=prog.best_val, best_step=prog.best_step, stopped_early=stopped_early,
-            interrupted=interrupted, history=history)
-
-
-def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, *,
-          val_docs: list[list[int]] | None = None, lora_cfg: LoRAConfig | None = None,
-          base_name: str = "", resume_state: dict | None = None,
-          on_step: Callable[[int, float], None] | None = None,
-          parallel: SingleProcess | None = None) -> TrainResult:
-    """Train ``model`` on ``train_rows`` and save the result in ``out_dir``.
-
-    Args:
-        model: a GPT2; for ``method="lora"`` with adapters already applied.
-        train_rows: packed or padded training rows.
-        cfg: training settings.
-        out_dir: where the result, checkpoints, ``metrics.jsonl`` and ``loss_curve.png`` go.
-        val_docs: token ids of validation documents (each ending with <|endoftext|>).
-        lora_cfg: the adapters' config (saved with them).
-        base_name: the base model's name or path, recorded in the adapter config.
-        resume_state: a checkpoint's train state (``load_train_state``), weights already loaded.
-        on_step: called as ``on_step(step, loss)`` after each optimizer step (tests use it to
-            simulate an interruption by raising KeyboardInterrupt).
-        parallel: one process, DDP or FSDP; default: what this process runs under.
-
-    Returns:
-        A ``TrainResult``. Ctrl-C saves a checkpoint and returns with ``interrupted=True``.
-
-    Raises:
-        UserError: the loss became NaN/inf (the last good checkpoint is kept as it was).
-    """
-    cfg.validate()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parallel = parallel if parallel is not None else from_env(cfg.fsdp)
-    total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch(
-        len(train_rows), cfg, parallel.rank, parallel.world)))
-    trainer = Trainer(model, cfg, total_steps, parallel)
-    trainer.start(resume_state)
-    main = parallel.is_main
-    metrics = Metrics(out_dir / "metrics.jsonl" if main else None, cfg.log_every,
-                      resume=resume_state is not None)
-    callbacks: list[Callback] = [
-        metrics,
-        *([ProgressBar()] if cfg.progress and main else []),
-        BestWeights(out_dir / "best", lora_cfg, base_name),
-        *([LossPlot(out_dir / "loss_curve.png", metrics)] if main else []),
-        *([StepHook(on_step)] if on_step is not None else []),
-        Checkpoints(out_dir, lora_cfg, base_name, cfg.save_every),
-        FinalWeights(out_dir, lora_cfg, base_name),
-    ]
-    try:
-        result = trainer.fit(train_rows, val_docs, callbacks)
-    except LossNotFinite as e:
-        raise UserError(f"loss became {e.value} at step {e.step}: training diverged; the last "
-                        f"good checkpoint in {out_dir / CHECKPOINT} is kept; lower --lr or use "
-                        "--precision fp32, then --resume") from None
-    if main:
-        write_text(out_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    return result
+            interrupted=interrupted)

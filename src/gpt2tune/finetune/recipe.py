@@ -1,5 +1,6 @@
-"""From a user's options to a finished run: load the model, prepare the data, guard the output
-directory, train (or resume), and save. ``gpt2tune train`` is a thin wrapper around ``fine_tune``.
+"""Runs put together: ``train`` is the trainer with its usual callbacks on rows you give it;
+``fine_tune`` goes from a user's options to a finished run (load the model, prepare the data, guard
+the output directory, train or resume, save). ``gpt2tune train`` is a thin wrapper around it.
 """
 
 from __future__ import annotations
@@ -20,14 +21,28 @@ from gpt2tune.core.lora import (
 )
 from gpt2tune.core.model import GPT2, GPT2Config
 from gpt2tune.core.tokenizer import Tokenizer
-from gpt2tune.data.rows import make_rows, tokenize_documents
+from gpt2tune.data.rows import Rows, make_rows, tokenize_documents
 from gpt2tune.data.sources import read_documents
 from gpt2tune.data.split import split_train_val
 from gpt2tune.errors import UserError
+from gpt2tune.finetune.callbacks import (
+    BestWeights,
+    Checkpoints,
+    FinalWeights,
+    LossPlot,
+    Metrics,
+    ProgressBar,
+    StepHook,
+)
 from gpt2tune.finetune.config import TrainConfig, TrainResult
-from gpt2tune.finetune.loop import train
-from gpt2tune.finetune.parallel import from_env, init_from_env, launched_by_torchrun
-from gpt2tune.finetune.state import find_checkpoint, load_train_state
+from gpt2tune.finetune.loop import Callback, LossNotFinite, Trainer, steps_per_epoch
+from gpt2tune.finetune.parallel import (
+    SingleProcess,
+    from_env,
+    init_from_env,
+    launched_by_torchrun,
+)
+from gpt2tune.finetune.state import CHECKPOINT, find_checkpoint, load_train_state
 from gpt2tune.formats.atomic import write_text
 from gpt2tune.formats.hf import load_model
 from gpt2tune.formats.outdir import prepare_output_dir
@@ -129,6 +144,64 @@ def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: i
     rows = make_rows(train_ids, block, tokenizer.eot_id, pack=opts.pack)
     val = [ids.tolist() for ids in tokenize_documents(val_texts, tokenizer)] if val_texts else None
     return rows, val, len(docs)
+
+
+def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, *,
+          val_docs: list[list[int]] | None = None, lora_cfg: LoRAConfig | None = None,
+          base_name: str = "", resume_state: dict | None = None,
+          on_step: Callable[[int, float], None] | None = None,
+          parallel: SingleProcess | None = None) -> TrainResult:
+    """Train ``model`` on ``train_rows`` and save the result in ``out_dir``.
+
+    Args:
+        model: a GPT2; for ``method="lora"`` with adapters already applied.
+        train_rows: packed or padded training rows.
+        cfg: training settings.
+        out_dir: where the result, checkpoints, ``metrics.jsonl`` and ``loss_curve.png`` go.
+        val_docs: token ids of validation documents (each ending with <|endoftext|>).
+        lora_cfg: the adapters' config (saved with them).
+        base_name: the base model's name or path, recorded in the adapter config.
+        resume_state: a checkpoint's train state (``load_train_state``), weights already loaded.
+        on_step: called as ``on_step(step, loss)`` after each optimizer step (tests use it to
+            simulate an interruption by raising KeyboardInterrupt).
+        parallel: one process, DDP or FSDP; default: what this process runs under.
+
+    Returns:
+        A ``TrainResult``. Ctrl-C saves a checkpoint and returns with ``interrupted=True``.
+
+    Raises:
+        UserError: the loss became NaN/inf (the last good checkpoint is kept as it was).
+    """
+    cfg.validate()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parallel = parallel if parallel is not None else from_env(cfg.fsdp)
+    total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch(
+        len(train_rows), cfg, parallel.rank, parallel.world)))
+    trainer = Trainer(model, cfg, total_steps, parallel)
+    trainer.start(resume_state)
+    main = parallel.is_main
+    metrics = Metrics(out_dir / "metrics.jsonl" if main else None, cfg.log_every,
+                      resume=resume_state is not None)
+    callbacks: list[Callback] = [
+        metrics,
+        *([ProgressBar()] if cfg.progress and main else []),
+        BestWeights(out_dir / "best", lora_cfg, base_name),
+        *([LossPlot(out_dir / "loss_curve.png", metrics)] if main else []),
+        *([StepHook(on_step)] if on_step is not None else []),
+        Checkpoints(out_dir, lora_cfg, base_name, cfg.save_every),
+        FinalWeights(out_dir, lora_cfg, base_name),
+    ]
+    try:
+        result = trainer.fit(train_rows, val_docs, callbacks)
+    except LossNotFinite as e:
+        raise UserError(f"loss became {e.value} at step {e.step}: training diverged; the last "
+                        f"good checkpoint in {out_dir / CHECKPOINT} is kept; lower --lr or use "
+                        "--precision fp32, then --resume") from None
+    result.history = metrics.rows
+    if main:
+        write_text(out_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
 
 
 def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
