@@ -117,11 +117,6 @@ class KVCache:
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep only the batch rows in ``index`` (e.g. after some sequences finished)."""
-        self.k = self.k[:, index]
-        self.v = self.v[:, index]
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPT2Config) -> None:

@@ -114,11 +114,16 @@ class RunOptions:
 
 
 def build_model(opts: ModelOptions) -> GPT2:
+    """The starting model: a loaded checkpoint, or random weights of a preset."""
+    if opts.init not in INITS:
+        raise UserError(f"unknown --init {opts.init!r}; use {' or '.join(INITS)}")
     device = resolve_device(opts.device)
     if opts.init == "scratch":
-        return GPT2(GPT2Config.from_preset(opts.preset)).to(device)
-    if opts.init != "pretrained":
-        raise UserError(f"unknown --init {opts.init!r}; use pretrained or scratch")
+        try:
+            config = GPT2Config.from_preset(opts.preset)
+        except ValueError as e:
+            raise UserError(f"--preset: {e}") from None
+        return GPT2(config).to(device)
     if not opts.model:
         raise UserError("--model is required (or --init scratch --preset NAME to train from scratch)")
     return load_model(opts.model, device=device)
