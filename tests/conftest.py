@@ -33,3 +33,17 @@ def tiny_hf(tmp_path_factory):
     """(directory, transformers model) of a tiny GPT-2 with the full 50,257-token vocabulary."""
     path = tmp_path_factory.mktemp("tiny-gpt2")
     return path, make_hf_model(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(directory, transformers model) of a 2-layer, 48-wide GPT-2 with a 1,000-token vocabulary
+    (the LoRA and adapter tests)."""
+    path = tmp_path_factory.mktemp("tiny-lora")
+    return path, make_hf_model(path, vocab_size=1000, bos_token_id=999, eos_token_id=999)
+
+
+@pytest.fixture
+def tokens():
+    """(2, 12) random ids below 1,000, for ``tiny``."""
+    return torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))

@@ -6,11 +6,9 @@ equals its base model and merge/interop tests would pass whatever the code did.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import make_hf_model
+from lora_helpers import hf_base, logits, ours_with_lora
 
 from gpt2tune.core.lora import (
     LoRAConfig,
@@ -24,52 +22,14 @@ from gpt2tune.core.lora import (
     lora_modules,
     lora_parameter_count,
     lora_parameters,
-    merge_and_unload,
     merge_lora,
     unmerge_lora,
 )
 from gpt2tune.core.model import GPT2Config
 from gpt2tune.errors import UserError
-from gpt2tune.formats.hf import load_model, save_model
-from gpt2tune.formats.peft import load_adapter, save_adapter
+from gpt2tune.formats.hf import load_model
 
 peft = pytest.importorskip("peft")
-VOCAB = 1000
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(directory, transformers model) of a 2-layer, 48-wide GPT-2 with a 1,000-token vocabulary."""
-    path = tmp_path_factory.mktemp("tiny-lora")
-    return path, make_hf_model(path, vocab_size=VOCAB, bos_token_id=VOCAB - 1,
-                               eos_token_id=VOCAB - 1)
-
-
-@pytest.fixture
-def tokens():
-    return torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
-
-
-def hf_base(path):
-    from transformers import GPT2LMHeadModel
-
-    return GPT2LMHeadModel.from_pretrained(path).eval()
-
-
-def ours_with_lora(path, cfg: LoRAConfig, seed: int = 0):
-    """Our model with adapters whose B is random, so the adapters change the output."""
-    model = apply_lora(load_model(path), cfg)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for _, m in lora_modules(model):
-            m.lora_B.weight.normal_(0.0, 0.1)
-    return model.eval()
-
-
-def logits(model, tokens):
-    with torch.no_grad():
-        out = model(tokens)
-    return getattr(out, "logits", out)
 
 
 # ----------------------------------------------------------------------------- parameter counts
@@ -194,118 +154,3 @@ def test_adapter_state_dict_round_trip_and_errors(tiny):
     with pytest.raises(UserError, match="shape"):
         load_adapter_state_dict(dst, {**sd, "transformer.h.0.attn.c_proj.lora_A.weight":
                                       torch.zeros(3, 48)})
-
-
-# ----------------------------------------------------------------------------- peft interop
-
-@pytest.mark.parametrize("cfg", [
-    LoRAConfig(r=4, alpha=8, targets=["c_attn"]),
-    LoRAConfig(r=3, alpha=5, targets=["c_proj", "mlp.c_fc"], layers=[0], use_rslora=True),
-], ids=["c_attn", "c_proj+c_fc-layer0-rslora"])
-def test_our_adapter_loads_in_peft_with_same_logits(tiny, tmp_path, tokens, cfg):
-    path, _ = tiny
-    ours = ours_with_lora(path, cfg)
-    save_adapter(ours, tmp_path / "adapter", cfg, str(path))
-    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors"]
-    pm = peft.PeftModel.from_pretrained(hf_base(path), tmp_path / "adapter").eval()
-    expected = logits(pm, tokens)
-    assert (expected - logits(hf_base(path), tokens)).abs().max() > 1e-3  # peft applied them
-    torch.testing.assert_close(logits(ours, tokens), expected, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("peft_kwargs", [
-    dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"]),
-    # peft saves "all-linear" as the list of full module names it expanded to.
-    dict(r=2, lora_alpha=16, target_modules="all-linear", use_rslora=True),
-    dict(r=3, lora_alpha=6, target_modules=["c_fc"], layers_to_transform=[1]),
-], ids=["c_attn+c_proj", "all-linear-rslora", "c_fc-layer1"])
-def test_peft_adapter_loads_in_ours_with_same_logits(tiny, tmp_path, tokens, peft_kwargs):
-    path, _ = tiny
-    torch.manual_seed(0)
-    # init_lora_weights=False makes B random, so the adapter changes the output.
-    pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
-        task_type="CAUSAL_LM", fan_in_fan_out=True, init_lora_weights=False, **peft_kwargs)).eval()
-    pm.save_pretrained(tmp_path / "adapter")
-    ours = load_model(path)
-    cfg = load_adapter(ours, tmp_path / "adapter")
-    assert cfg.r == peft_kwargs["r"] and cfg.alpha == peft_kwargs["lora_alpha"]
-    assert count_parameters(ours) == pm.get_nb_trainable_parameters()
-    torch.testing.assert_close(logits(ours, tokens), logits(pm, tokens), atol=1e-5, rtol=0)
-
-
-def test_merge_and_unload_saves_a_plain_model_transformers_reads(tiny, tmp_path, tokens):
-    from transformers import GPT2LMHeadModel
-
-    path, _ = tiny
-    ours = ours_with_lora(path, LoRAConfig(r=4, targets=["all-linear"]))
-    expected = logits(ours, tokens)
-    plain = merge_and_unload(ours)
-    assert next(lora_modules(plain), None) is None
-    assert type(plain.transformer.h[0].attn.c_attn) is torch.nn.Linear
-    save_model(plain, tmp_path / "merged")
-    back = GPT2LMHeadModel.from_pretrained(tmp_path / "merged").eval()
-    torch.testing.assert_close(logits(back, tokens), expected, atol=1e-5, rtol=0)
-
-
-# ----------------------------------------------------------------------------- bad adapters
-
-def test_adapter_for_another_width_is_rejected_and_model_untouched(tiny, tmp_path):
-    make_hf_model(tmp_path / "narrow", n_embd=24, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)
-    cfg = LoRAConfig(r=4)
-    save_adapter(ours_with_lora(tmp_path / "narrow", cfg), tmp_path / "adapter", cfg, "narrow")
-    model = load_model(tiny[0])
-    with pytest.raises(UserError, match=r"shape \(4, 24\).*\(4, 48\)"):
-        load_adapter(model, tmp_path / "adapter")
-    assert next(lora_modules(model), None) is None
-
-
-def test_adapter_for_other_layers_is_rejected(tiny, tmp_path):
-    make_hf_model(tmp_path / "deep", n_layer=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)
-    cfg = LoRAConfig(r=4)
-    save_adapter(ours_with_lora(tmp_path / "deep", cfg), tmp_path / "adapter", cfg, "deep")
-    with pytest.raises(UserError, match="transformer.h.2.attn.c_attn.lora_A.weight"):
-        load_adapter(load_model(tiny[0]), tmp_path / "adapter")
-
-
-def test_missing_files_and_unsupported_configs(tiny, tmp_path):
-    path, _ = tiny
-    cfg = LoRAConfig(r=2)
-    adapter = tmp_path / "adapter"
-    save_adapter(ours_with_lora(path, cfg), adapter, cfg, str(path))
-    config_file = adapter / "adapter_config.json"
-    good = json.loads(config_file.read_text())
-
-    with pytest.raises(UserError, match="does not exist"):
-        load_adapter(load_model(path), tmp_path / "nowhere")
-    for change, message in [(dict(peft_type="IA3"), "peft_type is 'IA3'"),
-                            (dict(use_dora=True), "use_dora=True is not supported"),
-                            (dict(bias="all"), "bias='all' is not supported"),
-                            (dict(target_modules=["q_proj"]), "match no GPT-2 projection")]:
-        config_file.write_text(json.dumps({**good, **change}))
-        with pytest.raises(UserError, match=message):
-            load_adapter(load_model(path), adapter)
-    config_file.write_text("{not json")
-    with pytest.raises(UserError, match="not valid JSON"):
-        load_adapter(load_model(path), adapter)
-    config_file.unlink()
-    with pytest.raises(UserError, match="no adapter_config.json"):
-        load_adapter(load_model(path), adapter)
-    config_file.write_text(json.dumps(good))
-    (adapter / "adapter_model.safetensors").unlink()
-    with pytest.raises(UserError, match="no adapter_model.safetensors"):
-        load_adapter(load_model(path), adapter)
-
-
-def test_real_peft_ia3_and_dora_adapters_are_rejected(tiny, tmp_path):
-    path, _ = tiny
-    peft.get_peft_model(hf_base(path), peft.IA3Config(
-        task_type="CAUSAL_LM", target_modules=["c_attn"], feedforward_modules=[],
-        fan_in_fan_out=True)).save_pretrained(tmp_path / "ia3")
-    with pytest.raises(UserError, match="LoRA adapters only"):
-        load_adapter(load_model(path), tmp_path / "ia3")
-    peft.get_peft_model(hf_base(path), peft.LoraConfig(
-        task_type="CAUSAL_LM", target_modules=["c_attn"], use_dora=True,
-        fan_in_fan_out=True)).save_pretrained(tmp_path / "dora")
-    with pytest.raises(UserError, match="use_dora"):
-        load_adapter(load_model(path), tmp_path / "dora")
