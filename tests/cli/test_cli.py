@@ -147,3 +147,23 @@ def test_data_show_takes_a_config_file(tmp_path):
     from_file = parse("data", "show", "builtin:news", "--config", str(cfg))
     assert from_file == parse("data", "show", "builtin:news", "--json") != parse(
         "data", "show", "builtin:news")
+
+
+def test_eval_reads_the_text_field_and_a_builtin_test_split(capsys, tiny_hf, tmp_path):
+    from gpt2tune.data.builtin import load_builtin
+
+    tok = Tokenizer()
+    data = tmp_path / "docs.jsonl"
+    data.write_text('{"body": "First document here."}\n{"body": "Second one."}\n')
+    code, out, _ = run(capsys, "eval", "--model", str(tiny_hf[0]), "--data", str(data),
+                       "--text-field", "body", "--json")
+    assert code == 0
+    # every token after the first of "text + <|endoftext|>" is scored
+    assert json.loads(out)["tokens"] == sum(len(tok.encode(t)) for t in
+                                            ["First document here.", "Second one."])
+    # builtin names are scored on their held-out split, as the help and the demo's commands say
+    code, out, _ = run(capsys, "eval", "--model", str(tiny_hf[0]), "--data", "builtin:news",
+                       "--json")
+    assert code == 0
+    test_docs = load_builtin("builtin:news", "test")
+    assert json.loads(out)["tokens"] == sum(len(ids) for ids in tok.encode_batch(test_docs))

@@ -176,7 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gpt2tune.inference.evaluate import evaluate
 
     opts = collect(args, "eval", EvalOptions)
-    texts = read_documents(opts.data, opts.doc_sep)
+    texts = read_documents(opts.data, opts.doc_sep, opts.text_field, split="test")
     load = collect(args, "load", LoadOptions)
     model, tok, device = _load(load)
     docs = [ids + [tok.eot_id] for ids in tok.encode_batch(texts)]
