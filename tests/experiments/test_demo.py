@@ -14,10 +14,10 @@ from gpt2tune.experiments.base import PretrainConfig, ensure_base
 from gpt2tune.experiments.commands import train_command
 from gpt2tune.experiments.runner import primed_evaluate
 from gpt2tune.experiments.style import train_style_classifier
+from gpt2tune.experiments.writeup import SECTIONS
 from gpt2tune.finetune.config import TrainConfig
 from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions
 from gpt2tune.inference.evaluate import evaluate
-from gpt2tune.report.document import SECTIONS
 
 
 def test_style_classifier_reports_heldout_accuracy_above_chance():

