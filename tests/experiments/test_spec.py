@@ -1,0 +1,46 @@
+"""The demo's experiment specs: consistent data, and cheap to import (the CLI builds its
+parsers from them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gpt2tune.experiments.spec import FULL_PLAN, QUICK_PLAN, DemoPlan, demo_experiments
+
+
+@pytest.mark.parametrize("plan", [QUICK_PLAN, FULL_PLAN], ids=["quick", "full"])
+def test_demo_experiments_are_consistent(plan: DemoPlan):
+    news, char = demo_experiments(plan, "Falstaff")
+    assert char.data == "builtin:shakespeare:Falstaff" and char.style_of == "FALSTAFF"
+    for exp in (news, char):
+        names = [m.name for m in exp.methods]
+        assert len(set(names)) == len(names)
+        trained = [m for m in exp.methods if m.train]
+        assert len({m.out_name for m in trained}) == len(trained)
+        for i, m in enumerate(exp.methods):
+            assert not (m.train and m.uses), m.name
+            if m.uses:  # runs after the trained method it uses
+                assert m.uses in [t.name for t in exp.methods[:i] if t.train], m.name
+            if m.train == "lora":
+                assert m.alpha == plan.lora_alpha_per_rank * m.rank and m.lr == plan.lr_lora
+            elif m.train == "full":
+                assert m.lr == plan.lr_full
+    assert [m.name for m in news.methods if m.sample] == ["base", "lora", "full"]
+    assert [m.name for m in char.methods if m.sample] == ["base", "priming", "lora", "full",
+                                                          "lora+priming"]
+    # experiment 3's sweep: one c_attn LoRA run per rank, experiment 2's run among them
+    sweep = [m for m in char.methods if m.train == "lora" and m.targets == ("c_attn",)]
+    assert sorted(m.rank for m in sweep) == sorted({*plan.ranks, plan.char_rank})
+    assert char.methods[2].name == "lora" and char.methods[2].rank == plan.char_rank
+    wide = [m for m in char.methods if m.train == "lora" and m.targets == plan.wide_targets]
+    assert [m.rank for m in wide] == [plan.wide_rank]
+
+
+def test_spec_imports_no_torch():
+    code = ("import sys, gpt2tune.experiments.spec; "
+            "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
