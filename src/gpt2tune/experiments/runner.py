@@ -437,6 +437,8 @@ def _loadavg() -> tuple[float, float, float] | None:
 
 
 def _prepare_out(opts: DemoOptions) -> Path:
+    """Create ``--out`` afresh, marked as a demo's; an earlier demo there is replaced, anything
+    else only with ``--overwrite``."""
     out = prepare_output_dir(opts.out, marker=DEMO_MARKER, what="demo",
                              overwrite=opts.overwrite, replace_own=True)
     out.mkdir(parents=True)

@@ -10,6 +10,10 @@ they go.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def _figure(width: float, height: float, dpi: int = 110):
@@ -93,7 +97,7 @@ def loss_curves(panels: list[tuple[str, list[tuple[str, list[dict]]]]]) -> bytes
     return png_bytes(fig)
 
 
-def _dots(ax, values: dict[str, float], title: str) -> None:
+def _dots(ax: Axes, values: dict[str, float], title: str) -> None:
     """A dot per method with its value: unlike bars, the axis need not start at zero, so
     differences of a few percent stay visible."""
     labels = list(values)
