@@ -74,6 +74,7 @@ from gpt2tune.experiments.style import StyleClassifier, train_style_classifier
 from gpt2tune.experiments.writeup import build_report
 from gpt2tune.finetune.config import TrainConfig
 from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
+from gpt2tune.formats import hf, peft
 from gpt2tune.formats.atomic import write_text
 from gpt2tune.formats.outdir import prepare_output_dir
 from gpt2tune.formats.peft import load_model_with_adapter
@@ -91,11 +92,7 @@ log = logging.getLogger("gpt2tune")
 
 DEMO_MARKER = "demo.json"
 PRIME_FILE = "prime.txt"
-SAVED_FILES = {
-    "lora": ("adapter_config.json", "adapter_model.safetensors"),
-    "full": ("config.json", "model.safetensors", "vocab.json", "merges.txt",
-             "tokenizer_config.json"),
-}
+SAVED_FILES = {"lora": peft.SAVED_FILES, "full": hf.SAVED_FILES}
 """What a run saves as its result, per training method (checkpoints and logs aside)."""
 
 

@@ -22,6 +22,9 @@ from gpt2tune.formats.atomic import atomic_dir
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+SAVED_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt",
+               "tokenizer_config.json")
+"""What ``save_model`` writes: an HF model directory with its tokenizer files."""
 HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "vocab.json",
                 "merges.txt"]
 

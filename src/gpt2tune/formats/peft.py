@@ -29,6 +29,8 @@ from gpt2tune.formats.hf import load_bin, load_model, load_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+SAVED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+"""What ``save_adapter`` writes."""
 PEFT_PREFIX = "base_model.model."  # PeftModel wraps a LoraModel wrapping the HF model
 
 # adapter_config.json fields that change what the adapter computes, and the one value we support.
