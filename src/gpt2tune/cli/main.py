@@ -20,10 +20,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     A command's options are added the first time it parses (or prints its help).
     """
-    from gpt2tune import __version__
+    import gpt2tune
 
-    parser = CommandParser(prog="gpt2tune", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"gpt2tune {__version__}")
+    parser = CommandParser(prog="gpt2tune", description=gpt2tune.__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"gpt2tune {gpt2tune.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {name: sub.add_parser(name, help=help, description=description or help,
                                      build=options)
