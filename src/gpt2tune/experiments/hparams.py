@@ -74,9 +74,8 @@ def hyperparams_for(base: BaseInfo) -> Hyperparams:
         base at least as wide as GPT-2 (``n_embd >= 768``); otherwise the small-model recipe,
         with ``why`` saying the base is narrower than GPT-2.
     """
-    small = dict(recipe=SMALL_MODEL, lr_lora=1e-2, lr_full=1e-3, alpha_per_rank=2.0)
     if base.embedded:
-        return Hyperparams(**small, why=(
+        return _small_model(why=(
             f"The embedded base is a {SMALL_MODEL} (a tiny GPT-2 pretrained for minutes, far from "
             "converged), so it keeps the demo's large steps: LoRA lr 1e-2 with alpha = 2 r, full "
             "fine-tuning lr 1e-3."))
@@ -88,7 +87,12 @@ def hyperparams_for(base: BaseInfo) -> Hyperparams:
                 "lr 2e-4 with alpha = 8 r, as in the LoRA paper's GPT-2 runs (r = 4, alpha = 32), "
                 "and full fine-tuning lr 5e-5, the Hugging Face Trainer's default (its run_clm "
                 "examples). The embedded base's full lr of 1e-3 would wreck a converged GPT-2."))
-    return Hyperparams(**small, why=(
+    return _small_model(why=(
         f"This base is narrower than GPT-2 (n_embd {n_embd} < {GPT2_N_EMBD}), closer to a "
         f"{SMALL_MODEL} than to a {PRETRAINED_GPT2}, so it gets the embedded base's recipe: "
         "LoRA lr 1e-2 with alpha = 2 r, full fine-tuning lr 1e-3."))
+
+
+def _small_model(why: str) -> Hyperparams:
+    # the values DemoPlan's lr_lora, lr_full and lora_alpha_per_rank have always had
+    return Hyperparams(recipe=SMALL_MODEL, lr_lora=1e-2, lr_full=1e-3, alpha_per_rank=2.0, why=why)
