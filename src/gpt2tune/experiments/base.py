@@ -2,13 +2,16 @@
 
 ``pretrain`` (``gpt2tune pretrain``) builds one into a directory with the ordinary trainer;
 ``ensure_base`` keeps one per ``PretrainConfig`` under ``cache_dir()/base``, so the demo builds
-its base once. ``external_base`` describes a user's ``--base`` instead.
+its base once. ``external_base`` describes a user's ``--base`` instead. ``resolve_base`` picks
+one of them for ``--base``: with ``auto``, GPT-2 from the local Hugging Face cache when it is
+there (``find_cached_gpt2``, which never downloads), else the embedded base.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
@@ -27,14 +30,24 @@ from gpt2tune.formats.hf import describe_model, load_model
 from gpt2tune.inference.evaluate import evaluate
 from gpt2tune.runtime import autocast_dtype, cache_dir, resolve_device
 
-__all__ = ["BaseInfo", "PretrainConfig", "cache_name", "ensure_base", "external_base",
-           "pretrain", "unigram_loss"]
+__all__ = ["AUTO", "EMBEDDED", "GPT2_HUB_IDS", "BaseInfo", "PretrainConfig", "cache_name",
+           "ensure_base", "external_base", "find_cached_gpt2", "hub_cache_dir", "pretrain",
+           "resolve_base", "unigram_loss"]
 
 log = logging.getLogger("gpt2tune")
 
 BASE_INFO = "base.json"
 RECIPE_VERSION = 1
 """Bump when ``pretrain`` changes what it builds, so cached bases are rebuilt."""
+AUTO = "auto"
+"""``--base auto``: GPT-2 from the local Hugging Face cache if there, else the embedded base."""
+EMBEDDED = "embedded"
+"""``--base embedded``: the embedded default base."""
+GPT2_HUB_IDS = ("gpt2", "openai-community/gpt2")
+"""Hub ids of GPT-2 (124M) that ``--base auto`` looks for in the cache, in this order (the
+second is where the hub moved it; older downloads are cached under the first)."""
+GPT2_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+"""A cached snapshot counts only with ``config.json`` and one of these."""
 VAL_TOKENS_PER_DOC = 1024
 """The base's validation loss scores the first this many tokens of each held-out wiki article
 (all ten of them), which keeps it to a few seconds."""
@@ -72,6 +85,9 @@ class BaseInfo:
     """True if this run pretrained it, False if it came from the cache (or is a --base)."""
     build_s: float | None = None
     """Wall time of building it in this run (pretraining, validation, saving)."""
+    reason: str = ""
+    """Why this base (set by ``resolve_base``): given with --base, found in the Hugging Face
+    cache, or the embedded default."""
 
 
 def cache_name(cfg: PretrainConfig) -> str:
@@ -200,3 +216,77 @@ def external_base(name: str) -> BaseInfo:
     """
     d = describe_model(name)
     return BaseInfo(path=name, embedded=False, parameters=d["parameters"], config=d["config"])
+
+
+def hub_cache_dir() -> Path:
+    """huggingface_hub's cache directory as the environment says now.
+
+    huggingface_hub reads ``HF_HUB_CACHE`` and ``HF_HOME`` once, when it is imported
+    (``huggingface_hub.constants``); reading them here too, with the same precedence, lets a
+    change made after that import count. Without them, huggingface_hub's own default.
+    """
+    from huggingface_hub import constants
+
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):  # the second is the legacy name
+        if os.environ.get(var):
+            return Path(os.path.expandvars(os.environ[var])).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def find_cached_gpt2() -> str | None:
+    """GPT-2's snapshot directory in the local Hugging Face cache, without any network access.
+
+    Looks up the ``main`` revision of each of ``GPT2_HUB_IDS`` with huggingface_hub's
+    ``try_to_load_from_cache``, which only reads the cache (``refs/main`` -> snapshot), so it
+    neither downloads nor asks the hub, whatever ``HF_HUB_OFFLINE`` says.
+
+    Returns:
+        The snapshot directory holding ``config.json`` and weights (``GPT2_WEIGHTS``), or None
+        when there is none, or only an incomplete one.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = hub_cache_dir()
+    for repo_id in GPT2_HUB_IDS:
+        config = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache)
+        if not isinstance(config, str):  # None, or the cached fact that it does not exist
+            continue
+        if any(isinstance(try_to_load_from_cache(repo_id, w, cache_dir=cache), str)
+               for w in GPT2_WEIGHTS):
+            return str(Path(config).parent)
+    return None
+
+
+def resolve_base(name: str, pretrain: PretrainConfig, *, progress: bool = False) -> BaseInfo:
+    """The base model ``--base name`` stands for, with ``reason`` saying why it was chosen.
+
+    Args:
+        name: ``auto`` (GPT-2 from the local Hugging Face cache when it is there, otherwise the
+            embedded base: never a download the user did not ask for), ``embedded``, or an
+            HF-format GPT-2 directory or hub id (a hub id is downloaded when it is not cached).
+        pretrain: the embedded base's recipe, used when the embedded base is chosen.
+        progress: show a progress bar on stderr if the embedded base has to be pretrained.
+
+    Returns:
+        The base, described (an external one) or from the cache or pretrained now (the
+        embedded one).
+    """
+    if name == AUTO:
+        found = find_cached_gpt2()
+        if found is not None:
+            info = external_base(found)
+            info.reason = f"GPT-2 found in the local Hugging Face cache ({found})"
+            return info
+        info = ensure_base(pretrain, progress=progress)
+        info.reason = (f"no GPT-2 in the local Hugging Face cache ({hub_cache_dir()}), so the "
+                       "embedded default base")
+        return info
+    if name == EMBEDDED:
+        info = ensure_base(pretrain, progress=progress)
+        info.reason = "the embedded default base, asked for with --base embedded"
+        return info
+    info = external_base(name)
+    info.reason = "given with --base"
+    return info
