@@ -43,9 +43,9 @@ def _torchrun(args, env_extra=None, tmp=None):
     return proc
 
 
-def _losses(out):
+def _losses(out, key="loss"):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r]
+    return [r[key] for r in rows if "loss" in r]
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
@@ -58,6 +58,9 @@ def test_two_ranks_equal_one_process_with_double_batch(setup, tmp_path, method, 
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(two) == 4  # rank 0 alone wrote the metrics: no duplicated lines
     assert two == pytest.approx(one, abs=1e-5)
+    # the gradient norm of the all-reduced gradients is the one of the double batch
+    assert _losses(tmp_path / "two", "grad_norm") == pytest.approx(
+        _losses(tmp_path / "one", "grad_norm"), rel=1e-4)
     name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
     for k in a:
@@ -118,6 +121,9 @@ def test_fsdp_two_ranks_equal_one_process(setup, tmp_path, method, monkeypatch):
     assert main(_args(setup, tmp_path / "one", 4, *extra)) == 0
     _torchrun(_args(setup, tmp_path / "two", 2, *extra, "--fsdp"), tmp=tmp_path)
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-5)
+    # each rank holds a shard of every gradient; the norm is still the global one
+    assert _losses(tmp_path / "two", "grad_norm") == pytest.approx(
+        _losses(tmp_path / "one", "grad_norm"), rel=1e-4)
     val = lambda out: [json.loads(x)["val_loss"] for x in (out / "metrics.jsonl").read_text().splitlines()
                        if "val_loss" in json.loads(x)]
     assert val(tmp_path / "two") == pytest.approx(val(tmp_path / "one"), abs=1e-5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class Metrics(Callback):
-    """``metrics.jsonl``: per logged step ``step, epoch, loss, lr, tokens_per_s, elapsed_s``; per
-    validation ``step, val_loss, val_perplexity``. The rows are also kept in ``rows``.
+    """``metrics.jsonl``: per logged step ``step, epoch, loss, lr, grad_norm, tokens_per_s,
+    elapsed_s``; per validation ``step, val_loss, val_perplexity``. The rows are also kept in
+    ``rows``.
 
     Args:
         path: the file (None: keep rows in memory only, as on ranks other than 0).
@@ -60,8 +62,10 @@ class Metrics(Callback):
         if stats.step % self.log_every == 0 or stats.step == trainer.total_steps:
             tps = self._window_tokens / max(stats.time - self._window_t, 1e-9)
             self._window_t, self._window_tokens = stats.time, 0
+            # an overflowed gradient (fp16: the scaler skips that step) is null: JSON has no inf
+            grad_norm = round(stats.grad_norm, 6) if math.isfinite(stats.grad_norm) else None
             self._write({"step": stats.step, "epoch": round(stats.epoch, 4),
-                         "loss": round(stats.loss, 6), "lr": stats.lr,
+                         "loss": round(stats.loss, 6), "lr": stats.lr, "grad_norm": grad_norm,
                          "tokens_per_s": round(tps, 1), "elapsed_s": round(stats.elapsed_s, 2)})
         if stats.val_loss is not None:
             self._write({"step": stats.step, "val_loss": round(stats.val_loss, 6),
@@ -69,8 +73,6 @@ class Metrics(Callback):
 
 
 def _exp(loss: float) -> float:
-    import math
-
     return math.exp(min(loss, 700))
 
 

@@ -111,6 +111,8 @@ class StepStats:
     """Learning rate the step used."""
     tokens: int
     """Target tokens in the step, over all ranks."""
+    grad_norm: float
+    """Global gradient norm before clipping (``StepResult.grad_norm``)."""
     time: float
     """``time.perf_counter()`` when the step ended (before any validation)."""
     elapsed_s: float
@@ -154,6 +156,9 @@ class StepResult:
     """The learning rate the step used."""
     tokens: int
     """Target tokens in the step, over every rank."""
+    grad_norm: float
+    """Global L2 norm of the trainable parameters' gradients before clipping (inf or NaN when a
+    gradient overflowed: under fp16 loss scaling the step is then skipped)."""
 
 
 class Trainer:
@@ -253,9 +258,15 @@ class Trainer:
             self.scaler.scale(loss * weight).backward()
             loss_sum += loss.item() * micro_tokens
         self.scaler.unscale_(self.optimizer)
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], self.cfg.grad_clip)
+        # The global norm before clipping. With clipping off, max_norm=inf measures it and scales
+        # every gradient by exactly 1.0. DDP has already all-reduced the gradients, so every rank
+        # measures the same; FSDP's are sharded DTensors, whose norm clip_grad_norm_ reduces over
+        # the shards into a replicated DTensor (full_tensor() then just unwraps it).
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad],
+            self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
+        if par.shards_weights:
+            grad_norm = grad_norm.full_tensor()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -265,7 +276,7 @@ class Trainer:
         self.progress.tokens_seen += n_tokens
         self.step_rng = rng_state()
         return StepResult(loss=par.all_sum(loss_sum)[0] / max(n_tokens, 1), lr=lr,
-                          tokens=n_tokens)
+                          tokens=n_tokens, grad_norm=grad_norm.item())
 
     @torch.no_grad()
     def validation_loss(self, val_docs: list[list[int]] | None, context: int) -> float | None:
@@ -319,8 +330,8 @@ class Trainer:
                     last_loss = res.loss
                     now = time.perf_counter()
                     stats = StepStats(step=prog.step, epoch=epoch + prog.step_in_epoch / len(steps),
-                                      loss=res.loss, lr=res.lr, tokens=res.tokens, time=now,
-                                      elapsed_s=now - t0)
+                                      loss=res.loss, lr=res.lr, tokens=res.tokens,
+                                      grad_norm=res.grad_norm, time=now, elapsed_s=now - t0)
                     end_of_epoch = prog.step_in_epoch == len(steps)
                     if ((cfg.eval_every and prog.step % cfg.eval_every == 0) or end_of_epoch
                             or prog.step == self.total_steps):
