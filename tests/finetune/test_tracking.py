@@ -1,15 +1,20 @@
-"""Experiment tracking: the gradient norm in metrics.jsonl."""
+"""Experiment tracking: the gradient norm in metrics.jsonl, and --report-to tensorboard event files
+read back with TensorBoard's own reader."""
 
 import copy
 import json
 import math
+import sys
 
+import numpy as np
 import pytest
 import torch
 
+from gpt2tune.cli.main import main
 from gpt2tune.core.lora import LoRAConfig, apply_lora, lora_parameters
 from gpt2tune.core.model import GPT2, GPT2Config
 from gpt2tune.data.rows import Rows
+from gpt2tune.errors import UserError
 from gpt2tune.finetune.callbacks import Metrics
 from gpt2tune.finetune.config import TrainConfig
 from gpt2tune.finetune.loop import Trainer
@@ -36,7 +41,7 @@ def corpus(tmp_path):
 
 def options(model, data, out, **train_kw):
     train = dict(method="lora", max_steps=7, batch_size=2, lr=5e-3, precision="fp32", seed=1,
-                 warmup_steps=1, eval_every=3)
+                 warmup_steps=1, eval_every=3, report_to="tensorboard")
     train.update(train_kw)
     return RunOptions(out=str(out), model=ModelOptions(model=str(model), device="cpu"),
                       data=DataOptions(data=str(data), block_size=32, val_split=0.2),
@@ -45,6 +50,19 @@ def options(model, data, out, **train_kw):
 
 def metric_rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def scalars(log_dir) -> dict[str, list]:
+    """Every scalar tag -> its events, as TensorBoard's own reader (with its purging) sees them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})  # 0: keep every event
+    acc.Reload()
+    return {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+
+
+def f32(x: float) -> np.float32:
+    return np.float32(x)  # event files hold float32
 
 
 # ----------------------------------------------------------------------------- grad_norm
@@ -108,7 +126,108 @@ def test_no_clipping_leaves_the_step_untouched():
 
 def test_grad_norm_is_in_every_step_row(tiny_hf, corpus, tmp_path):
     out = tmp_path / "run"
-    fine_tune(options(tiny_hf[0], corpus, out, max_steps=3))
+    fine_tune(options(tiny_hf[0], corpus, out, max_steps=3, report_to="none"))
     steps = [r for r in metric_rows(out) if "loss" in r]
     assert len(steps) == 3
     assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in steps)
+    assert not (out / "tensorboard").exists()
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+
+def test_event_files_hold_the_metrics_rows(tiny_hf, corpus, tmp_path):
+    out = tmp_path / "run"
+    fine_tune(options(tiny_hf[0], corpus, out, log_every=2))
+    rows = metric_rows(out)
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in train] == [2, 4, 6, 7] and len(val) >= 3  # every 3, epoch ends
+    tb = scalars(out / "tensorboard")
+    assert set(tb) == {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
+                       "val/loss", "val/perplexity"}
+    for tag, key, source in [("train/loss", "loss", train), ("train/lr", "lr", train),
+                             ("train/grad_norm", "grad_norm", train),
+                             ("train/tokens_per_s", "tokens_per_s", train),
+                             ("val/loss", "val_loss", val),
+                             ("val/perplexity", "val_perplexity", val)]:
+        assert [e.step for e in tb[tag]] == [r["step"] for r in source], tag
+        assert [f32(e.value) for e in tb[tag]] == [f32(r[key]) for r in source], tag
+
+
+class Crash:
+    """Fails at one step as a killed process would, after that step's metrics were written."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def __call__(self, step: int, loss: float) -> None:
+        if step == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def test_resumed_run_logs_each_step_once(tiny_hf, corpus, tmp_path):
+    """A crash at step 5 leaves steps 1-5 in the event files and a checkpoint at step 4; the resumed
+    run logs steps 5-7 again, and the reader sees each step once, with the resumed values."""
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fine_tune(options(tiny_hf[0], corpus, out, save_every=2), on_step=Crash(5))
+    assert [e.step for e in scalars(out / "tensorboard")["train/loss"]] == [1, 2, 3, 4, 5]
+    opts = options(tiny_hf[0], corpus, out, save_every=2)
+    opts.resume = True
+    fine_tune(opts)
+    rows = metric_rows(out)
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 8))
+    tb = scalars(out / "tensorboard")
+    for tag, key, source in [("train/loss", "loss", train),
+                             ("train/tokens_per_s", "tokens_per_s", train),  # differs per run
+                             ("val/loss", "val_loss", val)]:
+        assert [e.step for e in tb[tag]] == [r["step"] for r in source], tag
+        assert [f32(e.value) for e in tb[tag]] == [f32(r[key]) for r in source], tag
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2
+
+
+def test_report_to_tensorboard_without_the_package_is_one_line(capsys, tiny_hf, corpus, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
+    for name in [m for m in sys.modules if m.startswith("torch.utils.tensorboard")]:
+        monkeypatch.delitem(sys.modules, name)
+    out = tmp_path / "run"
+    code = main(["train", "--model", str(tiny_hf[0]), "--data", str(corpus), "--out", str(out),
+                 "--max-steps", "2", "--block-size", "32", "--no-progress",
+                 "--report-to", "tensorboard"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'gpt2tune[tensorboard]'" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # said before anything was written
+    with pytest.raises(UserError, match=r"gpt2tune\[tensorboard\]"):
+        fine_tune(options(tiny_hf[0], corpus, out))
+
+
+def test_unknown_report_to_is_refused(capsys, tiny_hf, corpus, tmp_path):
+    with pytest.raises(UserError, match="unknown --report-to 'wandb'"):
+        TrainConfig(report_to="wandb").validate()
+    code = main(["train", "--model", str(tiny_hf[0]), "--data", str(corpus), "--out",
+                 str(tmp_path / "run"), "--report-to", "wandb"])
+    err = capsys.readouterr().err
+    assert code == 2 and "wandb" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_new_event_file_sorts_after_one_from_the_same_second(tmp_path):
+    """Readers take event files in name order; a resumed run's file must come last even when the
+    previous one was created in the same second by the same process (here given a counter that
+    sorts after any the new writer could take)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from gpt2tune.finetune.callbacks import _wait_for_a_later_event_file_name
+
+    first = SummaryWriter(str(tmp_path))
+    first.close()
+    (old,) = tmp_path.iterdir()
+    old = old.rename(tmp_path / (old.name.rsplit(".", 1)[0] + ".999999"))
+    _wait_for_a_later_event_file_name(tmp_path)
+    second = SummaryWriter(str(tmp_path))
+    second.close()
+    assert min(p.name for p in tmp_path.iterdir()) == old.name

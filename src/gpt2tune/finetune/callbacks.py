@@ -1,7 +1,7 @@
-"""What hangs off the training loop: ``metrics.jsonl``, the progress bar, the loss plot, the best
-and final weights, resumable checkpoints, and a user's per-step hook (``loop.Callback`` says when
-each is called). Saving gathers weights, a collective under FSDP, so the callbacks that save run
-on every rank and only rank 0 writes.
+"""What hangs off the training loop: ``metrics.jsonl``, TensorBoard event files, the progress bar,
+the loss plot, the best and final weights, resumable checkpoints, and a user's per-step hook
+(``loop.Callback`` says when each is called). Saving gathers weights, a collective under FSDP, so
+the callbacks that save run on every rank and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpt2tune.core.lora import LoRAConfig
+from gpt2tune.errors import UserError
 from gpt2tune.finetune.loop import Callback, StepStats, Trainer
 from gpt2tune.finetune.state import rng_state, save_checkpoint, save_weights
 from gpt2tune.formats.atomic import atomic_file, write_text
@@ -74,6 +75,89 @@ class Metrics(Callback):
 
 def _exp(loss: float) -> float:
     return math.exp(min(loss, 700))
+
+
+def tensorboard_writer() -> type:
+    """TensorBoard's event-file writer (torch's ``SummaryWriter``, which needs the tensorboard
+    package), imported only when asked for.
+
+    Raises:
+        UserError: the tensorboard package is missing.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"--report-to tensorboard needs the tensorboard package ({reason}); "
+                        "install it with: pip install 'gpt2tune[tensorboard]'") from None
+    return SummaryWriter
+
+
+TENSORBOARD_TAGS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
+                    "tokens_per_s": "train/tokens_per_s", "val_loss": "val/loss",
+                    "val_perplexity": "val/perplexity"}
+"""metrics.jsonl key -> TensorBoard tag."""
+
+
+class TensorBoard(Callback):
+    """TensorBoard event files in ``log_dir``, at the optimizer step: ``train/loss``, ``train/lr``,
+    ``train/grad_norm``, ``train/tokens_per_s`` per logged step and ``val/loss``,
+    ``val/perplexity`` per validation: the rows of ``metrics.jsonl`` (so the two agree), written
+    as they come. Rank 0 only.
+
+    Steps after the one a run starts from are purged (TensorBoard's ``purge_step``): a resumed
+    run's steps replace those the interrupted run logged after its checkpoint, and a run started
+    afresh hides everything before it.
+
+    Args:
+        log_dir: the folder (``OUT/tensorboard``).
+        metrics: the ``Metrics`` callback whose rows are written; it comes first in the list.
+
+    Raises:
+        UserError: the tensorboard package is missing.
+    """
+
+    def __init__(self, log_dir: Path, metrics: Metrics) -> None:
+        self.writer_class = tensorboard_writer()
+        self.log_dir, self.metrics = log_dir, metrics
+        self.writer = None
+        self._written = 0
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        _wait_for_a_later_event_file_name(self.log_dir)
+        self.writer = self.writer_class(str(self.log_dir), purge_step=trainer.progress.step + 1)
+        self._written = len(self.metrics.rows)  # rows kept from before a resume are on disk
+
+    def _write_new_rows(self) -> None:
+        rows = self.metrics.rows[self._written:]
+        self._written = len(self.metrics.rows)
+        for row in rows:
+            for key, tag in TENSORBOARD_TAGS.items():
+                if row.get(key) is not None:
+                    self.writer.add_scalar(tag, row[key], global_step=row["step"])
+        if rows:
+            self.writer.flush()  # as current as metrics.jsonl, and on disk before a checkpoint
+
+    def on_step(self, trainer: Trainer, stats: StepStats) -> None:
+        self._write_new_rows()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self._write_new_rows()  # a row whose on_step a Ctrl-C cut short
+            self.writer.close()
+
+
+def _wait_for_a_later_event_file_name(log_dir: Path) -> None:
+    """Readers load event files in name order, and a name begins with the second it was created
+    (``events.out.tfevents.<seconds>.<host>.<pid>.<n>``). A resumed run's file must come after the
+    interrupted run's, or the steps it purges come back; that needs a later second only when the
+    run resumes within the second its predecessor started (the Python API, tests)."""
+    stamps = [int(s) for p in log_dir.glob("events.out.tfevents.*")
+              if (s := p.name.split(".")[3]).isdigit()]
+    wait = max(stamps, default=0) + 1 - time.time()
+    if 0 < wait <= 1:  # (a name from a clock far ahead is not worth waiting for)
+        time.sleep(wait)
 
 
 class ProgressBar(Callback):

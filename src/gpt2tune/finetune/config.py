@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
 
 from gpt2tune.errors import UserError
 
 METHODS = ("lora", "full")
 SCHEDULES = ("cosine", "linear", "constant")
 DEFAULT_LR = {"lora": 2e-4, "full": 5e-5}
+ReportTo = Literal["none", "tensorboard"]
 
 
 @dataclass
@@ -59,6 +61,9 @@ class TrainConfig:
     """Write a metrics line every N steps."""
     progress: bool = False
     """Show a progress bar on stderr."""
+    report_to: ReportTo = "none"
+    """``tensorboard``: also write the metrics as TensorBoard event files in OUT/tensorboard
+    (needs the tensorboard package); ``none``: only metrics.jsonl."""
     fsdp: bool = False
     """Under torchrun: shard parameters, gradients and optimizer state over ranks (FSDP) instead
     of replicating them (DDP); for GPT-2 sizes that do not fit one device."""
@@ -79,6 +84,9 @@ class TrainConfig:
             raise UserError("--epochs must be > 0")
         if self.lr is not None and self.lr <= 0:
             raise UserError("--lr must be > 0")
+        if self.report_to not in get_args(ReportTo):
+            raise UserError(f"unknown --report-to {self.report_to!r}; use "
+                            f"{' or '.join(get_args(ReportTo))}")
 
     @property
     def peak_lr(self) -> float:

@@ -33,6 +33,8 @@ from gpt2tune.finetune.callbacks import (
     Metrics,
     ProgressBar,
     StepHook,
+    TensorBoard,
+    tensorboard_writer,
 )
 from gpt2tune.finetune.config import TrainConfig, TrainResult
 from gpt2tune.finetune.loop import Callback, LossNotFinite, Trainer, steps_per_epoch
@@ -162,7 +164,8 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
         model: a GPT2; for ``method="lora"`` with adapters already applied.
         train_rows: packed or padded training rows.
         cfg: training settings.
-        out_dir: where the result, checkpoints, ``metrics.jsonl`` and ``loss_curve.png`` go.
+        out_dir: where the result, checkpoints, ``metrics.jsonl``, ``loss_curve.png`` and
+            (``cfg.report_to="tensorboard"``) ``tensorboard/`` go.
         val_docs: token ids of validation documents (each ending with <|endoftext|>).
         lora_cfg: the adapters' config (saved with them).
         base_name: the base model's name or path, recorded in the adapter config.
@@ -175,9 +178,12 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
         A ``TrainResult``. Ctrl-C saves a checkpoint and returns with ``interrupted=True``.
 
     Raises:
-        UserError: the loss became NaN/inf (the last good checkpoint is kept as it was).
+        UserError: the loss became NaN/inf (the last good checkpoint is kept as it was), or
+            ``cfg.report_to="tensorboard"`` without the tensorboard package (before training).
     """
     cfg.validate()
+    if cfg.report_to == "tensorboard":
+        tensorboard_writer()  # missing: an error on every rank, before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parallel = parallel if parallel is not None else from_env(cfg.fsdp)
@@ -190,6 +196,8 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
                       resume=resume_state is not None)
     callbacks: list[Callback] = [
         metrics,
+        *([TensorBoard(out_dir / "tensorboard", metrics)]
+          if cfg.report_to == "tensorboard" and main else []),
         *([ProgressBar()] if cfg.progress and main else []),
         BestWeights(out_dir / "best", lora_cfg, base_name),
         *([LossPlot(out_dir / "loss_curve.png", metrics)] if main else []),
@@ -221,6 +229,8 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
     """
     t = opts.train
     t.validate()
+    if t.report_to == "tensorboard":
+        tensorboard_writer()  # a missing package is said before --out is touched
     if not opts.out:
         raise UserError("--out is required: the directory for the trained adapter or model")
     if opts.model.init == "scratch" and t.method == "lora":
