@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# An empty Hugging Face cache of the tests' own, so `--base auto` behaves alike on every machine
+# (a developer's cached GPT-2 would otherwise turn the quick demo into a 124M-parameter run).
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="gpt2tune-tests-hf-")
+os.environ.pop("HF_HUB_CACHE", None)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -8,12 +8,18 @@ import sys
 
 import pytest
 
+from gpt2tune.experiments.base import BaseInfo
+from gpt2tune.experiments.hparams import hyperparams_for
 from gpt2tune.experiments.spec import FULL_PLAN, QUICK_PLAN, DemoPlan, demo_experiments
+
+EMBEDDED = BaseInfo(path="base", embedded=True, parameters=7_259_008,
+                    config={"n_embd": 128, "n_layer": 4, "n_head": 4, "n_positions": 256})
 
 
 @pytest.mark.parametrize("plan", [QUICK_PLAN, FULL_PLAN], ids=["quick", "full"])
 def test_demo_experiments_are_consistent(plan: DemoPlan):
-    news, char = demo_experiments(plan, "Falstaff")
+    hp = hyperparams_for(EMBEDDED)
+    news, char = demo_experiments(plan, "Falstaff", hp)
     assert char.data == "builtin:shakespeare:Falstaff" and char.style_of == "FALSTAFF"
     for exp in (news, char):
         names = [m.name for m in exp.methods]
@@ -25,9 +31,9 @@ def test_demo_experiments_are_consistent(plan: DemoPlan):
             if m.uses:  # runs after the trained method it uses
                 assert m.uses in [t.name for t in exp.methods[:i] if t.train], m.name
             if m.train == "lora":
-                assert m.alpha == plan.lora_alpha_per_rank * m.rank and m.lr == plan.lr_lora
+                assert m.alpha == hp.alpha_per_rank * m.rank and m.lr == hp.lr_lora
             elif m.train == "full":
-                assert m.lr == plan.lr_full
+                assert m.lr == hp.lr_full
     assert [m.name for m in news.methods if m.sample] == ["base", "lora", "full"]
     assert [m.name for m in char.methods if m.sample] == ["base", "priming", "lora", "full",
                                                           "lora+priming"]

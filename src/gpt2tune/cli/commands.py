@@ -447,6 +447,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_options(p: argparse.ArgumentParser) -> None:
+    from gpt2tune.experiments.spec import CompareOptions
+
+    add_dataclass_args(p, CompareOptions, "compare",
+                       overrides={"progress": PROGRESS,
+                                  "doc_sep": {"choices": ["blank", "line"]},
+                                  "precision": {"choices": ["fp32", "bf16"]},
+                                  "report_to": {"choices": ["none", "tensorboard"]}})
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from gpt2tune.experiments.compare import format_plan, plan_compare, run_compare
+    from gpt2tune.experiments.spec import CompareOptions
+
+    _log_to_stderr()
+    keep_freed_memory()  # process-wide: faster steps for small models (see runtime)
+    opts = collect(args, "compare", CompareOptions)
+    opts.progress = _progress(opts.progress)
+    if opts.plan:
+        plan, _ = plan_compare(opts)
+        print(format_plan(plan))
+        return 0
+    res = run_compare(opts)
+    print(f"compare finished in {res.wall_s:.0f}s; report: {res.report_html} "
+          f"(and {res.report_md.name}, results.json)")
+    return 0
+
+
 # name, one-line help, description (None: the help), options
 COMMANDS = [
     ("generate", "generate text, optionally primed with example text", None, generate_options),
@@ -462,4 +491,8 @@ COMMANDS = [
     ("demo", "rerun the seed project's experiments and write a report",
      "News style and a Shakespeare character's voice: base model, priming, LoRA and full "
      "fine-tuning, a LoRA rank sweep; writes report.md and report.html to --out.", demo_options),
+    ("compare", "compare base, priming, LoRA and full fine-tuning on your own text",
+     "The demo's question asked of your text: held-out perplexity, samples, a style score, "
+     "cost; writes report.md, report.html and results.json to --out (--plan: print the runs "
+     "and exit).", compare_options),
 ]

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpt2tune.experiments.base import BaseInfo
-from gpt2tune.experiments.spec import DemoOptions, DemoPlan, Experiment
+from gpt2tune.experiments.hparams import Hyperparams
+from gpt2tune.experiments.spec import CompareOptions, DemoOptions, DemoPlan, Experiment
 from gpt2tune.experiments.style import HeldOut
 
 
@@ -161,6 +162,8 @@ class DemoResults:
     """The sizes used."""
     base: BaseInfo
     """The base model."""
+    hyperparams: Hyperparams
+    """The learning rates and LoRA alpha used, and why."""
     news: ExperimentResult
     """Experiment 1."""
     character: ExperimentResult
@@ -207,6 +210,7 @@ def results_json(res: DemoResults) -> dict:
                      "heldout_positives": h.positives, "heldout_negatives": h.negatives,
                      "share_in_character": {m.name: m.style_share for m in e.sampled}}
     return {"options": asdict(res.options), "plan": asdict(res.plan), "base": asdict(res.base),
+            "hyperparameters": asdict(res.hyperparams),
             "evals": {f"{e.spec.name}/{m.name}": {"loss": m.val_loss,
                                                    "perplexity": m.val_perplexity,
                                                    "tokens": m.val_tokens}
@@ -216,3 +220,58 @@ def results_json(res: DemoResults) -> dict:
             "style": style,
             "samples": {e.spec.name: {m.name: m.samples for m in e.sampled} for e in experiments},
             "timings": res.timings, "commands": res.commands}
+
+
+@dataclass
+class CompareResults:
+    """Everything ``gpt2tune compare`` measured: what ``writeup.build_compare_report`` describes."""
+
+    options: CompareOptions
+    """What was asked for."""
+    base: BaseInfo
+    """The base model and why it was chosen."""
+    hyperparams: Hyperparams
+    """The learning rates and LoRA alpha used, and why."""
+    experiment: ExperimentResult
+    """The comparison itself."""
+    budget_note: str
+    """What ``--max-minutes`` did, or ``""``."""
+    device: str
+    """The torch device everything ran on."""
+    machine: list[tuple[str, str]]
+    """(what, value) rows describing the machine and software versions."""
+    finished: str
+    """Local date and time the runs finished (``YYYY-MM-DD HH:MM``)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Wall time per stage, in seconds."""
+
+
+COMPARE_RUN_KEYS = ("name", "method", "trainable_params", "val_loss", "val_perplexity",
+                    "train_seconds", "peak_memory_mib", "saved_bytes", "style_share", "command")
+"""The keys of each run in compare's ``results.json`` (users' scripts read them)."""
+
+
+def compare_results_json(res: CompareResults) -> dict:
+    """Compare's ``results.json``: ``{"base": {...}, "runs": [{name, method, trainable_params,
+    val_loss, val_perplexity, train_seconds, peak_memory_mib, saved_bytes, style_share,
+    command, ...}], ...}``; ``style_share`` is null where samples were not scored and
+    ``command`` the ``gpt2tune train`` line that reproduces a training run (null otherwise)."""
+    exp = res.experiment
+    runs = []
+    for m in exp.methods:
+        row = {k: getattr(m, k) for k in COMPARE_RUN_KEYS}
+        row.update(label=m.label, total_params=m.total_params, val_tokens=m.val_tokens,
+                   lora_rank=m.lora_rank, lora_targets=m.lora_targets, out=m.out,
+                   steps=m.steps, tokens_seen=m.tokens_seen)
+        runs.append(row)
+    style = None
+    if exp.style:
+        h = exp.style.heldout
+        style = {"heldout_accuracy": h.accuracy, "heldout_in_style_rate": h.in_character_rate,
+                 "heldout_false_positive_rate": h.false_positive_rate,
+                 "heldout_positives": h.positives, "heldout_negatives": h.negatives}
+    return {"base": asdict(res.base), "hyperparameters": asdict(res.hyperparams), "runs": runs,
+            "style": style, "samples": {m.name: m.samples for m in exp.sampled},
+            "prompts": list(exp.spec.prompts), "budget": res.budget_note,
+            "options": asdict(res.options), "timings": res.timings, "commands": exp.commands,
+            "device": res.device}

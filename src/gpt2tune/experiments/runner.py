@@ -40,12 +40,12 @@ from gpt2tune.core.model import GPT2
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.rows import tokenize_documents
 from gpt2tune.data.sources import read_documents
+from gpt2tune.data.split import split_train_val
 from gpt2tune.errors import UserError
 from gpt2tune.experiments.base import (
     BaseInfo,
     PretrainConfig,
-    ensure_base,
-    external_base,
+    resolve_base,
 )
 from gpt2tune.experiments.commands import (
     eval_command,
@@ -53,6 +53,7 @@ from gpt2tune.experiments.commands import (
     pretrain_command,
     train_command,
 )
+from gpt2tune.experiments.hparams import hyperparams_for
 from gpt2tune.experiments.results import (
     DemoResults,
     ExperimentResult,
@@ -70,7 +71,12 @@ from gpt2tune.experiments.spec import (
     Method,
     demo_experiments,
 )
-from gpt2tune.experiments.style import StyleClassifier, train_style_classifier
+from gpt2tune.experiments.style import (
+    StyleClassifier,
+    builtin_contrast,
+    fit_style_classifier,
+    train_style_classifier,
+)
 from gpt2tune.experiments.writeup import build_report
 from gpt2tune.finetune.config import TrainConfig
 from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
@@ -149,8 +155,24 @@ def pick_prime(speeches: list[str], tokenizer: Tokenizer, n: int, seed: int,
         max_tokens: longest speech taken.
     """
     fitting = [s for s in speeches if min_tokens <= len(tokenizer.encode(s)) <= max_tokens]
+    if len(fitting) < n:
+        # documents longer than a prime should be (articles): their beginnings, cut at a line
+        # break where one falls early enough, else at max_tokens tokens
+        fitting += [_beginning(s, tokenizer, max_tokens) for s in speeches
+                    if len(tokenizer.encode(s)) > max_tokens][:n - len(fitting)]
     chosen = sorted(random.Random(seed).sample(range(len(fitting)), min(n, len(fitting))))
     return "\n\n".join(fitting[i] for i in chosen) + "\n\n"
+
+
+def _beginning(text: str, tokenizer: Tokenizer, max_tokens: int) -> str:
+    """The start of ``text``: whole lines while they fit in ``max_tokens`` tokens, else the
+    first ``max_tokens`` tokens."""
+    kept = []
+    for line in text.split("\n"):
+        if len(tokenizer.encode("\n".join([*kept, line]))) > max_tokens:
+            break
+        kept.append(line)
+    return "\n".join(kept) if kept else tokenizer.decode(tokenizer.encode(text)[:max_tokens])
 
 
 # ----------------------------------------------------------------------------- one experiment
@@ -179,23 +201,27 @@ class Setup:
     """Seed of every training run and sample."""
     progress: bool
     """Show progress bars on stderr."""
+    report_to: str = "none"
+    """Experiment tracking of every training run (``none`` or ``tensorboard``)."""
+    command: str = "demo"
+    """The command running, for log lines (``demo``, ``compare``)."""
 
 
 class _Stages:
-    """Times named stages of a demo, logging their start and end."""
+    """Times named stages of a demo or comparison, logging their start and end."""
 
-    def __init__(self, prefix: str = "") -> None:
-        self.prefix = prefix
+    def __init__(self, prefix: str = "", command: str = "demo") -> None:
+        self.prefix, self.command = prefix, command
         self.timings: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         name = self.prefix + name
-        log.info(f"demo: {name} ...")
+        log.info(f"{self.command}: {name} ...")
         t0 = time.perf_counter()
         yield
         self.timings[name] = round(time.perf_counter() - t0, 1)
-        log.info(f"demo: {name} done in {self.timings[name]:.0f}s")
+        log.info(f"{self.command}: {name} done in {self.timings[name]:.0f}s")
 
 
 def _sampling(spec: Experiment, seed: int) -> SamplingConfig:
@@ -203,18 +229,44 @@ def _sampling(spec: Experiment, seed: int) -> SamplingConfig:
                           top_k=spec.top_k, seed=seed)
 
 
-def _run_options(spec: Experiment, m: Method, out: Path, setup: Setup) -> RunOptions:
+def run_options(spec: Experiment, m: Method, out: Path, setup: Setup) -> RunOptions:
     """The ``gpt2tune train`` options of method ``m`` of ``spec``."""
-    length = ({"epochs": spec.epochs} if spec.max_steps is None
-              else {"max_steps": spec.max_steps})
+    if m.max_steps is not None:
+        length = {"max_steps": m.max_steps}
+    elif spec.max_steps is not None:
+        length = {"max_steps": spec.max_steps}
+    else:
+        length = {"epochs": spec.epochs}
+    tracking = {} if setup.report_to == "none" else {"report_to": setup.report_to}
     train = TrainConfig(method=m.train, batch_size=spec.batch_size, lr=m.lr,
                         precision=setup.precision, seed=setup.seed, eval_every=spec.eval_every,
-                        progress=setup.progress, **length)
+                        progress=setup.progress, **length, **tracking)
     lora = (LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets)) if m.train == "lora"
             else LoRAConfig())
     return RunOptions(out=str(out), overwrite=True,
                       model=ModelOptions(model=setup.base.path, device=setup.device),
-                      data=DataOptions(data=spec.data, val_data=spec.data), lora=lora, train=train)
+                      data=data_options(spec), lora=lora, train=train)
+
+
+def data_options(spec: Experiment) -> DataOptions:
+    """Training data and held-out set of ``spec`` as ``gpt2tune train`` takes them (the same
+    held-out documents ``experiment_texts`` returns)."""
+    val_data = spec.val_data
+    if val_data is None and not spec.val_split:
+        val_data = spec.data  # a built-in dataset: its test split
+    return DataOptions(data=spec.data, val_data=val_data, val_split=spec.val_split,
+                       doc_sep=spec.doc_sep, text_field=spec.text_field,
+                       block_size=spec.block_size)
+
+
+def experiment_texts(spec: Experiment, seed: int) -> tuple[list[str], list[str]]:
+    """(training documents, held-out documents) of ``spec``, split exactly as the training runs
+    split them (``finetune.recipe.load_data`` with the same seed)."""
+    d = data_options(spec)
+    docs = read_documents(d.data, d.doc_sep, d.text_field, split="train")
+    if d.val_data:
+        return docs, read_documents(d.val_data, d.doc_sep, d.text_field, split="test")
+    return split_train_val(docs, d.val_split, seed)
 
 
 def _model_files(method: str, out: str | None, base_path: str) -> tuple[str, str | None]:
@@ -246,7 +298,7 @@ def _score(model: GPT2, docs: list[list[int]], prime_ids: list[int] | None,
 def _train(spec: Experiment, m: Method, setup: Setup, docs: list[list[int]]) -> MethodResult:
     """Fine-tune per ``m``, then measure held-out loss and saved size; drop the checkpoints."""
     out = setup.out / spec.name / m.out_name
-    opts = _run_options(spec, m, out, setup)
+    opts = run_options(spec, m, out, setup)
     t0 = time.perf_counter()
     own_peak = restart_peak_memory()
     rss_before = rss_mib()
@@ -335,17 +387,22 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
     Returns:
         Every measurement, with the commands that redo them.
     """
-    stage = _Stages(prefix=f"{spec.name}: ")
+    stage = _Stages(prefix="" if spec.name == setup.command else f"{spec.name}: ",
+                    command=setup.command)
     root = setup.out / spec.name
     tok = setup.tokenizer
-    train_texts = read_documents(spec.data, split="train")
-    docs = [d.tolist() for d in tokenize_documents(read_documents(spec.data, split="test"), tok)]
+    train_texts, test_texts = experiment_texts(spec, setup.seed)
+    docs = [d.tolist() for d in tokenize_documents(test_texts, tok)]
     results: dict[str, MethodResult] = {}
 
     classifier: StyleClassifier | None = None
     if spec.style_of:
         with stage("style classifier"):
             classifier = train_style_classifier(spec.style_of)
+    elif spec.style_contrast:
+        with stage("style classifier"):
+            classifier = fit_style_classifier("your text", train_texts, test_texts,
+                                              _contrast(spec, setup.seed))
     prime = prime_ids = None
     if any(m.prime for m in spec.methods):
         text = pick_prime(train_texts, tok, spec.prime_speeches, setup.seed)
@@ -357,8 +414,8 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
     with stage(" and ".join(m.short for m in on_base)):
         for m in on_base:
             heldout = _score(setup.model, docs, prime_ids if m.prime else None, setup.amp)
-            results[m.name] = _untrained(m, "priming" if m.prime else "base", heldout,
-                                         setup.base)
+            results[m.name] = _untrained(m, m.kind or ("priming" if m.prime else "base"),
+                                         heldout, setup.base)
 
     trained = [m for m in spec.methods if m.train]
     for m in trained:
@@ -375,8 +432,8 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
         for m in derived:
             used = results[m.uses]
             heldout = _score(models[m.uses], docs, prime_ids if m.prime else None, setup.amp)
-            results[m.name] = _untrained(m, used.method + ("+priming" if m.prime else ""),
-                                         heldout, setup.base, used)
+            kind = m.kind or used.method + ("+priming" if m.prime else "")
+            results[m.name] = _untrained(m, kind, heldout, setup.base, used)
         for m in sampled:
             r = results[m.name]
             r.samples = _draw_samples(spec, models[m.uses or m.name],
@@ -398,6 +455,15 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
                             methods=[results[m.name] for m in spec.methods], prime=prime,
                             style=style, timings=stage.timings,
                             commands=commands + _rerun_commands(spec, results, prime, setup))
+
+
+def _contrast(spec: Experiment, seed: int) -> list[str]:
+    """The texts the style classifier learns ``spec``'s training text against."""
+    if spec.style_contrast == "builtin":
+        return builtin_contrast(spec.data, seed)
+    texts = read_documents(spec.style_contrast, spec.doc_sep, spec.text_field, split="all")
+    random.Random(seed).shuffle(texts)  # a prefix trains, the rest checks: both a fair sample
+    return texts
 
 
 # ----------------------------------------------------------------------------- the demo
@@ -466,12 +532,9 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
     stage = _Stages()
     commands: list[tuple[str, str]] = []
     with stage("base model"):
-        if opts.base:
-            base = external_base(opts.base)
-        else:
-            cfg = replace(plan.pretrain, device=opts.device, seed=opts.seed,
-                          precision=opts.precision)
-            base = ensure_base(cfg, progress=opts.progress)
+        cfg = replace(plan.pretrain, device=opts.device, seed=opts.seed,
+                      precision=opts.precision)
+        base = resolve_base(opts.base, cfg, progress=opts.progress)
         model = load_model_with_adapter(base.path, device=device)
     if base.embedded:
         commands.append(("the embedded base model",
@@ -480,12 +543,14 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
                   device=opts.device, torch_device=device,
                   amp=autocast_dtype(opts.precision, device), precision=opts.precision,
                   seed=opts.seed, progress=opts.progress)
-    news_spec, character_spec = demo_experiments(plan, opts.character)
+    hp = hyperparams_for(base)
+    news_spec, character_spec = demo_experiments(plan, opts.character, hp)
     news = run_experiment(news_spec, setup)
     character = run_experiment(character_spec, setup)
     timings = {**stage.timings, **news.timings, **character.timings,
                "total before the report": round(time.perf_counter() - t0, 1)}
-    results = DemoResults(options=opts, plan=plan, base=base, news=news, character=character,
+    results = DemoResults(options=opts, plan=plan, base=base, hyperparams=hp, news=news,
+                          character=character,
                           timings=timings, commands=commands + news.commands + character.commands,
                           device=str(device), machine=machine_info(), load_at_start=load_at_start,
                           finished=time.strftime("%Y-%m-%d %H:%M"))

@@ -12,7 +12,16 @@ re-exports it) for the same reason: it is the ``gpt2tune pretrain`` flags and a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from gpt2tune.errors import UserError
+
+if TYPE_CHECKING:
+    from gpt2tune.experiments.hparams import Hyperparams
+
+# The LoRA targets (core.lora.TARGETS, which a test compares), named here without importing torch.
+LORA_TARGETS = ("c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "c_fc", "c_proj", "all-linear")
 
 NEWS_PROMPT = "The Federal Government says"
 CHARACTER_PROMPTS = ("Why,", "I tell thee,", "Now, my lord,", "What,", "Well,", "Nay,")
@@ -60,12 +69,6 @@ class DemoPlan:
     """Optimizer steps of each character run, instead of epochs."""
     char_eval_every: int = 7
     """Held-out loss every this many steps of a character run."""
-    lr_lora: float = 1e-2
-    """Peak learning rate of LoRA runs."""
-    lr_full: float = 1e-3
-    """Peak learning rate of full fine-tuning runs."""
-    lora_alpha_per_rank: float = 2.0
-    """alpha = this * r, so every rank has the same scaling alpha / r."""
     news_rank: int = 4
     """LoRA rank of experiment 1 (on ``c_attn``, the seed project's setting)."""
     char_rank: int = 4
@@ -107,8 +110,9 @@ class DemoOptions:
 
     out: str = "runs/demo"
     """Directory for the report, plots, adapters and models."""
-    base: str | None = None
-    """Any GPT-2 (HF directory or hub id) as the base; default: the embedded one (built once)."""
+    base: str = "auto"
+    """The base GPT-2: auto (GPT-2 from the local Hugging Face cache if it is there, else the
+    embedded base, built once), embedded, a model directory or a hub id."""
     character: str = "FALSTAFF"
     """Shakespeare character of experiments 2 and 3."""
     quick: bool = False
@@ -159,6 +163,11 @@ class Method:
     """Draw samples from it (and score their style where the experiment does)."""
     directory: str | None = None
     """Output directory under the experiment's (trained methods); default: ``name``."""
+    kind: str | None = None
+    """What results call the method (``prime``); default: ``lora``/``full`` for trained methods,
+    ``base``/``priming`` for the base model, the used model's kind + ``+priming`` otherwise."""
+    max_steps: int | None = None
+    """Optimizer steps of this run, overriding the experiment's length (``--max-minutes``)."""
 
     @property
     def out_name(self) -> str:
@@ -201,40 +210,56 @@ class Experiment:
     """Training documents making up the priming text of primed methods."""
     style_of: str | None = None
     """Score samples with a style classifier of this Shakespeare character; None: no score."""
+    style_contrast: str | None = None
+    """Score samples with a classifier of the experiment's own training text against this
+    contrast text (a file, or ``builtin`` for built-in text); None: no such score."""
+    val_data: str | None = None
+    """Held-out documents (file or builtin name, its test split); None: ``val_split`` of the
+    training data, or for a built-in dataset without either, its test split."""
+    val_split: float = 0.0
+    """Hold out this fraction of the training documents (seeded by the run's seed)."""
+    doc_sep: str = "blank"
+    """In .txt files, documents are separated by blank lines (``blank``) or lines (``line``)."""
+    text_field: str = "text"
+    """The JSON field or CSV column holding the text."""
+    block_size: int | None = None
+    """Tokens per training row; None: min(512, the model's context)."""
 
 
-def _lora(plan: DemoPlan, rank: int, targets: tuple[str, ...] = ("c_attn",), *,
+def _lora(hp: Hyperparams, rank: int, targets: tuple[str, ...] = ("c_attn",), *,
           name: str | None = None, directory: str | None = None,
           sample: bool = True) -> Method:
     label = f"LoRA r={rank} ({', '.join(targets)})"
     return Method(name=name or f"lora-r{rank}", label=label, short="LoRA", train="lora",
-                  rank=rank, alpha=plan.lora_alpha_per_rank * rank, targets=targets,
-                  lr=plan.lr_lora, sample=sample, directory=directory)
+                  rank=rank, alpha=hp.alpha_per_rank * rank, targets=targets,
+                  lr=hp.lr_lora, sample=sample, directory=directory)
 
 
-def demo_experiments(plan: DemoPlan, character: str) -> tuple[Experiment, Experiment]:
+def demo_experiments(plan: DemoPlan, character: str,
+                     hp: Hyperparams) -> tuple[Experiment, Experiment]:
     """The demo's two experiments for ``plan``.
 
     Args:
         plan: the sizes.
         character: the Shakespeare character of the second experiment (``--character``).
+        hp: learning rates and LoRA alpha for the base model (``hparams.hyperparams_for``).
 
     Returns:
         (news: experiment 1; character: experiments 2 and 3, which share their runs).
     """
     base = Method("base", "base model", "base model")
-    full = Method("full", "full fine-tuning", "full", train="full", lr=plan.lr_full)
+    full = Method("full", "full fine-tuning", "full", train="full", lr=hp.lr_full)
     common = {"batch_size": plan.batch_size, "max_new_tokens": plan.max_new_tokens,
               "temperature": plan.temperature, "top_k": plan.top_k}
     news = Experiment(
-        "news", "builtin:news", (base, _lora(plan, plan.news_rank, name="lora"), full),
+        "news", "builtin:news", (base, _lora(hp, plan.news_rank, name="lora"), full),
         epochs=plan.news_epochs, max_steps=plan.news_max_steps, eval_every=plan.news_eval_every,
         prompts=(NEWS_PROMPT,), samples_per_prompt=plan.news_samples, **common)
 
     # Experiment 2's LoRA run is also the sweep's point at its rank, so it runs once, first.
-    lora = _lora(plan, plan.char_rank, name="lora", directory=f"lora-r{plan.char_rank}")
-    sweep = [_lora(plan, r, sample=False) for r in dict.fromkeys(plan.ranks) if r != plan.char_rank]
-    wide = _lora(plan, plan.wide_rank, plan.wide_targets, sample=False,
+    lora = _lora(hp, plan.char_rank, name="lora", directory=f"lora-r{plan.char_rank}")
+    sweep = [_lora(hp, r, sample=False) for r in dict.fromkeys(plan.ranks) if r != plan.char_rank]
+    wide = _lora(hp, plan.wide_rank, plan.wide_targets, sample=False,
                  name=f"lora-r{plan.wide_rank}-{'-'.join(plan.wide_targets)}")
     methods = (base, Method("priming", "priming only", "priming", prime=True), lora, *sweep, wide,
                full, Method("lora+priming", f"{lora.label} + priming", "LoRA + priming",
@@ -245,3 +270,217 @@ def demo_experiments(plan: DemoPlan, character: str) -> tuple[Experiment, Experi
         prompts=plan.char_prompts, samples_per_prompt=plan.samples_per_prompt,
         prime_speeches=plan.prime_speeches, style_of=character.upper(), **common)
     return news, char
+
+
+# ----------------------------------------------------------------------------- gpt2tune compare
+
+METHOD_NAMES = ("base", "prime", "lora", "full", "lora+prime")
+METHOD_SETTINGS = {"base": (), "prime": ("k",), "lora": ("r", "alpha", "targets", "lr", "dropout"),
+                   "full": ("lr",), "lora+prime": ("r", "alpha", "targets", "lr", "k")}
+DEFAULT_RANK = 4
+"""LoRA rank where none is given (the seed project's)."""
+
+
+@dataclass
+class CompareOptions:
+    """What ``gpt2tune compare`` runs: the demo's question asked of your own text."""
+
+    data: str
+    """Your training text: .txt (documents separated by blank lines), .jsonl/.json/.csv, a
+    directory of .txt files, or builtin:NAME."""
+    base: str = "auto"
+    """The base GPT-2: auto (GPT-2 from the local Hugging Face cache if it is there, else the
+    embedded base), embedded, a model directory or a hub id (downloaded when online)."""
+    out: str = "runs/compare"
+    """Directory for the report, plots, adapters, models and results.json."""
+    val_data: str | None = None
+    """Held-out text scored by every method (same formats); default: --val-split 0.1."""
+    val_split: float | None = None
+    """Hold out this fraction of --data, by document, seeded (default 0.1 without --val-data)."""
+    methods: str = "base,prime,lora,full,lora+prime"
+    """Comma-separated: base, prime, lora, full, lora+prime; settings after colons, e.g.
+    lora:r=16:alpha=32:targets=all-linear, full:lr=5e-5, prime:k=3."""
+    lora_ranks: str | None = None
+    """Comma-separated ranks for a LoRA rank sweep on c_attn, e.g. 1,4,16."""
+    lora_targets: list[str] | None = None
+    """Target sets for a LoRA target sweep at rank 4 (c_attn, attn.c_proj, mlp.c_fc,
+    mlp.c_proj, c_proj, all-linear; join several with +)."""
+    prompt: list[str] | None = None
+    """Prompts of the samples (default: the first words of three held-out documents)."""
+    prompts: str | None = None
+    """File with one prompt per line, instead of --prompt."""
+    contrast: str | None = None
+    """Text the style classifier learns your text against (default: built-in text)."""
+    style: bool = True
+    """Score samples with a style classifier of your text (--no-style skips it)."""
+    epochs: float | None = None
+    """Epochs of every training run (default 1 unless --max-steps)."""
+    max_steps: int | None = None
+    """Optimizer steps of every training run, instead of epochs."""
+    max_minutes: float | None = None
+    """Fit all training into about this many minutes: each run's steps are scaled from a
+    step timed on this machine."""
+    batch_size: int = 4
+    """Rows per optimizer step."""
+    block_size: int | None = None
+    """Tokens per training row; default min(512, the model's context)."""
+    doc_sep: str = "blank"
+    """In .txt files documents are separated by blank lines (blank) or lines (line)."""
+    text_field: str = "text"
+    """The JSON field or CSV column holding the text."""
+    samples_per_prompt: int = 3
+    """Samples per method and prompt."""
+    max_new_tokens: int = 60
+    """Tokens per sample at most."""
+    report_to: str = "none"
+    """none or tensorboard: event files of every training run under its directory."""
+    seed: int = 0
+    """Seed of the held-out split, every training run and every sample."""
+    precision: str = "fp32"
+    """Matmul precision of training, evaluation and generation (fp32 or bf16)."""
+    device: str = "auto"
+    """auto, cpu or cuda[:N]."""
+    plan: bool = False
+    """Print every run it would do (command, tokens, estimated time) and exit."""
+    overwrite: bool = False
+    """Replace an --out that holds something other than a previous comparison."""
+    progress: bool = False
+    """Show progress bars on stderr."""
+
+
+def _parse_number(method: str, key: str, value: str, kind: type):
+    try:
+        number = kind(value)
+    except ValueError:
+        raise UserError(f"--methods {method}: {key}={value!r} is not a number") from None
+    if number <= 0:
+        raise UserError(f"--methods {method}: {key} must be > 0, got {value}")
+    return number
+
+
+def _targets(text: str, where: str) -> tuple[str, ...]:
+    targets = tuple(t for t in text.split("+") if t)
+    bad = [t for t in targets if t not in LORA_TARGETS]
+    if not targets or bad:
+        raise UserError(f"{where}: unknown LoRA target {(bad or [text])[0]!r}; use "
+                        f"{', '.join(LORA_TARGETS)} (join several with +)")
+    return targets
+
+
+def parse_methods(text: str) -> list[tuple[str, dict]]:
+    """``--methods`` as (method, settings) pairs, checked.
+
+    Raises:
+        UserError: an unknown method or setting, a bad value, or nothing given.
+    """
+    out = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        name, *settings = item.split(":")
+        if name not in METHOD_NAMES:
+            raise UserError(f"--methods: unknown method {name!r}; use {', '.join(METHOD_NAMES)} "
+                            "(settings after colons, e.g. lora:r=16)")
+        values: dict = {}
+        for s in settings:
+            key, eq, value = s.partition("=")
+            if not eq or key not in METHOD_SETTINGS[name]:
+                allowed = ", ".join(METHOD_SETTINGS[name]) or "none"
+                raise UserError(f"--methods {item}: unknown setting {s!r} for {name} "
+                                f"(settings: {allowed}); write key=value, e.g. {name}:"
+                                f"{(METHOD_SETTINGS[name] or ('r',))[0]}=4")
+            if key in ("r", "k"):
+                values[key] = _parse_number(item, key, value, int)
+            elif key == "targets":
+                values[key] = _targets(value, f"--methods {item}")
+            elif key == "dropout":
+                values[key] = float(value)
+            else:
+                values[key] = _parse_number(item, key, value, float)
+        out.append((name, values))
+    if not out:
+        raise UserError("--methods names no method; give e.g. base,lora,full")
+    return out
+
+
+def parse_ranks(text: str | None) -> list[int]:
+    """``--lora-ranks`` (``1,4,16``) as integers >= 1."""
+    if not text:
+        return []
+    ranks = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            r = int(part)
+        except ValueError:
+            raise UserError(f"--lora-ranks: {part!r} is not a whole number; e.g. 1,4,16") from None
+        if r < 1:
+            raise UserError(f"--lora-ranks: rank {r} must be at least 1")
+        ranks.append(r)
+    return ranks
+
+
+def compare_methods(opts: CompareOptions, hp: Hyperparams) -> tuple[tuple[Method, ...], int]:
+    """The methods ``opts`` asks for, with learning rates and alphas from ``hp``.
+
+    Returns:
+        (methods in run order, the priming documents k).
+    """
+    def lora(r: int, targets: tuple[str, ...], alpha: float | None, lr: float | None,
+             name: str, sample: bool = True) -> Method:
+        return Method(name=name, label=f"LoRA r={r} ({', '.join(targets)})", short="LoRA",
+                      train="lora", rank=r, alpha=alpha if alpha is not None else
+                      hp.alpha_per_rank * r, targets=targets, lr=lr or hp.lr_lora,
+                      sample=sample)
+
+    def lora_name(r: int, targets: tuple[str, ...]) -> str:
+        return f"lora-r{r}" + ("" if targets == ("c_attn",) else "-" + "-".join(targets))
+
+    methods: dict[str, Method] = {}
+    k = 3
+    derived = []
+    for name, s in parse_methods(opts.methods):
+        if name == "base":
+            methods["base"] = Method("base", "base model", "base model", kind="base")
+        elif name == "prime":
+            k = s.get("k", k)
+            methods["prime"] = Method("prime", "priming", "priming", prime=True, kind="prime")
+        elif name == "full":
+            methods.setdefault("full", Method("full", "full fine-tuning", "full", train="full",
+                                              lr=s.get("lr", hp.lr_full)))
+        else:
+            r, targets = s.get("r", DEFAULT_RANK), s.get("targets", ("c_attn",))
+            m = lora(r, targets, s.get("alpha"), s.get("lr"), lora_name(r, targets))
+            if name == "lora+prime":
+                k = s.get("k", k)
+                methods.setdefault(m.name, replace(m, sample=False))  # the run it primes
+                derived.append(Method(f"{m.name}+prime", f"{m.label} + priming",
+                                      "LoRA + priming", uses=m.name, prime=True,
+                                      kind="lora+prime"))
+            else:
+                methods[m.name] = m
+    for r in parse_ranks(opts.lora_ranks):
+        methods.setdefault(lora_name(r, ("c_attn",)),
+                           lora(r, ("c_attn",), None, None, lora_name(r, ("c_attn",)), False))
+    for text in opts.lora_targets or []:
+        t = _targets(text, "--lora-targets")
+        methods.setdefault(lora_name(DEFAULT_RANK, t),
+                           lora(DEFAULT_RANK, t, None, None, lora_name(DEFAULT_RANK, t), False))
+    if k < 1:
+        raise UserError("--methods prime:k= must be at least 1")
+    return (*methods.values(), *derived), k
+
+
+def compare_experiment(opts: CompareOptions, hp: Hyperparams,
+                       prompts: tuple[str, ...]) -> Experiment:
+    """The one experiment ``gpt2tune compare`` runs, as the runner takes it."""
+    methods, k = compare_methods(opts, hp)
+    length = ({"epochs": None, "max_steps": opts.max_steps} if opts.max_steps
+              else {"epochs": opts.epochs or 1, "max_steps": None})
+    val_split = 0.0 if opts.val_data else (opts.val_split or 0.1)
+    return Experiment(
+        "compare", opts.data, methods, batch_size=opts.batch_size, eval_every=0,
+        prompts=prompts, samples_per_prompt=opts.samples_per_prompt,
+        max_new_tokens=opts.max_new_tokens, temperature=0.9, top_k=40, prime_speeches=k,
+        style_contrast=(opts.contrast or "builtin") if opts.style else None,
+        val_data=opts.val_data, val_split=val_split, doc_sep=opts.doc_sep,
+        text_field=opts.text_field, block_size=opts.block_size, **length)

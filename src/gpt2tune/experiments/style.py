@@ -1,7 +1,9 @@
-"""A style score for generated text: does it read like one Shakespeare character?
+"""A style score for generated text: does it read like one Shakespeare character (the demo), or
+like the user's own training text (``gpt2tune compare``, against a contrast text)?
 
 A small classifier (TF-IDF over character n-grams, then logistic regression) learns to tell the
-character's training speeches from other characters' speeches; its share of generated samples
+character's training speeches from other characters' speeches (or the user's text from the
+contrast); its share of generated samples
 judged "in character" is the style score. The classifier's own held-out accuracy is measured on
 speeches it never saw, so a reader can tell how far to trust the score.
 
@@ -20,6 +22,7 @@ from gpt2tune.data.builtin import (
     load_builtin,
     shakespeare_other_speeches,
 )
+from gpt2tune.errors import UserError
 
 
 @dataclass
@@ -107,25 +110,53 @@ def train_style_classifier(character: str = DEFAULT_CHARACTER,
     Returns:
         The fitted classifier with its held-out rates filled in.
     """
+    cfg = cfg or StyleConfig()
+    name = f"builtin:shakespeare:{character}"
+    others = shakespeare_other_speeches(character, seed=cfg.seed)
+    return fit_style_classifier(character.upper(), load_builtin(name, "train"),
+                                load_builtin(name, "test"), others, cfg)
+
+
+def fit_style_classifier(name: str, train: list[str], heldout: list[str], others: list[str],
+                         cfg: StyleConfig | None = None) -> StyleClassifier:
+    """Train a classifier of ``train`` (the style) against ``others``, and measure it on
+    ``heldout`` and on the ``others`` it did not train on.
+
+    Args:
+        name: whose style it is (for the report).
+        train: texts in the style (the same the language models are fine-tuned on).
+        heldout: texts in the style it never sees in training.
+        others: texts not in the style, in an order whose prefix is a fair sample; the first
+            ``negatives_per_positive`` per training text train it, the next ones check it.
+        cfg: settings; defaults to ``StyleConfig()``.
+
+    Returns:
+        The fitted classifier with its held-out rates filled in.
+
+    Raises:
+        UserError: too few usable texts on either side to train and check a classifier.
+    """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
     cfg = cfg or StyleConfig()
-    name = f"builtin:shakespeare:{character}"
-    pos_train = _usable(load_builtin(name, "train"), cfg)
-    pos_test = _usable(load_builtin(name, "test"), cfg)
-    others = _usable(shakespeare_other_speeches(character, seed=cfg.seed), cfg)
+    pos_train, pos_test, others = (_usable(t, cfg) for t in (train, heldout, others))
     n_neg = len(pos_train) * cfg.negatives_per_positive
     neg_train = others[:n_neg]
     neg_test = others[n_neg:n_neg + len(pos_test) * cfg.heldout_negatives_per_positive]
+    if min(len(pos_train), len(neg_train)) < 2 or not pos_test or not neg_test:
+        raise UserError(f"too little text for a style classifier of {name} ({len(pos_train)} "
+                        f"training and {len(pos_test)} held-out texts of at least "
+                        f"{cfg.min_chars} characters, {len(others)} contrast texts); give more "
+                        "data or a larger --contrast, or pass --no-style")
 
     pipeline = make_pipeline(
         TfidfVectorizer(analyzer="char", ngram_range=cfg.ngram_range, sublinear_tf=True, min_df=2),
         # balanced weights: the classes are unequal on purpose (more variety among the others)
         LogisticRegression(C=cfg.C, max_iter=2000, class_weight="balanced"),
     )
-    clf = StyleClassifier(character=character.upper(), config=cfg, pipeline=pipeline,
+    clf = StyleClassifier(character=name, config=cfg, pipeline=pipeline,
                           train_sizes=(len(pos_train), len(neg_train)))
     pipeline.fit(clf.prepare(pos_train + neg_train), [1] * len(pos_train) + [0] * len(neg_train))
 
@@ -138,3 +169,31 @@ def train_style_classifier(character: str = DEFAULT_CHARACTER,
     order = logreg.coef_[0].argsort()[::-1]
     clf.top_features = [str(names[i]) for i in order[:12]]
     return clf
+
+
+def builtin_contrast(exclude: str, seed: int = 0, per_source: int = 1500) -> list[str]:
+    """Built-in text that is not the user's, as contrast for their style: news articles,
+    Wikipedia paragraphs and Shakespeare speeches, shuffled (a prefix is a fair sample).
+
+    Args:
+        exclude: the user's ``--data``; a built-in dataset named there is left out.
+        seed: seeds the shuffle.
+        per_source: texts taken from each source at most.
+    """
+    import random
+
+    pools = []
+    if not exclude.startswith("builtin:news"):
+        pools.append(load_builtin("builtin:news", "all"))
+    if not exclude.startswith("builtin:wiki"):
+        # paragraphs, not whole articles: closer to the length of samples
+        pools.append([p for a in load_builtin("builtin:wiki", "all") for p in a.split("\n")])
+    if not exclude.startswith("builtin:shakespeare"):
+        pools.append(shakespeare_other_speeches(DEFAULT_CHARACTER, seed=seed))
+    rng = random.Random(seed)
+    texts = []
+    for pool in pools:  # equal shares, so no one kind of text is what "not the user's" means
+        rng.shuffle(pool)
+        texts += pool[:per_source]
+    rng.shuffle(texts)
+    return texts

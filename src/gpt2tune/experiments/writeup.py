@@ -9,7 +9,12 @@ from __future__ import annotations
 import math
 
 from gpt2tune.experiments.base import VAL_TOKENS_PER_DOC
-from gpt2tune.experiments.results import DemoResults, ExperimentResult, MethodResult
+from gpt2tune.experiments.results import (
+    CompareResults,
+    DemoResults,
+    ExperimentResult,
+    MethodResult,
+)
 from gpt2tune.report import figures
 from gpt2tune.report.document import Code, Columns, Figure, Paragraph, Report, Table
 
@@ -104,7 +109,7 @@ def build_report(res: DemoResults) -> Report:
     Returns:
         The document, its figures (PNG bytes) included.
     """
-    p, b, news, char = res.plan, res.base, res.news, res.character
+    p, b, hp, news, char = res.plan, res.base, res.hyperparams, res.news, res.character
     news_base, news_lora, news_full = (news.method(k) for k in ("base", "lora", "full"))
     char_base, priming, char_lora, char_full, lora_priming = (
         char.method(k) for k in ("base", "priming", "lora", "full", "lora+priming"))
@@ -208,6 +213,11 @@ def build_report(res: DemoResults) -> Report:
         s.add(Paragraph(f"`{b.path}`: a GPT-2 given with `--base` ({b.parameters:,} parameters, "
                         f"{b.config['n_layer']} layers, width {b.config['n_embd']})."))
 
+    s.add(Paragraph(f"Why this base: {b.reason}." if b.reason else "Given with `--base`."))
+    s.add(Paragraph(f"Hyperparameters follow the base ({hp.recipe}): LoRA learning rate "
+                    f"{hp.lr_lora:g} with alpha = {hp.alpha_per_rank:g} r, full fine-tuning "
+                    f"{hp.lr_full:g}. {hp.why}"))
+
     # ---- experiment 1
     s = r.section(SECTIONS[2])
     epochs = (_epochs(p.news_epochs) if p.news_max_steps is None
@@ -216,8 +226,8 @@ def build_report(res: DemoResults) -> Report:
         f"Train on the 300 training articles of `builtin:news` (ABC news), {epochs} of "
         f"{p.batch_size} rows x {news_lora.block_size} tokens for both methods, same "
         f"data order; evaluate on the 50 held-out articles ({news_base.val_tokens:,} tokens). "
-        f"LoRA: r={p.news_rank}, alpha={p.lora_alpha_per_rank * p.news_rank:g} on `c_attn` (the "
-        f"seed's setting), lr {p.lr_lora:g}; full: every weight, lr {p.lr_full:g}."))
+        f"LoRA: r={p.news_rank}, alpha={hp.alpha_per_rank * p.news_rank:g} on `c_attn` (the "
+        f"seed's setting), lr {hp.lr_lora:g}; full: every weight, lr {hp.lr_full:g}."))
     rows = [["base model", "0", "–", _fmt_ppl(news_base.val_perplexity),
              f"{news_base.val_loss:.3f}", "–", "–", "–", "–"]]
     for run in (news_lora, news_full):
@@ -311,7 +321,7 @@ def build_report(res: DemoResults) -> Report:
     s = r.section(SECTIONS[4])
     s.add(Paragraph(
         f"The seed project's author thought LoRA lacked capacity. Here LoRA on `c_attn` with "
-        f"rank {', '.join(map(str, p.ranks))} (alpha = {p.lora_alpha_per_rank:g} r, so the "
+        f"rank {', '.join(map(str, p.ranks))} (alpha = {hp.alpha_per_rank:g} r, so the "
         "update's "
         f"scale is the same), and rank {p.wide_rank} on {', '.join(p.wide_targets)} (every "
         "projection of every block), all trained like experiment 2, against full fine-tuning."))
@@ -325,7 +335,8 @@ def build_report(res: DemoResults) -> Report:
     s.add(Figure(figures.rank_sweep(
         [(run.lora_rank, run.trainable_params, run.val_perplexity) for run in sweep],
         (wide.label, wide.trainable_params, wide.val_perplexity),
-        char_full.val_perplexity, char_full.trainable_params, char_base.val_perplexity, name),
+        char_full.val_perplexity, char_full.trainable_params, char_base.val_perplexity,
+        f"{name}'s speeches"),
         "rank_sweep.png", "Held-out perplexity against trainable parameters: LoRA ranks, more "
                           "target modules, and full fine-tuning (dashed) as the reference."))
     s.add(Paragraph(_capacity_verdict(sweep, best, wide, char_full, char_base.val_loss)))
@@ -353,4 +364,137 @@ def build_report(res: DemoResults) -> Report:
     # ---- timings
     s = r.section(SECTIONS[7])
     s.add(Table(["stage", "wall time"], [[k, f"{v:.1f} s"] for k, v in res.timings.items()]))
+    return r
+
+
+# ----------------------------------------------------------------------------- gpt2tune compare
+
+COMPARE_SECTIONS = ("Summary", "The base model and hyperparameters", "Methods compared",
+                    "LoRA capacity", "Style", "Samples", "Rerun any single result",
+                    "Machine and versions", "Timings")
+"""The comparison report's sections, in order; "LoRA capacity" appears with two LoRA ranks or
+more, "Style" when samples were scored."""
+
+
+def build_compare_report(res: CompareResults) -> Report:
+    """The report document of a finished ``gpt2tune compare``.
+
+    Args:
+        res: the comparison's results.
+
+    Returns:
+        The document, its figures (PNG bytes) included.
+    """
+    exp, b, hp = res.experiment, res.base, res.hyperparams
+    methods = exp.methods
+    base = next((m for m in methods if m.method == "base"), None)
+    best = min(methods, key=lambda m: m.val_loss)
+    r = Report(f"gpt2tune compare: {len(methods)} methods on {exp.spec.data}")
+    r.intro.append(Paragraph(
+        f"Run on {res.finished} with `{b.path}` ({_fmt_params(b.parameters)} parameters). "
+        f"{exp.train_docs} training documents; every method is scored on the same "
+        f"{exp.test_docs} held-out documents ({methods[0].val_tokens:,} tokens). Every number "
+        "comes from the ordinary `gpt2tune train/eval/generate` code paths; the commands are at "
+        "the end."))
+
+    s = r.section(COMPARE_SECTIONS[0])
+    ranked = sorted(methods, key=lambda m: m.val_loss)
+    s.add(Paragraph(
+        "Held-out perplexity, best first: " + "; ".join(
+            f"{m.label} {_fmt_ppl(m.val_perplexity)}" for m in ranked) + ". "
+        + (f"The best, {best.label}, is {base.val_loss - best.val_loss:.3f} nats per token "
+           "below the base model." if base and best is not base else "")))
+    if exp.style:
+        scored = [m for m in exp.sampled if m.style_share is not None]
+        s.add(Paragraph(
+            "Samples judged to be in your text's style by a classifier (held-out balanced "
+            f"accuracy {_pct(exp.style.heldout.accuracy)}; chance 50%): "
+            + ", ".join(f"{m.label} {_pct(m.style_share)}" for m in scored) + "."))
+    s.add(Figure(figures.perplexities({m.label: m.val_perplexity for m in methods},
+                                      "Held-out perplexity (lower is better)"),
+                 "perplexity_by_method.png", "Held-out perplexity by method."))
+
+    s = r.section(COMPARE_SECTIONS[1])
+    s.add(Paragraph(f"`{b.path}`: {b.parameters:,} parameters, {b.config['n_layer']} layers, "
+                    f"width {b.config['n_embd']}, context {b.config['n_positions']}. Why this "
+                    f"base: {b.reason or 'given with --base'}."))
+    s.add(Paragraph(f"Hyperparameters ({hp.recipe}): LoRA learning rate {hp.lr_lora:g} with "
+                    f"alpha = {hp.alpha_per_rank:g} r; full fine-tuning learning rate "
+                    f"{hp.lr_full:g}. {hp.why}"))
+    if res.budget_note:
+        s.add(Paragraph(res.budget_note + "."))
+
+    s = r.section(COMPARE_SECTIONS[2])
+    rows = []
+    for m in methods:
+        trained = m.train_seconds is not None
+        rows.append([m.label, m.method, f"{m.trainable_params:,}", _fmt_ppl(m.val_perplexity),
+                     f"{m.val_loss:.3f}", f"{m.train_seconds:.0f} s" if trained else "–",
+                     f"{m.peak_memory_mib:,.0f} MiB" if trained else "–",
+                     _fmt_bytes(m.saved_bytes) if m.saved_bytes else "–",
+                     _pct(m.style_share) if m.style_share is not None else "–"])
+    s.add(Table(["method", "kind", "trainable params", "held-out perplexity", "loss (nats)",
+                 "train time", "peak RSS", "saved", "in style"], rows))
+    if exp.prime:
+        s.add(Paragraph(f"Priming places {exp.spec.prime_speeches} training documents "
+                        f"({exp.prime.tokens} tokens, in `{exp.prime.file}`) before the prompt "
+                        "and before each held-out document; only the document's own tokens are "
+                        "scored, the same tokens as without priming."))
+    curves = [(m.label, m.history) for m in methods if m.history]
+    if curves:
+        s.add(Figure(figures.loss_curves([("Training runs", curves)]), "loss_curves.png",
+                     "Training loss (thin, smoothed) and held-out loss (markers) per run."))
+
+    lora = sorted((m for m in methods if m.method == "lora" and m.lora_targets == ("c_attn",)),
+                  key=lambda m: m.lora_rank)
+    if len(lora) >= 2:
+        s = r.section(COMPARE_SECTIONS[3])
+        full = next((m for m in methods if m.method == "full"), None)
+        wide = next((m for m in methods if m.method == "lora" and m.lora_targets != ("c_attn",)),
+                    None)
+        s.add(Figure(figures.rank_sweep(
+            [(m.lora_rank, m.trainable_params, m.val_perplexity) for m in lora],
+            (wide.label, wide.trainable_params, wide.val_perplexity) if wide else None,
+            full.val_perplexity if full else None, full.trainable_params if full else None,
+            base.val_perplexity if base else None, "your text"),
+            "rank_sweep.png", "Held-out perplexity against trainable parameters."))
+        if full and base and wide:
+            best_lora = min(lora, key=lambda m: m.val_loss)
+            s.add(Paragraph(_capacity_verdict(lora, best_lora, wide, full, base.val_loss)))
+        else:
+            s.add(Paragraph(
+                f"From r={lora[0].lora_rank} to r={lora[-1].lora_rank} the held-out loss changes "
+                f"by {lora[-1].val_loss - lora[0].val_loss:+.3f} nats."))
+
+    if exp.style:
+        s = r.section(COMPARE_SECTIONS[4])
+        h = exp.style.heldout
+        s.add(Paragraph(
+            f"A classifier (TF-IDF of character 2–5-grams, logistic regression) learned "
+            f"{exp.style.train_sizes[0]} of your training documents against "
+            f"{exp.style.train_sizes[1]} contrast texts ({res.options.contrast or 'built-in text'}"
+            f"). On texts it never saw its balanced accuracy is **{_pct(h.accuracy)}** (chance "
+            f"50%): it takes {_pct(h.in_character_rate)} of {h.positives} held-out documents and "
+            f"{_pct(h.false_positive_rate)} of {h.negatives} contrast texts for yours. Read the "
+            "scores below against those two rates."))
+        s.add(Figure(figures.style_scores(
+            {m.label: m.style_share for m in exp.sampled}, h.in_character_rate,
+            h.false_positive_rate, "your text", real_label="your held-out documents",
+            other_label="contrast texts"),
+            "style_scores.png", "Share of samples the classifier takes for your text's."))
+
+    s = r.section(COMPARE_SECTIONS[5])
+    k = exp.spec.samples_per_prompt
+    for i, prompt in enumerate(exp.spec.prompts):
+        s.add(Columns([f"{m.label} (“{prompt}”)" for m in exp.sampled],
+                      [prompt + m.samples[i * k] for m in exp.sampled]))
+
+    s = r.section(COMPARE_SECTIONS[6])
+    s.add(Code("\n\n".join(f"# {label}\n{cmd}" for label, cmd in exp.commands)))
+    s = r.section(COMPARE_SECTIONS[7])
+    s.add(Table(["", ""], [[k, v] for k, v in res.machine]
+                + [["device, precision", f"{res.device}, {res.options.precision}"]],
+                numeric=[False, False]))
+    s = r.section(COMPARE_SECTIONS[8])
+    s.add(Table(["stage", "wall time"], [[k, f"{v:.1f} s"] for k, v in exp.timings.items()]))
     return r

@@ -11,7 +11,7 @@ from gpt2tune.errors import UserError
 
 def prepare_output_dir(out: str | Path, *, marker: str | None = None, what: str = "run",
                        resume: bool = False, overwrite: bool = False,
-                       replace_own: bool = False) -> Path:
+                       replace_own: bool = False, check_only: bool = False) -> Path:
     """Check ``out`` before writing to it, and empty it where that is what the user asked for.
 
     Args:
@@ -23,6 +23,8 @@ def prepare_output_dir(out: str | Path, *, marker: str | None = None, what: str 
         overwrite: replace whatever ``out`` holds.
         replace_own: replace an earlier output of this command (``marker`` present) without
             ``overwrite``; anything else still needs it.
+        check_only: raise where the call would, but remove nothing (for a check before work
+            that may still fail, so a failure leaves ``out`` as it was).
 
     Returns:
         ``out`` as a Path.
@@ -47,6 +49,6 @@ def prepare_output_dir(out: str | Path, *, marker: str | None = None, what: str 
         fix = ("pass --resume to continue it or --overwrite to replace it" if what == "run"
                else "pass --overwrite to replace it, or choose another --out")
         raise UserError(f"--out {out} already holds {held}; {fix}")
-    if busy:
+    if busy and not check_only:
         shutil.rmtree(out)
     return out

@@ -134,8 +134,21 @@ def perplexity_by_method(news: dict[str, float], character: dict[str, float],
     return png_bytes(fig)
 
 
+def perplexities(values: dict[str, float], title: str) -> bytes:
+    """Held-out perplexity of each method, one panel.
+
+    Args:
+        values: perplexity per method label, in the order shown.
+        title: the panel's title.
+    """
+    fig = _figure(7, 0.8 + 0.45 * len(values))
+    _dots(fig.subplots(), values, title)
+    return png_bytes(fig)
+
+
 def style_scores(shares: dict[str, float], real_rate: float, other_rate: float,
-                 name: str) -> bytes:
+                 name: str, *, real_label: str | None = None,
+                 other_label: str = "other characters' speeches") -> bytes:
     """Share of each method's samples judged in character, with the classifier's rates on real
     held-out speeches of the character and of others as reference lines.
 
@@ -144,7 +157,10 @@ def style_scores(shares: dict[str, float], real_rate: float, other_rate: float,
         real_rate: share of the character's real held-out speeches judged in character.
         other_rate: share of other characters' held-out speeches judged in character.
         name: the character's name.
+        real_label: what the real held-out texts are (default: ``name``'s speeches).
+        other_label: what the other held-out texts are.
     """
+    real_label = real_label or f"real held-out {name} speeches"
     fig = _figure(8, 3.6)
     ax = fig.subplots()
     labels = list(shares)
@@ -155,9 +171,9 @@ def style_scores(shares: dict[str, float], real_rate: float, other_rate: float,
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.axvline(100 * real_rate, color="k", ls="--", lw=1,
-               label=f"real held-out {name} speeches ({100 * real_rate:.0f}%)")
+               label=f"{real_label} ({100 * real_rate:.0f}%)")
     ax.axvline(100 * other_rate, color="gray", ls=":", lw=1.2,
-               label=f"other characters' speeches ({100 * other_rate:.0f}%)")
+               label=f"{other_label} ({100 * other_rate:.0f}%)")
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of samples judged in character")
     ax.set_title(f"Style score: samples the classifier takes for {name}'s")
@@ -170,16 +186,18 @@ def _short(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
 
 
-def rank_sweep(points: list[tuple[int, int, float]], wide: tuple[str, int, float],
-               full_ppl: float, full_params: int, base_ppl: float, name: str) -> bytes:
+def rank_sweep(points: list[tuple[int, int, float]], wide: tuple[str, int, float] | None,
+               full_ppl: float | None, full_params: int | None, base_ppl: float | None,
+               name: str) -> bytes:
     """Held-out perplexity against trainable parameters (log scale) for LoRA ranks.
 
     Args:
         points: (rank, trainable parameters, perplexity) of the c_attn runs.
-        wide: (label, trainable parameters, perplexity) of the run with more target modules.
-        full_ppl: full fine-tuning's perplexity (a reference line).
+        wide: (label, trainable parameters, perplexity) of the run with more target modules,
+            or None.
+        full_ppl: full fine-tuning's perplexity (a reference line), or None.
         full_params: full fine-tuning's trainable parameters (for its label).
-        base_ppl: the base model's perplexity (a reference line).
+        base_ppl: the base model's perplexity (a reference line), or None.
         name: the character's name, for the title.
     """
     from matplotlib.ticker import NullFormatter
@@ -190,19 +208,22 @@ def rank_sweep(points: list[tuple[int, int, float]], wide: tuple[str, int, float
     ax.plot(params, ppl, "o-", color=_COLORS[0], label="LoRA on c_attn")
     for r, x, y in points:
         ax.annotate(f"r={r}", (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
-    ax.plot([wide[1]], [wide[2]], "s", color=_COLORS[2], ms=8, label=wide[0])
-    ax.axhline(full_ppl, color=_COLORS[1], ls="--", lw=1.2,
-               label=f"full fine-tuning ({_short(full_params)} trainable)")
-    ax.axhline(base_ppl, color="gray", ls=":", lw=1.2, label="base model (no training)")
+    if wide is not None:
+        ax.plot([wide[1]], [wide[2]], "s", color=_COLORS[2], ms=8, label=wide[0])
+    if full_ppl is not None:
+        ax.axhline(full_ppl, color=_COLORS[1], ls="--", lw=1.2,
+                   label=f"full fine-tuning ({_short(full_params)} trainable)")
+    if base_ppl is not None:
+        ax.axhline(base_ppl, color="gray", ls=":", lw=1.2, label="base model (no training)")
     ax.set_xscale("log")
     # label the measured sizes themselves; log-scale minor labels collide at this width
-    ticks = sorted({*params, wide[1]})
+    ticks = sorted({*params, *([wide[1]] if wide else [])})
     ax.set_xticks(ticks, [_short(t) for t in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.08, y=0.08)
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("held-out perplexity")
-    ax.set_title(f"LoRA capacity on {name}'s speeches")
+    ax.set_title(f"LoRA capacity on {name}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return png_bytes(fig)

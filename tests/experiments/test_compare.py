@@ -1,0 +1,143 @@
+"""`gpt2tune compare` on a dataset the test writes, with a tiny random GPT-2 as the base:
+every method asked for gets a row, training beats the base, the report is whole, `--plan`
+trains nothing, and bad input is one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from gpt2tune.cli.main import main
+from gpt2tune.experiments.results import COMPARE_RUN_KEYS
+from gpt2tune.experiments.spec import CompareOptions, compare_methods
+from gpt2tune.experiments.writeup import COMPARE_SECTIONS
+
+WORDS = ["captain", "sailor", "harbour", "storm", "anchor", "gull", "lantern", "rope"]
+
+
+@pytest.fixture
+def lines(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(0)
+    docs = []
+    for _ in range(40):
+        a, b, c = rng.sample(WORDS, 3)
+        docs.append(f"The {a} told the {b} about the {c}, and the sea was grey that morning.")
+    path = tmp_path / "lines.txt"
+    path.write_text("\n\n".join(docs))
+    return path
+
+
+def _args(base, data, out, *extra):
+    return ["compare", "--data", str(data), "--base", str(base), "--out", str(out),
+            "--max-steps", "6", "--batch-size", "4", "--samples-per-prompt", "2",
+            "--max-new-tokens", "12", "--device", "cpu", "--no-progress", *extra]
+
+
+def test_compare_end_to_end(tiny_hf, lines, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    contrast = tmp_path / "contrast.txt"
+    rng = random.Random(1)
+    contrast.write_text("\n\n".join(  # plain prose, nothing about the sea
+        " ".join(rng.choice(["we", "counted", "apples", "in", "the", "orchard", "while",
+                             "bakers", "sang", "quietly", "today"]) for _ in range(14)) + "."
+        for _ in range(200)))
+    assert main(_args(tiny_hf[0], lines, out, "--lora-ranks", "1", "--contrast", str(contrast),
+                      "--prompt", "The captain")) == 0
+    res = json.loads((out / "results.json").read_text())
+    runs = {r["name"]: r for r in res["runs"]}
+    assert {r["method"] for r in res["runs"]} == {"base", "prime", "lora", "full", "lora+prime"}
+    assert {"base", "prime", "lora-r1", "lora-r4", "full", "lora-r4+prime"} == runs.keys()
+    for r in res["runs"]:
+        assert set(COMPARE_RUN_KEYS) <= r.keys()
+    base = runs["base"]["val_perplexity"]
+    assert runs["lora-r4"]["val_perplexity"] < base and runs["full"]["val_perplexity"] < base
+    # every method is scored on the same held-out tokens
+    assert len({r["val_tokens"] for r in res["runs"]}) == 1
+    assert runs["full"]["command"].startswith("gpt2tune train ")
+    assert runs["base"]["command"] is None and runs["base"]["train_seconds"] is None
+    assert res["style"]["heldout_accuracy"] > 0.5
+    assert all(runs[name]["style_share"] is not None for name in ("base", "lora-r4", "full"))
+    assert res["base"]["reason"] == "given with --base"
+    md = (out / "report.md").read_text()
+    for title in COMPARE_SECTIONS:
+        assert f"## {title}" in md, title
+    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 4
+    # the run directories hold what gpt2tune train saves
+    assert (out / "compare" / "lora-r4" / "adapter_config.json").is_file()
+    assert (out / "compare" / "full" / "model.safetensors").is_file()
+
+
+def test_plan_trains_nothing(tiny_hf, lines, tmp_path, capsys):
+    out = tmp_path / "planned"
+    assert main(_args(tiny_hf[0], lines, out, "--plan", "--methods", "base,lora,full")) == 0
+    printed = capsys.readouterr().out
+    assert not out.exists()
+    assert printed.count("gpt2tune train ") == 2 and "steps" in printed and "~" in printed
+    assert "given with --base" in printed and "small model" in printed
+
+
+def test_max_minutes_scales_the_runs(tiny_hf, lines, tmp_path, capsys):
+    args = _args(tiny_hf[0], lines, tmp_path / "p", "--plan", "--methods", "lora,full",
+                 "--max-steps", "100000", "--max-minutes", "0.05")
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    steps = [int(line.split(": ")[1].split()[0]) for line in printed.splitlines()
+             if line.startswith(("lora-r4:", "full:"))]
+    assert len(steps) == 2 and all(s < 100000 for s in steps)
+    assert "scaled by" in printed
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "base,lora,dora"], "unknown method 'dora'"),
+    (["--methods", "lora:rank=4"], "unknown setting 'rank=4'"),
+    (["--methods", "lora:r=0"], "r must be > 0"),
+    (["--lora-ranks", "4,0"], "rank 0 must be at least 1"),
+    (["--prompts", "missing.txt"], "does not exist"),
+    (["--val-split", "0.1", "--val-data", "x.txt"], "either --val-data or --val-split"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tiny_hf, lines, tmp_path, capsys, extra,
+                                                  message):
+    out = tmp_path / "bad"
+    assert main(_args(tiny_hf[0], lines, out, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_too_little_data_and_a_foreign_out_dir(tiny_hf, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    one = tmp_path / "one.txt"
+    one.write_text("Just one document.")
+    assert main(_args(tiny_hf[0], one, tmp_path / "o1")) == 2
+    assert "--val-split needs at least 2 documents" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    (tmp_path / "two.txt").write_text("First one.\n\nSecond one.\n\nThird one.")
+    assert main(_args(tiny_hf[0], tmp_path / "two.txt", other)) == 2
+    assert "already holds other files" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["keep.txt"]
+
+
+def test_methods_with_settings_and_sweeps():
+    from gpt2tune.experiments.hparams import Hyperparams
+
+    hp = Hyperparams(recipe="t", lr_lora=1e-3, lr_full=1e-4, alpha_per_rank=2.0, why="")
+    opts = CompareOptions(data="x", methods="base,lora:r=16:alpha=32:targets=all-linear,"
+                          "full:lr=5e-5,lora+prime", lora_ranks="1,16",
+                          lora_targets=["mlp.c_fc"])
+    methods, k = compare_methods(opts, hp)
+    by = {m.name: m for m in methods}
+    wide = by["lora-r16-all-linear"]
+    assert (wide.rank, wide.alpha, wide.targets, wide.lr) == (16, 32.0, ("all-linear",), 1e-3)
+    assert by["full"].lr == 5e-5
+    assert by["lora-r4+prime"].uses == "lora-r4" and by["lora-r4+prime"].prime
+    assert by["lora-r1"].alpha == 2.0 and by["lora-r16"].alpha == 32.0
+    assert by["lora-r4-mlp.c_fc"].targets == ("mlp.c_fc",)
+    assert k == 3
+    # trained methods come before the methods that use them
+    names = [m.name for m in methods]
+    assert names.index("lora-r4") < names.index("lora-r4+prime")
