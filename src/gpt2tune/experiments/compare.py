@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from gpt2tune.core.lora import LoRAConfig, apply_lora
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.sources import read_text
 from gpt2tune.errors import UserError
@@ -32,9 +30,12 @@ from gpt2tune.experiments.runner import (
     Setup,
     data_options,
     experiment_texts,
+    fit_to_budget,
     machine_info,
+    planned_steps,
     run_experiment,
     run_options,
+    time_steps_per_kind,
 )
 from gpt2tune.experiments.spec import (
     CompareOptions,
@@ -43,9 +44,6 @@ from gpt2tune.experiments.spec import (
     compare_experiment,
 )
 from gpt2tune.experiments.writeup import build_compare_report
-from gpt2tune.finetune.config import TrainConfig
-from gpt2tune.finetune.loop import Trainer, steps_per_epoch
-from gpt2tune.finetune.parallel import SingleProcess
 from gpt2tune.finetune.recipe import load_data
 from gpt2tune.formats.atomic import write_text
 from gpt2tune.formats.outdir import prepare_output_dir
@@ -142,21 +140,6 @@ def _prompts(opts: CompareOptions, heldout: list[str]) -> tuple[str, ...]:
     return tuple(" ".join(d.split()[:PROMPT_WORDS]) for d in heldout[:3])
 
 
-def _time_step(base_path: str, m, spec: Experiment, setup: Setup, rows) -> float:
-    """Seconds of one optimizer step of method ``m``, timed after one warm-up step."""
-    model = load_model_with_adapter(base_path, device=setup.torch_device)
-    if m.train == "lora":
-        apply_lora(model, LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets)))
-    cfg = TrainConfig(method=m.train, batch_size=spec.batch_size, lr=m.lr,
-                      precision=setup.precision, seed=setup.seed)
-    trainer = Trainer(model, cfg, total_steps=2, parallel=SingleProcess())
-    batch = [(rows.inputs[:spec.batch_size], rows.targets[:spec.batch_size])]
-    trainer.step(batch)
-    t0 = time.perf_counter()
-    trainer.step(batch)
-    return time.perf_counter() - t0
-
-
 def _setup(opts: CompareOptions, out: Path, base: BaseInfo) -> Setup:
     device = resolve_device(opts.device)
     model = load_model_with_adapter(base.path, device=device)
@@ -191,35 +174,14 @@ def plan_compare(opts: CompareOptions, *, time_steps: bool | None = None,
     spec = replace(probe, prompts=_prompts(opts, heldout))
     rows, _, _ = load_data(data_options(spec), setup.tokenizer, setup.model.config.n_positions,
                            opts.seed)
-    trained = [m for m in spec.methods if m.train]
-    steps = {}
-    for m in trained:
-        cfg = TrainConfig(method=m.train, batch_size=spec.batch_size)
-        steps[m.name] = spec.max_steps or max(1, round(spec.epochs * steps_per_epoch(
-            len(rows), cfg)))
-    step_seconds: dict[str, float] = {}
-    if time_steps:
-        for m in trained:  # LoRA's step barely depends on its rank: one timing per kind
-            if m.train not in step_seconds:
-                log.info(f"compare: timing one {m.train} step on this machine ...")
-                step_seconds[m.train] = _time_step(base.path, m, spec, setup, rows)
+    runs_of = [(spec, rows)]
+    step_seconds = time_steps_per_kind(runs_of, setup) if time_steps else {}
     note = ""
-    if opts.max_minutes is not None and trained:
-        planned = sum(steps[m.name] * step_seconds[m.train] for m in trained)
-        budget = opts.max_minutes * 60
-        if planned > budget:
-            factor = budget / planned
-            steps = {k: max(1, math.floor(v * factor)) for k, v in steps.items()}
-            note = (f"--max-minutes {opts.max_minutes:g}: the runs as asked would train for about "
-                    f"{planned / 60:.1f} minutes, so each run's steps were scaled by "
-                    f"{factor:.2f} (from a step timed on this machine)")
-        else:
-            note = (f"--max-minutes {opts.max_minutes:g}: the runs fit as asked (about "
-                    f"{planned / 60:.1f} minutes of training)")
-        spec = replace(spec, methods=tuple(replace(m, max_steps=steps[m.name]) if m.train else m
-                                           for m in spec.methods))
+    if opts.max_minutes is not None:
+        (spec,), note = fit_to_budget(runs_of, step_seconds, opts.max_minutes)
+    steps = planned_steps(spec, rows)
     runs = []
-    for m in trained:
+    for m in (m for m in spec.methods if m.train):
         ropts = run_options(spec, m, setup.out / spec.name / m.out_name, setup)
         ropts.data.block_size = rows.inputs.size(1)
         runs.append(PlannedRun(

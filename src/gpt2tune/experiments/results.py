@@ -180,6 +180,8 @@ class DemoResults:
     """The system's load average (1/5/15 min) when the demo began."""
     finished: str
     """Local date and time the experiments finished (``YYYY-MM-DD HH:MM``)."""
+    budget_note: str = ""
+    """What ``--max-minutes`` did, or ``""``."""
 
 
 def results_json(res: DemoResults) -> dict:
@@ -210,7 +212,7 @@ def results_json(res: DemoResults) -> dict:
                      "heldout_positives": h.positives, "heldout_negatives": h.negatives,
                      "share_in_character": {m.name: m.style_share for m in e.sampled}}
     return {"options": asdict(res.options), "plan": asdict(res.plan), "base": asdict(res.base),
-            "hyperparameters": asdict(res.hyperparams),
+            "hyperparameters": asdict(res.hyperparams), "budget": res.budget_note,
             "evals": {f"{e.spec.name}/{m.name}": {"loss": m.val_loss,
                                                    "perplexity": m.val_perplexity,
                                                    "tokens": m.val_tokens}

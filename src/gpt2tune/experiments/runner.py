@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -35,10 +36,10 @@ from pathlib import Path
 
 import torch
 
-from gpt2tune.core.lora import LoRAConfig
+from gpt2tune.core.lora import LoRAConfig, apply_lora
 from gpt2tune.core.model import GPT2
 from gpt2tune.core.tokenizer import Tokenizer
-from gpt2tune.data.rows import tokenize_documents
+from gpt2tune.data.rows import Rows, tokenize_documents
 from gpt2tune.data.sources import read_documents
 from gpt2tune.data.split import split_train_val
 from gpt2tune.errors import UserError
@@ -79,7 +80,15 @@ from gpt2tune.experiments.style import (
 )
 from gpt2tune.experiments.writeup import build_report
 from gpt2tune.finetune.config import TrainConfig
-from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
+from gpt2tune.finetune.loop import Trainer, steps_per_epoch
+from gpt2tune.finetune.parallel import SingleProcess
+from gpt2tune.finetune.recipe import (
+    DataOptions,
+    ModelOptions,
+    RunOptions,
+    fine_tune,
+    load_data,
+)
 from gpt2tune.formats import hf, peft
 from gpt2tune.formats.atomic import write_text
 from gpt2tune.formats.outdir import prepare_output_dir
@@ -466,6 +475,82 @@ def _contrast(spec: Experiment, seed: int) -> list[str]:
     return texts
 
 
+# ----------------------------------------------------------------------------- time budget
+
+def planned_steps(spec: Experiment, rows: Rows) -> dict[str, int]:
+    """Optimizer steps of each training method of ``spec`` on ``rows``, by method name."""
+    out = {}
+    for m in spec.methods:
+        if m.train:
+            cfg = TrainConfig(method=m.train, batch_size=spec.batch_size)
+            out[m.name] = m.max_steps or spec.max_steps or max(1, round(
+                spec.epochs * steps_per_epoch(len(rows), cfg)))
+    return out
+
+
+def time_step(m: Method, spec: Experiment, setup: Setup, rows: Rows) -> float:
+    """Seconds of one optimizer step of method ``m`` on this machine, timed after one warm-up
+    step (``Trainer.step``, what the run itself does)."""
+    model = load_model_with_adapter(setup.base.path, device=setup.torch_device)
+    if m.train == "lora":
+        apply_lora(model, LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets)))
+    cfg = TrainConfig(method=m.train, batch_size=spec.batch_size, lr=m.lr,
+                      precision=setup.precision, seed=setup.seed)
+    trainer = Trainer(model, cfg, total_steps=2, parallel=SingleProcess())
+    batch = [(rows.inputs[:spec.batch_size], rows.targets[:spec.batch_size])]
+    trainer.step(batch)
+    t0 = time.perf_counter()
+    trainer.step(batch)
+    return time.perf_counter() - t0
+
+
+def time_steps_per_kind(runs: list[tuple[Experiment, Rows]], setup: Setup) -> dict[str, float]:
+    """Seconds of one step per training kind (``lora``, ``full``), timed once each: a LoRA step
+    costs about the same at any rank, the frozen base's forward and backward dominate."""
+    seconds: dict[str, float] = {}
+    for spec, rows in runs:
+        for m in spec.methods:
+            if m.train and m.train not in seconds:
+                log.info(f"{setup.command}: timing one {m.train} step on this machine ...")
+                seconds[m.train] = time_step(m, spec, setup, rows)
+    return seconds
+
+
+def fit_to_budget(runs: list[tuple[Experiment, Rows]], step_seconds: dict[str, float],
+                  minutes: float) -> tuple[list[Experiment], str]:
+    """Scale every training run's steps by one factor so that all of them train in about
+    ``minutes`` (``--max-minutes``); runs that fit already are left as they are.
+
+    Args:
+        runs: each experiment with its training rows.
+        step_seconds: seconds per step by training kind (``time_steps_per_kind``).
+        minutes: the budget.
+
+    Returns:
+        The experiments with each training method's ``max_steps`` set, and a sentence for the
+        report saying what was done.
+    """
+    steps = [planned_steps(spec, rows) for spec, rows in runs]
+    kinds = [{m.name: m.train for m in spec.methods if m.train} for spec, _ in runs]
+    planned = sum(n * step_seconds[kind[name]] for s, kind in zip(steps, kinds)
+                  for name, n in s.items())
+    budget = minutes * 60
+    factor = min(1.0, budget / planned) if planned > 0 else 1.0
+    scaled = []
+    for (spec, _), s in zip(runs, steps):
+        new = {name: max(1, math.floor(n * factor)) for name, n in s.items()}
+        scaled.append(replace(spec, methods=tuple(
+            replace(m, max_steps=new[m.name]) if m.train else m for m in spec.methods)))
+    if factor < 1.0:
+        note = (f"--max-minutes {minutes:g}: the runs as asked would train for about "
+                f"{planned / 60:.1f} minutes, so each run's steps were scaled by {factor:.2f} "
+                "(from a step timed on this machine)")
+    else:
+        note = (f"--max-minutes {minutes:g}: the runs fit as asked (about {planned / 60:.1f} "
+                "minutes of training)")
+    return scaled, note
+
+
 # ----------------------------------------------------------------------------- the demo
 
 def machine_info() -> list[tuple[str, str]]:
@@ -545,6 +630,14 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
                   seed=opts.seed, progress=opts.progress)
     hp = hyperparams_for(base)
     news_spec, character_spec = demo_experiments(plan, opts.character, hp)
+    budget_note = ""
+    if opts.max_minutes is not None:
+        with stage("time budget"):
+            runs = [(spec, load_data(data_options(spec), setup.tokenizer,
+                                     model.config.n_positions, opts.seed)[0])
+                    for spec in (news_spec, character_spec)]
+            (news_spec, character_spec), budget_note = fit_to_budget(
+                runs, time_steps_per_kind(runs, setup), opts.max_minutes)
     news = run_experiment(news_spec, setup)
     character = run_experiment(character_spec, setup)
     timings = {**stage.timings, **news.timings, **character.timings,
@@ -553,6 +646,7 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
                           character=character,
                           timings=timings, commands=commands + news.commands + character.commands,
                           device=str(device), machine=machine_info(), load_at_start=load_at_start,
+                          budget_note=budget_note,
                           finished=time.strftime("%Y-%m-%d %H:%M"))
     with stage("report"):
         md, page = write_report(build_report(results), out)

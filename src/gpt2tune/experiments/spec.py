@@ -127,6 +127,9 @@ class DemoOptions:
     """Matmul precision of training, evaluation and generation (fp32 or bf16)."""
     progress: bool = False
     """Show progress bars on stderr."""
+    max_minutes: float | None = None
+    """Fit all fine-tuning into about this many minutes: each run's steps are scaled from a
+    step timed on this machine (the base's pretraining is not counted)."""
 
 
 # ----------------------------------------------------------------------------- experiment specs

@@ -217,6 +217,8 @@ def build_report(res: DemoResults) -> Report:
     s.add(Paragraph(f"Hyperparameters follow the base ({hp.recipe}): LoRA learning rate "
                     f"{hp.lr_lora:g} with alpha = {hp.alpha_per_rank:g} r, full fine-tuning "
                     f"{hp.lr_full:g}. {hp.why}"))
+    if res.budget_note:
+        s.add(Paragraph(res.budget_note + "."))
 
     # ---- experiment 1
     s = r.section(SECTIONS[2])
