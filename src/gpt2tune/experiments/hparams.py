@@ -27,8 +27,9 @@ Nothing here imports torch: ``--plan`` can print the choice cheaply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from gpt2tune.experiments.spec import Hyperparams
 
 if TYPE_CHECKING:
     from gpt2tune.experiments.base import BaseInfo
@@ -38,22 +39,6 @@ __all__ = ["GPT2_N_EMBD", "PRETRAINED_GPT2", "SMALL_MODEL", "Hyperparams",
 
 GPT2_N_EMBD = 768
 """Width of the smallest released GPT-2 (124M); a base at least this wide is GPT-2-sized."""
-
-
-@dataclass(frozen=True)
-class Hyperparams:
-    """The fine-tuning recipe for one base model."""
-
-    recipe: str
-    """Short name of the recipe, for tables and logs."""
-    lr_lora: float
-    """Peak learning rate of LoRA runs."""
-    lr_full: float
-    """Peak learning rate of full fine-tuning runs."""
-    alpha_per_rank: float
-    """LoRA alpha = this * r, so the update's scale alpha / r is the same at every rank."""
-    why: str
-    """One or two sentences for the report and ``--plan``: what was chosen and why."""
 
 
 SMALL_MODEL = "small model from scratch"

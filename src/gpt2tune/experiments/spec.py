@@ -13,12 +13,8 @@ re-exports it) for the same reason: it is the ``gpt2tune pretrain`` flags and a 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from gpt2tune.errors import UserError
-
-if TYPE_CHECKING:
-    from gpt2tune.experiments.hparams import Hyperparams
 
 # The LoRA targets (core.lora.TARGETS, which a test compares), named here without importing torch.
 LORA_TARGETS = ("c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "c_fc", "c_proj", "all-linear")
@@ -133,6 +129,22 @@ class DemoOptions:
 
 
 # ----------------------------------------------------------------------------- experiment specs
+
+@dataclass(frozen=True)
+class Hyperparams:
+    """The fine-tuning recipe for one base model (``hparams.hyperparams_for`` picks it)."""
+
+    recipe: str
+    """Short name of the recipe, for tables and logs."""
+    lr_lora: float
+    """Peak learning rate of LoRA runs."""
+    lr_full: float
+    """Peak learning rate of full fine-tuning runs."""
+    alpha_per_rank: float
+    """LoRA alpha = this * r, so the update's scale alpha / r is the same at every rank."""
+    why: str
+    """One or two sentences for the report and ``--plan``: what was chosen and why."""
+
 
 @dataclass(frozen=True)
 class Method:
