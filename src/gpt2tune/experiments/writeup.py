@@ -15,6 +15,7 @@ from gpt2tune.experiments.results import (
     ExperimentResult,
     MethodResult,
 )
+from gpt2tune.experiments.spec import Hyperparams
 from gpt2tune.report import figures
 from gpt2tune.report.document import Code, Columns, Figure, Paragraph, Report, Table
 
@@ -98,6 +99,16 @@ def _lora_by_rank(exp: ExperimentResult, targets: tuple[str, ...]) -> dict[int, 
     """The experiment's LoRA runs on ``targets``, by rank."""
     return {m.lora_rank: m for m in exp.methods
             if m.method == "lora" and m.lora_targets == tuple(targets)}
+
+
+def _recipe(hp: Hyperparams, budget_note: str) -> list[Paragraph]:
+    """The hyperparameters chosen for the base and why, and what ``--max-minutes`` did."""
+    out = [Paragraph(f"Hyperparameters follow the base ({hp.recipe}): LoRA learning rate "
+                     f"{hp.lr_lora:g} with alpha = {hp.alpha_per_rank:g} r, full fine-tuning "
+                     f"{hp.lr_full:g}. {hp.why}")]
+    if budget_note:
+        out.append(Paragraph(budget_note + "."))
+    return out
 
 
 def build_report(res: DemoResults) -> Report:
@@ -214,11 +225,7 @@ def build_report(res: DemoResults) -> Report:
                         f"{b.config['n_layer']} layers, width {b.config['n_embd']})."))
 
     s.add(Paragraph(f"Why this base: {b.reason}." if b.reason else "Given with `--base`."))
-    s.add(Paragraph(f"Hyperparameters follow the base ({hp.recipe}): LoRA learning rate "
-                    f"{hp.lr_lora:g} with alpha = {hp.alpha_per_rank:g} r, full fine-tuning "
-                    f"{hp.lr_full:g}. {hp.why}"))
-    if res.budget_note:
-        s.add(Paragraph(res.budget_note + "."))
+    s.add(*_recipe(hp, res.budget_note))
 
     # ---- experiment 1
     s = r.section(SECTIONS[2])
@@ -420,11 +427,7 @@ def build_compare_report(res: CompareResults) -> Report:
     s.add(Paragraph(f"`{b.path}`: {b.parameters:,} parameters, {b.config['n_layer']} layers, "
                     f"width {b.config['n_embd']}, context {b.config['n_positions']}. Why this "
                     f"base: {b.reason or 'given with --base'}."))
-    s.add(Paragraph(f"Hyperparameters ({hp.recipe}): LoRA learning rate {hp.lr_lora:g} with "
-                    f"alpha = {hp.alpha_per_rank:g} r; full fine-tuning learning rate "
-                    f"{hp.lr_full:g}. {hp.why}"))
-    if res.budget_note:
-        s.add(Paragraph(res.budget_note + "."))
+    s.add(*_recipe(hp, res.budget_note))
 
     s = r.section(COMPARE_SECTIONS[2])
     rows = []
