@@ -141,3 +141,15 @@ def test_methods_with_settings_and_sweeps():
     # trained methods come before the methods that use them
     names = [m.name for m in methods]
     assert names.index("lora-r4") < names.index("lora-r4+prime")
+
+
+def test_a_builtin_dataset_is_held_out_on_its_test_split(tiny_hf, tmp_path, capsys, monkeypatch):
+    from gpt2tune.data.builtin import load_builtin
+
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    assert main(_args(tiny_hf[0], "builtin:news", tmp_path / "p", "--plan",
+                      "--methods", "base,lora")) == 0
+    printed = capsys.readouterr().out
+    n_train, n_test = (len(load_builtin("builtin:news", s)) for s in ("train", "test"))
+    assert f"data: {n_train} training documents, {n_test} held out" in printed
+    assert "--val-data builtin:news" in printed

@@ -311,7 +311,8 @@ class CompareOptions:
     val_data: str | None = None
     """Held-out text scored by every method (same formats); default: --val-split 0.1."""
     val_split: float | None = None
-    """Hold out this fraction of --data, by document, seeded (default 0.1 without --val-data)."""
+    """Hold out this fraction of --data, by document, seeded (default 0.1 without --val-data;
+    a builtin: dataset's own test split)."""
     methods: str = "base,prime,lora,full,lora+prime"
     """Comma-separated: base, prime, lora, full, lora+prime; settings after colons, e.g.
     lora:r=16:alpha=32:targets=all-linear, full:lr=5e-5, prime:k=3."""
@@ -491,11 +492,18 @@ def compare_experiment(opts: CompareOptions, hp: Hyperparams,
     methods, k = compare_methods(opts, hp)
     length = ({"epochs": None, "max_steps": opts.max_steps} if opts.max_steps
               else {"epochs": opts.epochs or 1, "max_steps": None})
-    val_split = 0.0 if opts.val_data else (opts.val_split or 0.1)
+    val_data, val_split = opts.val_data, 0.0
+    if not val_data:
+        if opts.val_split:
+            val_split = opts.val_split
+        elif opts.data.startswith("builtin:"):
+            val_data = opts.data  # a built-in dataset is held out on its own test split
+        else:
+            val_split = 0.1
     return Experiment(
         "compare", opts.data, methods, batch_size=opts.batch_size, eval_every=0,
         prompts=prompts, samples_per_prompt=opts.samples_per_prompt,
         max_new_tokens=opts.max_new_tokens, temperature=0.9, top_k=40, prime_speeches=k,
         style_contrast=(opts.contrast or "builtin") if opts.style else None,
-        val_data=opts.val_data, val_split=val_split, doc_sep=opts.doc_sep,
+        val_data=val_data, val_split=val_split, doc_sep=opts.doc_sep,
         text_field=opts.text_field, block_size=opts.block_size, **length)
