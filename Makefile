@@ -7,6 +7,10 @@ TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 BIN := $(VENV)/bin
 DEMO_ARGS ?=
+# make demo runs on the embedded default base on every machine (gpt2tune demo's own default,
+# --base auto, would take a GPT-2 found in the local Hugging Face cache); DEMO_BASE=auto or a
+# model directory overrides it
+DEMO_BASE ?= embedded
 
 .PHONY: demo test bench install clean
 
@@ -26,7 +30,7 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/gpt2tune demo $(DEMO_ARGS)
+	$(BIN)/gpt2tune demo --base $(DEMO_BASE) $(DEMO_ARGS)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest tests
