@@ -9,6 +9,7 @@ from gpt2tune.formats.hf import load_model
 from gpt2tune.inference.generate import (
     SamplingConfig,
     build_context,
+    decode,
     generate,
     generate_ids,
     process_logits,
@@ -129,3 +130,31 @@ def test_stop_strings_cut_text(ours):
 def test_prompt_too_long_for_context_is_a_clear_error(ours):
     with pytest.raises(UserError, match="exceeds the context"):
         generate_ids(ours, [[1] * 60], SamplingConfig(max_new_tokens=10), eot_id=EOT)
+
+
+def test_decode_yields_each_rows_tokens_and_leaves_no_global_state(ours):
+    """The iterator behind generate: each row's tokens equal the row decoded alone with the same
+    greedy settings, a row that ended yields None, and grad mode and autocast (thread-wide
+    settings) are as the consumer left them between steps."""
+    prompts = [[464, 2068, 7586, 21831, 18045], [40], [1639, 389, 257]]
+    cfg = SamplingConfig(max_new_tokens=10, greedy=True)
+    rows: list[list[int]] = [[] for _ in prompts]
+    ended = [False] * len(prompts)
+    for step in decode(ours, prompts, cfg, eot_id=EOT, autocast_dtype=torch.bfloat16):
+        assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+        for i, token in enumerate(step):
+            assert (token is None) == ended[i]  # None exactly after a row's end
+            if token is not None:
+                rows[i].append(token)
+                ended[i] = token == EOT
+    for p, row in zip(prompts, rows):
+        alone = generate_ids(ours, [p], cfg, eot_id=EOT, autocast_dtype=torch.bfloat16)[0]
+        assert row[:len(alone)] == alone and row[len(alone):] in ([], [EOT])
+    # leaving the loop early stops decoding: no more steps are computed
+    steps = 0
+    for _ in decode(ours, prompts, SamplingConfig(max_new_tokens=30, greedy=True,
+                                                  stop_at_eot=False), eot_id=EOT):
+        steps += 1
+        if steps == 3:
+            break
+    assert steps == 3

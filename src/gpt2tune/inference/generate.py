@@ -6,7 +6,7 @@ so the model continues in that style without any training.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -83,15 +83,24 @@ def process_logits(logits: Tensor, context: Tensor, cfg: SamplingConfig) -> Tens
     return logits
 
 
-@torch.no_grad()
-def generate_ids(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id: int,
-                 use_cache: bool = True, autocast_dtype: torch.dtype | None = None,
-                 on_step: Callable[[list[list[int]]], bool] | None = None) -> list[list[int]]:
-    """Continue each prompt (a list of token ids); return only the new ids of each row.
+def decode(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id: int,
+           use_cache: bool = True,
+           autocast_dtype: torch.dtype | None = None) -> Iterator[list[int | None]]:
+    """Continue every prompt together, one token per row per step, as an iterator.
 
-    Prompts of different lengths are left-padded and masked, so every row's result equals what it
-    would get alone. ``on_step(new_ids)`` is called after each step with the ids so far; returning
-    True marks all rows done (used for stop strings and streaming).
+    Yields, after each decoding step, the token each row drew (None for a row that had already
+    ended). A row ends at ``<|endoftext|>`` (with ``cfg.stop_at_eot``, the token itself is
+    yielded); every row ends after ``cfg.max_new_tokens``. The consumer may stop early by
+    leaving the loop (a stop string, a closed connection). Prompts of different lengths are
+    left-padded and masked, so each row gets exactly what it would get alone.
+
+    Args:
+        model: the language model (eval mode).
+        prompts: token ids of each row's prompt (prime included).
+        cfg: sampling settings.
+        eot_id: the end-of-text token.
+        use_cache: decode with a KV cache (False recomputes every step: for tests).
+        autocast_dtype: e.g. ``torch.bfloat16`` to run matmuls in bf16.
     """
     cfg.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -113,12 +122,13 @@ def generate_ids(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, 
     cache_dtype = autocast_dtype or next(model.parameters()).dtype
     cache = KVCache(model.config, B, total, device, cache_dtype) if use_cache else None
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    new: list[list[int]] = [[] for _ in range(B)]
     pos = max_len
-    with autocast(device, autocast_dtype):
-        while pos < total:
+    while pos < total:
+        # grad mode and autocast only around the step: they are thread-wide settings, and the
+        # consumer's code runs between the steps
+        with torch.no_grad(), autocast(device, autocast_dtype):
             if cache is None or cache.pos == 0:
-                inp = ids[:, :pos]
+                inp = ids[:, :pos]  # prefill: the whole prompt
             else:
                 inp = ids[:, pos - 1:pos]
             attn = mask[:, :pos] if padded else None
@@ -131,16 +141,31 @@ def generate_ids(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, 
                 nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
             nxt = torch.where(done, torch.full_like(nxt, eot_id), nxt)
             ids[:, pos] = nxt
-            for i in range(B):
-                if not done[i]:
-                    new[i].append(int(nxt[i]))
-            if cfg.stop_at_eot:
-                done |= nxt == eot_id
-            pos += 1
-            if on_step is not None and on_step(new):
-                break
-            if bool(done.all()):
-                break
+        yield [None if bool(d) else int(t) for d, t in zip(done, nxt)]
+        if cfg.stop_at_eot:
+            done |= nxt == eot_id
+        pos += 1
+        if bool(done.all()):
+            return
+
+
+def generate_ids(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id: int,
+                 use_cache: bool = True, autocast_dtype: torch.dtype | None = None,
+                 on_step: Callable[[list[list[int]]], bool] | None = None) -> list[list[int]]:
+    """Continue each prompt (a list of token ids); return only the new ids of each row
+    (``decode`` collected, without the final ``<|endoftext|>``).
+
+    ``on_step(new_ids)`` is called after each step with the ids so far; returning True marks all
+    rows done (used for stop strings and streaming).
+    """
+    new: list[list[int]] = [[] for _ in prompts]
+    for step in decode(model, prompts, cfg, eot_id=eot_id, use_cache=use_cache,
+                       autocast_dtype=autocast_dtype):
+        for row, token in zip(new, step):
+            if token is not None:
+                row.append(token)
+        if on_step is not None and on_step(new):
+            break
     if cfg.stop_at_eot:
         new = [row[:-1] if row and row[-1] == eot_id else row for row in new]
     return new
