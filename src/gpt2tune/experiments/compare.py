@@ -19,7 +19,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.sources import read_text
 from gpt2tune.errors import UserError
 from gpt2tune.experiments.base import BaseInfo, resolve_base
@@ -47,9 +46,7 @@ from gpt2tune.experiments.writeup import build_compare_report
 from gpt2tune.finetune.recipe import load_data
 from gpt2tune.formats.atomic import write_text
 from gpt2tune.formats.outdir import prepare_output_dir
-from gpt2tune.formats.peft import load_model_with_adapter
 from gpt2tune.report.document import write_report
-from gpt2tune.runtime import autocast_dtype, resolve_device
 
 log = logging.getLogger("gpt2tune")
 
@@ -140,16 +137,6 @@ def _prompts(opts: CompareOptions, heldout: list[str]) -> tuple[str, ...]:
     return tuple(" ".join(d.split()[:PROMPT_WORDS]) for d in heldout[:3])
 
 
-def _setup(opts: CompareOptions, out: Path, base: BaseInfo) -> Setup:
-    device = resolve_device(opts.device)
-    model = load_model_with_adapter(base.path, device=device)
-    return Setup(out=out, base=base, model=model, tokenizer=Tokenizer(model.source_dir),
-                 device=opts.device, torch_device=device,
-                 amp=autocast_dtype(opts.precision, device), precision=opts.precision,
-                 seed=opts.seed, progress=opts.progress, report_to=opts.report_to,
-                 command="compare")
-
-
 def plan_compare(opts: CompareOptions, *, time_steps: bool | None = None,
                  out: Path | None = None) -> tuple[ComparePlan, Setup]:
     """Work out every run of ``opts`` without training.
@@ -168,7 +155,9 @@ def plan_compare(opts: CompareOptions, *, time_steps: bool | None = None,
     pretrain = PretrainConfig(device=opts.device, seed=opts.seed, precision=opts.precision)
     base = resolve_base(opts.base, pretrain, progress=opts.progress)
     hp = hyperparams_for(base)
-    setup = _setup(opts, out or Path(opts.out), base)
+    setup = Setup.load(out or Path(opts.out), base, device=opts.device, precision=opts.precision,
+                       seed=opts.seed, progress=opts.progress, report_to=opts.report_to,
+                       command="compare")
     probe = compare_experiment(opts, hp, prompts=("",))  # checks the methods before any data
     train_texts, heldout = experiment_texts(probe, opts.seed)
     spec = replace(probe, prompts=_prompts(opts, heldout))
@@ -236,12 +225,12 @@ def run_compare(opts: CompareOptions) -> CompareResult:
         UserError: bad options or data, found before anything is written to ``--out``.
     """
     t0 = time.perf_counter()
-    check_options(opts)
     out = Path(opts.out)
     guard = dict(marker=COMPARE_MARKER, what="comparison", overwrite=opts.overwrite,
                  replace_own=True)
     prepare_output_dir(out, **guard, check_only=True)  # refuse before the slow part
-    plan, setup = plan_compare(opts, out=out)  # bad data or methods fail here, nothing written
+    # bad options, data or methods fail here, before anything is written
+    plan, setup = plan_compare(opts, out=out)
     prepare_output_dir(out, **guard)
     out.mkdir(parents=True)
     write_text(out / COMPARE_MARKER, json.dumps({"options": asdict(opts)}, indent=2) + "\n")

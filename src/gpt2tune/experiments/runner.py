@@ -41,7 +41,6 @@ from gpt2tune.core.model import GPT2
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.rows import Rows, tokenize_documents
 from gpt2tune.data.sources import read_documents
-from gpt2tune.data.split import split_train_val
 from gpt2tune.errors import UserError
 from gpt2tune.experiments.base import (
     BaseInfo,
@@ -80,7 +79,7 @@ from gpt2tune.experiments.style import (
 )
 from gpt2tune.experiments.writeup import build_report
 from gpt2tune.finetune.config import TrainConfig
-from gpt2tune.finetune.loop import Trainer, steps_per_epoch
+from gpt2tune.finetune.loop import Trainer, total_steps
 from gpt2tune.finetune.parallel import SingleProcess
 from gpt2tune.finetune.recipe import (
     DataOptions,
@@ -88,6 +87,7 @@ from gpt2tune.finetune.recipe import (
     RunOptions,
     fine_tune,
     load_data,
+    read_texts,
 )
 from gpt2tune.formats import hf, peft
 from gpt2tune.formats.atomic import write_text
@@ -215,6 +215,17 @@ class Setup:
     command: str = "demo"
     """The command running, for log lines (``demo``, ``compare``)."""
 
+    @classmethod
+    def load(cls, out: Path, base: BaseInfo, *, device: str, precision: str, seed: int,
+             progress: bool, report_to: str = "none", command: str = "demo") -> Setup:
+        """Load ``base`` on ``device`` with its tokenizer; the other arguments as the fields."""
+        torch_device = resolve_device(device)
+        model = load_model_with_adapter(base.path, device=torch_device)
+        return cls(out=out, base=base, model=model, tokenizer=Tokenizer(model.source_dir),
+                   device=device, torch_device=torch_device,
+                   amp=autocast_dtype(precision, torch_device), precision=precision, seed=seed,
+                   progress=progress, report_to=report_to, command=command)
+
 
 class _Stages:
     """Times named stages of a demo or comparison, logging their start and end."""
@@ -238,18 +249,21 @@ def _sampling(spec: Experiment, seed: int) -> SamplingConfig:
                           top_k=spec.top_k, seed=seed)
 
 
+def _length(spec: Experiment, m: Method) -> dict:
+    """How long method ``m`` trains, as ``TrainConfig`` fields: its own steps (``--max-minutes``),
+    else the experiment's steps, else its epochs."""
+    if m.max_steps is not None:
+        return {"max_steps": m.max_steps}
+    if spec.max_steps is not None:
+        return {"max_steps": spec.max_steps}
+    return {"epochs": spec.epochs}
+
+
 def run_options(spec: Experiment, m: Method, out: Path, setup: Setup) -> RunOptions:
     """The ``gpt2tune train`` options of method ``m`` of ``spec``."""
-    if m.max_steps is not None:
-        length = {"max_steps": m.max_steps}
-    elif spec.max_steps is not None:
-        length = {"max_steps": spec.max_steps}
-    else:
-        length = {"epochs": spec.epochs}
-    tracking = {} if setup.report_to == "none" else {"report_to": setup.report_to}
     train = TrainConfig(method=m.train, batch_size=spec.batch_size, lr=m.lr,
                         precision=setup.precision, seed=setup.seed, eval_every=spec.eval_every,
-                        progress=setup.progress, **length, **tracking)
+                        progress=setup.progress, report_to=setup.report_to, **_length(spec, m))
     lora = (LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets)) if m.train == "lora"
             else LoRAConfig())
     return RunOptions(out=str(out), overwrite=True,
@@ -270,12 +284,8 @@ def data_options(spec: Experiment) -> DataOptions:
 
 def experiment_texts(spec: Experiment, seed: int) -> tuple[list[str], list[str]]:
     """(training documents, held-out documents) of ``spec``, split exactly as the training runs
-    split them (``finetune.recipe.load_data`` with the same seed)."""
-    d = data_options(spec)
-    docs = read_documents(d.data, d.doc_sep, d.text_field, split="train")
-    if d.val_data:
-        return docs, read_documents(d.val_data, d.doc_sep, d.text_field, split="test")
-    return split_train_val(docs, d.val_split, seed)
+    split them (``finetune.recipe.read_texts`` with the same seed)."""
+    return read_texts(data_options(spec), seed)
 
 
 def _model_files(method: str, out: str | None, base_path: str) -> tuple[str, str | None]:
@@ -479,24 +489,19 @@ def _contrast(spec: Experiment, seed: int) -> list[str]:
 
 def planned_steps(spec: Experiment, rows: Rows) -> dict[str, int]:
     """Optimizer steps of each training method of ``spec`` on ``rows``, by method name."""
-    out = {}
-    for m in spec.methods:
-        if m.train:
-            cfg = TrainConfig(method=m.train, batch_size=spec.batch_size)
-            out[m.name] = m.max_steps or spec.max_steps or max(1, round(
-                spec.epochs * steps_per_epoch(len(rows), cfg)))
-    return out
+    return {m.name: total_steps(len(rows), TrainConfig(method=m.train, batch_size=spec.batch_size,
+                                                       **_length(spec, m)))
+            for m in spec.methods if m.train}
 
 
 def time_step(m: Method, spec: Experiment, setup: Setup, rows: Rows) -> float:
     """Seconds of one optimizer step of method ``m`` on this machine, timed after one warm-up
     step (``Trainer.step``, what the run itself does)."""
+    opts = run_options(spec, m, setup.out / spec.name / m.out_name, setup)  # nothing is written
     model = load_model_with_adapter(setup.base.path, device=setup.torch_device)
     if m.train == "lora":
-        apply_lora(model, LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets)))
-    cfg = TrainConfig(method=m.train, batch_size=spec.batch_size, lr=m.lr,
-                      precision=setup.precision, seed=setup.seed)
-    trainer = Trainer(model, cfg, total_steps=2, parallel=SingleProcess())
+        apply_lora(model, opts.lora)
+    trainer = Trainer(model, opts.train, total_steps=2, parallel=SingleProcess())
     batch = [(rows.inputs[:spec.batch_size], rows.targets[:spec.batch_size])]
     trainer.step(batch)
     t0 = time.perf_counter()
@@ -611,7 +616,7 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
     plan = plan or (QUICK_PLAN if opts.quick else FULL_PLAN)
     if opts.precision not in ("fp32", "bf16"):
         raise UserError(f"--precision {opts.precision!r}: use fp32 or bf16")
-    device = resolve_device(opts.device)
+    resolve_device(opts.device)  # a bad --device fails before --out is touched
     load_at_start = _loadavg()
     out = _prepare_out(opts)
     stage = _Stages()
@@ -620,21 +625,18 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
         cfg = replace(plan.pretrain, device=opts.device, seed=opts.seed,
                       precision=opts.precision)
         base = resolve_base(opts.base, cfg, progress=opts.progress)
-        model = load_model_with_adapter(base.path, device=device)
+        setup = Setup.load(out, base, device=opts.device, precision=opts.precision,
+                           seed=opts.seed, progress=opts.progress)
     if base.embedded:
         commands.append(("the embedded base model",
                          pretrain_command(PretrainConfig(**base.pretrain))))
-    setup = Setup(out=out, base=base, model=model, tokenizer=Tokenizer(model.source_dir),
-                  device=opts.device, torch_device=device,
-                  amp=autocast_dtype(opts.precision, device), precision=opts.precision,
-                  seed=opts.seed, progress=opts.progress)
     hp = hyperparams_for(base)
     news_spec, character_spec = demo_experiments(plan, opts.character, hp)
     budget_note = ""
     if opts.max_minutes is not None:
         with stage("time budget"):
             runs = [(spec, load_data(data_options(spec), setup.tokenizer,
-                                     model.config.n_positions, opts.seed)[0])
+                                     setup.model.config.n_positions, opts.seed)[0])
                     for spec in (news_spec, character_spec)]
             (news_spec, character_spec), budget_note = fit_to_budget(
                 runs, time_steps_per_kind(runs, setup), opts.max_minutes)
@@ -645,7 +647,8 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
     results = DemoResults(options=opts, plan=plan, base=base, hyperparams=hp, news=news,
                           character=character,
                           timings=timings, commands=commands + news.commands + character.commands,
-                          device=str(device), machine=machine_info(), load_at_start=load_at_start,
+                          device=str(setup.torch_device), machine=machine_info(),
+                          load_at_start=load_at_start,
                           budget_note=budget_note,
                           finished=time.strftime("%Y-%m-%d %H:%M"))
     with stage("report"):

@@ -16,9 +16,6 @@ from dataclasses import dataclass, replace
 
 from gpt2tune.errors import UserError
 
-# The LoRA targets (core.lora.TARGETS, which a test compares), named here without importing torch.
-LORA_TARGETS = ("c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "c_fc", "c_proj", "all-linear")
-
 NEWS_PROMPT = "The Federal Government says"
 CHARACTER_PROMPTS = ("Why,", "I tell thee,", "Now, my lord,", "What,", "Well,", "Nay,")
 
@@ -375,11 +372,14 @@ def _parse_number(method: str, key: str, value: str, kind: type):
 
 
 def _targets(text: str, where: str) -> tuple[str, ...]:
+    # imported here, not at the top: this module is imported to build the CLI without torch
+    from gpt2tune.core.lora import TARGETS
+
     targets = tuple(t for t in text.split("+") if t)
-    bad = [t for t in targets if t not in LORA_TARGETS]
+    bad = [t for t in targets if t not in TARGETS]
     if not targets or bad:
         raise UserError(f"{where}: unknown LoRA target {(bad or [text])[0]!r}; use "
-                        f"{', '.join(LORA_TARGETS)} (join several with +)")
+                        f"{', '.join(TARGETS)} (join several with +)")
     return targets
 
 

@@ -86,6 +86,12 @@ def steps_per_epoch(n_rows: int, cfg: TrainConfig, rank: int = 0, world: int = 1
     return max(1, math.ceil(n_micro / cfg.grad_accum))
 
 
+def total_steps(n_rows: int, cfg: TrainConfig, rank: int = 0, world: int = 1) -> int:
+    """A run's length in optimizer steps: ``cfg.max_steps``, else ``cfg.epochs`` passes over
+    ``n_rows`` rows."""
+    return cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch(n_rows, cfg, rank, world)))
+
+
 class LossNotFinite(UserError):
     """The loss became NaN or infinite: the run diverged."""
 

@@ -37,7 +37,7 @@ from gpt2tune.finetune.callbacks import (
     tensorboard_writer,
 )
 from gpt2tune.finetune.config import TrainConfig, TrainResult
-from gpt2tune.finetune.loop import Callback, LossNotFinite, Trainer, steps_per_epoch
+from gpt2tune.finetune.loop import Callback, LossNotFinite, Trainer, total_steps
 from gpt2tune.finetune.parallel import (
     SingleProcess,
     from_env,
@@ -131,22 +131,29 @@ def build_model(opts: ModelOptions) -> GPT2:
     return load_model(opts.model, device=device)
 
 
-def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int):
-    """Training rows and validation documents (token ids) per the options."""
+def read_texts(opts: DataOptions, seed: int) -> tuple[list[str], list[str]]:
+    """(training documents, validation documents) per the options: ``--val-data`` (a built-in
+    name reads its test split), or ``--val-split`` of the training documents seeded by ``seed``,
+    or no validation."""
     if not opts.data:
         raise UserError("--data is required: a text file, a directory of .txt files, or builtin:NAME")
+    docs = read_documents(opts.data, opts.doc_sep, opts.text_field, split="train")
+    if opts.val_data and opts.val_split:
+        raise UserError("give either --val-data or --val-split, not both")
+    if opts.val_data:
+        return docs, read_documents(opts.val_data, opts.doc_sep, opts.text_field, split="test")
+    if opts.val_split:
+        return split_train_val(docs, opts.val_split, seed)
+    return docs, []
+
+
+def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int):
+    """Training rows and validation documents (token ids) per the options."""
+    docs, val_texts = read_texts(opts, seed)
     block = opts.block_size or min(512, n_positions)
     if not 2 <= block <= n_positions:
         raise UserError(f"--block-size {block} is outside 2..{n_positions} (the model's context); "
                         f"use at most {n_positions}")
-    docs = read_documents(opts.data, opts.doc_sep, opts.text_field, split="train")
-    val_texts: list[str] = []
-    if opts.val_data and opts.val_split:
-        raise UserError("give either --val-data or --val-split, not both")
-    if opts.val_data:
-        val_texts = read_documents(opts.val_data, opts.doc_sep, opts.text_field, split="test")
-    elif opts.val_split:
-        docs, val_texts = split_train_val(docs, opts.val_split, seed)
     train_ids = tokenize_documents(docs, tokenizer)
     rows = make_rows(train_ids, block, tokenizer.eot_id, pack=opts.pack)
     val = [ids.tolist() for ids in tokenize_documents(val_texts, tokenizer)] if val_texts else None
@@ -187,9 +194,8 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parallel = parallel if parallel is not None else from_env(cfg.fsdp)
-    total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch(
-        len(train_rows), cfg, parallel.rank, parallel.world)))
-    trainer = Trainer(model, cfg, total_steps, parallel)
+    trainer = Trainer(model, cfg, total_steps(len(train_rows), cfg, parallel.rank, parallel.world),
+                      parallel)
     trainer.start(resume_state)
     main = parallel.is_main
     metrics = Metrics(out_dir / "metrics.jsonl" if main else None, cfg.log_every,
