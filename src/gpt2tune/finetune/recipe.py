@@ -288,7 +288,7 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
                  f"of {rows.inputs.size(1)} tokens per step")
     out.mkdir(parents=True, exist_ok=True)
     if not opts.resume and parallel.is_main:
-        write_text(out / RUN_FILE, json.dumps({"identity": opts.identity(), "options": _jsonable(opts)},
+        write_text(out / RUN_FILE, json.dumps({"identity": opts.identity(), "options": asdict(opts)},
                                                indent=2) + "\n")
     base_name = opts.model.model or f"scratch:{opts.model.preset}"
     result = train(model, rows, t, out, val_docs=val,
@@ -307,8 +307,3 @@ def _load_checkpoint_weights(model: GPT2, ckpt: Path, opts: RunOptions) -> GPT2:
     resumed.source_dir = model.source_dir  # the tokenizer stays the base model's
     return resumed
 
-
-def _jsonable(obj):
-    if hasattr(obj, "__dataclass_fields__"):
-        return {k: _jsonable(v) for k, v in asdict(obj).items()}
-    return obj
