@@ -150,6 +150,10 @@ class DataParallel(SingleProcess):
         dist.barrier()
 
     def close(self) -> None:
+        # Wait for every rank first: a rank that tears its gloo connections down while rank 0
+        # is still writing the last checkpoint was seen to abort ("terminate called without an
+        # active exception", exit -6) now and then.
+        dist.barrier()
         dist.destroy_process_group()
 
 
