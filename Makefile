@@ -11,8 +11,10 @@ DEMO_ARGS ?=
 # --base auto, would take a GPT-2 found in the local Hugging Face cache); DEMO_BASE=auto or a
 # model directory overrides it
 DEMO_BASE ?= embedded
+# apt-get runs as root: directly in CI (root), through sudo elsewhere
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +26,7 @@ $(VENV)/.torch: | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
-	$(BIN)/pip install --quiet -e ".[test,demo,tensorboard]"
+	$(BIN)/pip install --quiet -e ".[test,demo,tensorboard,serve]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,7 +34,13 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/gpt2tune demo --base $(DEMO_BASE) $(DEMO_ARGS)
 
-test: $(VENV)/.installed
+# the playground test drives Debian's headless chromium (selenium itself never downloads a browser)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y --no-install-recommends chromium chromium-driver; }
+
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest tests
 
 bench: $(VENV)/.installed

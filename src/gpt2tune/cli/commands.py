@@ -119,7 +119,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if opts.prompt is None and not prime:
         raise UserError("nothing to condition on: give --prompt TEXT (and/or --prime/--prime-file)")
     load = collect(args, "load", LoadOptions)
-    model, tok, device = _load(load)
+    from gpt2tune.core.tokenizer import Tokenizer
+    from gpt2tune.formats.peft import load_model_with_adapters
+
+    device = resolve_device(load.device)
+    # the adapter stays unmerged, as `gpt2tune serve` runs it: both give the same tokens
+    adapters = {"adapter": load.adapter} if load.adapter else {}
+    model = load_model_with_adapters(load.model, adapters, device=device)
+    tok = Tokenizer(model.source_dir)
     stream = opts.stream
     if stream is None:
         stream = not opts.json and opts.num_samples == 1 and sys.stdout.isatty()
@@ -132,7 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     samples = generate(model, tok, opts.prompt or "", collect(args, "sampling", SamplingConfig),
                        prime=prime, num_samples=opts.num_samples,
-                       autocast_dtype=autocast_dtype(load.precision, device), on_text=on_text)
+                       adapter="adapter" if load.adapter else None, autocast_dtype=autocast_dtype(load.precision, device), on_text=on_text)
     if stream:
         print()
         return 0
@@ -476,6 +483,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_options(p: argparse.ArgumentParser) -> None:
+    from gpt2tune.serve.server import ServeConfig
+
+    repeat = {"action": Append, "nargs": None}
+    add_dataclass_args(p, ServeConfig, "serve",
+                       overrides={"adapter": {**repeat, "metavar": "NAME=DIR"},
+                                  "variant": {**repeat, "metavar": "NAME=DIR"}})
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gpt2tune.serve.server import ServeConfig, serve
+
+    _log_to_stderr()
+    serve(collect(args, "serve", ServeConfig))
+    return 0
+
+
 # name, one-line help, description (None: the help), options
 COMMANDS = [
     ("generate", "generate text, optionally primed with example text", None, generate_options),
@@ -495,4 +520,9 @@ COMMANDS = [
      "The demo's question asked of your text: held-out perplexity, samples, a style score, "
      "cost; writes report.md, report.html and results.json to --out (--plan: print the runs "
      "and exit).", compare_options),
+    ("serve", "serve the base, its adapters and variants over an OpenAI-compatible HTTP API",
+     "An OpenAI-compatible server (completions, chat, models) for the base model, any number of "
+     "LoRA adapters over one copy of its weights (--adapter NAME=DIR, chosen per request by "
+     "'model') and full fine-tuned variants (--variant NAME=DIR), with continuous batching and "
+     "a browser playground at /.", serve_options),
 ]

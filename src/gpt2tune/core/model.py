@@ -91,11 +91,12 @@ PRESETS: dict[str, dict] = {
 
 
 class KVCache:
-    """Preallocated keys and values of every layer, for incremental decoding.
+    """Preallocated keys and values of every layer, one slot per sequence, for incremental decoding.
 
-    The model stays stateless: ``GPT2.forward`` writes the new keys/values at ``self.pos`` and
-    attends over everything cached so far. The caller advances ``pos`` (``forward`` does it after
-    the last layer).
+    The model stays stateless: ``GPT2.forward`` writes each row's new keys/values after that row's
+    cached ones and attends over them; it advances the lengths after the last layer. Every slot
+    has its own length, so sequences that started at different times decode in one batch
+    (continuous batching); ``rows(start, stop)`` is a view of some slots sharing the storage.
     """
 
     def __init__(self, config: GPT2Config, batch_size: int, max_len: int,
@@ -105,17 +106,87 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
-        self.pos = 0
+        # Python ints: reading them never waits for the device.
+        self.lengths = [0] * batch_size
+
+    @property
+    def pos(self) -> int:
+        """The length shared by every slot (the cache of one batch that started together)."""
+        if len(set(self.lengths)) > 1:
+            raise ValueError(f"slots have different lengths {self.lengths}; use .lengths")
+        return self.lengths[0] if self.lengths else 0
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """Slots ``start:stop`` as a cache of their own (a view: writes reach this cache too)."""
+        view = object.__new__(KVCache)
+        view.k, view.v = self.k[:, start:stop], self.v[:, start:stop]
+        view.max_len = self.max_len
+        view.lengths = _ListView(self.lengths, start, stop)
+        return view
+
+    def copy_slot(self, src: int, dst: int) -> None:
+        """Make slot ``dst`` a copy of slot ``src`` (keys, values and length)."""
+        n = self.lengths[src]
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = n
+
+    def positions(self, T: int, device: torch.device) -> Tensor:
+        """(B, T) positions of the next T tokens of every slot."""
+        start = torch.tensor(list(self.lengths), device=device).view(-1, 1)
+        return start + torch.arange(T, device=device).view(1, T)
+
+    def allowed(self, T: int, device: torch.device) -> Tensor | None:
+        """(B, 1, T, S) keys each of the next T queries may see, or ``None`` when every slot has
+        the same length (then plain causal attention over the last T positions is right)."""
+        if len(set(self.lengths)) <= 1:
+            return None
+        S = max(self.lengths) + T
+        q_pos = self.positions(T, device).view(-1, 1, T, 1)
+        return torch.arange(S, device=device).view(1, 1, 1, S) <= q_pos
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store ``k, v`` of shape (B, nh, T, hs) at the current position; return all keys/values."""
-        t = k.size(2)
-        end = self.pos + t
+        """Store ``k, v`` of shape (B, nh, T, hs) after each slot's cached positions; return the
+        keys/values of positions ``0 : max(lengths) + T`` (B, nh, S, hs)."""
+        T = k.size(2)
+        end = max(self.lengths) + T
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
+        if len(set(self.lengths)) <= 1:
+            start = self.lengths[0]
+            self.k[layer, :, :, start:end] = k
+            self.v[layer, :, :, start:end] = v
+        else:
+            pos = self.positions(T, k.device)  # (B, T)
+            rows = torch.arange(k.size(0), device=k.device).view(-1, 1).expand_as(pos)
+            # advanced indices around a slice put their dims first: (B, T, nh, hs)
+            self.k[layer][rows, :, pos] = k.transpose(1, 2)
+            self.v[layer][rows, :, pos] = v.transpose(1, 2)
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, T: int) -> None:
+        """Count T more positions in every slot (``GPT2.forward`` calls it after the last layer)."""
+        for i in range(len(self.lengths)):
+            self.lengths[i] += T
+
+
+class _ListView:
+    """``lengths[start:stop]`` of a parent cache, read and written through."""
+
+    def __init__(self, parent: list[int], start: int, stop: int) -> None:
+        self.parent, self.start, self.stop = parent, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.parent[self.start:self.stop])
+
+    def __getitem__(self, i: int) -> int:
+        return self.parent[self.start:self.stop][i]
+
+    def __setitem__(self, i: int, value: int) -> None:
+        self.parent[self.start + range(len(self))[i]] = value
 
 
 class CausalSelfAttention(nn.Module):
@@ -239,19 +310,27 @@ class GPT2(nn.Module):
             cache: a ``KVCache`` to read from and append to (advanced by T on return).
         """
         B, T = input_ids.shape
-        past = cache.pos if cache is not None else 0
-        S = past + T
         device = input_ids.device
-        if position_ids is None:
-            if attention_mask is not None:
-                # Left padding: positions count real tokens, so padded and unpadded rows match.
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-            else:
-                position_ids = torch.arange(past, S, device=device).unsqueeze(0)
-        if int(position_ids.max()) >= self.config.n_positions:
-            raise ValueError(f"sequence of {int(position_ids.max()) + 1} positions exceeds the "
-                             f"model's context of {self.config.n_positions}")
         mask = None  # causal over the cache and the new tokens (see ops.attention)
+        if cache is not None and attention_mask is None:
+            # each slot continues from its own length (they may differ: continuous batching)
+            last = max(cache.lengths) + T
+            if position_ids is None:
+                position_ids = cache.positions(T, device)
+            mask = cache.allowed(T, device)
+        else:
+            past = cache.pos if cache is not None else 0
+            S = past + T
+            last = S
+            if position_ids is None:
+                if attention_mask is not None:
+                    # Left padding: positions count real tokens, so padded and unpadded rows match.
+                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+                else:
+                    position_ids = torch.arange(past, S, device=device).unsqueeze(0)
+        if last > self.config.n_positions:
+            raise ValueError(f"sequence of {last} positions exceeds the "
+                             f"model's context of {self.config.n_positions}")
         if attention_mask is not None:
             # Boolean (B, 1, T, S) mask: causal, and no attending to padding. Each query may always
             # see itself, so a padding row is never fully masked (which would give NaN).
@@ -267,7 +346,7 @@ class GPT2(nn.Module):
             else:
                 x = block(x, mask, cache, i)
         if cache is not None:
-            cache.pos = S
+            cache.advance(T)
         return self.transformer.ln_f(x)
 
     def forward(self, input_ids: Tensor, *, attention_mask: Tensor | None = None,

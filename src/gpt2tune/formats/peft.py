@@ -23,6 +23,7 @@ from gpt2tune.core.lora import (
     lora_modules,
 )
 from gpt2tune.core.model import GPT2
+from gpt2tune.core.multilora import install_adapters
 from gpt2tune.errors import UserError
 from gpt2tune.formats.atomic import atomic_dir
 from gpt2tune.formats.hf import load_bin, load_model, load_safetensors
@@ -159,20 +160,21 @@ def lora_config_from_peft(peft_cfg: dict, n_layer: int, where: str = ADAPTER_CON
         raise UserError(f"{where}: missing field 'r'; is this a LoRA adapter config?") from None
 
 
-def load_adapter(model: GPT2, adapter_dir: str | Path) -> LoRAConfig:
-    """Put a peft LoRA adapter (saved by us or by peft) onto ``model``, in place.
+def read_adapter(adapter_dir: str | Path, model: GPT2) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
+    """Read a peft LoRA adapter (saved by us or by peft) and check it fits ``model``.
 
     Args:
-        model: a ``GPT2`` without adapters, the base the adapter was trained on.
         adapter_dir: a directory with ``adapter_config.json`` and ``adapter_model.safetensors``
             (or peft's older ``adapter_model.bin``).
+        model: the base the adapter is for (only its shapes are read).
 
     Returns:
-        The adapter's ``LoRAConfig``; ``model`` now has its adapters (and only they train).
+        ``(config, weights)``, the weights keyed by module path as ``adapter_state_dict`` makes
+        them.
 
     Raises:
         UserError: missing or unreadable files, an unsupported adapter, or an adapter whose targets
-            or shapes do not fit this model. The model is left unchanged in that case.
+            or shapes do not fit this model.
     """
     adapter_dir = Path(adapter_dir)
     config_path = adapter_dir / ADAPTER_CONFIG
@@ -194,13 +196,30 @@ def load_adapter(model: GPT2, adapter_dir: str | Path) -> LoRAConfig:
         raise UserError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}; the adapter was not saved "
                         "completely — save it again")
     sd = {k.removeprefix(PEFT_PREFIX): v for k, v in raw.items()}
-    # Check against the base model before touching it, so a bad adapter leaves it unchanged.
     expected: dict[str, tuple[int, ...]] = {}
     for name in cfg.module_names(model.config.n_layer):
         base = model.get_submodule(name)
         expected[f"{name}.lora_A.weight"] = (cfg.r, base.in_features)
         expected[f"{name}.lora_B.weight"] = (base.out_features, cfg.r)
     check_adapter_tensors(expected, sd, str(adapter_dir))
+    return cfg, sd
+
+
+def load_adapter(model: GPT2, adapter_dir: str | Path) -> LoRAConfig:
+    """Put a peft LoRA adapter (saved by us or by peft) onto ``model``, in place.
+
+    Args:
+        model: a ``GPT2`` without adapters, the base the adapter was trained on.
+        adapter_dir: a peft adapter directory (see ``read_adapter``).
+
+    Returns:
+        The adapter's ``LoRAConfig``; ``model`` now has its adapters (and only they train).
+
+    Raises:
+        UserError: as ``read_adapter``. The model is left unchanged in that case.
+    """
+    # Checked against the base model before touching it, so a bad adapter leaves it unchanged.
+    cfg, sd = read_adapter(adapter_dir, model)
     apply_lora(model, cfg)
     load_adapter_state_dict(model, sd, str(adapter_dir))
     return cfg
@@ -218,4 +237,22 @@ def load_model_with_adapter(model: str | Path, adapter: str | Path | None = None
     loaded = load_model(model, device=device)
     if adapter:
         load_adapter(loaded, adapter)
+    return loaded
+
+
+def load_model_with_adapters(model: str | Path, adapters: dict[str, str | Path], *,
+                             device: torch.device | str = "cpu") -> GPT2:
+    """A base model with several adapters side by side, unmerged, each chosen per row of a batch
+    (``core.multilora``): what ``gpt2tune serve`` and ``gpt2tune generate`` decode with.
+
+    Args:
+        model: HF-format GPT-2 directory or hub id.
+        adapters: name -> peft adapter directory for that base.
+        device: where to put the model.
+
+    Raises:
+        UserError: an adapter does not fit the base (see ``read_adapter``).
+    """
+    loaded = load_model(model, device=device)
+    install_adapters(loaded, {name: read_adapter(path, loaded) for name, path in adapters.items()})
     return loaded

@@ -1,4 +1,4 @@
-"""Text generation: batched incremental decoding with a KV cache, sampling controls and priming.
+"""Text generation: prompts and priming in, text out, through the one generation engine.
 
 Priming (the seed project's technique) places example text before the prompt at generation time,
 so the model continues in that style without any training.
@@ -7,159 +7,65 @@ so the model continues in that style without any training.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
-from gpt2tune.core.model import GPT2, KVCache
+from gpt2tune.core.model import GPT2
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.errors import UserError
-from gpt2tune.runtime import autocast
+from gpt2tune.inference.engine import Engine, Request
+from gpt2tune.inference.sampling import SamplingConfig, process_logits
 
-
-@dataclass
-class SamplingConfig:
-    """How to pick each next token."""
-
-    max_new_tokens: int = 100
-    """Number of tokens to generate at most."""
-    greedy: bool = False
-    """Always take the most likely token (ignores temperature, top-k, top-p)."""
-    temperature: float = 1.0
-    """Divide logits by this before sampling; lower is more conservative."""
-    top_k: int = 0
-    """Sample among the k most likely tokens only (exactly k, ties broken by index); 0 = off."""
-    top_p: float = 1.0
-    """Nucleus sampling: the smallest set of tokens whose probability reaches p; 1.0 = off."""
-    repetition_penalty: float = 1.0
-    """>1 discourages tokens already in the context (CTRL's penalty, as in transformers)."""
-    stop: list[str] = field(default_factory=list)
-    """Strings that end a sample; the text is cut before the first one."""
-    stop_at_eot: bool = True
-    """End a sample when the model emits <|endoftext|>."""
-    seed: int | None = None
-    """Seed for sampling; the same seed gives the same samples."""
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise UserError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature <= 0 and not self.greedy:
-            raise UserError(f"--temperature must be > 0 (use --greedy for argmax), got {self.temperature}")
-        if self.top_k < 0:
-            raise UserError(f"--top-k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise UserError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}")
-
-
-def process_logits(logits: Tensor, context: Tensor, cfg: SamplingConfig) -> Tensor:
-    """Apply repetition penalty, temperature, top-k and top-p to (B, V) float logits.
-
-    ``context`` (B, S) holds the ids seen so far (padding as -1 is ignored).
-    """
-    if cfg.repetition_penalty != 1.0:
-        ids = context.clamp(min=0)
-        seen = torch.gather(logits, 1, ids)
-        seen = torch.where(seen > 0, seen / cfg.repetition_penalty, seen * cfg.repetition_penalty)
-        # padding positions scatter back the unchanged value of token 0
-        seen = torch.where(context >= 0, seen, torch.gather(logits, 1, ids))
-        logits = logits.scatter(1, ids, seen)
-    if cfg.greedy:
-        return logits
-    logits = logits / cfg.temperature
-    if 0 < cfg.top_k < logits.size(-1):
-        _, keep = torch.topk(logits, cfg.top_k, dim=-1)
-        masked = torch.full_like(logits, float("-inf"))
-        logits = masked.scatter(1, keep, logits.gather(1, keep))
-    if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens ranked above it already reach p (the top one always stays)
-        drop_sorted = (probs.cumsum(-1) - probs) >= cfg.top_p
-        drop = drop_sorted.scatter(1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+__all__ = ["SamplingConfig", "process_logits", "decode", "generate_ids", "generate", "Sample",
+           "build_context", "cut_at_stop", "TextRow"]
 
 
 def decode(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id: int,
-           use_cache: bool = True,
+           use_cache: bool = True, adapter: str | None = None,
            autocast_dtype: torch.dtype | None = None) -> Iterator[list[int | None]]:
     """Continue every prompt together, one token per row per step, as an iterator.
 
     Yields, after each decoding step, the token each row drew (None for a row that had already
     ended). A row ends at ``<|endoftext|>`` (with ``cfg.stop_at_eot``, the token itself is
     yielded); every row ends after ``cfg.max_new_tokens``. The consumer may stop early by
-    leaving the loop (a stop string, a closed connection). Prompts of different lengths are
-    left-padded and masked, so each row gets exactly what it would get alone.
+    leaving the loop (a stop string, a closed connection). Each row gets exactly what it would
+    get alone (the engine gives every row its own positions).
 
     Args:
         model: the language model (eval mode).
         prompts: token ids of each row's prompt (prime included).
-        cfg: sampling settings.
+        cfg: sampling settings (with a seed, every prompt's generator starts from it).
         eot_id: the end-of-text token.
         use_cache: decode with a KV cache (False recomputes every step: for tests).
+        adapter: the installed adapter (``core.multilora``) every row uses; None: the model as is.
         autocast_dtype: e.g. ``torch.bfloat16`` to run matmuls in bf16.
     """
     cfg.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("empty prompt: give --prompt or --prime text to condition on")
-    device = next(model.parameters()).device
-    B, max_len = len(prompts), max(len(p) for p in prompts)
-    total = max_len + cfg.max_new_tokens
-    if total > model.config.n_positions:
-        raise UserError(f"prompt ({max_len} tokens) + --max-new-tokens ({cfg.max_new_tokens}) "
-                        f"exceeds the context of {model.config.n_positions}; shorten either")
-    ids = torch.full((B, total), eot_id, dtype=torch.long, device=device)
-    mask = torch.zeros((B, total), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, max_len - len(p):max_len] = torch.tensor(p, device=device)
-        mask[i, max_len - len(p):] = 1
-    padded = bool((mask[:, :max_len] == 0).any())
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed if cfg.seed is not None else int(torch.seed() % 2**63))
-    cache_dtype = autocast_dtype or next(model.parameters()).dtype
-    cache = KVCache(model.config, B, total, device, cache_dtype) if use_cache else None
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    pos = max_len
-    while pos < total:
-        # grad mode and autocast only around the step: they are thread-wide settings, and the
-        # consumer's code runs between the steps
-        with torch.no_grad(), autocast(device, autocast_dtype):
-            if cache is None or cache.pos == 0:
-                inp = ids[:, :pos]  # prefill: the whole prompt
-            else:
-                inp = ids[:, pos - 1:pos]
-            attn = mask[:, :pos] if padded else None
-            logits = model.next_token_logits(inp, attention_mask=attn, cache=cache).float()
-            context = ids[:, :pos].masked_fill(mask[:, :pos] == 0, -1)
-            logits = process_logits(logits, context, cfg)
-            if cfg.greedy:
-                nxt = logits.argmax(-1)
-            else:
-                nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
-            nxt = torch.where(done, torch.full_like(nxt, eot_id), nxt)
-            ids[:, pos] = nxt
-        yield [None if bool(d) else int(t) for d, t in zip(done, nxt)]
-        if cfg.stop_at_eot:
-            done |= nxt == eot_id
-        pos += 1
-        if bool(done.all()):
-            return
+    engine = Engine(model, eot_id=eot_id, max_batch=len(prompts), autocast_dtype=autocast_dtype,
+                    use_cache=use_cache)
+    row_of = {engine.submit(Request(p, cfg, adapter=adapter)): i for i, p in enumerate(prompts)}
+    while not engine.idle:
+        step: list[int | None] = [None] * len(prompts)
+        for t in engine.step():
+            step[row_of[t.request]] = t.token
+        yield step
 
 
 def generate_ids(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id: int,
-                 use_cache: bool = True, autocast_dtype: torch.dtype | None = None,
+                 use_cache: bool = True, adapter: str | None = None,
+                 autocast_dtype: torch.dtype | None = None,
                  on_step: Callable[[list[list[int]]], bool] | None = None) -> list[list[int]]:
     """Continue each prompt (a list of token ids); return only the new ids of each row
     (``decode`` collected, without the final ``<|endoftext|>``).
 
     ``on_step(new_ids)`` is called after each step with the ids so far; returning True marks all
-    rows done (used for stop strings and streaming).
+    rows done.
     """
     new: list[list[int]] = [[] for _ in prompts]
-    for step in decode(model, prompts, cfg, eot_id=eot_id, use_cache=use_cache,
+    for step in decode(model, prompts, cfg, eot_id=eot_id, use_cache=use_cache, adapter=adapter,
                        autocast_dtype=autocast_dtype):
         for row, token in zip(new, step):
             if token is not None:
@@ -169,7 +75,6 @@ def generate_ids(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, 
     if cfg.stop_at_eot:
         new = [row[:-1] if row and row[-1] == eot_id else row for row in new]
     return new
-
 
 @dataclass
 class Sample:
@@ -215,11 +120,57 @@ def cut_at_stop(tokenizer: Tokenizer, ids: list[int], stops: list[str]) -> tuple
     return text[:cut], ids, True
 
 
+class TextRow:
+    """The text of one sample as its tokens arrive, released in pieces that never change later.
+
+    Text is held back while it may still change: a trailing incomplete UTF-8 character (decoded
+    as U+FFFD until its last byte comes) and a tail that could be the start of a stop string.
+    When a stop string appears, the text is cut before it and the row is done. So the pieces
+    joined equal the text of the whole sample (streamed == not streamed).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str], eot_id: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.eot_id = eot_id
+        self.ids: list[int] = []
+        """The sample's tokens (up to the one that completes a stop string; no end-of-text)."""
+        self.text = ""
+        self.released = 0
+        self.stopped = False
+        """A stop string was found: the sample is complete."""
+
+    def add(self, token: int) -> str:
+        """Take one more token; return the text that is now final (maybe empty)."""
+        if self.stopped or token == self.eot_id:
+            return ""
+        self.ids.append(token)
+        if self.stops:
+            self.text, self.ids, self.stopped = cut_at_stop(self.tokenizer, self.ids, self.stops)
+        else:
+            self.text = self.tokenizer.decode(self.ids)
+        if self.stopped:
+            return self.flush()
+        safe = len(self.text.rstrip("\ufffd")) if self.text.endswith("\ufffd") else len(self.text)
+        safe = min(safe, len(self.text) - self.hold)
+        if safe <= self.released:
+            return ""
+        piece, self.released = self.text[self.released:safe], safe
+        return piece
+
+    def flush(self) -> str:
+        """The sample ended: return whatever text is still held back."""
+        piece, self.released = self.text[self.released:], len(self.text)
+        return piece
+
+
 def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig, *,
-             prime: str | None = None, num_samples: int = 1,
+             prime: str | None = None, num_samples: int = 1, adapter: str | None = None,
              autocast_dtype: torch.dtype | None = None,
              on_text: Callable[[int, str], None] | None = None) -> list[Sample]:
-    """Generate ``num_samples`` continuations of ``prime + prompt`` in one batch.
+    """Generate ``num_samples`` continuations of ``prime + prompt``, prefilled once and decoded
+    as one batch.
 
     Args:
         model: the language model (eval mode).
@@ -227,9 +178,10 @@ def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig
         prompt: text to continue.
         cfg: sampling settings.
         prime: text placed before the prompt (trimmed from the left to fit the context).
-        num_samples: continuations to draw, decoded together as one batch.
+        num_samples: continuations to draw.
+        adapter: the installed adapter (``core.multilora``) to use; None: the model as is.
         autocast_dtype: e.g. ``torch.bfloat16`` to run matmuls in bf16.
-        on_text: called as ``on_text(row, new_text)`` when row's decoded text grows (streaming).
+        on_text: called as ``on_text(row, new_text)`` when row's text grows (streaming).
 
     Returns:
         One ``Sample`` per row.
@@ -238,29 +190,19 @@ def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
     cfg.validate()
     ctx, _ = build_context(tokenizer, prompt, prime, cfg.max_new_tokens, model.config.n_positions)
-    shown = [0] * num_samples
-    stopped = [False] * num_samples
-
-    def on_step(new: list[list[int]]) -> bool:
-        for i, row in enumerate(new):
-            if stopped[i]:
-                continue
-            text, _, hit = cut_at_stop(tokenizer, row, cfg.stop) if cfg.stop else (None, None, False)
-            stopped[i] = hit
-            if on_text is not None:
-                if text is None:
-                    text = tokenizer.decode_bytes(row).decode("utf-8", errors="ignore")
-                    # hold back a trailing incomplete UTF-8 character until it completes
-                if len(text) > shown[i]:
-                    on_text(i, text[shown[i]:])
-                    shown[i] = len(text)
-        return all(stopped)
-
-    rows = generate_ids(model, [ctx] * num_samples, cfg, eot_id=tokenizer.eot_id,
-                        autocast_dtype=autocast_dtype,
-                        on_step=on_step if (cfg.stop or on_text) else None)
-    samples = []
-    for row in rows:
-        text, ids, _ = cut_at_stop(tokenizer, row, cfg.stop)
-        samples.append(Sample(text=text, token_ids=ids, prompt_tokens=len(ctx)))
-    return samples
+    engine = Engine(model, eot_id=tokenizer.eot_id, max_batch=num_samples,
+                    autocast_dtype=autocast_dtype)
+    rid = engine.submit(Request(ctx, cfg, n=num_samples, adapter=adapter))
+    rows = [TextRow(tokenizer, cfg.stop, tokenizer.eot_id if cfg.stop_at_eot else None)
+            for _ in range(num_samples)]
+    while not engine.idle:
+        for t in engine.step():
+            row = rows[t.row]
+            piece = row.add(t.token)
+            if t.finish is not None or row.stopped:
+                piece += row.flush()
+                if row.stopped:
+                    engine.cancel(rid, t.row)
+            if piece and on_text is not None:
+                on_text(t.row, piece)
+    return [Sample(text=r.text, token_ids=r.ids, prompt_tokens=len(ctx)) for r in rows]

@@ -1,0 +1,128 @@
+"""Many LoRA adapters over one copy of the base weights, chosen per row of a batch (for serving).
+
+``install_adapters`` wraps every projection that any of the adapters targets in a
+``MultiLoRALinear``. Each of these computes the base projection for the whole batch and adds,
+to each row, the low-rank update of that row's adapter (none for a row of the base model):
+``base(x) + scaling_a * B_a(A_a(x))`` for the rows of adapter ``a``, exactly the expression of
+an unmerged ``LoRALinear``, so a row gives what the adapter gives alone. Adapters are never
+merged: that would change the base for every other row.
+
+Which adapter each row uses is set for one forward pass by ``AdapterBank.select``; the bank is
+one explicit object that the engine owns and every wrapper refers to (``nn.Linear`` call sites
+take the input alone, so the per-row choice cannot travel as an argument without changing every
+layer of the model for the sake of serving).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gpt2tune.core.lora import LoRAConfig, lora_modules
+from gpt2tune.errors import UserError
+
+
+class AdapterBank:
+    """The adapters installed in a model, by name, and the rows each one applies to right now."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        # (adapter index, row indices) for the current forward; empty outside ``select``.
+        self.groups: list[tuple[int, Tensor | None]] = []
+
+    def index(self, name: str) -> int:
+        """The adapter's index; raises ``KeyError`` for an unknown name."""
+        if name not in self.names:
+            raise KeyError(f"no adapter named {name!r}; installed: {', '.join(self.names)}")
+        return self.names.index(name)
+
+    @contextmanager
+    def select(self, adapters: Sequence[str | None], device: torch.device) -> Iterator[None]:
+        """Within the block, row i of every forward uses adapter ``adapters[i]`` (None: the base).
+
+        Rows are grouped by adapter once here, not in each of the model's projections.
+        """
+        order: dict[int, list[int]] = {}
+        for row, name in enumerate(adapters):
+            if name is not None:
+                order.setdefault(self.index(name), []).append(row)
+        everyone = len(adapters)
+        self.groups = [(a, None if len(rows) == everyone
+                        else torch.tensor(rows, device=device)) for a, rows in order.items()]
+        try:
+            yield
+        finally:
+            self.groups = []
+
+
+class MultiLoRALinear(nn.Module):
+    """An ``nn.Linear`` plus the low-rank updates of several adapters, applied per row."""
+
+    def __init__(self, base: nn.Linear, bank: AdapterBank) -> None:
+        super().__init__()
+        self.base = base
+        self.bank = bank
+        # adapter index -> (A (r, in), B (out, r), scaling); adapters that skip this module are absent
+        self.updates: dict[int, tuple[Tensor, Tensor, float]] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base(x)
+        for index, rows in self.bank.groups:
+            update = self.updates.get(index)
+            if update is None:
+                continue
+            A, B, scaling = update
+            xs = x if rows is None else x.index_select(0, rows)
+            delta = (F.linear(F.linear(xs.to(A.dtype), A), B) * scaling).to(out.dtype)
+            out = out + delta if rows is None else out.index_add(0, rows, delta)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"adapters={len(self.updates)}"
+
+
+def adapter_bank(model: nn.Module) -> AdapterBank | None:
+    """The bank of the adapters ``install_adapters`` put into ``model``, if any."""
+    for module in model.modules():
+        if isinstance(module, MultiLoRALinear):
+            return module.bank
+    return None
+
+
+@torch.no_grad()
+def install_adapters(model: nn.Module,
+                     adapters: dict[str, tuple[LoRAConfig, dict[str, Tensor]]]) -> AdapterBank:
+    """Put several LoRA adapters into ``model`` side by side, unmerged, in place.
+
+    Args:
+        model: a ``GPT2`` without adapters.
+        adapters: name -> (config, weights keyed as ``adapter_state_dict`` makes them: module
+            path + ``.lora_A.weight`` / ``.lora_B.weight``), already checked against the model
+            (``formats.peft.read_adapter`` does).
+
+    Returns:
+        The bank: ``with bank.select(names_per_row, device): model(...)``.
+    """
+    if next(lora_modules(model), None) is not None:
+        raise UserError("model already has a LoRA adapter applied; load the base model alone "
+                        "to serve several adapters")
+    bank = AdapterBank()
+    n_layer = len(model.transformer.h)
+    for index, (name, (cfg, sd)) in enumerate(adapters.items()):
+        bank.names.append(name)
+        for path in cfg.module_names(n_layer):
+            module = model.get_submodule(path)
+            if not isinstance(module, MultiLoRALinear):
+                module = MultiLoRALinear(module, bank)
+                parent, _, child = path.rpartition(".")
+                setattr(model.get_submodule(parent), child, module)
+            # in the base's dtype and device, as LoRALinear keeps its weights
+            like = dict(device=module.base.weight.device, dtype=module.base.weight.dtype)
+            A = sd[f"{path}.lora_A.weight"].to(**like)
+            B = sd[f"{path}.lora_B.weight"].to(**like)
+            module.updates[index] = (A, B, cfg.scaling)
+    return bank

@@ -1,0 +1,316 @@
+"""The generation engine: sequences decoded together in one batch, joining and leaving between steps.
+
+Every caller generates through it: ``gpt2tune generate`` (one request), the experiments, and
+``gpt2tune serve`` (many requests at once: continuous batching). A request's prompt is prefilled
+once into one slot of the KV cache and copied to the slots of its ``n`` samples; then every
+step feeds each running row its last token, so rows that started at different times share one
+forward pass (each attends over its own cached positions only). Rows may use different LoRA
+adapters of one base (``core.multilora``). A row leaves when it ends; a waiting request joins
+as soon as there are free slots for all its samples.
+
+A row's tokens do not depend on which other rows share its batch: its sampling settings, random
+generator and adapter are its request's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from gpt2tune.core.model import GPT2, KVCache
+from gpt2tune.core.multilora import adapter_bank
+from gpt2tune.errors import UserError
+from gpt2tune.inference.sampling import SamplingConfig, process_logits
+from gpt2tune.runtime import autocast
+
+
+@dataclass
+class Request:
+    """What to generate."""
+
+    prompt: list[int]
+    """Token ids to continue (priming text included)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How to pick tokens, how many, and the seed."""
+    n: int = 1
+    """Samples to draw from the prompt (they share its prefill)."""
+    adapter: str | None = None
+    """The LoRA adapter to generate with (installed with ``core.multilora``); None: the base."""
+    logprobs: int | None = None
+    """Report the log-probability of each sampled token and the ``logprobs`` most likely
+    alternatives (from the model's distribution, before sampling settings); None: none."""
+
+
+@dataclass
+class Token:
+    """One new token of one row."""
+
+    request: int
+    """The request's id (from ``Engine.submit``)."""
+    row: int
+    """Which of the request's samples, 0..n-1."""
+    token: int
+    logprob: float | None = None
+    """log p(token) under the model, when the request asked for log-probabilities."""
+    top: list[tuple[int, float]] | None = None
+    """The most likely tokens and their log-probabilities, when asked for."""
+    finish: str | None = None
+    """``"stop"`` (end of text), ``"length"`` (the token budget is spent) or None (more to come)."""
+
+
+@dataclass
+class _Row:
+    request: int
+    index: int
+    adapter: str | None
+    tokens: list[int]
+    """Prompt and generated tokens so far."""
+    generated: int = 0
+
+
+@dataclass
+class _Running:
+    request: Request
+    generator: torch.Generator
+    rows_left: int
+
+
+class Engine:
+    """Decodes the rows of many requests together, one token per row per ``step()``."""
+
+    def __init__(self, model: GPT2, *, eot_id: int, max_batch: int = 8,
+                 autocast_dtype: torch.dtype | None = None, use_cache: bool = True) -> None:
+        """Args:
+            model: the language model (eval mode), with adapters installed by
+                ``core.multilora.install_adapters`` if requests name adapters.
+            eot_id: the end-of-text token.
+            max_batch: rows decoded together at most (a request waits for free slots).
+            autocast_dtype: e.g. ``torch.bfloat16`` to run matmuls in bf16.
+            use_cache: decode with a KV cache (False recomputes every row's whole sequence each
+                step: the reference the cache is tested against).
+        """
+        if max_batch < 1:
+            raise UserError(f"max batch must be >= 1, got {max_batch}")
+        self.model = model
+        self.eot_id = eot_id
+        self.max_batch = max_batch
+        self.autocast_dtype = autocast_dtype
+        self.use_cache = use_cache
+        self.bank = adapter_bank(model)
+        self.device = next(model.parameters()).device
+        self.cache: KVCache | None = None  # allocated on first use
+        self.rows: list[_Row] = []  # rows[i] lives in cache slot i
+        self.waiting: deque[int] = deque()
+        self.running: dict[int, _Running] = {}
+        self._cancelled: set[tuple[int, int | None]] = set()
+        self._next_id = 0
+
+    # ------------------------------------------------------------------ requests
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the adapters requests may use."""
+        return list(self.bank.names) if self.bank is not None else []
+
+    def check(self, request: Request) -> None:
+        """Raise ``UserError`` naming the problem if ``request`` cannot run."""
+        request.sampling.validate()
+        n_positions = self.model.config.n_positions
+        if not request.prompt:
+            raise UserError("empty prompt: give --prompt or --prime text to condition on")
+        if request.n < 1:
+            raise UserError(f"n must be >= 1, got {request.n}")
+        if request.n > self.max_batch:
+            raise UserError(f"n={request.n} samples exceed the batch of {self.max_batch} rows; "
+                            "ask for fewer samples or raise --max-batch")
+        total = len(request.prompt) + request.sampling.max_new_tokens
+        if total > n_positions:
+            raise UserError(f"prompt ({len(request.prompt)} tokens) + --max-new-tokens "
+                            f"({request.sampling.max_new_tokens}) exceeds the context of "
+                            f"{n_positions}; shorten either")
+        if request.adapter is not None and request.adapter not in self.adapters:
+            raise UserError(f"unknown adapter {request.adapter!r}; this model has: "
+                            f"{', '.join(self.adapters) or 'none'}")
+        if request.logprobs is not None and request.logprobs < 0:
+            raise UserError(f"logprobs must be >= 0, got {request.logprobs}")
+
+    def submit(self, request: Request) -> int:
+        """Queue ``request``; it joins the batch at a coming ``step()``. Returns its id.
+
+        Raises:
+            UserError: the request cannot run (see ``check``).
+        """
+        self.check(request)
+        rid = self._next_id
+        self._next_id += 1
+        seed = request.sampling.seed
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+        self.running[rid] = _Running(request, generator, request.n)
+        self.waiting.append(rid)
+        return rid
+
+    def cancel(self, request: int, row: int | None = None) -> None:
+        """Stop generating for one row of a request, or for all of it (a stop string was found,
+        the client went away). Takes effect before the next step; unknown ids are ignored."""
+        self._cancelled.add((request, row))
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is waiting or running."""
+        return not self.running
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for free slots."""
+        return len(self.waiting)
+
+    # ------------------------------------------------------------------ stepping
+
+    def step(self) -> list[Token]:
+        """Admit waiting requests while their samples fit, then decode one token for every row.
+
+        Returns:
+            The new tokens; a row's last token has ``finish`` set.
+        """
+        self._apply_cancellations()
+        self._admit()
+        if not self.rows:
+            return []
+        logits = self._next_logits()
+        tokens = self._sample(logits)
+        self._retire([i for i, t in enumerate(tokens) if t.finish is not None])
+        return sorted(tokens, key=lambda t: (t.request, t.row))
+
+    def _apply_cancellations(self) -> None:
+        if not self._cancelled:
+            return
+        cancelled, self._cancelled = self._cancelled, set()
+        for rid, row in cancelled:
+            if rid in self.waiting and row is None:
+                self.waiting.remove(rid)
+                del self.running[rid]
+        self._retire([i for i, r in enumerate(self.rows)
+                      if (r.request, None) in cancelled or (r.request, r.index) in cancelled])
+
+    def _admit(self) -> None:
+        while self.waiting:
+            run = self.running[self.waiting[0]]
+            if len(self.rows) + run.request.n > self.max_batch:
+                return
+            rid = self.waiting.popleft()
+            req = run.request
+            first = len(self.rows)
+            if self.use_cache:
+                self._prefill(first, req.prompt[:-1], req.adapter)
+                for slot in range(first + 1, first + req.n):
+                    self.cache.copy_slot(first, slot)
+            self.rows += [_Row(rid, i, req.adapter, list(req.prompt)) for i in range(req.n)]
+
+    @contextlib.contextmanager
+    def _forward(self, adapters: list[str | None]):
+        # grad mode and autocast only around the forward: they are thread-wide settings, and a
+        # consumer's code runs between the steps
+        select = (self.bank.select(adapters, self.device) if self.bank is not None
+                  else contextlib.nullcontext())
+        with torch.no_grad(), autocast(self.device, self.autocast_dtype), select:
+            yield
+
+    def _prefill(self, slot: int, ids: list[int], adapter: str | None) -> None:
+        """Put all but the last prompt token through the model into ``slot`` of the cache."""
+        if self.cache is None:
+            dtype = self.autocast_dtype or next(self.model.parameters()).dtype
+            self.cache = KVCache(self.model.config, self.max_batch,
+                                 self.model.config.n_positions, self.device, dtype)
+        self.cache.lengths[slot] = 0
+        if not ids:
+            return
+        with self._forward([adapter]):
+            x = torch.tensor([ids], device=self.device)
+            self.model.hidden_states(x, cache=self.cache.rows(slot, slot + 1))
+
+    def _next_logits(self) -> Tensor:
+        """(B, vocab) float32 logits of every row's next token."""
+        adapters = [r.adapter for r in self.rows]
+        if not self.use_cache:
+            out = []
+            for r in self.rows:
+                with self._forward([r.adapter]):
+                    x = torch.tensor([r.tokens], device=self.device)
+                    out.append(self.model.next_token_logits(x).float())
+            return torch.cat(out)
+        with self._forward(adapters):
+            x = torch.tensor([[r.tokens[-1]] for r in self.rows], device=self.device)
+            return self.model.next_token_logits(x, cache=self.cache.rows(0, len(self.rows))).float()
+
+    def _sample(self, logits: Tensor) -> list[Token]:
+        by_request: dict[int, list[int]] = {}
+        for i, r in enumerate(self.rows):
+            by_request.setdefault(r.request, []).append(i)
+        out: list[Token] = []
+        for rid, slots in by_request.items():
+            # a request's rows in sample order, whatever slots they occupy
+            slots.sort(key=lambda i: self.rows[i].index)
+            req = self.running[rid].request
+            cfg = req.sampling
+            raw = logits[slots]
+            context = None
+            if cfg.repetition_penalty != 1.0:
+                width = max(len(self.rows[i].tokens) for i in slots)
+                context = torch.full((len(slots), width), -1, dtype=torch.long, device=self.device)
+                for j, i in enumerate(slots):
+                    context[j, :len(self.rows[i].tokens)] = torch.tensor(self.rows[i].tokens)
+            processed = process_logits(raw, context, cfg)
+            if cfg.greedy:
+                chosen = processed.argmax(-1)
+            else:
+                chosen = torch.multinomial(processed.softmax(-1), 1,
+                                           generator=self.running[rid].generator).squeeze(-1)
+            logp = raw.log_softmax(-1) if req.logprobs is not None else None
+            if logp is not None and req.logprobs:
+                top_lp, top_ids = logp.topk(req.logprobs, dim=-1)
+            for j, i in enumerate(slots):
+                row = self.rows[i]
+                token = int(chosen[j])
+                row.tokens.append(token)
+                row.generated += 1
+                t = Token(rid, row.index, token)
+                if logp is not None:
+                    t.logprob = float(logp[j, token])
+                    t.top = ([(int(a), float(b)) for a, b in zip(top_ids[j], top_lp[j])]
+                             if req.logprobs else [])
+                if token == self.eot_id and cfg.stop_at_eot:
+                    t.finish = "stop"
+                elif row.generated >= cfg.max_new_tokens:
+                    t.finish = "length"
+                out.append((i, t))
+        # in slot order, so the caller can find each row's token
+        return [t for _, t in sorted(out, key=lambda it: it[0])]
+
+    def _retire(self, slots: list[int]) -> None:
+        """Take rows out of the batch; the last row moves into each freed slot (the running rows
+        stay in slots 0..B-1, so the batch's cache is a view, never a gather)."""
+        for i in sorted(set(slots), reverse=True):
+            row = self.rows[i]
+            last = len(self.rows) - 1
+            if i != last:
+                if self.cache is not None:
+                    self.cache.copy_slot(last, i)
+                self.rows[i] = self.rows[last]
+            self.rows.pop()
+            if self.cache is not None:
+                self.cache.lengths[last] = 0
+            run = self.running.get(row.request)
+            if run is not None:
+                run.rows_left -= 1
+                if run.rows_left == 0:
+                    del self.running[row.request]
+
+    def finished(self, request: int) -> bool:
+        """Every row of the request has ended (or it was cancelled)."""
+        return request not in self.running
+

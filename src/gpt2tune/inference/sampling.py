@@ -1,0 +1,77 @@
+"""Sampling settings and the logits processing they call for (repetition penalty, temperature,
+top-k, top-p), as transformers' logits processors compute them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from gpt2tune.errors import UserError
+
+
+@dataclass
+class SamplingConfig:
+    """How to pick each next token."""
+
+    max_new_tokens: int = 100
+    """Number of tokens to generate at most."""
+    greedy: bool = False
+    """Always take the most likely token (ignores temperature, top-k, top-p)."""
+    temperature: float = 1.0
+    """Divide logits by this before sampling; lower is more conservative."""
+    top_k: int = 0
+    """Sample among the k most likely tokens only (exactly k, ties broken by index); 0 = off."""
+    top_p: float = 1.0
+    """Nucleus sampling: the smallest set of tokens whose probability reaches p; 1.0 = off."""
+    repetition_penalty: float = 1.0
+    """>1 discourages tokens already in the context (CTRL's penalty, as in transformers)."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end a sample; the text is cut before the first one."""
+    stop_at_eot: bool = True
+    """End a sample when the model emits <|endoftext|>."""
+    seed: int | None = None
+    """Seed for sampling; the same seed gives the same samples."""
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature <= 0 and not self.greedy:
+            raise UserError(f"--temperature must be > 0 (use --greedy for argmax), got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"--top-k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise UserError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}")
+
+
+def process_logits(logits: Tensor, context: Tensor | None, cfg: SamplingConfig) -> Tensor:
+    """Apply repetition penalty, temperature, top-k and top-p to (B, V) float logits.
+
+    ``context`` (B, S) holds the ids seen so far (padding as -1 is ignored); it is read only
+    for the repetition penalty.
+    """
+    if cfg.repetition_penalty != 1.0:
+        ids = context.clamp(min=0)
+        seen = torch.gather(logits, 1, ids)
+        seen = torch.where(seen > 0, seen / cfg.repetition_penalty, seen * cfg.repetition_penalty)
+        # padding positions scatter back the unchanged value of token 0
+        seen = torch.where(context >= 0, seen, torch.gather(logits, 1, ids))
+        logits = logits.scatter(1, ids, seen)
+    if cfg.greedy:
+        return logits
+    logits = logits / cfg.temperature
+    if 0 < cfg.top_k < logits.size(-1):
+        _, keep = torch.topk(logits, cfg.top_k, dim=-1)
+        masked = torch.full_like(logits, float("-inf"))
+        logits = masked.scatter(1, keep, logits.gather(1, keep))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens ranked above it already reach p (the top one always stays)
+        drop_sorted = (probs.cumsum(-1) - probs) >= cfg.top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits

@@ -1,0 +1,149 @@
+"""OpenAI's request and response shapes for completions and chat, so the official client works.
+
+Requests are pydantic models (FastAPI validates them); responses are plain dicts in the shapes of
+OpenAI's ``text_completion``, ``chat.completion`` and their streamed chunks. Fields OpenAI has
+and GPT-2 cannot honour are refused with a 400 rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpt2tune.inference.sampling import SamplingConfig
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class SamplingFields(BaseModel):
+    """The sampling fields completions and chat share (OpenAI's, then gpt2tune's extras)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    """0 means greedy decoding."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # gpt2tune's extras (the openai client sends them with extra_body=)
+    top_k: int = Field(default=0, ge=0)
+    """Sample among the k most likely tokens only; 0 = off."""
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    """CTRL's repetition penalty, as in transformers; 1 = off."""
+    prime: str | None = None
+    """Text placed before the prompt (priming), trimmed from the left to fit the context."""
+
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def check_unsupported(self) -> None:
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise APIError(400, f"{name} is not supported; use repetition_penalty (an extra "
+                                    "field) to discourage repeats", param=name)
+
+    def sampling(self, max_tokens: int) -> SamplingConfig:
+        return SamplingConfig(max_new_tokens=max_tokens, greedy=self.temperature == 0,
+                              temperature=self.temperature or 1.0, top_k=self.top_k,
+                              top_p=self.top_p, repetition_penalty=self.repetition_penalty,
+                              stop=self.stops(), seed=self.seed)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.get("include_usage"))
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str]
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    """Log-probabilities of each sampled token and of this many most likely alternatives."""
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def check_unsupported(self) -> None:
+        super().check_unsupported()
+        if self.suffix:
+            raise APIError(400, "suffix (insertion) is not supported by GPT-2; leave it out",
+                           param="suffix")
+        if self.best_of not in (None, 1, self.n):
+            raise APIError(400, "best_of is not supported; ask for n samples instead",
+                           param="best_of")
+        if not self.prompts():
+            raise APIError(400, "prompt is an empty list; give at least one prompt", param="prompt")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+# GPT-2 was never trained on dialogues, so any template is a convention; this one is plain text a
+# reader recognises, and the model is asked to continue after "Assistant:".
+CHAT_STOP = "\nUser:"
+
+
+def chat_prompt(messages: list[ChatMessage]) -> str:
+    """The chat template: system text first, then one ``User: ...`` / ``Assistant: ...`` line per
+    message, ending with ``Assistant:`` for the model to continue. Generation also stops at a new
+    ``\\nUser:`` line."""
+    lines = []
+    for m in messages:
+        if m.role in ("system", "developer"):
+            lines.append(m.content + "\n")
+        else:
+            lines.append(f"{'User' if m.role == 'user' else 'Assistant'}: {m.content}")
+    return "\n".join(lines) + "\nAssistant:"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def model_card(name: str, kind: str, created: int) -> dict:
+    """One entry of ``GET /v1/models``; ``kind`` (base, adapter, variant) is gpt2tune's extra."""
+    return {"id": name, "object": "model", "created": created, "owned_by": "gpt2tune", "kind": kind}

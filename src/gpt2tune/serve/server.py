@@ -1,0 +1,114 @@
+"""``gpt2tune serve``: load the base, its adapters and the variants, and run the HTTP server."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.errors import UserError
+from gpt2tune.formats.hf import load_model
+from gpt2tune.formats.peft import load_model_with_adapters
+from gpt2tune.inference.engine import Engine
+from gpt2tune.runtime import autocast_dtype, resolve_device
+from gpt2tune.serve.service import ServedModel, Service
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig:
+    """What to serve, where, and how much at once."""
+
+    model: str
+    """HF-format GPT-2 directory or hub id: the base, served under its name (a directory's name)."""
+    adapter: list[str] = field(default_factory=list)
+    """NAME=DIR: a LoRA adapter (peft format) of the base, served as NAME (repeatable)."""
+    variant: list[str] = field(default_factory=list)
+    """NAME=DIR: a fully fine-tuned model (HF format), served as NAME (repeatable)."""
+    host: str = "127.0.0.1"
+    """Address to listen on (127.0.0.1: this machine only)."""
+    port: int = 8000
+    """Port to listen on."""
+    api_key: str | None = None
+    """If set, every /v1 request needs the header 'Authorization: Bearer KEY'."""
+    max_batch: int = 8
+    """Rows (samples) decoded together per model; further requests wait in the queue."""
+    max_queue: int = 64
+    """Requests that may wait beyond the running batch; more are refused with 429."""
+    max_tokens_cap: int = 1024
+    """The most new tokens one request may ask for."""
+    max_body_bytes: int = 1 << 20
+    """Request bodies over this size are refused with 413."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    """Matmul precision via autocast."""
+    device: str = "auto"
+    """auto, cpu or cuda[:N]."""
+
+
+def _named(pairs: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"{flag} {pair!r} is not NAME=DIR; e.g. {flag} news=runs/news-lora")
+        if name in out:
+            raise UserError(f"{flag} name {name!r} is given twice; give each a different name")
+        out[name] = path
+    return out
+
+
+def base_name(model: str) -> str:
+    """The name the base is served under: a hub id as given, a directory by its own name."""
+    path = Path(model)
+    return path.name if path.exists() else model
+
+
+def build_service(cfg: ServeConfig) -> Service:
+    """Load every model once and put them behind one service.
+
+    Raises:
+        UserError: a name is given twice, or a model or adapter cannot be loaded.
+    """
+    adapters = _named(cfg.adapter, "--adapter")
+    variants = _named(cfg.variant, "--variant")
+    base = base_name(cfg.model)
+    names = [base, *adapters, *variants]
+    clash = next((n for n in names if names.count(n) > 1), None)
+    if clash is not None:
+        raise UserError(f"two models would be served as {clash!r}; rename the --adapter or "
+                        "--variant (NAME=DIR)")
+    if cfg.max_batch < 1 or cfg.max_queue < 0 or cfg.max_tokens_cap < 1:
+        raise UserError("--max-batch and --max-tokens-cap must be >= 1 and --max-queue >= 0")
+    device = resolve_device(cfg.device)
+    dtype = autocast_dtype(cfg.precision, device)
+
+    def engine(model) -> Engine:
+        return Engine(model.eval(), eot_id=Tokenizer(model.source_dir).eot_id,
+                      max_batch=cfg.max_batch, autocast_dtype=dtype)
+
+    base_model = load_model_with_adapters(cfg.model, adapters, device=device)
+    shared = engine(base_model)
+    tok = Tokenizer(base_model.source_dir)
+    served = [ServedModel(base, "base", shared, None, tok)]
+    served += [ServedModel(name, "adapter", shared, name, tok) for name in adapters]
+    for name, path in variants.items():
+        model = load_model(path, device=device)
+        served.append(ServedModel(name, "variant", engine(model), None,
+                                  Tokenizer(model.source_dir)))
+    return Service(served, max_queue=cfg.max_queue)
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Run the server until SIGINT/SIGTERM; running requests finish before it stops."""
+    import uvicorn
+
+    from gpt2tune.serve.app import create_app
+
+    service = build_service(cfg)
+    app = create_app(service, api_key=cfg.api_key, max_tokens_cap=cfg.max_tokens_cap,
+                     max_body_bytes=cfg.max_body_bytes)
+    log.info("serving %s on http://%s:%d", ", ".join(service.models), cfg.host, cfg.port)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

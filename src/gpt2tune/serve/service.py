@@ -1,0 +1,186 @@
+"""The models a server offers and the one thread that decodes for all of them.
+
+The base model and its adapters share one engine (one copy of the base weights; a batch mixes
+rows of different adapters); each full fine-tuned variant has an engine of its own. A single
+worker thread steps every engine that has work, so the event loop that answers HTTP never
+waits on a forward pass. Requests and cancellations reach the worker through a thread-safe
+inbox; tokens come back to each request's asyncio queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+
+from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.inference.engine import Engine, Request, Token
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """One name clients can ask for."""
+
+    name: str
+    kind: str
+    """``base``, ``adapter`` or ``variant``."""
+    engine: Engine
+    adapter: str | None
+    """The adapter's name inside the engine; None for a base or a variant."""
+    tokenizer: Tokenizer
+
+
+class Busy(Exception):
+    """The queue is full: try again later (HTTP 429)."""
+
+
+@dataclass
+class Failure:
+    """The engine failed while this request ran; ``message`` says how."""
+
+    message: str
+
+
+END = object()
+"""Put on a stream's queue after the request's last token."""
+
+
+@dataclass
+class Stream:
+    """The tokens of one engine request, delivered to the asyncio side."""
+
+    model: ServedModel
+    request: Request
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    rid: int | None = None
+    """The engine's id for the request, once the worker has submitted it."""
+
+    def push(self, item: Token | Failure | object) -> None:
+        """Called by the worker thread."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class Service:
+    """Owns the engines and the worker thread."""
+
+    def __init__(self, models: list[ServedModel], *, max_queue: int = 64) -> None:
+        self.models = {m.name: m for m in models}
+        self.engines: list[Engine] = []
+        for m in models:
+            if all(m.engine is not e for e in self.engines):
+                self.engines.append(m.engine)
+        self.max_queue = max_queue
+        self.capacity = sum(e.max_batch for e in self.engines) + max_queue
+        self._inbox: queue.Queue = queue.Queue()
+        self._streams: dict[tuple[int, int], Stream] = {}
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ called from the event loop
+
+    def submit(self, requests: list[tuple[ServedModel, Request]]) -> list[Stream]:
+        """Queue requests (all or none); return a stream of tokens for each.
+
+        Raises:
+            UserError: a request cannot run (checked here, before anything is queued).
+            Busy: more than ``max_queue`` requests would wait for the batch.
+        """
+        for model, request in requests:
+            model.engine.check(request)
+        with self._lock:
+            if self._in_flight + len(requests) > self.capacity:
+                raise Busy(f"the server is busy ({self._in_flight} requests in flight, "
+                           f"queue of {self.max_queue}); retry shortly")
+            self._in_flight += len(requests)
+        loop = asyncio.get_running_loop()
+        streams = [Stream(model, request, loop) for model, request in requests]
+        for s in streams:
+            self._inbox.put(("submit", s, None))
+        return streams
+
+    def cancel(self, stream: Stream, row: int | None = None) -> None:
+        """Stop one row of a stream's request, or all of it (the client went away)."""
+        self._inbox.put(("cancel", stream, row))
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gpt2tune-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish what is running, then stop the worker."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the worker thread
+
+    def _run(self) -> None:
+        while True:
+            busy = [e for e in self.engines if not e.idle]
+            try:
+                # wait for work only when there is nothing to decode
+                item = self._inbox.get(timeout=0.05) if not busy else self._inbox.get_nowait()
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self._take(*item)
+                continue  # drain the inbox before the next step
+            if not busy:
+                if self._stopping.is_set():
+                    return
+                continue
+            for engine in busy:
+                self._step(engine)
+
+    def _take(self, kind: str, stream: Stream, row: int | None) -> None:
+        engine = stream.model.engine
+        if kind == "submit":
+            try:
+                stream.rid = engine.submit(stream.request)
+            except Exception as e:  # checked before queueing; a failure here is a bug, not input
+                log.exception("submitting a request failed")
+                self._end(stream, Failure(f"could not start the request: {e}"))
+                return
+            self._streams[(id(engine), stream.rid)] = stream
+        elif kind == "cancel" and stream.rid is not None:
+            if (id(engine), stream.rid) in self._streams:
+                engine.cancel(stream.rid, row)
+                if row is None:
+                    self._end(self._streams.pop((id(engine), stream.rid)), END)
+
+    def _step(self, engine: Engine) -> None:
+        try:
+            tokens = engine.step()
+        except Exception as e:  # e.g. out of memory: fail this engine's requests, keep serving
+            log.exception("a decoding step failed")
+            for (eid, rid), stream in list(self._streams.items()):
+                if eid == id(engine):
+                    engine.cancel(rid)
+                    self._end(self._streams.pop((eid, rid)), Failure(f"generation failed: {e}"))
+            return
+        for t in tokens:
+            stream = self._streams.get((id(engine), t.request))
+            if stream is not None:  # else: cancelled meanwhile
+                stream.push(t)
+        # a request ends with its last row: by a last token, or by cancelling its last rows
+        for (eid, rid), stream in list(self._streams.items()):
+            if eid == id(engine) and engine.finished(rid):
+                self._end(self._streams.pop((eid, rid)), END)
+
+    def _end(self, stream: Stream, last: object) -> None:
+        stream.push(last)
+        with self._lock:
+            self._in_flight -= 1

@@ -1,0 +1,77 @@
+"""Several adapters over one base, chosen per row, against peft with each adapter alone."""
+
+import peft
+import pytest
+import torch
+
+from gpt2tune.core.multilora import adapter_bank, install_adapters
+from gpt2tune.errors import UserError
+from gpt2tune.formats.hf import load_model
+from gpt2tune.formats.peft import load_adapter, read_adapter
+from lora_helpers import hf_base, logits
+
+ADAPTERS = {
+    "attn": dict(r=4, lora_alpha=8, target_modules=["c_attn"]),
+    "mlp": dict(r=2, lora_alpha=16, target_modules=["c_fc", "mlp.c_proj"], use_rslora=True),
+}
+
+
+@pytest.fixture(scope="module")
+def peft_adapters(tiny, tmp_path_factory):
+    """name -> (adapter dir, the peft model with that adapter alone); B random (init=False)."""
+    path, _ = tiny
+    out = {}
+    for i, (name, kwargs) in enumerate(ADAPTERS.items()):
+        torch.manual_seed(10 + i)
+        pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
+            task_type="CAUSAL_LM", fan_in_fan_out=True, init_lora_weights=False, **kwargs)).eval()
+        d = tmp_path_factory.mktemp(f"adapter-{name}")
+        pm.save_pretrained(d)
+        out[name] = (d, pm)
+    return out
+
+
+def test_each_row_gets_its_own_adapter_as_peft_computes_it(tiny, peft_adapters, tokens):
+    path, hf = tiny
+    model = load_model(path).eval()
+    bank = install_adapters(model, {n: read_adapter(d, model) for n, (d, _) in peft_adapters.items()})
+    assert adapter_bank(model) is bank and bank.names == ["attn", "mlp"]
+    x = torch.cat([tokens, tokens[:1]])  # three rows: attn, base, mlp
+    rows = ["attn", None, "mlp"]
+    with bank.select(rows, x.device):
+        mixed = logits(model, x)
+    refs = [logits(peft_adapters["attn"][1], x[:1]), logits(hf, x[1:2]),
+            logits(peft_adapters["mlp"][1], x[2:])]
+    for i, ref in enumerate(refs):
+        torch.testing.assert_close(mixed[i:i + 1], ref, atol=1e-5, rtol=0)
+    # the adapters really differ from the base and from each other
+    assert (refs[0] - logits(hf, x[:1])).abs().max() > 1e-3
+    assert (refs[2] - logits(hf, x[2:])).abs().max() > 1e-3
+    # outside select every row is the base
+    torch.testing.assert_close(logits(model, x[1:2]), refs[1], atol=1e-5, rtol=0)
+
+
+def test_a_row_alone_equals_the_unmerged_single_adapter_model(tiny, peft_adapters, tokens):
+    path, _ = tiny
+    d = peft_adapters["mlp"][0]
+    single = load_model(path).eval()
+    load_adapter(single, d)
+    multi = load_model(path).eval()
+    bank = install_adapters(multi, {"mlp": read_adapter(d, multi)})
+    with bank.select(["mlp"] * len(tokens), tokens.device):
+        got = logits(multi, tokens)
+    assert torch.equal(got, logits(single, tokens))
+
+
+def test_unknown_adapter_and_model_with_applied_lora_are_refused(tiny, peft_adapters):
+    path, _ = tiny
+    model = load_model(path)
+    d = peft_adapters["attn"][0]
+    bank = install_adapters(model, {"attn": read_adapter(d, model)})
+    with pytest.raises(KeyError):
+        with bank.select(["nope"], torch.device("cpu")):
+            pass
+    applied = load_model(path)
+    load_adapter(applied, d)
+    with pytest.raises(UserError, match="already has a LoRA adapter"):
+        install_adapters(applied, {"attn": read_adapter(d, applied)})

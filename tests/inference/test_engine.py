@@ -1,0 +1,178 @@
+"""The generation engine: continuous batching gives every request what it gets alone."""
+
+import pytest
+import torch
+
+from gpt2tune.core.model import KVCache
+from gpt2tune.core.multilora import install_adapters
+from gpt2tune.errors import UserError
+from gpt2tune.formats.hf import load_model
+from gpt2tune.formats.peft import read_adapter
+from gpt2tune.inference.engine import Engine, Request
+from gpt2tune.inference.sampling import SamplingConfig
+
+EOT = 50256
+
+
+@pytest.fixture(scope="module")
+def ours(tiny_hf):
+    return load_model(tiny_hf[0]).eval()
+
+
+def run_alone(model, request: Request, **kw) -> list[list[int]]:
+    engine = Engine(model, eot_id=EOT, max_batch=request.n, **kw)
+    rid = engine.submit(request)
+    rows = [[] for _ in range(request.n)]
+    while not engine.idle:
+        for t in engine.step():
+            assert t.request == rid
+            rows[t.row].append(t.token)
+    return rows
+
+
+REQUESTS = [
+    Request([464, 2068, 7586, 21831, 18045], SamplingConfig(max_new_tokens=12, greedy=True,
+                                                            stop_at_eot=False)),
+    Request([40], SamplingConfig(max_new_tokens=7, top_k=50, seed=3, stop_at_eot=False), n=2),
+    Request([1639, 389, 257], SamplingConfig(max_new_tokens=9, greedy=True,
+                                             repetition_penalty=1.3, stop_at_eot=False)),
+    Request([11, 12, 13, 14, 15, 16, 17], SamplingConfig(max_new_tokens=5, top_p=0.9,
+                                                         temperature=0.7, seed=5), n=3),
+]
+
+
+def test_requests_joining_a_running_batch_get_what_they_get_alone(ours):
+    """Requests arrive at different steps into a batch too small for all of them at once, so rows
+    leave, slots are reused and later requests join mid-run; each equals the request alone."""
+    engine = Engine(ours, eot_id=EOT, max_batch=4)
+    got: dict[int, list[list[int]]] = {}
+    ids: list[int] = []
+    pending = list(REQUESTS)
+    step = 0
+    while pending or not engine.idle:
+        if pending and step % 2 == 0:
+            req = pending.pop(0)
+            rid = engine.submit(req)
+            ids.append(rid)
+            got[rid] = [[] for _ in range(req.n)]
+        for t in engine.step():
+            got[t.request][t.row].append(t.token)
+        assert len(engine.rows) <= 4
+        step += 1
+    for rid, req in zip(ids, REQUESTS):
+        assert got[rid] == run_alone(ours, req), f"request {rid} differs from itself alone"
+
+
+def test_kv_cache_engine_equals_recomputing_everything(ours):
+    engine_rows = [run_alone(ours, r) for r in REQUESTS]
+    assert engine_rows == [run_alone(ours, r, use_cache=False) for r in REQUESTS]
+
+
+def test_samples_of_one_prompt_share_one_prefill(ours, monkeypatch):
+    calls = []
+    original = type(ours).hidden_states
+
+    def counting(self, input_ids, **kw):
+        calls.append(tuple(input_ids.shape))
+        return original(self, input_ids, **kw)
+
+    monkeypatch.setattr(type(ours), "hidden_states", counting)
+    run_alone(ours, Request([1, 2, 3, 4, 5, 6], SamplingConfig(max_new_tokens=3, seed=0), n=4))
+    prefills = [s for s in calls if s[1] > 1]
+    assert prefills == [(1, 5)]  # once, one row: all but the last prompt token
+    assert all(s == (4, 1) for s in calls if s[1] == 1)
+
+
+def test_logprobs_are_the_models_distribution(ours):
+    prompt = [464, 2068, 7586]
+    engine = Engine(ours, eot_id=EOT)
+    engine.submit(Request(prompt, SamplingConfig(max_new_tokens=3, greedy=True,
+                                                 stop_at_eot=False), logprobs=3))
+    seq = list(prompt)
+    while not engine.idle:
+        (t,) = engine.step()
+        with torch.no_grad():
+            ref = ours(torch.tensor([seq]))[0, -1].float().log_softmax(-1)
+        assert t.logprob == pytest.approx(float(ref[t.token]), abs=1e-4)
+        top = ref.topk(3)
+        assert [i for i, _ in t.top] == top.indices.tolist()
+        assert t.top[0][0] == t.token  # greedy takes the most likely
+        seq.append(t.token)
+
+
+def test_cancel_frees_rows_for_waiting_requests(ours):
+    engine = Engine(ours, eot_id=EOT, max_batch=2)
+    long = engine.submit(Request([1, 2], SamplingConfig(max_new_tokens=40, greedy=True,
+                                                        stop_at_eot=False), n=2))
+    short = engine.submit(Request([3], SamplingConfig(max_new_tokens=2, greedy=True)))
+    engine.step()
+    assert engine.queued == 1
+    engine.cancel(long)
+    seen = {t.request for _ in range(3) for t in engine.step()}
+    assert seen == {short} and engine.finished(long)
+
+
+def test_bad_requests_are_refused_with_the_fix(ours, tiny_hf):
+    engine = Engine(ours, eot_id=EOT, max_batch=2)
+    with pytest.raises(UserError, match="exceeds the context"):
+        engine.submit(Request([1] * 60, SamplingConfig(max_new_tokens=10)))
+    with pytest.raises(UserError, match="raise --max-batch"):
+        engine.submit(Request([1], SamplingConfig(max_new_tokens=4), n=3))
+    with pytest.raises(UserError, match="unknown adapter 'news'; this model has: none"):
+        engine.submit(Request([1], SamplingConfig(max_new_tokens=4), adapter="news"))
+    assert engine.idle
+
+
+def test_rows_of_different_lengths_decode_as_each_alone(ours):
+    """The cache's per-slot lengths: two rows at different positions, one batched step."""
+    a, b = torch.tensor([[5, 6, 7, 8, 9, 10]]), torch.tensor([[20, 21]])
+    with torch.no_grad():
+        ref_a, ref_b = ours(a)[0, -1], ours(b)[0, -1]
+        cache = KVCache(ours.config, 2, 16)
+        ours.hidden_states(a[:, :-1], cache=cache.rows(0, 1))
+        ours.hidden_states(b[:, :-1], cache=cache.rows(1, 2))
+        assert cache.lengths == [5, 1]
+        out = ours(torch.tensor([[10], [21]]), cache=cache)[:, -1]
+    assert cache.lengths == [6, 2]
+    torch.testing.assert_close(out[0], ref_a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], ref_b, atol=1e-5, rtol=0)
+
+
+def test_mixed_adapter_batch_equals_each_adapter_alone(tiny, tmp_path):
+    """Greedy requests on two adapters and the base, batched, against each run alone."""
+    import peft
+
+    from lora_helpers import hf_base
+
+    path, _ = tiny
+    dirs = {}
+    for i, name in enumerate(("a", "b")):
+        torch.manual_seed(20 + i)
+        pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
+            task_type="CAUSAL_LM", fan_in_fan_out=True, init_lora_weights=False, r=4,
+            lora_alpha=32, target_modules=["c_attn", "c_proj"]))
+        pm.save_pretrained(tmp_path / name)
+        dirs[name] = tmp_path / name
+    model = load_model(path).eval()
+    install_adapters(model, {n: read_adapter(d, model) for n, d in dirs.items()})
+    cfg = SamplingConfig(max_new_tokens=10, greedy=True, stop_at_eot=False)
+    reqs = [Request([5, 6, 7], cfg, adapter="a"), Request([5, 6, 7], cfg, adapter="b"),
+            Request([5, 6, 7], cfg), Request([9, 8], cfg, adapter="b")]
+    engine = Engine(model, eot_id=999, max_batch=4)
+    ids = [engine.submit(r) for r in reqs]
+    got = {rid: [] for rid in ids}
+    while not engine.idle:
+        for t in engine.step():
+            got[t.request].append(t.token)
+    alone = [run_alone_eot(model, r) for r in reqs]
+    assert [got[i] for i in ids] == alone
+    assert len({tuple(x) for x in alone[:3]}) == 3  # the adapters change the tokens
+
+
+def run_alone_eot(model, request):
+    engine = Engine(model, eot_id=999, max_batch=1)
+    engine.submit(request)
+    out = []
+    while not engine.idle:
+        out += [t.token for t in engine.step()]
+    return out
