@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoints import make_hf_model  # noqa: F401 (tests import it from here too)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # An empty Hugging Face cache of the tests' own, so `--base auto` behaves alike on every machine
 # (a developer's cached GPT-2 would otherwise turn the quick demo into a 124M-parameter run).
@@ -18,19 +20,6 @@ os.environ.pop("HF_HUB_CACHE", None)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-def make_hf_model(path: Path, seed: int = 0, **overrides):
-    """Save a random ``GPT2LMHeadModel`` to ``path`` and return it (eval mode, fp32)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = dict(n_layer=2, n_head=3, n_embd=48, n_positions=64, vocab_size=50257,
-               bos_token_id=50256, eos_token_id=50256)
-    cfg.update(overrides)
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(**cfg)).eval()
-    model.save_pretrained(path)
-    return model
 
 
 @pytest.fixture(scope="session")

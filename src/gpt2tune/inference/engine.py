@@ -108,6 +108,8 @@ class Engine:
         self.running: dict[int, _Running] = {}
         self._cancelled: set[tuple[int, int | None]] = set()
         self._next_id = 0
+        self.peak_rows = 0
+        """The most rows decoded together in one step so far."""
 
     # ------------------------------------------------------------------ requests
 
@@ -181,6 +183,7 @@ class Engine:
         self._admit()
         if not self.rows:
             return []
+        self.peak_rows = max(self.peak_rows, len(self.rows))
         logits = self._next_logits()
         tokens = self._sample(logits)
         self._retire([i for i, t in enumerate(tokens) if t.finish is not None])

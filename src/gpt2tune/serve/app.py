@@ -154,7 +154,8 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "models": list(service.models), "in_flight": service.in_flight}
+        return {"status": "ok", "models": list(service.models), "in_flight": service.in_flight,
+                "peak_batch": max(e.peak_rows for e in service.engines)}
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> dict:

@@ -75,11 +75,11 @@ class Service:
             if all(m.engine is not e for e in self.engines):
                 self.engines.append(m.engine)
         self.max_queue = max_queue
-        self.capacity = sum(e.max_batch for e in self.engines) + max_queue
         self._inbox: queue.Queue = queue.Queue()
         self._streams: dict[tuple[int, int], Stream] = {}
         self._lock = threading.Lock()
-        self._in_flight = 0
+        # accepted and unfinished requests per engine: at most its batch plus the queue
+        self._in_flight = {id(e): 0 for e in self.engines}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -95,10 +95,14 @@ class Service:
         for model, request in requests:
             model.engine.check(request)
         with self._lock:
-            if self._in_flight + len(requests) > self.capacity:
-                raise Busy(f"the server is busy ({self._in_flight} requests in flight, "
-                           f"queue of {self.max_queue}); retry shortly")
-            self._in_flight += len(requests)
+            for model, _ in requests:
+                engine = model.engine
+                if self._in_flight[id(engine)] + 1 > engine.max_batch + self.max_queue:
+                    raise Busy(f"the server is busy ({self._in_flight[id(engine)]} requests in "
+                               f"flight for {model.name}, queue of {self.max_queue}); retry "
+                               "shortly")
+            for model, _ in requests:
+                self._in_flight[id(model.engine)] += 1
         loop = asyncio.get_running_loop()
         streams = [Stream(model, request, loop) for model, request in requests]
         for s in streams:
@@ -111,7 +115,8 @@ class Service:
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        """Requests accepted and not finished, over all engines."""
+        return sum(self._in_flight.values())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -183,4 +188,4 @@ class Service:
     def _end(self, stream: Stream, last: object) -> None:
         stream.push(last)
         with self._lock:
-            self._in_flight -= 1
+            self._in_flight[id(stream.model.engine)] -= 1

@@ -1,0 +1,258 @@
+"""`gpt2tune serve` through the official openai client, against `gpt2tune generate` and against
+each request run alone."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from serving import start_server, stop_server
+
+from gpt2tune.cli.main import main
+from gpt2tune.serve.protocol import ChatMessage, chat_prompt
+
+PROMPT = "The meaning of life is"
+
+
+def cli_generate(capsys, live_server, model: str, prompt: str, *args: str) -> list[str]:
+    """`gpt2tune generate --json` for a served model name; the texts of its samples."""
+    dirs = live_server.dirs
+    argv = ["generate", "--prompt", prompt, "--json", *args]
+    if model in ("news", "falstaff"):
+        argv += ["--model", str(dirs["tiny-base"]), "--adapter", str(dirs[model])]
+    else:
+        argv += ["--model", str(dirs[model])]
+    capsys.readouterr()
+    assert main(argv) == 0
+    return [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()]
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def greedy(client, model: str, prompt: str = PROMPT, max_tokens: int = 12, **kw) -> str:
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
+                                  temperature=0, **kw)
+    return r.choices[0].text
+
+
+def test_models_lists_base_adapters_and_variants(client, live_server):
+    models = client.models.list().data
+    assert [m.id for m in models] == live_server.models
+    kinds = {m.id: m.model_extra["kind"] for m in models}
+    assert kinds == {"tiny-base": "base", "news": "adapter", "falstaff": "adapter", "full": "variant"}
+
+
+def test_greedy_equals_generate_greedy_for_every_model(client, live_server, capsys):
+    texts = {}
+    for model in live_server.models:
+        r = client.completions.create(model=model, prompt=PROMPT, max_tokens=12, temperature=0)
+        assert r.object == "text_completion" and r.model == model
+        assert r.choices[0].finish_reason in ("stop", "length")
+        texts[model] = r.choices[0].text
+        expected = cli_generate(capsys, live_server, model, PROMPT, "--greedy",
+                                "--max-new-tokens", "12")
+        assert texts[model] == expected[0], model
+        assert r.usage.completion_tokens >= len(r.choices[0].text and [1])
+    assert len(set(texts.values())) == 4  # every adapter and the variant change the text
+
+
+def test_streamed_text_equals_the_whole_answer(client):
+    for kw in (dict(temperature=0), dict(temperature=0.9, top_k=40, seed=11),
+               dict(temperature=0.8, seed=3, stop=["e"])):
+        extra = {"top_k": kw.pop("top_k")} if "top_k" in kw else None
+        whole = client.completions.create(model="news", prompt=PROMPT, max_tokens=20,
+                                          extra_body=extra, **kw)
+        chunks = list(client.completions.create(model="news", prompt=PROMPT, max_tokens=20,
+                                                stream=True, extra_body=extra, **kw))
+        assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_stop_strings_cut_before_the_stop(client):
+    free = greedy(client, "falstaff", max_tokens=20)
+    stop = free[5:7]
+    r = client.completions.create(model="falstaff", prompt=PROMPT, max_tokens=20, temperature=0,
+                                  stop=[stop, "never-appears"])
+    assert r.choices[0].text == free[:free.find(stop)]
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_n_samples_equal_generate_num_samples_with_the_seed(client, live_server, capsys):
+    r = client.completions.create(model="news", prompt=PROMPT, max_tokens=10, n=3, seed=7,
+                                  temperature=0.9, top_p=0.95)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    texts = [c.text for c in r.choices]
+    assert len(set(texts)) > 1
+    expected = cli_generate(capsys, live_server, "news", PROMPT, "--num-samples", "3", "--seed",
+                            "7", "--temperature", "0.9", "--top-p", "0.95",
+                            "--max-new-tokens", "10")
+    assert texts == expected
+
+
+def test_prompt_list_echo_logprobs_and_priming(client):
+    r = client.completions.create(model="tiny-base", prompt=["One", "Two"], max_tokens=4,
+                                  temperature=0, echo=True)
+    assert [c.text[:3] for c in r.choices] == ["One", "Two"]
+    assert r.choices[1].text == "Two" + greedy(client, "tiny-base", "Two", 4)
+    r = client.completions.create(model="news", prompt=PROMPT, max_tokens=5, temperature=0,
+                                  logprobs=2)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert all(len(top) == 2 for top in lp.top_logprobs)
+    # greedy picks the most likely token, so its log-probability is the top one
+    assert all(abs(max(top.values()) - v) < 1e-5 for top, v in zip(lp.top_logprobs,
+                                                                   lp.token_logprobs))
+    primed = greedy(client, "news", "Q:", 6, extra_body={"prime": "A poem about the sea."})
+    assert primed == greedy(client, "news", "A poem about the sea.\nQ:", 6)
+
+
+def test_chat_uses_the_documented_template(client):
+    messages = [{"role": "system", "content": "You speak like Falstaff."},
+                {"role": "user", "content": "What is honour?"}]
+    r = client.chat.completions.create(model="falstaff", messages=messages, max_tokens=10,
+                                       temperature=0)
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    prompt = chat_prompt([ChatMessage(**m) for m in messages])
+    assert prompt.endswith("User: What is honour?\nAssistant:")
+    assert r.choices[0].message.content == greedy(client, "falstaff", prompt, 10,
+                                                  stop=["\nUser:"])
+    streamed = client.chat.completions.create(model="falstaff", messages=messages, max_tokens=10,
+                                              temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
+        r.choices[0].message.content
+
+
+def test_eight_concurrent_requests_on_mixed_models_each_equal_alone(client, live_server):
+    jobs = [(model, f"{PROMPT} {i}") for i, model in
+            enumerate(["news", "falstaff", "tiny-base", "news", "falstaff", "full", "news",
+                       "tiny-base"])]
+    alone = [greedy(client, m, p, 16) for m, p in jobs]
+    barrier = threading.Barrier(len(jobs))
+
+    def together(job):
+        barrier.wait(10)
+        return greedy(client, *job, 16)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        batched = list(pool.map(together, jobs))
+    assert batched == alone
+    _, health = get(live_server.url + "/health")
+    assert health["peak_batch"] >= 2  # the requests did share batches
+
+
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, live_server):
+    cases = [
+        (dict(model="nope", prompt="x"), openai.NotFoundError, "does not exist"),
+        (dict(model="news", prompt="x", temperature=-1), openai.BadRequestError, "temperature"),
+        (dict(model="news", prompt="x y z", max_tokens=63), openai.BadRequestError,
+         "exceeds the model's context"),
+        (dict(model="news", prompt="x", max_tokens=5000), openai.BadRequestError, "cap"),
+        (dict(model="news", prompt="x", presence_penalty=1.0), openai.BadRequestError,
+         "repetition_penalty"),
+    ]
+    reference = greedy(client, "news", "Hello", 6)
+    for kwargs, error, words in cases:
+        with pytest.raises(error) as info:
+            client.completions.create(**kwargs)
+        assert words in info.value.body["message"]
+        assert greedy(client, "news", "Hello", 6) == reference
+    status, body = post(live_server.url + "/v1/completions", b"{not json")
+    assert status == 400 and "error" in body
+    huge = json.dumps({"model": "news", "prompt": "x" * (2 << 20)}).encode()
+    status, body = post(live_server.url + "/v1/completions", huge)
+    assert status == 413 and body["error"]["code"] == "body_too_large"
+    assert greedy(client, "news", "Hello", 6) == reference
+
+
+@pytest.fixture(scope="module")
+def small_server(serve_files, tmp_path_factory):
+    """One row at a time, nothing may wait, and an API key."""
+    served = start_server(serve_files, tmp_path_factory.mktemp("log") / "small.log",
+                          "--max-batch", "1", "--max-queue", "0", "--api-key", "sesame")
+    yield served
+    stop_server(served)
+
+
+def test_api_key_is_required_on_v1(small_server):
+    status, body = get(small_server.url + "/v1/models")
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    with openai.OpenAI(base_url=small_server.url + "/v1", api_key="wrong", max_retries=0) as c:
+        with pytest.raises(openai.AuthenticationError):
+            c.models.list()
+    with openai.OpenAI(base_url=small_server.url + "/v1", api_key="sesame", max_retries=0) as c:
+        assert len(c.models.list().data) == 4
+    assert get(small_server.url + "/health")[0] == 200
+
+
+def test_queue_full_is_429_and_a_dropped_stream_frees_its_row(small_server):
+    with openai.OpenAI(base_url=small_server.url + "/v1", api_key="sesame", max_retries=0,
+                       timeout=30) as c:
+        stream = c.completions.create(model="news", prompt="a", max_tokens=60 - 2,
+                                      temperature=0, stream=True)
+        next(iter(stream))  # running: the only row is taken
+        with pytest.raises(openai.RateLimitError) as info:
+            c.completions.create(model="falstaff", prompt="b", max_tokens=2)
+        assert info.value.body["code"] == "queue_full"
+        stream.close()  # the client goes away: its row must be freed
+        for _ in range(50):
+            try:
+                r = c.completions.create(model="falstaff", prompt="b", max_tokens=2)
+                break
+            except openai.RateLimitError:
+                threading.Event().wait(0.1)
+        else:
+            pytest.fail("the dropped stream's row was never freed")
+        assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_sigterm_finishes_running_requests_then_stops(tmp_path):
+    """A model whose 400 tokens take about a second, so the stream is still running when the
+    signal comes: new connections are refused at once, the running stream ends complete."""
+    from checkpoints import make_hf_model
+
+    make_hf_model(tmp_path / "longer", n_layer=4, n_head=4, n_embd=128, n_positions=512)
+    served = start_server({}, tmp_path / "serve.log", models=["--model", str(tmp_path / "longer")])
+    try:
+        with openai.OpenAI(base_url=served.url + "/v1", api_key="-", max_retries=0,
+                           timeout=60) as c:
+            stream = iter(c.completions.create(model="longer", prompt="a", max_tokens=400,
+                                               temperature=0, stream=True))
+            chunks = [next(stream)]
+            served.process.send_signal(signal.SIGTERM)
+            for _ in range(100):  # shutting down: no new connections
+                try:
+                    urllib.request.urlopen(served.url + "/health", timeout=1)
+                except OSError:
+                    break
+                threading.Event().wait(0.05)
+            chunks += list(stream)
+        assert len(chunks) == 400 and chunks[-1].choices[0].finish_reason == "length"
+        # uvicorn re-raises the signal once it has shut down: the exit is by SIGTERM (-15)
+        assert served.process.wait(30) in (0, -signal.SIGTERM)
+        assert "Traceback" not in served.log.read_text()
+    finally:
+        stop_server(served)
