@@ -28,8 +28,12 @@ _API = {
     "load_adapter": "gpt2tune.formats.peft",
     "save_adapter": "gpt2tune.formats.peft",
     "load_model_with_adapter": "gpt2tune.formats.peft",
+    "load_model_with_adapters": "gpt2tune.formats.peft",
+    "install_adapters": "gpt2tune.core.multilora",
     "read_documents": "gpt2tune.data.sources",
-    "SamplingConfig": "gpt2tune.inference.generate",
+    "SamplingConfig": "gpt2tune.inference.sampling",
+    "Engine": "gpt2tune.inference.engine",
+    "GenerationRequest": "gpt2tune.inference.engine",
     "generate": "gpt2tune.inference.generate",
     "evaluate": "gpt2tune.inference.evaluate",
     "EvalResult": "gpt2tune.inference.evaluate",
@@ -67,10 +71,14 @@ if TYPE_CHECKING:
     from gpt2tune.formats.peft import (
         load_adapter,
         load_model_with_adapter,
+        load_model_with_adapters,
         save_adapter,
     )
+    from gpt2tune.core.multilora import install_adapters
+    from gpt2tune.inference.engine import Engine, GenerationRequest
     from gpt2tune.inference.evaluate import EvalResult, evaluate
-    from gpt2tune.inference.generate import SamplingConfig, generate
+    from gpt2tune.inference.generate import generate
+    from gpt2tune.inference.sampling import SamplingConfig
 
 
 def __getattr__(name: str):

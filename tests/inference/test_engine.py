@@ -8,7 +8,7 @@ from gpt2tune.core.multilora import install_adapters
 from gpt2tune.errors import UserError
 from gpt2tune.formats.hf import load_model
 from gpt2tune.formats.peft import read_adapter
-from gpt2tune.inference.engine import Engine, Request
+from gpt2tune.inference.engine import Engine, GenerationRequest
 from gpt2tune.inference.sampling import SamplingConfig
 
 EOT = 50256
@@ -19,7 +19,7 @@ def ours(tiny_hf):
     return load_model(tiny_hf[0]).eval()
 
 
-def run_alone(model, request: Request, **kw) -> list[list[int]]:
+def run_alone(model, request: GenerationRequest, **kw) -> list[list[int]]:
     engine = Engine(model, eot_id=EOT, max_batch=request.n, **kw)
     rid = engine.submit(request)
     rows = [[] for _ in range(request.n)]
@@ -31,12 +31,12 @@ def run_alone(model, request: Request, **kw) -> list[list[int]]:
 
 
 REQUESTS = [
-    Request([464, 2068, 7586, 21831, 18045], SamplingConfig(max_new_tokens=12, greedy=True,
+    GenerationRequest([464, 2068, 7586, 21831, 18045], SamplingConfig(max_new_tokens=12, greedy=True,
                                                             stop_at_eot=False)),
-    Request([40], SamplingConfig(max_new_tokens=7, top_k=50, seed=3, stop_at_eot=False), n=2),
-    Request([1639, 389, 257], SamplingConfig(max_new_tokens=9, greedy=True,
+    GenerationRequest([40], SamplingConfig(max_new_tokens=7, top_k=50, seed=3, stop_at_eot=False), n=2),
+    GenerationRequest([1639, 389, 257], SamplingConfig(max_new_tokens=9, greedy=True,
                                              repetition_penalty=1.3, stop_at_eot=False)),
-    Request([11, 12, 13, 14, 15, 16, 17], SamplingConfig(max_new_tokens=5, top_p=0.9,
+    GenerationRequest([11, 12, 13, 14, 15, 16, 17], SamplingConfig(max_new_tokens=5, top_p=0.9,
                                                          temperature=0.7, seed=5), n=3),
 ]
 
@@ -77,7 +77,7 @@ def test_samples_of_one_prompt_share_one_prefill(ours, monkeypatch):
         return original(self, input_ids, **kw)
 
     monkeypatch.setattr(type(ours), "hidden_states", counting)
-    run_alone(ours, Request([1, 2, 3, 4, 5, 6], SamplingConfig(max_new_tokens=3, seed=0), n=4))
+    run_alone(ours, GenerationRequest([1, 2, 3, 4, 5, 6], SamplingConfig(max_new_tokens=3, seed=0), n=4))
     prefills = [s for s in calls if s[1] > 1]
     assert prefills == [(1, 5)]  # once, one row: all but the last prompt token
     assert all(s == (4, 1) for s in calls if s[1] == 1)
@@ -86,7 +86,7 @@ def test_samples_of_one_prompt_share_one_prefill(ours, monkeypatch):
 def test_logprobs_are_the_models_distribution(ours):
     prompt = [464, 2068, 7586]
     engine = Engine(ours, eot_id=EOT)
-    engine.submit(Request(prompt, SamplingConfig(max_new_tokens=3, greedy=True,
+    engine.submit(GenerationRequest(prompt, SamplingConfig(max_new_tokens=3, greedy=True,
                                                  stop_at_eot=False), logprobs=3))
     seq = list(prompt)
     while not engine.idle:
@@ -102,9 +102,9 @@ def test_logprobs_are_the_models_distribution(ours):
 
 def test_cancel_frees_rows_for_waiting_requests(ours):
     engine = Engine(ours, eot_id=EOT, max_batch=2)
-    long = engine.submit(Request([1, 2], SamplingConfig(max_new_tokens=40, greedy=True,
+    long = engine.submit(GenerationRequest([1, 2], SamplingConfig(max_new_tokens=40, greedy=True,
                                                         stop_at_eot=False), n=2))
-    short = engine.submit(Request([3], SamplingConfig(max_new_tokens=2, greedy=True)))
+    short = engine.submit(GenerationRequest([3], SamplingConfig(max_new_tokens=2, greedy=True)))
     engine.step()
     assert engine.queued == 1
     engine.cancel(long)
@@ -115,11 +115,11 @@ def test_cancel_frees_rows_for_waiting_requests(ours):
 def test_bad_requests_are_refused_with_the_fix(ours, tiny_hf):
     engine = Engine(ours, eot_id=EOT, max_batch=2)
     with pytest.raises(UserError, match="exceeds the context"):
-        engine.submit(Request([1] * 60, SamplingConfig(max_new_tokens=10)))
+        engine.submit(GenerationRequest([1] * 60, SamplingConfig(max_new_tokens=10)))
     with pytest.raises(UserError, match="raise --max-batch"):
-        engine.submit(Request([1], SamplingConfig(max_new_tokens=4), n=3))
+        engine.submit(GenerationRequest([1], SamplingConfig(max_new_tokens=4), n=3))
     with pytest.raises(UserError, match="unknown adapter 'news'; this model has: none"):
-        engine.submit(Request([1], SamplingConfig(max_new_tokens=4), adapter="news"))
+        engine.submit(GenerationRequest([1], SamplingConfig(max_new_tokens=4), adapter="news"))
     assert engine.idle
 
 
@@ -156,8 +156,8 @@ def test_mixed_adapter_batch_equals_each_adapter_alone(tiny, tmp_path):
     model = load_model(path).eval()
     install_adapters(model, {n: read_adapter(d, model) for n, d in dirs.items()})
     cfg = SamplingConfig(max_new_tokens=10, greedy=True, stop_at_eot=False)
-    reqs = [Request([5, 6, 7], cfg, adapter="a"), Request([5, 6, 7], cfg, adapter="b"),
-            Request([5, 6, 7], cfg), Request([9, 8], cfg, adapter="b")]
+    reqs = [GenerationRequest([5, 6, 7], cfg, adapter="a"), GenerationRequest([5, 6, 7], cfg, adapter="b"),
+            GenerationRequest([5, 6, 7], cfg), GenerationRequest([9, 8], cfg, adapter="b")]
     engine = Engine(model, eot_id=999, max_batch=4)
     ids = [engine.submit(r) for r in reqs]
     got = {rid: [] for rid in ids}

@@ -29,7 +29,7 @@ from gpt2tune.runtime import autocast
 
 
 @dataclass
-class Request:
+class GenerationRequest:
     """What to generate."""
 
     prompt: list[int]
@@ -74,7 +74,7 @@ class _Row:
 
 @dataclass
 class _Running:
-    request: Request
+    request: GenerationRequest
     generator: torch.Generator
     rows_left: int
 
@@ -118,7 +118,7 @@ class Engine:
         """Names of the adapters requests may use."""
         return list(self.bank.names) if self.bank is not None else []
 
-    def check(self, request: Request) -> None:
+    def check(self, request: GenerationRequest) -> None:
         """Raise ``UserError`` naming the problem if ``request`` cannot run."""
         request.sampling.validate()
         n_positions = self.model.config.n_positions
@@ -140,7 +140,7 @@ class Engine:
         if request.logprobs is not None and request.logprobs < 0:
             raise UserError(f"logprobs must be >= 0, got {request.logprobs}")
 
-    def submit(self, request: Request) -> int:
+    def submit(self, request: GenerationRequest) -> int:
         """Queue ``request``; it joins the batch at a coming ``step()``. Returns its id.
 
         Raises:

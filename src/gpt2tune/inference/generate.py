@@ -14,7 +14,7 @@ import torch
 from gpt2tune.core.model import GPT2
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.errors import UserError
-from gpt2tune.inference.engine import Engine, Request
+from gpt2tune.inference.engine import Engine, GenerationRequest
 from gpt2tune.inference.sampling import SamplingConfig, process_logits
 
 __all__ = ["SamplingConfig", "process_logits", "decode", "generate_ids", "generate", "Sample",
@@ -46,7 +46,7 @@ def decode(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id
         raise UserError("empty prompt: give --prompt or --prime text to condition on")
     engine = Engine(model, eot_id=eot_id, max_batch=len(prompts), autocast_dtype=autocast_dtype,
                     use_cache=use_cache)
-    row_of = {engine.submit(Request(p, cfg, adapter=adapter)): i for i, p in enumerate(prompts)}
+    row_of = {engine.submit(GenerationRequest(p, cfg, adapter=adapter)): i for i, p in enumerate(prompts)}
     while not engine.idle:
         step: list[int | None] = [None] * len(prompts)
         for t in engine.step():
@@ -192,7 +192,7 @@ def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig
     ctx, _ = build_context(tokenizer, prompt, prime, cfg.max_new_tokens, model.config.n_positions)
     engine = Engine(model, eot_id=tokenizer.eot_id, max_batch=num_samples,
                     autocast_dtype=autocast_dtype)
-    rid = engine.submit(Request(ctx, cfg, n=num_samples, adapter=adapter))
+    rid = engine.submit(GenerationRequest(ctx, cfg, n=num_samples, adapter=adapter))
     rows = [TextRow(tokenizer, cfg.stop, tokenizer.eot_id if cfg.stop_at_eot else None)
             for _ in range(num_samples)]
     while not engine.idle:

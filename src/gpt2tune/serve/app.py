@@ -25,8 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt2tune.errors import UserError
-from gpt2tune.inference.engine import Request as EngineRequest
-from gpt2tune.inference.engine import Token
+from gpt2tune.inference.engine import GenerationRequest, Token
 from gpt2tune.inference.generate import TextRow, build_context
 from gpt2tune.serve.protocol import (
     CHAT_STOP,
@@ -115,7 +114,7 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
         return asked
 
     def prepare(body: SamplingFields, model: ServedModel, prompts: list[str], asked: int | None,
-                default: int, logprobs: int | None) -> tuple[list[EngineRequest], list[int]]:
+                default: int, logprobs: int | None) -> tuple[list[GenerationRequest], list[int]]:
         """Engine requests for the prompts (prime placed before each), and each one's length."""
         body.check_unsupported()
         tok, n_positions = model.tokenizer, model.engine.model.config.n_positions
@@ -132,12 +131,12 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
             # the prime is trimmed from the left to fit, as `gpt2tune generate` does
             ids, _ = build_context(tok, p, body.prime, max_tokens, n_positions)
             ids = ids or [tok.eot_id]  # nothing to condition on: start a new document
-            out.append(EngineRequest(ids, cfg, n=body.n, adapter=model.adapter,
+            out.append(GenerationRequest(ids, cfg, n=body.n, adapter=model.adapter,
                                      logprobs=logprobs))
             lengths.append(len(ids))
         return out, lengths
 
-    def start(model: ServedModel, requests: list[EngineRequest]) -> list[Stream]:
+    def start(model: ServedModel, requests: list[GenerationRequest]) -> list[Stream]:
         try:
             return service.submit([(model, r) for r in requests])
         except UserError as e:

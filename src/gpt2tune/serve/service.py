@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 
 from gpt2tune.core.tokenizer import Tokenizer
-from gpt2tune.inference.engine import Engine, Request, Token
+from gpt2tune.inference.engine import Engine, GenerationRequest, Token
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Stream:
     """The tokens of one engine request, delivered to the asyncio side."""
 
     model: ServedModel
-    request: Request
+    request: GenerationRequest
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     rid: int | None = None
@@ -85,7 +85,7 @@ class Service:
 
     # ------------------------------------------------------------------ called from the event loop
 
-    def submit(self, requests: list[tuple[ServedModel, Request]]) -> list[Stream]:
+    def submit(self, requests: list[tuple[ServedModel, GenerationRequest]]) -> list[Stream]:
         """Queue requests (all or none); return a stream of tokens for each.
 
         Raises:
