@@ -45,6 +45,7 @@ test: $(VENV)/.installed browser
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
