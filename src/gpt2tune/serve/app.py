@@ -43,6 +43,8 @@ from gpt2tune.serve.service import END, Busy, Failure, ServedModel, Service, Str
 
 log = logging.getLogger(__name__)
 
+DRAIN_BYTES = 64 << 20
+"""An oversized body is read (and dropped) up to this size before the 413 goes out."""
 DISCONNECT_POLL_S = 0.25
 """How often a non-streaming request checks whether its client is still there."""
 
@@ -390,18 +392,20 @@ class BodyLimit:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
-        body, more = b"", True
+        body, more, seen = b"", True, 0
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
-            if len(body) > self.limit:
-                return await self._refuse(send)
+            chunk = message.get("body", b"")
+            seen += len(chunk)
             more = message.get("more_body", False)
+            if seen <= self.limit:
+                body += chunk
+            elif not more or seen > DRAIN_BYTES:
+                # read to the end first (up to a bound): a client still sending when the answer
+                # comes and the connection closes sees a broken pipe instead of the 413
+                return await self._refuse(send)
         replayed = False
 
         async def replay():
