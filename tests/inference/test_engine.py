@@ -81,6 +81,19 @@ def test_samples_of_one_prompt_share_one_prefill(ours, monkeypatch):
     prefills = [s for s in calls if s[1] > 1]
     assert prefills == [(1, 5)]  # once, one row: all but the last prompt token
     assert all(s == (4, 1) for s in calls if s[1] == 1)
+    # requests that join at the same step are prefilled in one pass, padded to the longest
+    calls.clear()
+    engine = Engine(ours, eot_id=EOT, max_batch=8)
+    reqs = [GenerationRequest(p, SamplingConfig(max_new_tokens=4, greedy=True), n=2)
+            for p in ([1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12])]
+    ids = [engine.submit(r) for r in reqs]
+    got = {i: [[], []] for i in ids}
+    while not engine.idle:
+        for t in engine.step():
+            got[t.request][t.row].append(t.token)
+    assert [s for s in calls if s[1] > 1] == [(3, 5)]
+    monkeypatch.undo()
+    assert [got[i] for i in ids] == [run_alone(ours, r) for r in reqs]
 
 
 def test_logprobs_are_the_models_distribution(ours):

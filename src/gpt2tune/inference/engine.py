@@ -201,18 +201,32 @@ class Engine:
                       if (r.request, None) in cancelled or (r.request, r.index) in cancelled])
 
     def _admit(self) -> None:
+        """Move the waiting requests that fit (in order) into the batch, prefilling them
+        together: their prompts in slots B..B+m-1, then the copies for their other samples."""
+        admitted: list[int] = []
+        rows = len(self.rows)
         while self.waiting:
-            run = self.running[self.waiting[0]]
-            if len(self.rows) + run.request.n > self.max_batch:
-                return
-            rid = self.waiting.popleft()
-            req = run.request
-            first = len(self.rows)
-            if self.use_cache:
-                self._prefill(first, req.prompt[:-1], req.adapter)
-                for slot in range(first + 1, first + req.n):
-                    self.cache.copy_slot(first, slot)
-            self.rows += [_Row(rid, i, req.adapter, list(req.prompt)) for i in range(req.n)]
+            n = self.running[self.waiting[0]].request.n
+            if rows + n > self.max_batch:
+                break
+            admitted.append(self.waiting.popleft())
+            rows += n
+        if not admitted:
+            return
+        requests = [self.running[rid].request for rid in admitted]
+        first = len(self.rows)
+        if self.use_cache:
+            self._prefill(first, [(r.prompt[:-1], r.adapter) for r in requests])
+        copies = first + len(admitted)
+        new = []
+        for j, (rid, req) in enumerate(zip(admitted, requests)):
+            new.append((first + j, _Row(rid, 0, req.adapter, list(req.prompt))))
+            for i in range(1, req.n):
+                if self.use_cache:
+                    self.cache.copy_slot(first + j, copies)
+                new.append((copies, _Row(rid, i, req.adapter, list(req.prompt))))
+                copies += 1
+        self.rows += [row for _, row in sorted(new, key=lambda it: it[0])]
 
     @contextlib.contextmanager
     def _forward(self, adapters: list[str | None]):
@@ -223,18 +237,27 @@ class Engine:
         with torch.no_grad(), autocast(self.device, self.autocast_dtype), select:
             yield
 
-    def _prefill(self, slot: int, ids: list[int], adapter: str | None) -> None:
-        """Put all but the last prompt token through the model into ``slot`` of the cache."""
+    def _prefill(self, first: int, prompts: list[tuple[list[int], str | None]]) -> None:
+        """Put each prompt (all but its last token) through the model into slots first, first+1,
+        ... of the cache, in one forward pass. Shorter prompts are padded on the right: their
+        tokens never attend to the padding (causal), and each slot's length ends at its prompt,
+        so the padding's keys are never attended to later and get overwritten."""
         if self.cache is None:
             dtype = self.autocast_dtype or next(self.model.parameters()).dtype
             self.cache = KVCache(self.model.config, self.max_batch,
                                  self.model.config.n_positions, self.device, dtype)
-        self.cache.lengths[slot] = 0
-        if not ids:
-            return
-        with self._forward([adapter]):
-            x = torch.tensor([ids], device=self.device)
-            self.model.hidden_states(x, cache=self.cache.rows(slot, slot + 1))
+        width = max(len(ids) for ids, _ in prompts)
+        for j in range(len(prompts)):
+            self.cache.lengths[first + j] = 0
+        if width > 0:
+            x = torch.full((len(prompts), width), self.eot_id, dtype=torch.long)
+            for j, (ids, _) in enumerate(prompts):
+                x[j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            with self._forward([adapter for _, adapter in prompts]):
+                self.model.hidden_states(x.to(self.device),
+                                         cache=self.cache.rows(first, first + len(prompts)))
+        for j, (ids, _) in enumerate(prompts):
+            self.cache.lengths[first + j] = len(ids)
 
     def _next_logits(self) -> Tensor:
         """(B, vocab) float32 logits of every row's next token."""
