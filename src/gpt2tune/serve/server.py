@@ -103,10 +103,23 @@ def build_service(cfg: ServeConfig) -> Service:
 
 def serve(cfg: ServeConfig) -> None:
     """Run the server until SIGINT/SIGTERM; running requests finish before it stops."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from gpt2tune.serve.app import create_app
+        from gpt2tune.serve.app import create_app
+    except ImportError as e:
+        raise UserError(f"gpt2tune serve needs FastAPI and uvicorn ({e.name} is missing); "
+                        "install them with: pip install 'gpt2tune[serve]'") from None
+    import socket
 
+    # a taken port is found before the models load (uvicorn would say it only after)
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((cfg.host, cfg.port))
+        except OSError as e:
+            raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); choose "
+                            "another --port or stop what uses it") from None
     service = build_service(cfg)
     app = create_app(service, api_key=cfg.api_key, max_tokens_cap=cfg.max_tokens_cap,
                      max_body_bytes=cfg.max_body_bytes)
