@@ -1,10 +1,9 @@
 """The HTTP API: OpenAI's completions, chat and models endpoints, a health check and the playground.
 
-FastAPI routes turn requests into engine requests (``serve.service``) and engine tokens into
-OpenAI's responses, whole or as server-sent events. Each row's text goes through the same
-``TextRow`` as ``gpt2tune generate`` (stop strings, UTF-8 held back), so a streamed answer joins
-up to the non-streamed one. Every error is OpenAI's error JSON with a 4xx status; a bad request
-never reaches the engine, so it cannot disturb the others.
+FastAPI routes check each request (auth, body size, fields, model, context) and answer every
+problem in OpenAI's error JSON with a 4xx status, so a bad request never reaches the engine and
+cannot disturb the others; ``serve.generation`` turns the good ones into engine requests and the
+engine's tokens into OpenAI's responses, whole or as server-sent events.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from importlib import resources
 
 from fastapi import Depends, FastAPI, Request
@@ -25,28 +23,25 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt2tune.errors import UserError
-from gpt2tune.inference.engine import GenerationRequest, Token
-from gpt2tune.inference.generate import TextRow, build_context
+from gpt2tune.inference.engine import GenerationRequest
+from gpt2tune.serve.generation import ClientGone, Run, prepare
 from gpt2tune.serve.protocol import (
     CHAT_STOP,
     APIError,
     ChatRequest,
     CompletionRequest,
-    SamplingFields,
     chat_prompt,
     model_card,
     new_id,
     now,
     usage,
 )
-from gpt2tune.serve.service import END, Busy, Failure, ServedModel, Service, Stream
+from gpt2tune.serve.service import Busy, ServedModel, Service, Stream
 
 log = logging.getLogger(__name__)
 
 DRAIN_BYTES = 64 << 20
 """An oversized body is read (and dropped) up to this size before the 413 goes out."""
-DISCONNECT_POLL_S = 0.25
-"""How often a non-streaming request checks whether its client is still there."""
 
 
 def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: int = 1024,
@@ -97,55 +92,6 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
                                 "'Authorization: Bearer <key>' with the key given to --api-key",
                            type="authentication_error", code="invalid_api_key")
 
-    def lookup(name: str) -> ServedModel:
-        model = service.models.get(name)
-        if model is None:
-            raise APIError(404, f"model {name!r} does not exist; this server has: "
-                                f"{', '.join(service.models)}", param="model",
-                           code="model_not_found")
-        return model
-
-    def max_tokens_of(body: SamplingFields, asked: int | None, default: int, prompt_tokens: int,
-                      n_positions: int) -> int:
-        if asked is None:
-            return max(1, min(default, n_positions - prompt_tokens))
-        if asked > max_tokens_cap:
-            raise APIError(400, f"max_tokens={asked} is over this server's cap of "
-                                f"{max_tokens_cap}; ask for fewer (or start it with a higher "
-                                "--max-tokens-cap)", param="max_tokens")
-        return asked
-
-    def prepare(body: SamplingFields, model: ServedModel, prompts: list[str], asked: int | None,
-                default: int, logprobs: int | None) -> tuple[list[GenerationRequest], list[int]]:
-        """Engine requests for the prompts (prime placed before each), and each one's length."""
-        body.check_unsupported()
-        tok, n_positions = model.tokenizer, model.engine.model.config.n_positions
-        longest = max(len(tok.encode(p)) for p in prompts)
-        max_tokens = max_tokens_of(body, asked, default, longest, n_positions)
-        if longest + max_tokens > n_positions:
-            raise APIError(400, f"prompt ({longest} tokens) + max_tokens ({max_tokens}) exceeds "
-                                f"the model's context of {n_positions} tokens; shorten the prompt "
-                                "or lower max_tokens", param="max_tokens",
-                           code="context_length_exceeded")
-        cfg = body.sampling(max_tokens)
-        out, lengths = [], []
-        for p in prompts:
-            # the prime is trimmed from the left to fit, as `gpt2tune generate` does
-            ids, _ = build_context(tok, p, body.prime, max_tokens, n_positions)
-            ids = ids or [tok.eot_id]  # nothing to condition on: start a new document
-            out.append(GenerationRequest(ids, cfg, n=body.n, adapter=model.adapter,
-                                     logprobs=logprobs))
-            lengths.append(len(ids))
-        return out, lengths
-
-    def start(model: ServedModel, requests: list[GenerationRequest]) -> list[Stream]:
-        try:
-            return service.submit([(model, r) for r in requests])
-        except UserError as e:
-            raise APIError(400, str(e)) from None
-        except Busy as e:
-            raise APIError(429, str(e), type="rate_limit_error", code="queue_full") from None
-
     # ---------------------------------------------------------------- routes
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -165,12 +111,13 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(body: CompletionRequest, request: Request):
-        model = lookup(body.model)
+        model = lookup(service, body.model)
         if body.echo and body.logprobs is not None:
             raise APIError(400, "echo with logprobs is not supported (no log-probabilities of "
                                 "prompt tokens); drop one of them", param="echo")
-        reqs, lengths = prepare(body, model, body.prompts(), body.max_tokens, 16, body.logprobs)
-        streams = start(model, reqs)
+        reqs, lengths = prepare(body, model, body.prompts(), body.max_tokens, 16, body.logprobs,
+                                max_tokens_cap)
+        streams = start(service, model, reqs)
         run = Run(service, streams, model, body.n, request,
                   echo=body.prompts() if body.echo else None)
         rid, created_at = new_id("cmpl"), now()
@@ -189,7 +136,7 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
                     yield {**chunk([]), "usage": usage(run.prompt_tokens(lengths),
                                                        run.completion_tokens)}
 
-            return sse(events(), run)
+            return sse(events())
         choices = await run.collect()
         return chunk([{"index": c.index, "text": c.text, "logprobs": c.completion_logprobs(),
                        "finish_reason": c.finish} for c in choices]) | {
@@ -197,14 +144,14 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat(body: ChatRequest, request: Request):
-        model = lookup(body.model)
+        model = lookup(service, body.model)
         if CHAT_STOP not in body.stops():
             body.stop = body.stops() + [CHAT_STOP]
         top = (body.top_logprobs or 0) if body.logprobs else None
         asked = body.max_completion_tokens or body.max_tokens
         reqs, lengths = prepare(body, model, [chat_prompt(body.messages)], asked,
-                                max_tokens_cap, top)
-        streams = start(model, reqs)
+                                max_tokens_cap, top, max_tokens_cap)
+        streams = start(service, model, reqs)
         run = Run(service, streams, model, body.n, request)
         rid, created_at = new_id("chatcmpl"), now()
 
@@ -225,7 +172,7 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
                     yield {**chunk([]), "usage": usage(run.prompt_tokens(lengths),
                                                        run.completion_tokens)}
 
-            return sse(events(), run)
+            return sse(events())
         choices = await run.collect()
         return chunk([{"index": c.index,
                        "message": {"role": "assistant", "content": c.text},
@@ -236,131 +183,27 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
     return app
 
 
-# -------------------------------------------------------------------- from tokens to choices
-
-@dataclass
-class Event:
-    """New text of one choice (with its tokens' log-probabilities when asked for)."""
-
-    index: int
-    text: str
-    tokenizer: object
-    tokens: list[Token] = field(default_factory=list)
-    finish: str | None = None
-    offset: int = 0
-    """Characters of the choice's text before this piece."""
-
-    def completion_logprobs(self) -> dict | None:
-        if not self.tokens or self.tokens[0].logprob is None:
-            return None
-        strs, offsets, at = [], [], self.offset
-        for t in self.tokens:
-            s = self.tokenizer.decode([t.token])
-            strs.append(s)
-            offsets.append(at)
-            at += len(s)
-        return {"tokens": strs, "token_logprobs": [t.logprob for t in self.tokens],
-                "top_logprobs": [{self.tokenizer.decode([i]): lp for i, lp in t.top}
-                                 for t in self.tokens],
-                "text_offset": offsets}
-
-    def chat_logprobs(self) -> dict | None:
-        if not self.tokens or self.tokens[0].logprob is None:
-            return None
-
-        def entry(token: int, lp: float) -> dict:
-            s = self.tokenizer.decode([token])
-            return {"token": s, "logprob": lp, "bytes": list(self.tokenizer.decode_bytes([token]))}
-
-        return {"content": [entry(t.token, t.logprob) | {"top_logprobs": [entry(i, lp)
-                                                                          for i, lp in t.top]}
-                            for t in self.tokens]}
+def lookup(service: Service, name: str) -> ServedModel:
+    """The served model called ``name``; 404 if there is none."""
+    model = service.models.get(name)
+    if model is None:
+        raise APIError(404, f"model {name!r} does not exist; this server has: "
+                            f"{', '.join(service.models)}", param="model", code="model_not_found")
+    return model
 
 
-class Run:
-    """The choices of one HTTP request, assembled from its engine streams."""
-
-    def __init__(self, service: Service, streams: list[Stream], model: ServedModel, n: int,
-                 request: Request, echo: list[str] | None = None) -> None:
-        self.service, self.streams, self.n, self.request = service, streams, n, request
-        self.tokenizer = model.tokenizer
-        eot = model.tokenizer.eot_id
-        stops = streams[0].request.sampling.stop
-        self.rows = [[TextRow(model.tokenizer, stops, eot) for _ in range(n)] for _ in streams]
-        self.done = [[False] * n for _ in streams]
-        self.echo = echo
-        self.completion_tokens = 0
-
-    def prompt_tokens(self, lengths: list[int]) -> int:
-        return sum(lengths)
-
-    async def _next(self, stream: Stream) -> object:
-        while True:
-            try:
-                return await asyncio.wait_for(stream.queue.get(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                if await self.request.is_disconnected():
-                    raise ClientGone from None
-
-    async def events(self) -> AsyncIterator[Event]:
-        """Each choice's text as it becomes final, ending with its finish reason. Leaving early
-        (the client went away) cancels what is still running."""
-        try:
-            if self.echo is not None:
-                for k, prompt in enumerate(self.echo):
-                    for j in range(self.n):
-                        yield Event(k * self.n + j, prompt, self.tokenizer)
-            for k, stream in enumerate(self.streams):
-                while True:
-                    item = await self._next(stream)
-                    if item is END:
-                        break
-                    if isinstance(item, Failure):
-                        raise APIError(500, item.message, type="server_error")
-                    ev = self._take(k, item, stream)
-                    if ev is not None:
-                        yield ev
-        finally:
-            for stream in self.streams:
-                self.service.cancel(stream)
-
-    def _take(self, k: int, t: Token, stream: Stream) -> Event | None:
-        if self.done[k][t.row]:
-            return None  # a row that hit a stop string, until its cancellation arrives
-        row = self.rows[k][t.row]
-        self.completion_tokens += 1
-        offset = row.released
-        piece = row.add(t.token)
-        finish = t.finish
-        if row.stopped:
-            finish = "stop"
-            self.service.cancel(stream, t.row)
-        if finish is not None:
-            piece += row.flush()
-            self.done[k][t.row] = True
-        if self.echo is not None:
-            offset += len(self.echo[k])
-        return Event(k * self.n + t.row, piece, self.tokenizer, [t], finish, offset)
-
-    async def collect(self) -> list[Event]:
-        """Every choice whole: its text, all its tokens and its finish reason."""
-        choices = [Event(i, "", self.tokenizer) for i in range(len(self.streams) * self.n)]
-        try:
-            async for ev in self.events():
-                c = choices[ev.index]
-                c.text += ev.text
-                c.tokens += ev.tokens
-                c.finish = ev.finish or c.finish
-        except ClientGone:
-            raise APIError(499, "client closed the request") from None
-        return choices
+def start(service: Service, model: ServedModel,
+          requests: list[GenerationRequest]) -> list[Stream]:
+    """Hand the requests to the engine; 400 if one cannot run, 429 if the queue is full."""
+    try:
+        return service.submit([(model, r) for r in requests])
+    except UserError as e:
+        raise APIError(400, str(e)) from None
+    except Busy as e:
+        raise APIError(429, str(e), type="rate_limit_error", code="queue_full") from None
 
 
-class ClientGone(Exception):
-    """The HTTP client disconnected."""
-
-
-def sse(events: AsyncIterator[dict], run: Run) -> StreamingResponse:
+def sse(events: AsyncIterator[dict]) -> StreamingResponse:
     """Server-sent events in OpenAI's format: ``data: <json>`` per chunk, then ``data: [DONE]``."""
 
     async def body() -> AsyncIterator[str]:

@@ -160,11 +160,10 @@ class Service:
                 self._end(stream, Failure(f"could not start the request: {e}"))
                 return
             self._streams[(id(engine), stream.rid)] = stream
-        elif kind == "cancel" and stream.rid is not None:
-            if (id(engine), stream.rid) in self._streams:
-                engine.cancel(stream.rid, row)
-                if row is None:
-                    self._end(self._streams.pop((id(engine), stream.rid)), END)
+        elif kind == "cancel" and (id(engine), stream.rid) in self._streams:
+            engine.cancel(stream.rid, row)
+            if row is None:
+                self._end(self._streams.pop((id(engine), stream.rid)), END)
 
     def _step(self, engine: Engine) -> None:
         try:

@@ -1,0 +1,183 @@
+"""What one HTTP request asks of the engine, and the OpenAI choices its tokens make.
+
+``prepare`` turns the prompts and sampling fields into engine requests (priming, the context
+limit, the token cap); ``Run`` follows the engine's tokens of those requests and assembles the
+choices, whole or piece by piece for streaming. Each row's text goes through the same
+``TextRow`` as ``gpt2tune generate`` (stop strings, UTF-8 held back), so a streamed answer joins
+up to the non-streamed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.inference.engine import GenerationRequest, Token
+from gpt2tune.inference.generate import TextRow, build_context
+from gpt2tune.serve.protocol import APIError, SamplingFields
+from gpt2tune.serve.service import END, Failure, ServedModel, Service, Stream
+
+DISCONNECT_POLL_S = 0.25
+"""How often a non-streaming request checks whether its client is still there."""
+
+
+def max_tokens_of(asked: int | None, default: int, prompt_tokens: int, n_positions: int,
+                  cap: int) -> int:
+    """The new tokens to generate: as asked (400 over the cap), else the default if it fits."""
+    if asked is None:
+        return max(1, min(default, n_positions - prompt_tokens))
+    if asked > cap:
+        raise APIError(400, f"max_tokens={asked} is over this server's cap of "
+                            f"{cap}; ask for fewer (or start it with a higher "
+                            "--max-tokens-cap)", param="max_tokens")
+    return asked
+
+def prepare(body: SamplingFields, model: ServedModel, prompts: list[str], asked: int | None,
+            default: int, logprobs: int | None,
+            cap: int) -> tuple[list[GenerationRequest], list[int]]:
+    """Engine requests for the prompts (prime placed before each), and each one's length."""
+    body.check_unsupported()
+    tok, n_positions = model.tokenizer, model.engine.model.config.n_positions
+    longest = max(len(tok.encode(p)) for p in prompts)
+    max_tokens = max_tokens_of(asked, default, longest, n_positions, cap)
+    if longest + max_tokens > n_positions:
+        raise APIError(400, f"prompt ({longest} tokens) + max_tokens ({max_tokens}) exceeds "
+                            f"the model's context of {n_positions} tokens; shorten the prompt "
+                            "or lower max_tokens", param="max_tokens",
+                       code="context_length_exceeded")
+    cfg = body.sampling(max_tokens)
+    out, lengths = [], []
+    for p in prompts:
+        # the prime is trimmed from the left to fit, as `gpt2tune generate` does
+        ids, _ = build_context(tok, p, body.prime, max_tokens, n_positions)
+        ids = ids or [tok.eot_id]  # nothing to condition on: start a new document
+        out.append(GenerationRequest(ids, cfg, n=body.n, adapter=model.adapter,
+                                 logprobs=logprobs))
+        lengths.append(len(ids))
+    return out, lengths
+
+
+@dataclass
+class Event:
+    """New text of one choice (with its tokens' log-probabilities when asked for)."""
+
+    index: int
+    text: str
+    tokenizer: Tokenizer
+    tokens: list[Token] = field(default_factory=list)
+    finish: str | None = None
+    offset: int = 0
+    """Characters of the choice's text before this piece."""
+
+    def completion_logprobs(self) -> dict | None:
+        if not self.tokens or self.tokens[0].logprob is None:
+            return None
+        strs, offsets, at = [], [], self.offset
+        for t in self.tokens:
+            s = self.tokenizer.decode([t.token])
+            strs.append(s)
+            offsets.append(at)
+            at += len(s)
+        return {"tokens": strs, "token_logprobs": [t.logprob for t in self.tokens],
+                "top_logprobs": [{self.tokenizer.decode([i]): lp for i, lp in t.top}
+                                 for t in self.tokens],
+                "text_offset": offsets}
+
+    def chat_logprobs(self) -> dict | None:
+        if not self.tokens or self.tokens[0].logprob is None:
+            return None
+
+        def entry(token: int, lp: float) -> dict:
+            s = self.tokenizer.decode([token])
+            return {"token": s, "logprob": lp, "bytes": list(self.tokenizer.decode_bytes([token]))}
+
+        return {"content": [entry(t.token, t.logprob) | {"top_logprobs": [entry(i, lp)
+                                                                          for i, lp in t.top]}
+                            for t in self.tokens]}
+
+
+class Run:
+    """The choices of one HTTP request, assembled from its engine streams."""
+
+    def __init__(self, service: Service, streams: list[Stream], model: ServedModel, n: int,
+                 request: Request, echo: list[str] | None = None) -> None:
+        self.service, self.streams, self.n, self.request = service, streams, n, request
+        self.tokenizer = model.tokenizer
+        eot = model.tokenizer.eot_id
+        stops = streams[0].request.sampling.stop
+        self.rows = [[TextRow(model.tokenizer, stops, eot) for _ in range(n)] for _ in streams]
+        self.done = [[False] * n for _ in streams]
+        self.echo = echo
+        self.completion_tokens = 0
+
+    def prompt_tokens(self, lengths: list[int]) -> int:
+        return sum(lengths)
+
+    async def _next(self, stream: Stream) -> object:
+        while True:
+            try:
+                return await asyncio.wait_for(stream.queue.get(), DISCONNECT_POLL_S)
+            except TimeoutError:
+                if await self.request.is_disconnected():
+                    raise ClientGone from None
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Each choice's text as it becomes final, ending with its finish reason. Leaving early
+        (the client went away) cancels what is still running."""
+        try:
+            if self.echo is not None:
+                for k, prompt in enumerate(self.echo):
+                    for j in range(self.n):
+                        yield Event(k * self.n + j, prompt, self.tokenizer)
+            for k, stream in enumerate(self.streams):
+                while True:
+                    item = await self._next(stream)
+                    if item is END:
+                        break
+                    if isinstance(item, Failure):
+                        raise APIError(500, item.message, type="server_error")
+                    ev = self._take(k, item, stream)
+                    if ev is not None:
+                        yield ev
+        finally:
+            for stream in self.streams:
+                self.service.cancel(stream)
+
+    def _take(self, k: int, t: Token, stream: Stream) -> Event | None:
+        if self.done[k][t.row]:
+            return None  # a row that hit a stop string, until its cancellation arrives
+        row = self.rows[k][t.row]
+        self.completion_tokens += 1
+        offset = row.released
+        piece = row.add(t.token)
+        finish = t.finish
+        if row.stopped:
+            finish = "stop"
+            self.service.cancel(stream, t.row)
+        if finish is not None:
+            piece += row.flush()
+            self.done[k][t.row] = True
+        if self.echo is not None:
+            offset += len(self.echo[k])
+        return Event(k * self.n + t.row, piece, self.tokenizer, [t], finish, offset)
+
+    async def collect(self) -> list[Event]:
+        """Every choice whole: its text, all its tokens and its finish reason."""
+        choices = [Event(i, "", self.tokenizer) for i in range(len(self.streams) * self.n)]
+        try:
+            async for ev in self.events():
+                c = choices[ev.index]
+                c.text += ev.text
+                c.tokens += ev.tokens
+                c.finish = ev.finish or c.finish
+        except ClientGone:
+            raise APIError(499, "client closed the request") from None
+        return choices
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected."""
