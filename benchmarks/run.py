@@ -226,6 +226,10 @@ def child_generate(lib: str, case: Case, device: str, new_tokens: int, repeats: 
         from gpt2tune.inference.generate import SamplingConfig, generate_ids
 
         amp = torch.bfloat16 if case.precision == "bf16" else None
+        if amp is not None:
+            from gpt2tune.core.model import cast_for_inference
+
+            cast_for_inference(model, amp)  # as `gpt2tune generate --precision bf16` does
         rows = prompts.tolist()
 
         def run(n: int) -> int:

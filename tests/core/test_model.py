@@ -124,3 +124,28 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_hf):
         grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_cast_for_inference_keeps_the_tie_and_autocasts_numbers(tiny_hf):
+    """Weights stored in bf16 once give what autocast gives with float32 weights (the matmuls
+    see the same bf16 values; only the token embeddings enter the residual stream rounded)."""
+    from gpt2tune.core.model import cast_for_inference
+
+    path, _ = tiny_hf
+    ref, cast = load_model(path).eval(), load_model(path).eval()
+    cast_for_inference(cast, torch.bfloat16)
+    assert cast.lm_head.weight is cast.transformer.wte.weight
+    assert cast.transformer.wte.weight.dtype == torch.bfloat16
+    assert cast.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
+    assert cast.transformer.wpe.weight.dtype == torch.float32  # and the LayerNorms
+    assert cast.transformer.ln_f.weight.dtype == torch.float32
+    x = torch.randint(0, 50257, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = ref(x).float(), cast(x).float()
+        exact = ref(x).float()
+    with torch.no_grad():
+        full = ref(x)
+    # bf16 against float32: the tolerance bf16 itself needs (8 bits of mantissa)
+    assert (b - full).abs().max() <= 0.05 * full.abs().max()
+    assert (a - b).abs().max() <= (a - full).abs().max() * 2 + 1e-3
+    assert torch.equal(a, exact)

@@ -158,3 +158,18 @@ def test_decode_yields_each_rows_tokens_and_leaves_no_global_state(ours):
         if steps == 3:
             break
     assert steps == 3
+
+
+def test_draw_follows_the_distribution_and_never_picks_filtered_tokens():
+    from gpt2tune.inference.sampling import draw
+
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0])
+    logits = probs.log().repeat(20_000, 1)  # -inf where the probability is 0
+    got = draw(logits, torch.Generator().manual_seed(0))
+    counts = torch.bincount(got, minlength=6).float() / len(got)
+    assert counts[[0, 2, 5]].sum() == 0
+    # within 4 standard deviations of each probability
+    sd = (probs * (1 - probs) / len(got)).sqrt()
+    assert ((counts - probs).abs() <= 4 * sd + 1e-9).all(), counts
+    again = draw(logits, torch.Generator().manual_seed(0))
+    assert torch.equal(got, again)

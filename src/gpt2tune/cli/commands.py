@@ -126,6 +126,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # the adapter stays unmerged, as `gpt2tune serve` runs it: both give the same tokens
     adapters = {"adapter": load.adapter} if load.adapter else {}
     model = load_model_with_adapters(load.model, adapters, device=device)
+    amp = autocast_dtype(load.precision, device)
+    if amp is not None:
+        from gpt2tune.core.model import cast_for_inference
+
+        cast_for_inference(model, amp)  # once, not at every step
     tok = Tokenizer(model.source_dir)
     stream = opts.stream
     if stream is None:
@@ -139,7 +144,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     samples = generate(model, tok, opts.prompt or "", collect(args, "sampling", SamplingConfig),
                        prime=prime, num_samples=opts.num_samples,
-                       adapter="adapter" if load.adapter else None, autocast_dtype=autocast_dtype(load.precision, device), on_text=on_text)
+                       adapter="adapter" if load.adapter else None, autocast_dtype=amp,
+                       on_text=on_text)
     if stream:
         print()
         return 0

@@ -381,6 +381,27 @@ class GPT2(nn.Module):
         return lm_head_loss(h, self.lm_head.weight, targets, chunk_size)
 
 
+def cast_for_inference(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Store every weight that only enters matmuls in ``dtype``, once, for generation under
+    autocast to ``dtype``: each ``nn.Linear`` (LoRA adapters included) and the token embedding,
+    which is the tied LM head.
+
+    Autocast would otherwise cast them all again at every decoding step (its cast cache lasts one
+    autocast region, and the engine leaves the region between steps so that the caller's code
+    never runs under it): for GPT-2 124M in bf16 that copying took 65% of a batch-1 step. The
+    matmuls see the same bf16 weights either way; the token embeddings enter the residual stream
+    rounded to ``dtype``. LayerNorms and position embeddings stay float32, and so does the
+    residual stream.
+
+    Returns:
+        The same model, changed in place (run it under ``autocast`` to ``dtype``).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.to(dtype)  # the LM head's weight is the token embedding: cast with it
+    return model
+
+
 @contextmanager
 def empty_init() -> Iterator[None]:
     """Build modules on the meta device with no random initialisation, for weights that are about

@@ -24,7 +24,7 @@ from torch import Tensor
 from gpt2tune.core.model import GPT2, KVCache
 from gpt2tune.core.multilora import adapter_bank
 from gpt2tune.errors import UserError
-from gpt2tune.inference.sampling import SamplingConfig, process_logits
+from gpt2tune.inference.sampling import SamplingConfig, draw, process_logits
 from gpt2tune.runtime import autocast
 
 
@@ -294,8 +294,7 @@ class Engine:
             if cfg.greedy:
                 chosen = processed.argmax(-1)
             else:
-                chosen = torch.multinomial(processed.softmax(-1), 1,
-                                           generator=self.running[rid].generator).squeeze(-1)
+                chosen = draw(processed, self.running[rid].generator)
             logp = raw.log_softmax(-1) if req.logprobs is not None else None
             if logp is not None and req.logprobs:
                 top_lp, top_ids = logp.topk(req.logprobs, dim=-1)

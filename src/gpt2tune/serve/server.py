@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gpt2tune.core.model import cast_for_inference
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.errors import UserError
 from gpt2tune.formats.hf import load_model
@@ -86,6 +87,8 @@ def build_service(cfg: ServeConfig) -> Service:
     dtype = autocast_dtype(cfg.precision, device)
 
     def engine(model) -> Engine:
+        if dtype is not None:
+            cast_for_inference(model, dtype)  # once, not at every step
         return Engine(model.eval(), eot_id=Tokenizer(model.source_dir).eot_id,
                       max_batch=cfg.max_batch, autocast_dtype=dtype)
 
