@@ -369,3 +369,43 @@ def test_fit_tells_callbacks_every_step_and_each_validation():
     # 3 steps per epoch: validation at steps 2 and 4 (eval_every), 3 (epoch end) and 5 (the end)
     assert rec.events == ["start", (1, False), (2, True), (3, True), (4, True), (5, True), "end"]
     assert res.steps == 5 and trainer.progress.epoch == 1 and trainer.progress.step_in_epoch == 2
+
+
+def test_lora_bf16_with_the_base_stored_in_bf16_equals_autocast_of_the_float32_base(monkeypatch):
+    """The frozen base kept in bf16 while LoRA trains under bf16 autocast: the same adapter
+    weights, bit for bit, as autocast casting the float32 base at every forward, and the
+    model comes back in float32."""
+    import gpt2tune.finetune.loop as loop
+    from gpt2tune.core.lora import LoRAConfig, apply_lora, lora_modules
+    from gpt2tune.data.rows import Rows
+    from gpt2tune.finetune.loop import Trainer
+    from gpt2tune.finetune.parallel import SingleProcess
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 300, (4, 16), generator=g)
+    y = torch.randint(0, 300, (4, 16), generator=g)
+
+    def trained(store: bool):
+        model = _nodrop_model()
+        apply_lora(model, LoRAConfig(r=4, alpha=8, targets=["c_attn", "mlp.c_fc"]))
+        torch.manual_seed(0)
+        for _, m in lora_modules(model):
+            m.lora_B.weight.data.normal_(0, 0.02)  # a non-zero update from the first step
+        if not store:
+            monkeypatch.setattr(loop, "store_frozen_linears", lambda model, dtype: [])
+        cfg = TrainConfig(method="lora", lr=1e-2, warmup_steps=0, precision="bf16",
+                          loss_chunk=0, batch_size=4, max_steps=3)
+        trainer = Trainer(model, cfg, total_steps=3, parallel=SingleProcess())
+        if store:
+            c_fc = model.transformer.h[0].mlp.c_fc
+            assert c_fc.base.weight.dtype == torch.bfloat16  # stored low while it trains
+            assert c_fc.lora_A.weight.dtype == torch.float32
+            assert model.transformer.h[0].mlp.c_proj.weight.dtype == torch.bfloat16
+        trainer.fit(Rows(inputs=x, targets=y))
+        monkeypatch.undo()
+        return [p.detach().clone() for p in model.parameters() if p.requires_grad], model
+
+    stored, model = trained(True)
+    reference, _ = trained(False)
+    assert all(torch.equal(a, b) for a, b in zip(stored, reference))
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -271,6 +271,35 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
                 m.merge()
 
 
+def store_frozen_linears(model: nn.Module, dtype: torch.dtype) -> list[nn.Linear]:
+    """Store every frozen projection (an ``nn.Linear`` none of whose parameters train: the bases
+    of the adapters and the projections without one) in ``dtype``, in place. The tied LM head is
+    left alone (its weight is the token embedding).
+
+    For LoRA under autocast to ``dtype``: autocast caches its casts only for weights that require
+    grad, so it cast each frozen float32 weight again in every forward and backward. The matmuls
+    see the same ``dtype`` values either way, and the frozen weights take half the memory.
+
+    Returns:
+        The modules changed, for ``restore_frozen_linears``.
+    """
+    head = getattr(model, "lm_head", None)
+    changed = []
+    for module in model.modules():
+        if (isinstance(module, nn.Linear) and module is not head
+                and module.weight.dtype != dtype
+                and not any(p.requires_grad for p in module.parameters())):
+            module.to(dtype)
+            changed.append(module)
+    return changed
+
+
+def restore_frozen_linears(modules: list[nn.Linear], dtype: torch.dtype = torch.float32) -> None:
+    """Undo ``store_frozen_linears`` (the weights keep the rounding they had in low precision)."""
+    for module in modules:
+        module.to(dtype)
+
+
 # ----------------------------------------------------------------------------- parameter counts
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -20,7 +20,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from gpt2tune.core.lora import count_parameters, lora_parameters
+from gpt2tune.core.lora import (
+    count_parameters,
+    lora_parameters,
+    restore_frozen_linears,
+    store_frozen_linears,
+)
 from gpt2tune.core.model import GPT2
 from gpt2tune.data.rows import IGNORE, Rows, batch_indices
 from gpt2tune.errors import UserError
@@ -188,6 +193,12 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         trainable_setup(model, cfg.method)
+        # LoRA in bf16: the frozen base stored in bf16 once, instead of autocast casting it in
+        # every forward and backward (GPT-2 124M: 553 -> 714 tokens/s), half the weight memory
+        self.bf16_base = (cfg.method == "lora" and self.amp_dtype == torch.bfloat16
+                          and not self.parallel.shards_weights)
+        self.low_precision_base: list[nn.Linear] = (
+            store_frozen_linears(model, torch.bfloat16) if self.bf16_base else [])
         model.gradient_checkpointing = cfg.grad_checkpointing
         self.trainable_params, self.total_params = count_parameters(model)
         self.wrapped = self.parallel.wrap(model)  # before the optimizer: FSDP swaps parameters
@@ -306,6 +317,21 @@ class Trainer:
     def fit(self, rows: Rows, val_docs: list[list[int]] | None = None,
             callbacks: Sequence[Callback] = ()) -> TrainResult:
         """Train until ``total_steps`` (or early stopping), from ``self.progress`` on.
+
+        A LoRA run in bf16 keeps its frozen base in bf16 while it trains; ``fit`` hands the model
+        back in float32 (those weights rounded to bf16, as every bf16 forward saw them).
+        """
+        if self.bf16_base:
+            self.low_precision_base += store_frozen_linears(self.model, torch.bfloat16)
+        try:
+            return self._fit(rows, val_docs, callbacks)
+        finally:
+            restore_frozen_linears(self.low_precision_base)
+            self.low_precision_base = []
+
+    def _fit(self, rows: Rows, val_docs: list[list[int]] | None,
+             callbacks: Sequence[Callback]) -> TrainResult:
+        """``fit``'s loop.
 
         Each epoch visits the rows in an order fixed by (seed, epoch), so a resumed run continues
         exactly where the interrupted one stopped. Validation runs every ``eval_every`` steps,
