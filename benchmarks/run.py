@@ -53,11 +53,20 @@ class Case:
     """Training: ``lora`` or ``full``."""
     batch: int = BATCH
     """Rows per step (training) or prompts decoded together (generation)."""
+    size: str = "gpt2"
+    """The architecture (a preset name): ``gpt2`` (124M) or ``gpt2-xl`` (1.5B)."""
+    lora_r: int = LORA_R
+    fallback: bool = False
+    """Run only where bf16 is not native (the fp32 stand-in of a bf16 row)."""
 
 
+# GPT-2 XL (1.5B), LoRA r=8 on c_attn, batch 2 x 256: a laptop user's largest fine-tune
+XL = dict(size="gpt2-xl", batch=2, lora_r=8)
 CASES = [
     *(Case(f"train-{m}-{p}", "train", p, method=m) for m in ("lora", "full") for p in ("fp32", "bf16")),
     *(Case(f"generate-b{b}-{p}", "generate", p, batch=b) for b in (1, 8) for p in ("fp32", "bf16")),
+    Case("train-lora-xl-bf16", "train", "bf16", method="lora", **XL),
+    Case("train-lora-xl-fp32", "train", "fp32", method="lora", fallback=True, **XL),
 ]
 
 # The issue's targets, as ratios gpt2tune / transformers (same run, same machine).
@@ -69,10 +78,14 @@ TARGETS = {
     ("train-lora-fp32", "tokens/s"): (">=", 1.0),
     ("train-full-fp32", "tokens/s"): (">=", 1.0),
     **{(f"generate-b{b}-{p}", "tokens/s"): (">=", 1.5) for b in (1, 8) for p in ("fp32", "bf16")},
+    **{(f"train-lora-xl-{p}", what): target for p in ("bf16", "fp32")
+       for what, target in (("tokens/s", (">=", 1.5)), ("peak memory", ("<=", 0.5)))},
 }
 
 
 # ----------------------------------------------------------------------------- model FLOPs
+
+PRESETS_SHAPE = {"gpt2": dict(n_layer=12, n_embd=768), "gpt2-xl": dict(n_layer=48, n_embd=1600)}
 
 def matmul_params(n_layer: int = 12, n_embd: int = 768, vocab: int = 50257) -> int:
     """Weights that take part in a matmul per token: the four projections of each block
@@ -135,28 +148,31 @@ def _amp(device: str, precision: str):
     return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
 
 
-def _build(lib: str, method: str | None, device: str):
-    """The GPT-2 124M architecture with random weights; with LoRA adapters for ``lora``.
+def _build(lib: str, method: str | None, device: str, size: str = "gpt2", lora_r: int = LORA_R):
+    """The architecture ``size`` with random weights; with LoRA adapters for ``lora``.
     Returns (model, trainable parameters)."""
     import torch
 
     torch.manual_seed(0)
+    alpha = 2 * lora_r
     if lib == "gpt2tune":
         from gpt2tune.core.lora import LoRAConfig, apply_lora
         from gpt2tune.core.model import GPT2, GPT2Config
 
-        model = GPT2(GPT2Config.from_preset("gpt2"))
+        model = GPT2(GPT2Config.from_preset(size))
         if method == "lora":
-            apply_lora(model, LoRAConfig(r=LORA_R, alpha=LORA_ALPHA, targets=["c_attn"]))
+            apply_lora(model, LoRAConfig(r=lora_r, alpha=alpha, targets=["c_attn"]))
     else:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        model = GPT2LMHeadModel(GPT2Config())
+        from gpt2tune.core.model import PRESETS
+
+        model = GPT2LMHeadModel(GPT2Config(**PRESETS[size]))
         if method == "lora":
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA,
+            model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=alpha,
                                                      target_modules=["c_attn"], lora_dropout=0.0,
                                                      fan_in_fan_out=True))
     model.to(device)
@@ -171,7 +187,7 @@ def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> d
     """
     import torch
 
-    model, params = _build(lib, case.method, device)
+    model, params = _build(lib, case.method, device, case.size, case.lora_r)
     model.train()
     gen = torch.Generator().manual_seed(0)
     data = torch.randint(0, 50257, (case.batch, SEQ + 1), generator=gen).to(device)
@@ -446,7 +462,8 @@ def build_rows(results: dict, peaks: dict) -> list[dict]:
                          ours.get("peak_mib"), theirs.get("peak_mib")))
         if case.kind == "train":
             peak = peaks.get(case.precision)
-            flops = train_flops_per_token(case.method)
+            shape = PRESETS_SHAPE.get(case.size, {})
+            flops = train_flops_per_token(case.method, **shape)
             mfu = {lib: (v * flops / (peak * 1e9) if v is not None and peak else None)
                    for lib, v in tps.items()}
             rows.append(_row(case.name, "MFU", "fraction of the measured matmul peak in the "
@@ -554,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict] = {}
     for k, case in enumerate(cases):
+        if case.fallback and run_bf16:
+            continue  # the bf16 row runs instead
         if case.precision == "bf16" and not run_bf16:
             results[case.name] = {"skipped": (
                 f"skipped: no native bf16 matmul on this {args.device} (measured "
