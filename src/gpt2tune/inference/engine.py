@@ -83,7 +83,8 @@ class Engine:
     """Decodes the rows of many requests together, one token per row per ``step()``."""
 
     def __init__(self, model: GPT2, *, eot_id: int, max_batch: int = 8,
-                 autocast_dtype: torch.dtype | None = None, use_cache: bool = True) -> None:
+                 autocast_dtype: torch.dtype | None = None, use_cache: bool = True,
+                 max_len: int | None = None) -> None:
         """Args:
             model: the language model (eval mode), with adapters installed by
                 ``core.multilora.install_adapters`` if requests name adapters.
@@ -92,6 +93,8 @@ class Engine:
             autocast_dtype: e.g. ``torch.bfloat16`` to run matmuls in bf16.
             use_cache: decode with a KV cache (False recomputes every row's whole sequence each
                 step: the reference the cache is tested against).
+            max_len: the longest prompt + new tokens any request will need (the KV cache's
+                length per row); default: the model's context.
         """
         if max_batch < 1:
             raise UserError(f"max batch must be >= 1, got {max_batch}")
@@ -100,6 +103,7 @@ class Engine:
         self.max_batch = max_batch
         self.autocast_dtype = autocast_dtype
         self.use_cache = use_cache
+        self.max_len = min(max_len or model.config.n_positions, model.config.n_positions)
         self.bank = adapter_bank(model)
         self.device = next(model.parameters()).device
         self.cache: KVCache | None = None  # allocated on first use
@@ -134,6 +138,10 @@ class Engine:
             raise UserError(f"prompt ({len(request.prompt)} tokens) + --max-new-tokens "
                             f"({request.sampling.max_new_tokens}) exceeds the context of "
                             f"{n_positions}; shorten either")
+        if total > self.max_len:
+            raise UserError(f"prompt ({len(request.prompt)} tokens) + --max-new-tokens "
+                            f"({request.sampling.max_new_tokens}) exceeds this engine's "
+                            f"max_len of {self.max_len}")
         if request.adapter is not None and request.adapter not in self.adapters:
             raise UserError(f"unknown adapter {request.adapter!r}; this model has: "
                             f"{', '.join(self.adapters) or 'none'}")
@@ -244,8 +252,8 @@ class Engine:
         so the padding's keys are never attended to later and get overwritten."""
         if self.cache is None:
             dtype = self.autocast_dtype or next(self.model.parameters()).dtype
-            self.cache = KVCache(self.model.config, self.max_batch,
-                                 self.model.config.n_positions, self.device, dtype)
+            self.cache = KVCache(self.model.config, self.max_batch, self.max_len, self.device,
+                                 dtype)
         width = max(len(ids) for ids, _ in prompts)
         for j in range(len(prompts)):
             self.cache.lengths[first + j] = 0
@@ -277,12 +285,19 @@ class Engine:
         by_request: dict[int, list[int]] = {}
         for i, r in enumerate(self.rows):
             by_request.setdefault(r.request, []).append(i)
-        out: list[Token] = []
+        # requests with the same logits processing are processed as one batch (8 one-row
+        # requests: 8 top-k passes become one); each still draws with its own generator
+        groups: dict[tuple, list[int]] = {}
         for rid, slots in by_request.items():
             # a request's rows in sample order, whatever slots they occupy
             slots.sort(key=lambda i: self.rows[i].index)
-            req = self.running[rid].request
-            cfg = req.sampling
+            cfg = self.running[rid].request.sampling
+            key = (cfg.greedy, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+            groups.setdefault(key, []).append(rid)
+        out: list[tuple[int, Token]] = []
+        for rids in groups.values():
+            slots = [i for rid in rids for i in by_request[rid]]
+            cfg = self.running[rids[0]].request.sampling
             raw = logits[slots]
             context = None
             if cfg.repetition_penalty != 1.0:
@@ -291,30 +306,42 @@ class Engine:
                 for j, i in enumerate(slots):
                     context[j, :len(self.rows[i].tokens)] = torch.tensor(self.rows[i].tokens)
             processed = process_logits(raw, context, cfg)
-            if cfg.greedy:
-                chosen = processed.argmax(-1)
-            else:
-                chosen = draw(processed, self.running[rid].generator)
-            logp = raw.log_softmax(-1) if req.logprobs is not None else None
-            if logp is not None and req.logprobs:
-                top_lp, top_ids = logp.topk(req.logprobs, dim=-1)
-            for j, i in enumerate(slots):
-                row = self.rows[i]
-                token = int(chosen[j])
-                row.tokens.append(token)
-                row.generated += 1
-                t = Token(rid, row.index, token)
-                if logp is not None:
-                    t.logprob = float(logp[j, token])
-                    t.top = ([(int(a), float(b)) for a, b in zip(top_ids[j], top_lp[j])]
-                             if req.logprobs else [])
-                if token == self.eot_id and cfg.stop_at_eot:
-                    t.finish = "stop"
-                elif row.generated >= cfg.max_new_tokens:
-                    t.finish = "length"
-                out.append((i, t))
+            start = 0
+            for rid in rids:
+                n = len(by_request[rid])
+                rows = slice(start, start + n)
+                start += n
+                out += self._take(rid, by_request[rid], raw[rows], processed[rows])
         # in slot order, so the caller can find each row's token
         return [t for _, t in sorted(out, key=lambda it: it[0])]
+
+    def _take(self, rid: int, slots: list[int], raw: Tensor,
+              processed: Tensor) -> list[tuple[int, Token]]:
+        """Pick the next token of each of a request's rows, and note it."""
+        req = self.running[rid].request
+        cfg = req.sampling
+        chosen = (processed.argmax(-1) if cfg.greedy
+                  else draw(processed, self.running[rid].generator)).tolist()
+        logp = raw.log_softmax(-1) if req.logprobs is not None else None
+        if logp is not None and req.logprobs:
+            top_lp, top_ids = logp.topk(req.logprobs, dim=-1)
+        out = []
+        for j, i in enumerate(slots):
+            row = self.rows[i]
+            token = chosen[j]
+            row.tokens.append(token)
+            row.generated += 1
+            t = Token(rid, row.index, token)
+            if logp is not None:
+                t.logprob = float(logp[j, token])
+                t.top = ([(int(a), float(b)) for a, b in zip(top_ids[j], top_lp[j])]
+                         if req.logprobs else [])
+            if token == self.eot_id and cfg.stop_at_eot:
+                t.finish = "stop"
+            elif row.generated >= cfg.max_new_tokens:
+                t.finish = "length"
+            out.append((i, t))
+        return out
 
     def _retire(self, slots: list[int]) -> None:
         """Take rows out of the batch; the last row moves into each freed slot (the running rows

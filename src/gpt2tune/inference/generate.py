@@ -44,8 +44,9 @@ def decode(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id
     cfg.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("empty prompt: give --prompt or --prime text to condition on")
+    # a cache as long as this call needs, not the whole context
     engine = Engine(model, eot_id=eot_id, max_batch=len(prompts), autocast_dtype=autocast_dtype,
-                    use_cache=use_cache)
+                    use_cache=use_cache, max_len=max(map(len, prompts)) + cfg.max_new_tokens)
     row_of = {engine.submit(GenerationRequest(p, cfg, adapter=adapter)): i for i, p in enumerate(prompts)}
     while not engine.idle:
         step: list[int | None] = [None] * len(prompts)
@@ -191,7 +192,7 @@ def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig
     cfg.validate()
     ctx, _ = build_context(tokenizer, prompt, prime, cfg.max_new_tokens, model.config.n_positions)
     engine = Engine(model, eot_id=tokenizer.eot_id, max_batch=num_samples,
-                    autocast_dtype=autocast_dtype)
+                    autocast_dtype=autocast_dtype, max_len=len(ctx) + cfg.max_new_tokens)
     rid = engine.submit(GenerationRequest(ctx, cfg, n=num_samples, adapter=adapter))
     rows = [TextRow(tokenizer, cfg.stop, tokenizer.eot_id if cfg.stop_at_eot else None)
             for _ in range(num_samples)]
