@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from gpt2tune.core.classifier import PAD_TOKEN_ID, GPT2Classifier
 from gpt2tune.core.model import GPT2, GPT2Config, empty_init
 from gpt2tune.core.tokenizer import vocab_files
 from gpt2tune.errors import UserError
@@ -166,7 +167,7 @@ def hf_to_ours(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     for key, t in sd.items():
         if key.endswith((".attn.bias", ".attn.masked_bias")):
             continue  # causal-mask buffers of old checkpoints, not parameters
-        if not key.startswith(("transformer.", "lm_head.")):
+        if not key.startswith(("transformer.", "lm_head.", "score.")):
             key = "transformer." + key  # OpenAI's original upload has no "transformer." prefix
         if key.endswith(CONV1D_SUFFIXES):
             t = t.t()
@@ -199,10 +200,18 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = None,
     model_dir = resolve_model_dir(name_or_path)
     config = load_config(model_dir)
     sd = hf_to_ours(load_hf_state_dict(model_dir))
+    sd.pop("score.weight", None)  # a classifier's checkpoint: its body is a GPT-2 too
     with empty_init():
         model = GPT2(config, init_weights=False, source_dir=model_dir)
-    # The checkpoint must hold exactly the model's tensors (the tied head once, as wte).
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    return _load_weights(model, sd, model_dir, dtype, device)
+
+
+def _load_weights(model: GPT2, sd: dict[str, Tensor], model_dir: Path, dtype: torch.dtype | None,
+                  device: torch.device | str) -> GPT2:
+    """Load ``sd`` into ``model`` (built on the meta device), which must hold exactly its tensors
+    (the tied head once, as ``wte``)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()
+                if k not in ("lm_head.weight", "score.weight")}
     missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
     if missing or unexpected:
         raise UserError(f"{model_dir}: the checkpoint does not match a GPT-2 with this config.json: "
@@ -213,10 +222,72 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = None,
                             f"{expected[k]}; the weights do not belong to this config")
     sd = {k: v.float() for k, v in sd.items()}
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    if isinstance(model, GPT2Classifier):
+        sd["score.weight"] = model.score.weight.detach()
     model.load_state_dict(sd, strict=True, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign made two Parameters: re-tie
     model.to(device=device, dtype=dtype or torch.float32)
     return model.eval()
+
+
+CLASSIFIER_ARCH = "GPT2ForSequenceClassification"
+
+
+def _hf_config(model_dir: Path) -> dict:
+    load_config(model_dir)  # the checks, with their messages
+    return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+
+
+def load_classifier(name_or_path: str | Path, labels: list[str] | None = None, *,
+                    device: torch.device | str = "cpu") -> GPT2Classifier:
+    """Load a ``GPT2ForSequenceClassification`` directory, or start a classifier from a plain
+    GPT-2 checkpoint with a fresh ``score`` head.
+
+    Args:
+        name_or_path: an HF directory or hub id.
+        labels: the class names by id (one name: regression); required for a plain GPT-2, and
+            for a classifier checkpoint they must equal its ``id2label``.
+        device: where to put the model.
+
+    Raises:
+        UserError: no labels for a plain checkpoint, labels that differ from the checkpoint's,
+            or weights that do not fit.
+    """
+    model_dir = resolve_model_dir(name_or_path)
+    hf = _hf_config(model_dir)
+    config = config_from_hf(hf, str(model_dir / "config.json"))
+    sd = hf_to_ours(load_hf_state_dict(model_dir))
+    if CLASSIFIER_ARCH not in (hf.get("architectures") or []):
+        if not labels:
+            raise UserError(f"{model_dir} is a plain GPT-2, not a classifier: give the labels "
+                            "(e.g. --label-field) so a fresh score head can be made")
+        body = _load_weights(_empty_gpt2(config, model_dir), sd, model_dir, None, device)
+        return GPT2Classifier.from_language_model(body, labels).eval()
+    id2label = hf.get("id2label") or {}
+    saved = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))
+             for i in range(int(hf.get("num_labels", len(id2label) or 2)))]
+    if labels is not None and list(labels) != saved:
+        raise UserError(f"{model_dir} classifies {saved}, not {list(labels)}; use data with the "
+                        "checkpoint's labels or start from a plain GPT-2")
+    if "score.weight" not in sd:
+        raise UserError(f"{model_dir}: config.json says {CLASSIFIER_ARCH} but there is no "
+                        "score.weight; re-save the model")
+    score = sd.pop("score.weight")
+    with empty_init():
+        model = GPT2Classifier(config, saved, init_weights=False, source_dir=model_dir,
+                               pad_token_id=hf.get("pad_token_id", PAD_TOKEN_ID))
+    if tuple(score.shape) != (len(saved), config.n_embd):
+        raise UserError(f"{model_dir}: score.weight has shape {tuple(score.shape)}, the labels "
+                        f"and n_embd imply {(len(saved), config.n_embd)}")
+    model.score = torch.nn.Linear(config.n_embd, len(saved), bias=False)
+    with torch.no_grad():
+        model.score.weight.copy_(score.float())
+    return _load_weights(model, sd, model_dir, None, device)
+
+
+def _empty_gpt2(config: GPT2Config, model_dir: Path) -> GPT2:
+    with empty_init():
+        return GPT2(config, init_weights=False, source_dir=model_dir)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -233,7 +304,8 @@ def write_tokenizer_files(out_dir: Path, source_dir: Path | None) -> None:
 
 
 def save_model(model: GPT2, out_dir: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-    """Save ``model`` as an HF-format directory that ``GPT2LMHeadModel.from_pretrained`` loads.
+    """Save ``model`` as an HF-format directory that ``GPT2LMHeadModel.from_pretrained`` loads
+    (a ``GPT2Classifier``: that ``GPT2ForSequenceClassification.from_pretrained`` loads).
 
     Writes ``config.json``, ``model.safetensors`` and the tokenizer files.
     """
@@ -241,9 +313,17 @@ def save_model(model: GPT2, out_dir: str | Path, *, dtype: torch.dtype | None = 
     sd = ours_to_hf(model)
     if dtype is not None:
         sd = {k: v.to(dtype) for k, v in sd.items()}
+    config = config_to_hf(model.config)
+    if isinstance(model, GPT2Classifier):
+        # what transformers' GPT2ForSequenceClassification reads: the labels define num_labels
+        config.update(architectures=[CLASSIFIER_ARCH], pad_token_id=model.pad_token_id,
+                      id2label={str(i): name for i, name in enumerate(model.labels)},
+                      label2id={name: i for i, name in enumerate(model.labels)},
+                      problem_type="regression" if model.regression
+                      else "single_label_classification")
     with atomic_dir(out_dir) as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         write_tokenizer_files(tmp, model.source_dir)
     return out_dir
 
