@@ -18,6 +18,8 @@ _API = {
     "GPT2": "gpt2tune.core.model",
     "GPT2Config": "gpt2tune.core.model",
     "KVCache": "gpt2tune.core.model",
+    "GPT2Classifier": "gpt2tune.core.classifier",
+    "load_classifier": "gpt2tune.formats.hf",
     "LoRAConfig": "gpt2tune.core.lora",
     "apply_lora": "gpt2tune.core.lora",
     "merge_and_unload": "gpt2tune.core.lora",
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
         count_parameters,
         merge_and_unload,
     )
+    from gpt2tune.core.classifier import GPT2Classifier
     from gpt2tune.core.model import GPT2, GPT2Config, KVCache
     from gpt2tune.core.tokenizer import Tokenizer
     from gpt2tune.data.sources import read_documents
@@ -67,7 +70,7 @@ if TYPE_CHECKING:
         fine_tune,
         train,
     )
-    from gpt2tune.formats.hf import load_model, save_model
+    from gpt2tune.formats.hf import load_classifier, load_model, save_model
     from gpt2tune.formats.peft import (
         load_adapter,
         load_model_with_adapter,

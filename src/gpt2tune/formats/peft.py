@@ -22,6 +22,7 @@ from gpt2tune.core.lora import (
     load_adapter_state_dict,
     lora_modules,
 )
+from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.model import GPT2
 from gpt2tune.core.multilora import install_adapters
 from gpt2tune.errors import UserError
@@ -33,6 +34,10 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 SAVED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 """What ``save_adapter`` writes."""
 PEFT_PREFIX = "base_model.model."  # PeftModel wraps a LoraModel wrapping the HF model
+# peft's SEQ_CLS task saves the classification head with the adapter (modules_to_save); for
+# GPT-2 it is "score" ("classifier" is peft's default name for other architectures)
+SEQ_CLS_HEADS = ("classifier", "score")
+HEAD_KEY = "score.weight"
 
 # adapter_config.json fields that change what the adapter computes, and the one value we support.
 _PEFT_UNSUPPORTED: dict[str, object] = {
@@ -90,7 +95,12 @@ def save_adapter(model: GPT2, out_dir: str | Path, lora_cfg: LoRAConfig,
         "rank_pattern": {},
         "alpha_pattern": {},
     }
-    tensors = {PEFT_PREFIX + key: t.contiguous().cpu() for key, t in adapter_state_dict(model).items()}
+    weights = adapter_state_dict(model)
+    if isinstance(model, GPT2Classifier):
+        # the head trains with the adapter, so it is saved with it (peft's SEQ_CLS layout)
+        config.update(task_type="SEQ_CLS", modules_to_save=["score"])
+        weights[HEAD_KEY] = model.score.weight.detach()
+    tensors = {PEFT_PREFIX + key: t.contiguous().cpu() for key, t in weights.items()}
     with atomic_dir(out_dir) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -116,7 +126,14 @@ def lora_config_from_peft(peft_cfg: dict, n_layer: int, where: str = ADAPTER_CON
     if peft_cfg.get("peft_type") != "LORA":
         raise UserError(f"{where}: peft_type is {peft_cfg.get('peft_type')!r}; gpt2tune loads LoRA "
                         "adapters only (peft_type LORA)")
+    saved_modules = peft_cfg.get("modules_to_save") or []
+    if set(saved_modules) - set(SEQ_CLS_HEADS):
+        raise UserError(f"{where}: modules_to_save={saved_modules!r}: gpt2tune saves and loads "
+                        "only a classifier's score head with an adapter; retrain without the "
+                        "others")
     for key, supported in _PEFT_UNSUPPORTED.items():
+        if key == "modules_to_save":
+            continue  # checked above
         value = peft_cfg.get(key, supported)
         # Where the supported value is "off" (False, None, {}), any other "off" spelling is too.
         if value != supported and (supported or value):
@@ -196,12 +213,23 @@ def read_adapter(adapter_dir: str | Path, model: GPT2) -> tuple[LoRAConfig, dict
         raise UserError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}; the adapter was not saved "
                         "completely — save it again")
     sd = {k.removeprefix(PEFT_PREFIX): v for k, v in raw.items()}
+    head = sd.pop(HEAD_KEY, None)
+    if head is not None:
+        if not isinstance(model, GPT2Classifier):
+            raise UserError(f"{adapter_dir} is a classification adapter (it carries a score "
+                            "head); load it onto a classifier (gpt2tune classify / --task "
+                            "classify)")
+        if tuple(head.shape) != tuple(model.score.weight.shape):
+            raise UserError(f"{adapter_dir}: its score head has shape {tuple(head.shape)}, this "
+                            f"classifier's is {tuple(model.score.weight.shape)}; the labels differ")
     expected: dict[str, tuple[int, ...]] = {}
     for name in cfg.module_names(model.config.n_layer):
         base = model.get_submodule(name)
         expected[f"{name}.lora_A.weight"] = (cfg.r, base.in_features)
         expected[f"{name}.lora_B.weight"] = (base.out_features, cfg.r)
     check_adapter_tensors(expected, sd, str(adapter_dir))
+    if head is not None:
+        sd[HEAD_KEY] = head
     return cfg, sd
 
 
@@ -220,8 +248,13 @@ def load_adapter(model: GPT2, adapter_dir: str | Path) -> LoRAConfig:
     """
     # Checked against the base model before touching it, so a bad adapter leaves it unchanged.
     cfg, sd = read_adapter(adapter_dir, model)
+    head = sd.pop(HEAD_KEY, None)
     apply_lora(model, cfg)
     load_adapter_state_dict(model, sd, str(adapter_dir))
+    if head is not None:
+        with torch.no_grad():
+            model.score.weight.copy_(head.to(model.score.weight))
+        model.score.weight.requires_grad_(True)  # it trains with the adapter
     return cfg
 
 
