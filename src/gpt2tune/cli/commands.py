@@ -175,7 +175,14 @@ class EvalOptions:
     batch_size: int = 8
     """Windows scored at a time."""
     json: bool = False
-    """Print {loss, perplexity, tokens} as JSON."""
+    """Print {loss, perplexity, tokens} as JSON (with --task classify: the scores)."""
+    task: Literal["lm", "classify"] = "lm"
+    """``lm``: loss and perplexity; ``classify``: accuracy, macro-F1, per-class precision and
+    recall and the confusion matrix of a classifier on labelled data."""
+    label_field: str = "label"
+    """With --task classify: the JSON field / CSV column with each text's label."""
+    out: str | None = None
+    """With --task classify: write confusion_matrix.png into this directory."""
 
 
 def eval_options(p: argparse.ArgumentParser) -> None:
@@ -189,6 +196,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gpt2tune.inference.evaluate import evaluate
 
     opts = collect(args, "eval", EvalOptions)
+    if opts.task == "classify":
+        return _eval_classifier(opts, collect(args, "load", LoadOptions))
     texts = read_documents(opts.data, opts.doc_sep, opts.text_field, split="test")
     load = collect(args, "load", LoadOptions)
     model, tok, device = _load(load)
@@ -203,6 +212,90 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"documents: {len(docs)}  tokens scored: {res.tokens:,}")
         print(f"loss: {res.loss:.4f}  perplexity: {res.perplexity:.3f}")
+    return 0
+
+
+def _eval_classifier(opts: EvalOptions, load: LoadOptions) -> int:
+    from gpt2tune.core.tokenizer import Tokenizer
+    from gpt2tune.data.labeled import encode_labeled, read_labeled
+    from gpt2tune.formats.atomic import atomic_file
+    from gpt2tune.formats.peft import load_classifier_with_adapter
+    from gpt2tune.inference.classify import score
+
+    device = resolve_device(load.device)
+    data = read_labeled(opts.data, opts.text_field, opts.label_field, split="test")
+    model = load_classifier_with_adapter(load.model, load.adapter, device=device)
+    tok = Tokenizer(model.source_dir)
+    rows, cut = encode_labeled(data, tok, model.labels, model.config.n_positions,
+                               model.pad_token_id)
+    res = score(model, rows, batch_size=opts.batch_size,
+                autocast_dtype=autocast_dtype(load.precision, device))
+    if opts.out:
+        from gpt2tune.report.figures import confusion_matrix
+
+        out = Path(opts.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_file(out / "confusion_matrix.png") as f:
+            f.write_bytes(confusion_matrix(res.confusion, res.labels))
+    if opts.json:
+        print(json.dumps(res.to_dict() | {"truncated": cut}))
+        return 0
+    print(f"texts: {res.texts}  accuracy: {res.accuracy:.4f}  macro-F1: {res.macro_f1:.4f}")
+    for name, c in res.per_class.items():
+        print(f"  {name}: precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
+              f"f1 {c['f1']:.3f}  ({c['support']} texts)")
+    if cut:
+        print(f"({cut} texts were longer than the context: their beginnings were cut)")
+    return 0
+
+
+@dataclass
+class ClassifyOptions:
+    """What to classify, and how to print it."""
+
+    text: list[str] = field(default_factory=list)
+    """A text to classify (repeatable)."""
+    file: str | None = None
+    """Classify every document of this file (.txt one per line or blank-line separated by
+    --doc-sep, .jsonl/.json/.csv with --text-field)."""
+    doc_sep: Literal["blank", "line"] = "line"
+    """For a .txt --file: one text per line, or texts separated by blank lines."""
+    text_field: str = "text"
+    """For a .jsonl/.json/.csv --file: the field holding the text."""
+    json: bool = False
+    """Print one JSON object per text: text, label, probabilities."""
+
+
+def classify_options(p: argparse.ArgumentParser) -> None:
+    add_dataclass_args(p, LoadOptions, "load")
+    add_dataclass_args(p, ClassifyOptions, "classify",
+                       overrides={"text": {"action": Append, "nargs": None}})
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from gpt2tune.core.tokenizer import Tokenizer
+    from gpt2tune.data.sources import read_documents
+    from gpt2tune.formats.peft import load_classifier_with_adapter
+    from gpt2tune.inference.classify import classify_texts
+
+    opts = collect(args, "classify", ClassifyOptions)
+    texts = list(opts.text)
+    if opts.file:
+        texts += read_documents(opts.file, opts.doc_sep, opts.text_field, split="test")
+    if not texts:
+        raise UserError("nothing to classify: give --text TEXT (repeatable) or --file FILE")
+    load = collect(args, "load", LoadOptions)
+    device = resolve_device(load.device)
+    model = load_classifier_with_adapter(load.model, load.adapter, device=device)
+    results = classify_texts(model, Tokenizer(model.source_dir), texts,
+                             autocast_dtype=autocast_dtype(load.precision, device))
+    for text, r in zip(texts, results):
+        if opts.json:
+            print(json.dumps({"text": text} | r))
+        else:
+            best = r["probabilities"][r["label"]]
+            print(f"{r['label']}\t{best:.3f}\t{text[:70]}")
     return 0
 
 
@@ -283,7 +376,8 @@ def train_options(p: argparse.ArgumentParser) -> None:
 
     add_dataclass_args(p, RunOptions, "run", skip=("model", "data", "lora", "train"))
     add_dataclass_args(p, ModelOptions, "model")
-    add_dataclass_args(p, DataOptions, "data")
+    add_dataclass_args(p, DataOptions, "data",
+                       overrides={"task": {"choices": ["lm", "classify"]}})
     add_dataclass_args(p, TrainConfig, "train", overrides={"progress": PROGRESS})
     add_dataclass_args(p, LoRAConfig, "lora", prefix="lora-")
     p.set_defaults(func=cmd_train)
@@ -512,6 +606,8 @@ COMMANDS = [
     ("generate", "generate text, optionally primed with example text", None, generate_options),
     ("eval", "loss and perplexity over a text file", None, eval_options),
     ("info", "config, parameter count, dtype and size of a model or preset", None, info_options),
+    ("classify", "label texts with a classifier (a GPT2ForSequenceClassification model, or a "
+     "base plus a classification adapter)", None, classify_options),
     ("train", "fine-tune with LoRA or fully (or train from scratch)",
      "Fine-tune GPT-2 with LoRA or fully; every option can also be set in a --config FILE.toml "
      "(keys are option names).", train_options),

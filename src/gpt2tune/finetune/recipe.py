@@ -19,8 +19,10 @@ from gpt2tune.core.lora import (
     count_parameters,
     format_parameter_report,
 )
+from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.model import GPT2, GPT2Config
 from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.data.labeled import Labeled, encode_labeled, label_names, read_labeled
 from gpt2tune.data.rows import Rows, make_rows, tokenize_documents
 from gpt2tune.data.sources import read_documents
 from gpt2tune.data.split import split_train_val
@@ -46,7 +48,7 @@ from gpt2tune.finetune.parallel import (
 )
 from gpt2tune.finetune.state import CHECKPOINT, find_checkpoint, load_train_state
 from gpt2tune.formats.atomic import write_text
-from gpt2tune.formats.hf import load_model
+from gpt2tune.formats.hf import load_classifier, load_model
 from gpt2tune.formats.outdir import prepare_output_dir
 from gpt2tune.formats.peft import load_adapter
 from gpt2tune.runtime import resolve_device
@@ -88,6 +90,11 @@ class DataOptions:
     """Tokens per training row; default min(512, the model's context)."""
     pack: bool = True
     """Pack documents into full rows (default); --no-pack gives one padded document per row."""
+    task: str = "lm"
+    """``lm`` (language modelling: continue text) or ``classify`` (a score head over each text,
+    trained on --label-field; .jsonl/.csv data or builtin:speakers)."""
+    label_field: str = "label"
+    """With --task classify: the JSON field or CSV column holding each text's label."""
 
 
 @dataclass
@@ -111,6 +118,7 @@ class RunOptions:
         return {"method": t.method, "model": self.model.model, "init": self.model.init,
                 "preset": self.model.preset if self.model.init == "scratch" else None,
                 "data": self.data.data, "block_size": self.data.block_size, "pack": self.data.pack,
+                "task": self.data.task,
                 "batch_size": t.batch_size, "grad_accum": t.grad_accum, "seed": t.seed,
                 "lora": asdict(self.lora) if t.method == "lora" else None}
 
@@ -158,6 +166,41 @@ def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: i
     rows = make_rows(train_ids, block, tokenizer.eot_id, pack=opts.pack)
     val = [ids.tolist() for ids in tokenize_documents(val_texts, tokenizer)] if val_texts else None
     return rows, val, len(docs)
+
+
+TASKS = ("lm", "classify")
+
+
+def load_labeled_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int):
+    """For ``--task classify``: (labels, training rows, validation rows or None, texts), each text
+    truncated from the left to the block size (default the model's context)."""
+    if not opts.data:
+        raise UserError("--data is required: a .jsonl/.csv file with text and label fields, or "
+                        "builtin:speakers")
+    if opts.val_data and opts.val_split:
+        raise UserError("give either --val-data or --val-split, not both")
+    data = read_labeled(opts.data, opts.text_field, opts.label_field, split="train")
+    val = None
+    if opts.val_data:
+        val = read_labeled(opts.val_data, opts.text_field, opts.label_field, split="test")
+    elif opts.val_split:
+        keep, held = split_train_val(list(range(len(data))), opts.val_split, seed)
+        val = Labeled([data.texts[i] for i in held], [data.labels[i] for i in held])
+        data = Labeled([data.texts[i] for i in keep], [data.labels[i] for i in keep])
+    labels = label_names(data)
+    block = opts.block_size or n_positions
+    if not 2 <= block <= n_positions:
+        raise UserError(f"--block-size {block} is outside 2..{n_positions} (the model's context); "
+                        f"use at most {n_positions}")
+    rows, cut = encode_labeled(data, tokenizer, labels, block, tokenizer.eot_id)
+    val_rows = None
+    if val is not None:
+        val_rows, val_cut = encode_labeled(val, tokenizer, labels, block, tokenizer.eot_id)
+        cut += val_cut
+    if cut:
+        log.warning(f"{cut} texts are longer than {block} tokens: their beginnings were cut (the "
+                    "classifier reads each text's end)")
+    return labels, rows, val_rows, len(data)
 
 
 def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, *,
@@ -251,11 +294,19 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
         prepare_output_dir(out, marker=RUN_FILE, resume=opts.resume, overwrite=opts.overwrite)
     parallel.barrier()
 
-    torch.manual_seed(t.seed)  # LoRA's initial A comes from here
+    if opts.data.task not in TASKS:
+        raise UserError(f"unknown --task {opts.data.task!r}; use {' or '.join(TASKS)}")
+    torch.manual_seed(t.seed)  # LoRA's initial A (and a new score head) come from here
     model = build_model(opts.model)
     tokenizer = Tokenizer(model.source_dir)
-    rows, val, n_docs = load_data(opts.data, tokenizer, model.config.n_positions, t.seed)
-    opts.data.block_size = rows.inputs.size(1)
+    if opts.data.task == "classify":
+        labels, rows, val, n_docs = load_labeled_data(opts.data, tokenizer,
+                                                      model.config.n_positions, t.seed)
+        model = GPT2Classifier.from_language_model(model, labels)
+        log.info(f"classes: {', '.join(labels)}")
+    else:
+        rows, val, n_docs = load_data(opts.data, tokenizer, model.config.n_positions, t.seed)
+        opts.data.block_size = rows.inputs.size(1)
 
     resume_state = None
     if opts.resume:
@@ -278,9 +329,10 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
     else:
         trainable = total = sum(p.numel() for p in model.parameters())
     log.info(format_parameter_report(trainable, total))
-    log.info(f"data: {n_docs} documents -> {len(rows)} rows of {rows.inputs.size(1)} tokens "
-             f"({rows.num_targets:,} training tokens); validation: "
-             f"{len(val) if val else 0} documents")
+    what = "texts" if opts.data.task == "classify" else "documents"
+    log.info(f"data: {n_docs} {what} -> {len(rows)} rows of {rows.inputs.size(1)} tokens "
+             f"({rows.num_targets:,} training targets); validation: "
+             f"{len(val) if val else 0} {what}")
     world = parallel.world
     if world > 1:
         log.info(f"data parallel over {world} ranks: global batch {t.batch_size} x {world} ranks "
@@ -303,7 +355,9 @@ def _load_checkpoint_weights(model: GPT2, ckpt: Path, opts: RunOptions) -> GPT2:
     if opts.train.method == "lora":
         load_adapter(model, ckpt)
         return model
-    resumed = load_model(ckpt, device=next(model.parameters()).device)
+    device = next(model.parameters()).device
+    resumed = (load_classifier(ckpt, model.labels, device=device)
+               if isinstance(model, GPT2Classifier) else load_model(ckpt, device=device))
     resumed.source_dir = model.source_dir  # the tokenizer stays the base model's
     return resumed
 

@@ -27,7 +27,7 @@ from gpt2tune.core.model import GPT2
 from gpt2tune.core.multilora import install_adapters
 from gpt2tune.errors import UserError
 from gpt2tune.formats.atomic import atomic_dir
-from gpt2tune.formats.hf import load_bin, load_model, load_safetensors
+from gpt2tune.formats.hf import load_bin, load_classifier, load_model, load_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -37,6 +37,7 @@ PEFT_PREFIX = "base_model.model."  # PeftModel wraps a LoraModel wrapping the HF
 # peft's SEQ_CLS task saves the classification head with the adapter (modules_to_save); for
 # GPT-2 it is "score" ("classifier" is peft's default name for other architectures)
 SEQ_CLS_HEADS = ("classifier", "score")
+LABELS_FILE = "labels.json"
 HEAD_KEY = "score.weight"
 
 # adapter_config.json fields that change what the adapter computes, and the one value we support.
@@ -104,7 +105,35 @@ def save_adapter(model: GPT2, out_dir: str | Path, lora_cfg: LoRAConfig,
     with atomic_dir(out_dir) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if isinstance(model, GPT2Classifier):
+            # peft keeps no label names; a plain GPT-2 base needs them to rebuild the head
+            (tmp / LABELS_FILE).write_text(json.dumps(
+                {"id2label": dict(enumerate(model.labels))}, indent=2) + "\n")
     return out_dir
+
+
+def adapter_labels(adapter_dir: str | Path) -> list[str] | None:
+    """The class names saved with a classification adapter (``labels.json``), if any."""
+    path = Path(adapter_dir) / LABELS_FILE
+    if not path.is_file():
+        return None
+    id2label = json.loads(path.read_text(encoding="utf-8"))["id2label"]
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+
+def load_classifier_with_adapter(model: str | Path, adapter: str | Path | None = None, *,
+                                 device: torch.device | str = "cpu") -> GPT2Classifier:
+    """A classifier: a ``GPT2ForSequenceClassification`` checkpoint, or a base plus a
+    classification adapter (whose ``labels.json`` names the classes for a plain base).
+
+    Raises:
+        UserError: neither says what the classes are, or the adapter does not fit.
+    """
+    labels = adapter_labels(adapter) if adapter else None
+    clf = load_classifier(model, labels, device=device)
+    if adapter:
+        load_adapter(clf, adapter)
+    return clf.eval()
 
 
 def _peft_targets_module(name: str, targets: str | list[str]) -> bool:

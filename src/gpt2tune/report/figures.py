@@ -227,3 +227,25 @@ def rank_sweep(points: list[tuple[int, int, float]], wide: tuple[str, int, float
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return png_bytes(fig)
+
+
+def confusion_matrix(matrix: list[list[int]], labels: list[str], title: str = "") -> bytes:
+    """A confusion matrix as a PNG: rows the true class, columns the predicted one, each cell's
+    count written in it."""
+    n = len(labels)
+    fig = _figure(1.6 + 0.7 * n, 1.2 + 0.6 * n)
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = max((v for row in matrix for v in row), default=0)
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center",
+                    color="white" if top and v > top / 2 else "black")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return png_bytes(fig)
