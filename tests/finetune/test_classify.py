@@ -113,3 +113,47 @@ def test_builtin_speakers_is_a_labelled_task():
     train, test = read_labeled("builtin:speakers:3"), read_labeled("builtin:speakers:3", split="test")
     assert len(set(train.labels)) == 3 and set(test.labels) <= set(train.labels)
     assert not set(train.texts) & set(test.texts)  # split by speech
+
+
+class Interrupt:
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def __call__(self, step: int, loss: float) -> None:
+        if step == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_classify_resume_equals_an_uninterrupted_run(tiny_hf, tmp_path, method):
+    """The same resume guarantee as language modelling: interrupted at step 3 and resumed ==
+    never interrupted, the head included."""
+    from safetensors.torch import load_file
+
+    from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
+
+    data = tmp_path / "d.jsonl"
+    t = task(48, 3)
+    data.write_text("".join(json.dumps({"text": x, "label": y}) + "\n"
+                            for x, y in zip(t.texts, t.labels)))
+
+    def opts(out):
+        return RunOptions(out=str(out), model=ModelOptions(model=str(tiny_hf[0]), device="cpu"),
+                          data=DataOptions(data=str(data), task="classify", val_split=0.25),
+                          lora=LoRAConfig(r=2, alpha=4, dropout=0.1),
+                          train=TrainConfig(method=method, max_steps=7, batch_size=4, lr=5e-3,
+                                            grad_accum=2, eval_every=3, precision="fp32",
+                                            seed=1, warmup_steps=1, progress=False))
+
+    whole = fine_tune(opts(tmp_path / "a"))
+    first = fine_tune(opts(tmp_path / "b"), on_step=Interrupt(3))
+    assert first.interrupted and first.steps == 3
+    again = opts(tmp_path / "b")
+    again.resume = True
+    second = fine_tune(again)
+    assert second.steps == 7
+    name = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+    assert a.keys() == b.keys() and any("score" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert second.val_loss == pytest.approx(whole.val_loss, abs=1e-6)
