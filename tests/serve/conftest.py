@@ -28,6 +28,15 @@ def serve_files(tmp_path_factory):
                                                  target_modules=targets))
         pm.save_pretrained(root / name)
         dirs[name] = root / name
+    # a classifier (GPT2ForSequenceClassification) for /v1/classify
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(40)
+    labels = {0: "news", 1: "play"}
+    GPT2ForSequenceClassification(GPT2Config(
+        n_layer=2, n_head=3, n_embd=48, n_positions=64, pad_token_id=50256, id2label=labels,
+        label2id={v: k for k, v in labels.items()})).save_pretrained(root / "kind")
+    dirs["kind"] = root / "kind"
     return dirs
 
 

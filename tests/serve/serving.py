@@ -42,7 +42,8 @@ def start_server(dirs: dict[str, Path], log: Path, *extra: str,
     port = free_port()
     if models is None:
         models = ["--model", str(dirs["tiny-base"]), "--adapter", f"news={dirs['news']}",
-                  "--adapter", f"falstaff={dirs['falstaff']}", "--variant", f"full={dirs['full']}"]
+                  "--adapter", f"falstaff={dirs['falstaff']}", "--variant", f"full={dirs['full']}",
+                  "--classifier", f"kind={dirs['kind']}"]
     argv = [sys.executable, "-m", "gpt2tune", "serve", *models, "--port", str(port), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)

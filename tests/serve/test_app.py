@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+import torch
 from serving import start_server, stop_server
 
 from gpt2tune.cli.main import main
@@ -60,9 +61,35 @@ def greedy(client, model: str, prompt: str = PROMPT, max_tokens: int = 12, **kw)
 
 def test_models_lists_base_adapters_and_variants(client, live_server):
     models = client.models.list().data
-    assert [m.id for m in models] == live_server.models
+    assert [m.id for m in models] == live_server.models + ["kind"]
     kinds = {m.id: m.model_extra["kind"] for m in models}
-    assert kinds == {"tiny-base": "base", "news": "adapter", "falstaff": "adapter", "full": "variant"}
+    assert kinds == {"tiny-base": "base", "news": "adapter", "falstaff": "adapter", "full": "variant",
+                     "kind": "classifier"}
+
+
+def test_classify_equals_transformers_probabilities(live_server):
+    from transformers import GPT2ForSequenceClassification
+
+    from gpt2tune.core.tokenizer import Tokenizer
+
+    texts = ["The minister said on Tuesday", "Thou art a villain"]
+    status, body = post(live_server.url + "/v1/classify",
+                        json.dumps({"model": "kind", "input": texts}).encode())
+    assert status == 200, body
+    hf = GPT2ForSequenceClassification.from_pretrained(live_server.dirs["kind"]).eval()
+    tok = Tokenizer()
+    for item, text in zip(body["data"], texts):
+        with torch.no_grad():
+            probs = hf(torch.tensor([tok.encode(text)])).logits.softmax(-1)[0]
+        got = [item["probabilities"][name] for name in ("news", "play")]
+        assert got == pytest.approx(probs.tolist(), abs=1e-4)
+        assert item["label"] == ("news", "play")[int(probs.argmax())]
+    status, body = post(live_server.url + "/v1/classify",
+                        json.dumps({"model": "news", "input": "x"}).encode())
+    assert status == 404 and "--classifier" in body["error"]["message"]
+    status, body = post(live_server.url + "/v1/classify",
+                        json.dumps({"model": "kind", "input": []}).encode())
+    assert status == 400
 
 
 def test_greedy_equals_generate_greedy_for_every_model(client, live_server, capsys):
@@ -204,7 +231,7 @@ def test_api_key_is_required_on_v1(small_server):
         with pytest.raises(openai.AuthenticationError):
             c.models.list()
     with openai.OpenAI(base_url=small_server.url + "/v1", api_key="sesame", max_retries=0) as c:
-        assert len(c.models.list().data) == 4
+        assert len(c.models.list().data) == 5
     assert get(small_server.url + "/health")[0] == 200
 
 

@@ -29,6 +29,7 @@ from gpt2tune.serve.protocol import (
     CHAT_STOP,
     APIError,
     ChatRequest,
+    ClassifyRequest,
     CompletionRequest,
     chat_prompt,
     model_card,
@@ -107,7 +108,27 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> dict:
         return {"object": "list",
-                "data": [model_card(m.name, m.kind, created) for m in service.models.values()]}
+                "data": [model_card(m.name, m.kind, created) for m in service.models.values()]
+                + [model_card(name, "classifier", created) for name in service.classifiers]}
+
+    @app.post("/v1/classify", dependencies=[Depends(authorized)])
+    async def classify(body: ClassifyRequest) -> dict:
+        clf = service.classifiers.get(body.model)
+        if clf is None:
+            raise APIError(404, f"classifier {body.model!r} does not exist; this server's "
+                                f"classifiers: {', '.join(service.classifiers) or 'none'} (start "
+                                "it with --classifier NAME=DIR)", param="model",
+                           code="model_not_found")
+        texts = body.texts()
+        if not texts or any(not t.strip() for t in texts):
+            raise APIError(400, "input is empty, or one of its texts is; give text to classify",
+                           param="input")
+        results = await asyncio.to_thread(clf.classify, texts)
+        tokens = sum(len(clf.tokenizer.encode(t)) for t in texts)
+        return {"object": "list", "model": clf.name,
+                "data": [{"index": i, "object": "classification", **r}
+                         for i, r in enumerate(results)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(body: CompletionRequest, request: Request):

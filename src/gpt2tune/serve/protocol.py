@@ -147,3 +147,15 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 def model_card(name: str, kind: str, created: int) -> dict:
     """One entry of ``GET /v1/models``; ``kind`` (base, adapter, variant) is gpt2tune's extra."""
     return {"id": name, "object": "model", "created": created, "owned_by": "gpt2tune", "kind": kind}
+
+
+class ClassifyRequest(BaseModel):
+    """``POST /v1/classify``: gpt2tune's own endpoint (OpenAI has none), shaped like embeddings."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    input: str | list[str]
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)

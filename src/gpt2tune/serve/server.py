@@ -11,10 +11,10 @@ from gpt2tune.core.model import cast_for_inference
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.errors import UserError
 from gpt2tune.formats.hf import load_model
-from gpt2tune.formats.peft import load_model_with_adapters
+from gpt2tune.formats.peft import load_classifier_with_adapter, load_model_with_adapters
 from gpt2tune.inference.engine import Engine
 from gpt2tune.runtime import autocast_dtype, resolve_device
-from gpt2tune.serve.service import ServedModel, Service
+from gpt2tune.serve.service import ServedClassifier, ServedModel, Service
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,10 @@ class ServeConfig:
     """NAME=DIR: a LoRA adapter (peft format) of the base, served as NAME (repeatable)."""
     variant: list[str] = field(default_factory=list)
     """NAME=DIR: a fully fine-tuned model (HF format), served as NAME (repeatable)."""
+    classifier: list[str] = field(default_factory=list)
+    """NAME=DIR: a classifier for POST /v1/classify, served as NAME: a
+    GPT2ForSequenceClassification directory, or a classification adapter of --model
+    (repeatable)."""
     host: str = "127.0.0.1"
     """Address to listen on (127.0.0.1: this machine only)."""
     port: int = 8000
@@ -75,8 +79,9 @@ def build_service(cfg: ServeConfig) -> Service:
     """
     adapters = _named(cfg.adapter, "--adapter")
     variants = _named(cfg.variant, "--variant")
+    classifiers = _named(cfg.classifier, "--classifier")
     base = base_name(cfg.model)
-    names = [base, *adapters, *variants]
+    names = [base, *adapters, *variants, *classifiers]
     clash = next((n for n in names if names.count(n) > 1), None)
     if clash is not None:
         raise UserError(f"two models would be served as {clash!r}; rename the --adapter or "
@@ -101,7 +106,14 @@ def build_service(cfg: ServeConfig) -> Service:
         model = load_model(path, device=device)
         served.append(ServedModel(name, "variant", engine(model), None,
                                   Tokenizer(model.source_dir)))
-    return Service(served, max_queue=cfg.max_queue)
+    clfs = []
+    for name, path in classifiers.items():
+        # an adapter directory is a classification adapter of the base; else a whole classifier
+        is_adapter = (Path(path) / "adapter_config.json").is_file()
+        clf = (load_classifier_with_adapter(cfg.model, path, device=device) if is_adapter
+               else load_classifier_with_adapter(path, device=device))
+        clfs.append(ServedClassifier(name, clf, Tokenizer(clf.source_dir), dtype))
+    return Service(served, max_queue=cfg.max_queue, classifiers=clfs)
 
 
 def serve(cfg: ServeConfig) -> None:

@@ -15,7 +15,11 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
+import torch
+
+from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.inference.classify import classify_texts
 from gpt2tune.inference.engine import Engine, GenerationRequest, Token
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,23 @@ class ServedModel:
     adapter: str | None
     """The adapter's name inside the engine; None for a base or a variant."""
     tokenizer: Tokenizer
+
+
+@dataclass
+class ServedClassifier:
+    """A classifier clients can ask for at ``/v1/classify``; one request uses it at a time."""
+
+    name: str
+    model: GPT2Classifier
+    tokenizer: Tokenizer
+    autocast_dtype: torch.dtype | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def classify(self, texts: list[str]) -> list[dict]:
+        """Label and probabilities per text (called in a worker thread, not the event loop)."""
+        with self.lock:
+            return classify_texts(self.model, self.tokenizer, texts,
+                                  autocast_dtype=self.autocast_dtype)
 
 
 class Busy(Exception):
@@ -68,8 +89,10 @@ class Stream:
 class Service:
     """Owns the engines and the worker thread."""
 
-    def __init__(self, models: list[ServedModel], *, max_queue: int = 64) -> None:
+    def __init__(self, models: list[ServedModel], *, max_queue: int = 64,
+                 classifiers: list[ServedClassifier] = ()) -> None:
         self.models = {m.name: m for m in models}
+        self.classifiers = {c.name: c for c in classifiers}
         self.engines: list[Engine] = []
         for m in models:
             if all(m.engine is not e for e in self.engines):
