@@ -65,3 +65,19 @@ def test_classify_bad_input_is_one_line(capsys, tiny_hf, tmp_path):
     assert code == 2 and "at least two classes" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, "classify", "--model", str(tiny_hf[0]), "--text", "hi")
     assert code == 2 and "plain GPT-2" in err
+
+
+def test_an_unknown_label_at_evaluation_is_one_line(capsys, tiny_hf, tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    GPT2ForSequenceClassification(GPT2Config(
+        n_layer=2, n_head=3, n_embd=48, n_positions=64, pad_token_id=50256,
+        id2label={0: "court", 1: "market"}, label2id={"court": 0, "market": 1})).save_pretrained(
+        tmp_path / "clf")
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nthe king,court\nthe sea,ocean\n")
+    capsys.readouterr()  # transformers' own progress output while saving
+    code, _, err = run(capsys, "eval", "--task", "classify", "--model", str(tmp_path / "clf"),
+                       "--data", str(data))
+    assert code == 2 and "'ocean' is not one of the model's labels" in err
+    assert len(err.strip().splitlines()) == 1
