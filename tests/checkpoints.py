@@ -18,3 +18,14 @@ def make_hf_model(path: Path, seed: int = 0, **overrides):
     model = GPT2LMHeadModel(GPT2Config(**cfg)).eval()
     model.save_pretrained(path)
     return model
+
+
+class Interrupt:
+    """An ``on_step`` hook that presses Ctrl-C after step ``at`` (for resume tests)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def __call__(self, step: int, loss: float) -> None:
+        if step == self.at:
+            raise KeyboardInterrupt

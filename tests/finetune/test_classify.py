@@ -5,6 +5,7 @@ import json
 import random
 
 import pytest
+from checkpoints import Interrupt
 import torch
 
 from gpt2tune.core.lora import LoRAConfig, apply_lora
@@ -114,14 +115,6 @@ def test_builtin_speakers_is_a_labelled_task():
     assert len(set(train.labels)) == 3 and set(test.labels) <= set(train.labels)
     assert not set(train.texts) & set(test.texts)  # split by speech
 
-
-class Interrupt:
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def __call__(self, step: int, loss: float) -> None:
-        if step == self.at:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from checkpoints import Interrupt
 import torch
 from safetensors.torch import load_file
 
@@ -116,14 +117,6 @@ def test_gradient_accumulation_equals_the_big_batch(corpus, tmp_path):
     for k in results[0]:
         torch.testing.assert_close(results[0][k], results[1][k], atol=2e-6, rtol=1e-4)
 
-
-class Interrupt:
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def __call__(self, step: int, loss: float) -> None:
-        if step == self.at:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
