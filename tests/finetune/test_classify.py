@@ -5,8 +5,8 @@ import json
 import random
 
 import pytest
-from checkpoints import Interrupt
 import torch
+from checkpoints import Interrupt
 
 from gpt2tune.core.lora import LoRAConfig, apply_lora
 from gpt2tune.core.tokenizer import Tokenizer
@@ -123,7 +123,12 @@ def test_classify_resume_equals_an_uninterrupted_run(tiny_hf, tmp_path, method):
     never interrupted, the head included."""
     from safetensors.torch import load_file
 
-    from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
+    from gpt2tune.finetune.recipe import (
+        DataOptions,
+        ModelOptions,
+        RunOptions,
+        fine_tune,
+    )
 
     data = tmp_path / "d.jsonl"
     t = task(48, 3)

@@ -4,8 +4,8 @@ import json
 import math
 
 import pytest
-from checkpoints import Interrupt
 import torch
+from checkpoints import Interrupt
 from safetensors.torch import load_file
 
 from gpt2tune.cli.main import main
