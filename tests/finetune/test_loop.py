@@ -402,3 +402,44 @@ def test_lora_bf16_with_the_base_stored_in_bf16_equals_autocast_of_the_float32_b
     reference, _ = trained(False)
     assert all(torch.equal(a, b) for a, b in zip(stored, reference))
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_loraplus_gives_b_r_times_the_learning_rate_and_r_1_is_plain_lora():
+    from gpt2tune.core.lora import LoRAConfig, apply_lora, lora_modules
+    from gpt2tune.finetune.loop import Trainer
+    from gpt2tune.finetune.parallel import SingleProcess
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 300, (4, 16), generator=g)
+    y = torch.randint(0, 300, (4, 16), generator=g)
+
+    def run(ratio):
+        model = _nodrop_model()
+        apply_lora(model, LoRAConfig(r=4, alpha=8, targets=["c_attn"]))
+        torch.manual_seed(0)
+        for _, m in lora_modules(model):
+            m.lora_B.weight.data.normal_(0, 0.02)
+        cfg = TrainConfig(method="lora", lr=1e-3, warmup_steps=2, precision="fp32",
+                          loss_chunk=0, loraplus_lr_ratio=ratio)
+        trainer = Trainer(model, cfg, total_steps=5, parallel=SingleProcess())
+        m = model.transformer.h[0].attn.c_attn
+        a0, b0 = m.lora_A.weight.detach().clone(), m.lora_B.weight.detach().clone()
+        trainer.step([(x, y)])
+        # Adam's first step moves each weight by about its learning rate (g / |g|)
+        moved = ((m.lora_B.weight - b0).abs().max() / (m.lora_A.weight - a0).abs().max()).item()
+        trainer.step([(x, y)])
+        lrs = {id(p): group["lr"] for group in trainer.optimizer.param_groups
+               for p in group["params"]}
+        return model, lrs[id(m.lora_B.weight)] / lrs[id(m.lora_A.weight)], moved
+
+    _, ratio, moved = run(16.0)
+    assert ratio == pytest.approx(16.0)  # after the steps: the schedule scaled both alike
+    assert moved == pytest.approx(16.0, rel=0.01)
+    _, _, moved_plain = run(None)
+    assert moved_plain == pytest.approx(1.0, rel=0.01)
+    plain, _, _ = run(None)
+    one, _, _ = run(1.0)
+    for a, b in zip(plain.parameters(), one.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(UserError, match="--loraplus-lr-ratio"):
+        TrainConfig(method="full", loraplus_lr_ratio=4.0).validate()

@@ -33,6 +33,9 @@ class TrainConfig:
     """AdamW weight decay, applied to matrices only (not biases, LayerNorms or embeddings' ...)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
+    loraplus_lr_ratio: float | None = None
+    """LoRA+ (Hayou et al., 2024): B's learning rate is this many times A's (they suggest 16),
+    as peft's ``create_loraplus_optimizer`` groups them; unset: one learning rate."""
     warmup_steps: int | None = None
     """Linear warm-up steps; default 5% of the run (at least 1)."""
     schedule: str = "cosine"
@@ -73,6 +76,13 @@ class TrainConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"unknown --method {self.method!r}; use lora or full")
+        if self.loraplus_lr_ratio is not None:
+            if self.method != "lora":
+                raise UserError("--loraplus-lr-ratio sets the LR of LoRA's B matrices; use it "
+                                "with --method lora")
+            if not self.loraplus_lr_ratio > 0:
+                raise UserError(f"--loraplus-lr-ratio must be > 0 (e.g. 16), got "
+                                f"{self.loraplus_lr_ratio}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown --schedule {self.schedule!r}; use {', '.join(SCHEDULES)}")
         for name in ("batch_size", "grad_accum", "log_every"):
