@@ -443,3 +443,25 @@ def test_loraplus_gives_b_r_times_the_learning_rate_and_r_1_is_plain_lora():
         assert torch.equal(a, b)
     with pytest.raises(UserError, match="--loraplus-lr-ratio"):
         TrainConfig(method="full", loraplus_lr_ratio=4.0).validate()
+
+
+@pytest.mark.parametrize("variant", ["dora", "loraplus"])
+def test_dora_and_loraplus_resume_exactly(tiny_hf, corpus, tmp_path, variant):
+    def opts(out):
+        o = options(tiny_hf[0], corpus, out, max_steps=6, grad_accum=2, eval_every=3, lr=2e-3)
+        if variant == "dora":
+            o.lora.use_dora = True
+        else:
+            o.train.loraplus_lr_ratio = 16.0
+        return o
+
+    fine_tune(opts(tmp_path / "a"))
+    assert fine_tune(opts(tmp_path / "b"), on_step=Interrupt(3)).interrupted
+    again = opts(tmp_path / "b")
+    again.resume = True
+    assert fine_tune(again).steps == 6
+    a = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert any("lora_magnitude_vector" in k for k in a) == (variant == "dora")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -123,9 +123,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from gpt2tune.formats.peft import load_model_with_adapters
 
     device = resolve_device(load.device)
+    from gpt2tune.formats.peft import is_dora_adapter, load_model_with_adapter
+
     # the adapter stays unmerged, as `gpt2tune serve` runs it: both give the same tokens
-    adapters = {"adapter": load.adapter} if load.adapter else {}
-    model = load_model_with_adapters(load.model, adapters, device=device)
+    # (a DoRA adapter, which cannot be mixed per row, runs as the model's own layers)
+    dora = bool(load.adapter) and is_dora_adapter(load.adapter)
+    adapters = {"adapter": load.adapter} if load.adapter and not dora else {}
+    model = (load_model_with_adapter(load.model, load.adapter, device=device) if dora
+             else load_model_with_adapters(load.model, adapters, device=device))
     amp = autocast_dtype(load.precision, device)
     if amp is not None:
         from gpt2tune.core.model import cast_for_inference
@@ -144,7 +149,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     samples = generate(model, tok, opts.prompt or "", collect(args, "sampling", SamplingConfig),
                        prime=prime, num_samples=opts.num_samples,
-                       adapter="adapter" if load.adapter else None, autocast_dtype=amp,
+                       adapter="adapter" if adapters else None, autocast_dtype=amp,
                        on_text=on_text)
     if stream:
         print()

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpt2tune.core.model import GPT2Config
@@ -59,6 +60,9 @@ class LoRAConfig:
     use_rslora: bool = False
     """Rank-stabilised LoRA (Kalajdzievski, 2023): scale by ``alpha / sqrt(r)``, so the update's
     size does not shrink as the rank grows."""
+    use_dora: bool = False
+    """DoRA (Liu et al., 2024): also train a magnitude per output feature; the LoRA-updated
+    weight gives only the direction (peft's ``use_dora``)."""
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -113,7 +117,7 @@ class LoRALinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
-                 use_rslora: bool = False) -> None:
+                 use_rslora: bool = False, use_dora: bool = False) -> None:
         super().__init__()
         self.base = base
         for p in base.parameters():
@@ -128,6 +132,10 @@ class LoRALinear(nn.Module):
         # disabled: set only by disable_adapters(); forward is base alone.
         self.merged = False
         self.disabled = False
+        # DoRA: the magnitude of each output feature's weight row (peft's name, and its layout)
+        self.lora_magnitude_vector = (nn.Parameter(torch.empty(base.out_features, **factory))
+                                      if use_dora else None)
+        self._merged_norm: Tensor | None = None
         self.reset_lora_parameters()
 
     @property
@@ -142,6 +150,19 @@ class LoRALinear(nn.Module):
         """A as ``nn.Linear`` initialises its weights, B zero: the update starts at exactly 0."""
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
+        if self.lora_magnitude_vector is not None:
+            self.reset_magnitude()
+
+    @torch.no_grad()
+    def reset_magnitude(self) -> None:
+        """DoRA's magnitude set to the norms of the current rows (so forward equals LoRA's)."""
+        self.lora_magnitude_vector.copy_(self.weight_norm().to(self.lora_magnitude_vector))
+
+    def weight_norm(self) -> Tensor:
+        """The L2 norm of each row of ``W + scaling * B @ A`` (float32, no gradient: DoRA treats
+        it as a constant, section 4.3 of the paper)."""
+        w = self.base.weight.detach().float() + self.delta_weight().detach()
+        return torch.linalg.norm(w, dim=1)
 
     def delta_weight(self) -> Tensor:
         """The update ``scaling * B @ A`` as an (out, in) float32 matrix."""
@@ -149,12 +170,19 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold the update into the base weight, so inference costs one matmul. Idempotent."""
+        """Fold the update into the base weight, so inference costs one matmul. Idempotent.
+
+        DoRA: each row becomes ``magnitude * (W + scaling * B @ A) / ||W + scaling * B @ A||``.
+        """
         if self.merged:
             return
         w = self.base.weight
         # Add in float32: low-precision base weights would otherwise lose most of a small update.
-        w.copy_((w.float() + self.delta_weight()).to(w.dtype))
+        new = w.float() + self.delta_weight()
+        if self.lora_magnitude_vector is not None:
+            self._merged_norm = self.weight_norm()
+            new = new * (self.lora_magnitude_vector.float() / self._merged_norm).unsqueeze(1)
+        w.copy_(new.to(w.dtype))
         self.merged = True
 
     @torch.no_grad()
@@ -163,7 +191,10 @@ class LoRALinear(nn.Module):
         if not self.merged:
             return
         w = self.base.weight
-        w.copy_((w.float() - self.delta_weight()).to(w.dtype))
+        old = w.float()
+        if self.lora_magnitude_vector is not None:
+            old = old / (self.lora_magnitude_vector.float() / self._merged_norm).unsqueeze(1)
+        w.copy_((old - self.delta_weight()).to(w.dtype))
         self.merged = False
 
     def forward(self, x: Tensor) -> Tensor:
@@ -173,10 +204,22 @@ class LoRALinear(nn.Module):
         # The adapter may be kept in another dtype than the base (e.g. float32 adapters on a
         # bfloat16 model); compute it in its own dtype and add it back in the output's.
         a = self.lora_A.weight.dtype
-        return out + (self.lora_B(self.lora_A(self.dropout(x.to(a)))) * self.scaling).to(out.dtype)
+        dropped = self.dropout(x.to(a))
+        lora = self.lora_B(self.lora_A(dropped)) * self.scaling
+        if self.lora_magnitude_vector is None:
+            return out + lora.to(out.dtype)
+        # DoRA, as peft computes it: the base output rescaled per feature by m / ||W + sBA||,
+        # plus the rescaled update (with dropout, the base part is recomputed on the dropped x)
+        scale = self.lora_magnitude_vector / self.weight_norm().to(self.lora_magnitude_vector)
+        if isinstance(self.dropout, nn.Identity) or not self.training:
+            base = out if self.base.bias is None else out - self.base.bias
+        else:
+            base = F.linear(dropped.to(out.dtype), self.base.weight)
+        return out + ((scale - 1) * base.to(a) + scale * lora).to(out.dtype)
 
     def extra_repr(self) -> str:
-        return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
+        dora = ", dora" if self.lora_magnitude_vector is not None else ""
+        return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}{dora}"
 
 
 # ----------------------------------------------------------------------------- putting LoRA in place
@@ -193,6 +236,8 @@ def lora_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     for _, module in lora_modules(model):
         yield module.lora_A.weight
         yield module.lora_B.weight
+        if module.lora_magnitude_vector is not None:
+            yield module.lora_magnitude_vector
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -222,7 +267,8 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
         base = model.get_submodule(name)
         if not isinstance(base, nn.Linear):  # pragma: no cover - GPT2 always has nn.Linear here
             raise TypeError(f"{name} is a {type(base).__name__}, expected nn.Linear")
-        _set_submodule(model, name, LoRALinear(base, cfg.r, cfg.alpha, cfg.dropout, cfg.use_rslora))
+        _set_submodule(model, name, LoRALinear(base, cfg.r, cfg.alpha, cfg.dropout, cfg.use_rslora,
+                                               cfg.use_dora))
     return model
 
 
@@ -313,7 +359,8 @@ def lora_parameter_count(config: GPT2Config, cfg: LoRAConfig) -> int:
     d, h = config.n_embd, config.mlp_hidden
     shapes = {"attn.c_attn": (d, 3 * d), "attn.c_proj": (d, d), "mlp.c_fc": (d, h),
               "mlp.c_proj": (h, d)}  # (in, out)
-    per_block = sum(cfg.r * sum(shapes[name]) for name in cfg.block_linears())
+    per_block = sum(cfg.r * sum(shapes[name]) + (shapes[name][1] if cfg.use_dora else 0)
+                    for name in cfg.block_linears())
     return per_block * len(cfg.layer_indices(config.n_layer))
 
 
@@ -334,6 +381,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
     for name, module in lora_modules(model):
         sd[f"{name}.lora_A.weight"] = module.lora_A.weight.detach()
         sd[f"{name}.lora_B.weight"] = module.lora_B.weight.detach()
+        if module.lora_magnitude_vector is not None:
+            sd[f"{name}.lora_magnitude_vector"] = module.lora_magnitude_vector.detach()
     return sd
 
 
@@ -371,6 +420,8 @@ def load_adapter_state_dict(model: nn.Module, sd: dict[str, Tensor], where: str 
     """
     params = {f"{name}.lora_{ab}.weight": getattr(module, f"lora_{ab}").weight
               for name, module in lora_modules(model) for ab in ("A", "B")}
+    params |= {f"{name}.lora_magnitude_vector": module.lora_magnitude_vector
+               for name, module in lora_modules(model) if module.lora_magnitude_vector is not None}
     check_adapter_tensors({k: tuple(p.shape) for k, p in params.items()}, sd, where)
     for key, p in params.items():
         p.copy_(sd[key].to(device=p.device, dtype=p.dtype))

@@ -113,6 +113,10 @@ def install_adapters(model: nn.Module,
     bank = AdapterBank()
     n_layer = len(model.transformer.h)
     for index, (name, (cfg, sd)) in enumerate(adapters.items()):
+        if cfg.use_dora:
+            raise UserError(f"adapter {name!r} is a DoRA adapter, which cannot be mixed per row "
+                            "yet; merge it (gpt2tune merge) and serve or generate with the "
+                            "merged model")
         bank.names.append(name)
         for path in cfg.module_names(n_layer):
             module = model.get_submodule(path)

@@ -42,7 +42,7 @@ HEAD_KEY = "score.weight"
 
 # adapter_config.json fields that change what the adapter computes, and the one value we support.
 _PEFT_UNSUPPORTED: dict[str, object] = {
-    "use_dora": False, "bias": "none", "lora_bias": False, "modules_to_save": None,
+    "bias": "none", "lora_bias": False, "modules_to_save": None,
     "rank_pattern": {}, "alpha_pattern": {}, "layer_replication": None, "target_parameters": None,
     "trainable_token_indices": None, "exclude_modules": None, "alora_invocation_tokens": None,
     "use_qalora": False, "use_bdlora": None,
@@ -90,7 +90,7 @@ def save_adapter(model: GPT2, out_dir: str | Path, lora_cfg: LoRAConfig,
         "fan_in_fan_out": True,
         "bias": "none",
         "use_rslora": lora_cfg.use_rslora,
-        "use_dora": False,
+        "use_dora": lora_cfg.use_dora,
         "init_lora_weights": True,
         "modules_to_save": None,
         "rank_pattern": {},
@@ -201,7 +201,8 @@ def lora_config_from_peft(peft_cfg: dict, n_layer: int, where: str = ADAPTER_CON
         return LoRAConfig(r=int(peft_cfg["r"]), alpha=peft_cfg.get("lora_alpha", 8),
                           dropout=float(peft_cfg.get("lora_dropout", 0.0)), targets=targets_ours,
                           layers=None if len(idx) == n_layer else idx,
-                          use_rslora=bool(peft_cfg.get("use_rslora", False)))
+                          use_rslora=bool(peft_cfg.get("use_rslora", False)),
+                          use_dora=bool(peft_cfg.get("use_dora", False)))
     except KeyError:
         raise UserError(f"{where}: missing field 'r'; is this a LoRA adapter config?") from None
 
@@ -256,6 +257,8 @@ def read_adapter(adapter_dir: str | Path, model: GPT2) -> tuple[LoRAConfig, dict
         base = model.get_submodule(name)
         expected[f"{name}.lora_A.weight"] = (cfg.r, base.in_features)
         expected[f"{name}.lora_B.weight"] = (base.out_features, cfg.r)
+        if cfg.use_dora:  # peft's key; a Conv1D's output features are its columns: same shape
+            expected[f"{name}.lora_magnitude_vector"] = (base.out_features,)
     check_adapter_tensors(expected, sd, str(adapter_dir))
     if head is not None:
         sd[HEAD_KEY] = head
@@ -318,3 +321,12 @@ def load_model_with_adapters(model: str | Path, adapters: dict[str, str | Path],
     loaded = load_model(model, device=device)
     install_adapters(loaded, {name: read_adapter(path, loaded) for name, path in adapters.items()})
     return loaded
+
+
+def is_dora_adapter(adapter_dir: str | Path) -> bool:
+    """Whether a peft adapter directory holds a DoRA adapter (``use_dora`` in its config)."""
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")).get("use_dora", False))
+    except (OSError, ValueError):
+        return False  # read_adapter reports what is wrong with it
