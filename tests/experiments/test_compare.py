@@ -91,7 +91,8 @@ def test_max_minutes_scales_the_runs(tiny_hf, lines, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--methods", "base,lora,dora"], "unknown method 'dora'"),
+    (["--methods", "base,lora,qlora"], "unknown method 'qlora'"),
+    (["--methods", "lora+:ratio=0"], "ratio must be > 0"),
     (["--methods", "lora:rank=4"], "unknown setting 'rank=4'"),
     (["--methods", "lora:r=0"], "r must be > 0"),
     (["--lora-ranks", "4,0"], "rank 0 must be at least 1"),
@@ -153,3 +154,23 @@ def test_a_builtin_dataset_is_held_out_on_its_test_split(tiny_hf, tmp_path, caps
     n_train, n_test = (len(load_builtin("builtin:news", s)) for s in ("train", "test"))
     assert f"data: {n_train} training documents, {n_test} held out" in printed
     assert "--val-data builtin:news" in printed
+
+
+def test_compare_dora_and_loraplus(tiny_hf, lines, tmp_path, capsys):
+    """Both methods train (their adapters say so), beat the base, and get their own rows."""
+    out = tmp_path / "cmp"
+    assert main(_args(tiny_hf[0], lines, out, "--methods",
+                      "base,dora:r=2:targets=all-linear,lora+:ratio=8")) == 0
+    res = json.loads((out / "results.json").read_text())
+    runs = {r["name"]: r for r in res["runs"]}
+    assert runs.keys() == {"base", "dora-r2-all-linear", "loraplus-r4"}
+    assert runs["dora-r2-all-linear"]["method"] == "dora"
+    assert runs["loraplus-r4"]["method"] == "lora+"
+    base = runs["base"]["val_perplexity"]
+    assert all(runs[n]["val_perplexity"] < base for n in ("dora-r2-all-linear", "loraplus-r4"))
+    dora = json.loads((out / "compare" / "dora-r2-all-linear" / "adapter_config.json").read_text())
+    assert dora["use_dora"] is True
+    assert "--lora-use-dora" in runs["dora-r2-all-linear"]["command"]
+    assert "--loraplus-lr-ratio 8" in runs["loraplus-r4"]["command"]
+    opts = json.loads((out / "compare" / "loraplus-r4" / "run.json").read_text())["options"]
+    assert opts["train"]["loraplus_lr_ratio"] == 8.0

@@ -108,6 +108,8 @@ log = logging.getLogger("gpt2tune")
 DEMO_MARKER = "demo.json"
 PRIME_FILE = "prime.txt"
 SAVED_FILES = {"lora": peft.SAVED_FILES, "full": hf.SAVED_FILES}
+ADAPTER_KINDS = ("lora", "dora", "lora+")
+"""Kinds of method whose result is an adapter for the base (``MethodResult.method``)."""
 """What a run saves as its result, per training method (checkpoints and logs aside)."""
 
 
@@ -263,9 +265,10 @@ def run_options(spec: Experiment, m: Method, out: Path, setup: Setup) -> RunOpti
     """The ``gpt2tune train`` options of method ``m`` of ``spec``."""
     train = TrainConfig(method=m.train, batch_size=spec.batch_size, lr=m.lr,
                         precision=setup.precision, seed=setup.seed, eval_every=spec.eval_every,
-                        progress=setup.progress, report_to=setup.report_to, **_length(spec, m))
-    lora = (LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets)) if m.train == "lora"
-            else LoRAConfig())
+                        progress=setup.progress, report_to=setup.report_to,
+                        loraplus_lr_ratio=m.loraplus_ratio, **_length(spec, m))
+    lora = (LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets), use_dora=m.use_dora)
+            if m.train == "lora" else LoRAConfig())
     return RunOptions(out=str(out), overwrite=True,
                       model=ModelOptions(model=setup.base.path, device=setup.device),
                       data=data_options(spec), lora=lora, train=train)
@@ -291,7 +294,7 @@ def experiment_texts(spec: Experiment, seed: int) -> tuple[list[str], list[str]]
 def _model_files(method: str, out: str | None, base_path: str) -> tuple[str, str | None]:
     """(``--model``, ``--adapter``) that load a method's model: what its training run saved in
     ``out`` (an adapter for the base, or a whole model), or the base itself."""
-    if method == "lora":
+    if method in ADAPTER_KINDS:
         return base_path, out
     if method == "full":
         return out, None
@@ -334,7 +337,7 @@ def _train(spec: Experiment, m: Method, setup: Setup, docs: list[list[int]]) -> 
         shutil.rmtree(out / extra, ignore_errors=True)
     lora = m.train == "lora"
     return MethodResult(
-        name=m.name, label=m.label, method=m.train, trainable_params=res.trainable_params,
+        name=m.name, label=m.label, method=m.kind or m.train, trainable_params=res.trainable_params,
         val_loss=heldout.loss, val_perplexity=heldout.perplexity, train_seconds=res.wall_s,
         peak_memory_mib=res.peak_memory_mib, saved_bytes=saved, style_share=None,
         command=train_command(opts),  # after fine_tune, which fills in the block size

@@ -165,6 +165,10 @@ class Method:
     """LoRA alpha (``train="lora"``)."""
     targets: tuple[str, ...] = ("c_attn",)
     """LoRA target modules (``train="lora"``)."""
+    use_dora: bool = False
+    """DoRA instead of plain LoRA (``train="lora"``)."""
+    loraplus_ratio: float | None = None
+    """LoRA+: B's learning rate over A's (``train="lora"``); None: one learning rate."""
     lr: float | None = None
     """Peak learning rate (trained methods)."""
     uses: str | None = None
@@ -286,9 +290,13 @@ def demo_experiments(plan: DemoPlan, character: str,
 
 # ----------------------------------------------------------------------------- gpt2tune compare
 
-METHOD_NAMES = ("base", "prime", "lora", "full", "lora+prime")
+METHOD_NAMES = ("base", "prime", "lora", "dora", "lora+", "full", "lora+prime")
 METHOD_SETTINGS = {"base": (), "prime": ("k",), "lora": ("r", "alpha", "targets", "lr", "dropout"),
+                   "dora": ("r", "alpha", "targets", "lr"),
+                   "lora+": ("r", "alpha", "targets", "lr", "ratio"),
                    "full": ("lr",), "lora+prime": ("r", "alpha", "targets", "lr", "k")}
+LORAPLUS_RATIO = 16.0
+"""LoRA+'s B/A learning-rate ratio where none is given (Hayou et al.'s suggestion)."""
 DEFAULT_RANK = 4
 """LoRA rank where none is given (the seed project's)."""
 
@@ -448,8 +456,8 @@ def compare_methods(opts: CompareOptions, hp: Hyperparams) -> tuple[tuple[Method
                       hp.alpha_per_rank * r, targets=targets, lr=lr or hp.lr_lora,
                       sample=sample)
 
-    def lora_name(r: int, targets: tuple[str, ...]) -> str:
-        return f"lora-r{r}" + ("" if targets == ("c_attn",) else "-" + "-".join(targets))
+    def lora_name(r: int, targets: tuple[str, ...], prefix: str = "lora") -> str:
+        return f"{prefix}-r{r}" + ("" if targets == ("c_attn",) else "-" + "-".join(targets))
 
     methods: dict[str, Method] = {}
     k = 3
@@ -463,6 +471,18 @@ def compare_methods(opts: CompareOptions, hp: Hyperparams) -> tuple[tuple[Method
         elif name == "full":
             methods.setdefault("full", Method("full", "full fine-tuning", "full", train="full",
                                               lr=s.get("lr", hp.lr_full)))
+        elif name in ("dora", "lora+"):
+            r, targets = s.get("r", DEFAULT_RANK), s.get("targets", ("c_attn",))
+            m = lora(r, targets, s.get("alpha"), s.get("lr"), "")
+            if name == "dora":
+                m = replace(m, name=lora_name(r, targets, "dora"), use_dora=True, short="DoRA",
+                            label=m.label.replace("LoRA", "DoRA", 1), kind="dora")
+            else:
+                ratio = s.get("ratio", LORAPLUS_RATIO)
+                m = replace(m, name=lora_name(r, targets, "loraplus"), loraplus_ratio=ratio,
+                            short="LoRA+", label=m.label.replace("LoRA", "LoRA+", 1)
+                            + f" B/A lr x{ratio:g}", kind="lora+")
+            methods[m.name] = m
         else:
             r, targets = s.get("r", DEFAULT_RANK), s.get("targets", ("c_attn",))
             m = lora(r, targets, s.get("alpha"), s.get("lr"), lora_name(r, targets))
