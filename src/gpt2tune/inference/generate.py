@@ -41,13 +41,13 @@ def decode(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id
         adapter: the installed adapter (``core.multilora``) every row uses; None: the model as is.
         autocast_dtype: e.g. ``torch.bfloat16`` to run matmuls in bf16.
     """
-    cfg.validate()
-    if not prompts or any(len(p) == 0 for p in prompts):
+    if not prompts:
         raise UserError("empty prompt: give --prompt or --prime text to condition on")
-    # a cache as long as this call needs, not the whole context
+    # a cache as long as this call needs, not the whole context; the engine checks each request
     engine = Engine(model, eot_id=eot_id, max_batch=len(prompts), autocast_dtype=autocast_dtype,
                     use_cache=use_cache, max_len=max(map(len, prompts)) + cfg.max_new_tokens)
-    row_of = {engine.submit(GenerationRequest(p, cfg, adapter=adapter)): i for i, p in enumerate(prompts)}
+    row_of = {engine.submit(GenerationRequest(p, cfg, adapter=adapter)): i
+              for i, p in enumerate(prompts)}
     while not engine.idle:
         step: list[int | None] = [None] * len(prompts)
         for t in engine.step():
@@ -141,6 +141,8 @@ class TextRow:
         self.released = 0
         self.stopped = False
         """A stop string was found: the sample is complete."""
+        self.finished = False
+        """The sample has ended (a stop string, end of text or its token budget)."""
 
     def add(self, token: int) -> str:
         """Take one more token; return the text that is now final (maybe empty)."""
@@ -153,8 +155,7 @@ class TextRow:
             self.text = self.tokenizer.decode(self.ids)
         if self.stopped:
             return self.flush()
-        safe = len(self.text.rstrip("\ufffd")) if self.text.endswith("\ufffd") else len(self.text)
-        safe = min(safe, len(self.text) - self.hold)
+        safe = min(len(self.text.rstrip("\ufffd")), len(self.text) - self.hold)
         if safe <= self.released:
             return ""
         piece, self.released = self.text[self.released:safe], safe
@@ -164,6 +165,18 @@ class TextRow:
         """The sample ended: return whatever text is still held back."""
         piece, self.released = self.text[self.released:], len(self.text)
         return piece
+
+    def take(self, token: int, finish: str | None) -> tuple[str, str | None]:
+        """One engine token of this sample and the engine's ``finish`` for it: the text that is
+        now final, and why the sample ends (``stop`` when a stop string appeared), None while it
+        goes on. At the end, everything held back is released."""
+        piece = self.add(token)
+        if self.stopped:
+            finish = "stop"
+        if finish is not None:
+            piece += self.flush()
+            self.finished = True
+        return piece, finish
 
 
 def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig, *,
@@ -198,12 +211,9 @@ def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig
             for _ in range(num_samples)]
     while not engine.idle:
         for t in engine.step():
-            row = rows[t.row]
-            piece = row.add(t.token)
-            if t.finish is not None or row.stopped:
-                piece += row.flush()
-                if row.stopped:
-                    engine.cancel(rid, t.row)
+            piece, _ = rows[t.row].take(t.token, t.finish)
+            if rows[t.row].stopped:
+                engine.cancel(rid, t.row)
             if piece and on_text is not None:
                 on_text(t.row, piece)
     return [Sample(text=r.text, token_ids=r.ids, prompt_tokens=len(ctx)) for r in rows]

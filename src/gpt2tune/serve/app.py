@@ -154,14 +154,13 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
                                   "logprobs": ev.completion_logprobs(),
                                   "finish_reason": ev.finish}])
                 if body.include_usage:
-                    yield {**chunk([]), "usage": usage(run.prompt_tokens(lengths),
-                                                       run.completion_tokens)}
+                    yield {**chunk([]), "usage": usage(sum(lengths), run.completion_tokens)}
 
             return sse(events())
         choices = await run.collect()
         return chunk([{"index": c.index, "text": c.text, "logprobs": c.completion_logprobs(),
                        "finish_reason": c.finish} for c in choices]) | {
-            "usage": usage(run.prompt_tokens(lengths), run.completion_tokens)}
+            "usage": usage(sum(lengths), run.completion_tokens)}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat(body: ChatRequest, request: Request):
@@ -190,8 +189,7 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
                     yield chunk([{"index": ev.index, "delta": delta,
                                   "logprobs": ev.chat_logprobs(), "finish_reason": ev.finish}])
                 if body.include_usage:
-                    yield {**chunk([]), "usage": usage(run.prompt_tokens(lengths),
-                                                       run.completion_tokens)}
+                    yield {**chunk([]), "usage": usage(sum(lengths), run.completion_tokens)}
 
             return sse(events())
         choices = await run.collect()
@@ -199,7 +197,7 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
                        "message": {"role": "assistant", "content": c.text},
                        "logprobs": c.chat_logprobs(), "finish_reason": c.finish}
                       for c in choices], "chat.completion") | {
-            "usage": usage(run.prompt_tokens(lengths), run.completion_tokens)}
+            "usage": usage(sum(lengths), run.completion_tokens)}
 
     return app
 

@@ -110,12 +110,8 @@ class Run:
         eot = model.tokenizer.eot_id
         stops = streams[0].request.sampling.stop
         self.rows = [[TextRow(model.tokenizer, stops, eot) for _ in range(n)] for _ in streams]
-        self.done = [[False] * n for _ in streams]
         self.echo = echo
         self.completion_tokens = 0
-
-    def prompt_tokens(self, lengths: list[int]) -> int:
-        return sum(lengths)
 
     async def _next(self, stream: Stream) -> object:
         while True:
@@ -148,19 +144,14 @@ class Run:
                 self.service.cancel(stream)
 
     def _take(self, k: int, t: Token, stream: Stream) -> Event | None:
-        if self.done[k][t.row]:
-            return None  # a row that hit a stop string, until its cancellation arrives
         row = self.rows[k][t.row]
+        if row.finished:
+            return None  # a row that hit a stop string, until its cancellation arrives
         self.completion_tokens += 1
         offset = row.released
-        piece = row.add(t.token)
-        finish = t.finish
+        piece, finish = row.take(t.token, t.finish)
         if row.stopped:
-            finish = "stop"
             self.service.cancel(stream, t.row)
-        if finish is not None:
-            piece += row.flush()
-            self.done[k][t.row] = True
         if self.echo is not None:
             offset += len(self.echo[k])
         return Event(k * self.n + t.row, piece, self.tokenizer, [t], finish, offset)
