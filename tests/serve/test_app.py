@@ -254,6 +254,9 @@ def test_queue_full_is_429_and_a_dropped_stream_frees_its_row(small_server):
         else:
             pytest.fail("the dropped stream's row was never freed")
         assert r.choices[0].finish_reason in ("stop", "length")
+        # two prompts are two requests: together over the one-row capacity
+        with pytest.raises(openai.RateLimitError):
+            c.completions.create(model="falstaff", prompt=["b", "c"], max_tokens=2)
 
 
 def test_sigterm_finishes_running_requests_then_stops(tmp_path):

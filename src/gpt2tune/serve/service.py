@@ -13,6 +13,7 @@ import asyncio
 import logging
 import queue
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -117,10 +118,13 @@ class Service:
         """
         for model, request in requests:
             model.engine.check(request)
+        # a list of prompts is several requests of one engine: they count together
+        wanted = Counter(id(model.engine) for model, _ in requests)
         with self._lock:
             for model, _ in requests:
                 engine = model.engine
-                if self._in_flight[id(engine)] + 1 > engine.max_batch + self.max_queue:
+                limit = engine.max_batch + self.max_queue
+                if self._in_flight[id(engine)] + wanted[id(engine)] > limit:
                     raise Busy(f"the server is busy ({self._in_flight[id(engine)]} requests in "
                                f"flight for {model.name}, queue of {self.max_queue}); retry "
                                "shortly")
