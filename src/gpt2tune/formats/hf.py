@@ -111,15 +111,19 @@ def config_to_hf(config: GPT2Config) -> dict:
     }
 
 
-def load_config(model_dir: Path) -> GPT2Config:
+def read_hf_config(model_dir: Path) -> dict:
+    """The ``config.json`` of an HF directory, as a dict."""
     path = model_dir / "config.json"
     if not path.is_file():
         raise UserError(f"{model_dir} has no config.json; it is not an HF-format GPT-2 directory")
     try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); restore it or re-save the model") from None
-    return config_from_hf(hf, str(path))
+
+
+def load_config(model_dir: Path) -> GPT2Config:
+    return config_from_hf(read_hf_config(model_dir), str(model_dir / "config.json"))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -201,17 +205,14 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = None,
     config = load_config(model_dir)
     sd = hf_to_ours(load_hf_state_dict(model_dir))
     sd.pop("score.weight", None)  # a classifier's checkpoint: its body is a GPT-2 too
-    with empty_init():
-        model = GPT2(config, init_weights=False, source_dir=model_dir)
-    return _load_weights(model, sd, model_dir, dtype, device)
+    return _load_weights(_empty_gpt2(config, model_dir), sd, model_dir, dtype, device)
 
 
 def _load_weights(model: GPT2, sd: dict[str, Tensor], model_dir: Path, dtype: torch.dtype | None,
                   device: torch.device | str) -> GPT2:
     """Load ``sd`` into ``model`` (built on the meta device), which must hold exactly its tensors
     (the tied head once, as ``wte``)."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()
-                if k not in ("lm_head.weight", "score.weight")}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
     missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
     if missing or unexpected:
         raise UserError(f"{model_dir}: the checkpoint does not match a GPT-2 with this config.json: "
@@ -222,8 +223,6 @@ def _load_weights(model: GPT2, sd: dict[str, Tensor], model_dir: Path, dtype: to
                             f"{expected[k]}; the weights do not belong to this config")
     sd = {k: v.float() for k, v in sd.items()}
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    if isinstance(model, GPT2Classifier):
-        sd["score.weight"] = model.score.weight.detach()
     model.load_state_dict(sd, strict=True, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign made two Parameters: re-tie
     model.to(device=device, dtype=dtype or torch.float32)
@@ -231,11 +230,6 @@ def _load_weights(model: GPT2, sd: dict[str, Tensor], model_dir: Path, dtype: to
 
 
 CLASSIFIER_ARCH = "GPT2ForSequenceClassification"
-
-
-def _hf_config(model_dir: Path) -> dict:
-    load_config(model_dir)  # the checks, with their messages
-    return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
 
 
 def load_classifier(name_or_path: str | Path, labels: list[str] | None = None, *,
@@ -254,7 +248,7 @@ def load_classifier(name_or_path: str | Path, labels: list[str] | None = None, *
             or weights that do not fit.
     """
     model_dir = resolve_model_dir(name_or_path)
-    hf = _hf_config(model_dir)
+    hf = read_hf_config(model_dir)
     config = config_from_hf(hf, str(model_dir / "config.json"))
     sd = hf_to_ours(load_hf_state_dict(model_dir))
     if CLASSIFIER_ARCH not in (hf.get("architectures") or []):
@@ -272,16 +266,10 @@ def load_classifier(name_or_path: str | Path, labels: list[str] | None = None, *
     if "score.weight" not in sd:
         raise UserError(f"{model_dir}: config.json says {CLASSIFIER_ARCH} but there is no "
                         "score.weight; re-save the model")
-    score = sd.pop("score.weight")
     with empty_init():
         model = GPT2Classifier(config, saved, init_weights=False, source_dir=model_dir,
                                pad_token_id=hf.get("pad_token_id", PAD_TOKEN_ID))
-    if tuple(score.shape) != (len(saved), config.n_embd):
-        raise UserError(f"{model_dir}: score.weight has shape {tuple(score.shape)}, the labels "
-                        f"and n_embd imply {(len(saved), config.n_embd)}")
-    model.score = torch.nn.Linear(config.n_embd, len(saved), bias=False)
-    with torch.no_grad():
-        model.score.weight.copy_(score.float())
+    # the same exact key and shape check as the body's (score.weight: labels x n_embd)
     return _load_weights(model, sd, model_dir, None, device)
 
 
