@@ -139,6 +139,20 @@ def build_model(opts: ModelOptions) -> GPT2:
     return load_model(opts.model, device=device)
 
 
+def _one_validation_source(opts: DataOptions) -> None:
+    if opts.val_data and opts.val_split:
+        raise UserError("give either --val-data or --val-split, not both")
+
+
+def _block_size(opts: DataOptions, n_positions: int, default: int) -> int:
+    """``--block-size`` (or ``default``), checked against the model's context."""
+    block = opts.block_size or default
+    if not 2 <= block <= n_positions:
+        raise UserError(f"--block-size {block} is outside 2..{n_positions} (the model's context); "
+                        f"use at most {n_positions}")
+    return block
+
+
 def read_texts(opts: DataOptions, seed: int) -> tuple[list[str], list[str]]:
     """(training documents, validation documents) per the options: ``--val-data`` (a built-in
     name reads its test split), or ``--val-split`` of the training documents seeded by ``seed``,
@@ -146,8 +160,7 @@ def read_texts(opts: DataOptions, seed: int) -> tuple[list[str], list[str]]:
     if not opts.data:
         raise UserError("--data is required: a text file, a directory of .txt files, or builtin:NAME")
     docs = read_documents(opts.data, opts.doc_sep, opts.text_field, split="train")
-    if opts.val_data and opts.val_split:
-        raise UserError("give either --val-data or --val-split, not both")
+    _one_validation_source(opts)
     if opts.val_data:
         return docs, read_documents(opts.val_data, opts.doc_sep, opts.text_field, split="test")
     if opts.val_split:
@@ -158,10 +171,7 @@ def read_texts(opts: DataOptions, seed: int) -> tuple[list[str], list[str]]:
 def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int):
     """Training rows and validation documents (token ids) per the options."""
     docs, val_texts = read_texts(opts, seed)
-    block = opts.block_size or min(512, n_positions)
-    if not 2 <= block <= n_positions:
-        raise UserError(f"--block-size {block} is outside 2..{n_positions} (the model's context); "
-                        f"use at most {n_positions}")
+    block = _block_size(opts, n_positions, default=min(512, n_positions))
     train_ids = tokenize_documents(docs, tokenizer)
     rows = make_rows(train_ids, block, tokenizer.eot_id, pack=opts.pack)
     val = [ids.tolist() for ids in tokenize_documents(val_texts, tokenizer)] if val_texts else None
@@ -177,8 +187,7 @@ def load_labeled_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int,
     if not opts.data:
         raise UserError("--data is required: a .jsonl/.csv file with text and label fields, or "
                         "builtin:speakers")
-    if opts.val_data and opts.val_split:
-        raise UserError("give either --val-data or --val-split, not both")
+    _one_validation_source(opts)
     data = read_labeled(opts.data, opts.text_field, opts.label_field, split="train")
     val = None
     if opts.val_data:
@@ -188,10 +197,7 @@ def load_labeled_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int,
         val = Labeled([data.texts[i] for i in held], [data.labels[i] for i in held])
         data = Labeled([data.texts[i] for i in keep], [data.labels[i] for i in keep])
     labels = label_names(data)
-    block = opts.block_size or n_positions
-    if not 2 <= block <= n_positions:
-        raise UserError(f"--block-size {block} is outside 2..{n_positions} (the model's context); "
-                        f"use at most {n_positions}")
+    block = _block_size(opts, n_positions, default=n_positions)
     rows, cut = encode_labeled(data, tokenizer, labels, block, tokenizer.eot_id)
     val_rows = None
     if val is not None:
