@@ -108,6 +108,13 @@ def generate_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from gpt2tune.core.model import cast_for_inference
+    from gpt2tune.core.tokenizer import Tokenizer
+    from gpt2tune.formats.peft import (
+        is_dora_adapter,
+        load_model_with_adapter,
+        load_model_with_adapters,
+    )
     from gpt2tune.inference.generate import SamplingConfig, generate
 
     opts = collect(args, "generate", GenerateOptions)
@@ -119,12 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if opts.prompt is None and not prime:
         raise UserError("nothing to condition on: give --prompt TEXT (and/or --prime/--prime-file)")
     load = collect(args, "load", LoadOptions)
-    from gpt2tune.core.tokenizer import Tokenizer
-    from gpt2tune.formats.peft import load_model_with_adapters
-
     device = resolve_device(load.device)
-    from gpt2tune.formats.peft import is_dora_adapter, load_model_with_adapter
-
     # the adapter stays unmerged, as `gpt2tune serve` runs it: both give the same tokens
     # (a DoRA adapter, which cannot be mixed per row, runs as the model's own layers)
     dora = bool(load.adapter) and is_dora_adapter(load.adapter)
@@ -133,8 +135,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
              else load_model_with_adapters(load.model, adapters, device=device))
     amp = autocast_dtype(load.precision, device)
     if amp is not None:
-        from gpt2tune.core.model import cast_for_inference
-
         cast_for_inference(model, amp)  # once, not at every step
     tok = Tokenizer(model.source_dir)
     stream = opts.stream
