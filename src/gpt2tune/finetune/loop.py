@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from gpt2tune.core.lora import (
     count_parameters,
+    lora_modules,
     lora_parameters,
     restore_frozen_linears,
     store_frozen_linears,
@@ -67,17 +68,21 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     times the learning rate of the rest, as peft's ``create_loraplus_optimizer`` groups them.
     The schedule scales every group alike, so the ratio holds at every step.
     """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def decayed_or_not(ps: list[nn.Parameter], lr: float) -> list[dict]:
+        return [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": cfg.weight_decay,
+                 "lr": lr},
+                {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0, "lr": lr}]
+
     ratio = cfg.loraplus_lr_ratio
-    groups = []
-    for fast in ((False, True) if ratio is not None else (False,)):
-        lr = cfg.peak_lr * (ratio if fast else 1.0)
-        mine = [(n, p) for n, p in named
-                if ratio is None or fast == (".lora_B." in n or p.dim() < 2)]
-        groups += [{"params": [p for _, p in mine if p.dim() >= 2],
-                    "weight_decay": cfg.weight_decay, "lr": lr},
-                   {"params": [p for _, p in mine if p.dim() < 2], "weight_decay": 0.0,
-                    "lr": lr}]
+    if ratio is None:
+        groups = decayed_or_not(params, cfg.peak_lr)
+    else:
+        b = {id(m.lora_B.weight) for _, m in lora_modules(model)}  # by structure, not by name
+        fast = [p for p in params if id(p) in b or p.dim() < 2]
+        slow = [p for p in params if not (id(p) in b or p.dim() < 2)]
+        groups = decayed_or_not(slow, cfg.peak_lr) + decayed_or_not(fast, cfg.peak_lr * ratio)
     # One fused kernel per step, on CPUs too: 0.15 s instead of 0.78 s for GPT-2 124M here.
     return torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=cfg.betas, fused=True)
 
