@@ -180,7 +180,7 @@ class LoRALinear(nn.Module):
         # Add in float32: low-precision base weights would otherwise lose most of a small update.
         new = w.float() + self.delta_weight()
         if self.lora_magnitude_vector is not None:
-            self._merged_norm = self.weight_norm()
+            self._merged_norm = torch.linalg.norm(new, dim=1)  # weight_norm(), of this ``new``
             new = new * (self.lora_magnitude_vector.float() / self._merged_norm).unsqueeze(1)
         w.copy_(new.to(w.dtype))
         self.merged = True
