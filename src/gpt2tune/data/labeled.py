@@ -107,15 +107,26 @@ def encode_labeled(data: Labeled, tokenizer: Tokenizer, labels: list[str], conte
     if unknown:
         raise UserError(f"label {unknown[0]!r} is not one of the model's labels {labels}; the "
                         "data must use the labels the classifier was trained with")
-    ids = [tokenizer.encode(t) for t in data.texts]
+    inputs, truncated = encode_texts(data.texts, tokenizer, context, pad_id)
+    targets = torch.tensor([index[label] for label in data.labels], dtype=torch.long)
+    return Rows(inputs=inputs, targets=targets), truncated
+
+
+def encode_texts(texts: list[str], tokenizer: Tokenizer, context: int,
+                 pad_id: int) -> tuple[torch.Tensor, int]:
+    """(N, T) token ids of ``texts``, each cut from the left to ``context`` tokens and padded on
+    the right with ``pad_id``, and how many were cut.
+
+    Raises:
+        UserError: an empty text.
+    """
+    ids = [tokenizer.encode(t) for t in texts]
     empty = next((i for i, x in enumerate(ids) if not x), None)
     if empty is not None:
         raise UserError(f"text {empty + 1} is empty; remove it or give it text")
     truncated = sum(len(x) > context for x in ids)
     ids = [x[-context:] for x in ids]
-    width = max(map(len, ids))
-    inputs = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    inputs = torch.full((len(ids), max(map(len, ids))), pad_id, dtype=torch.long)
     for i, x in enumerate(ids):
         inputs[i, :len(x)] = torch.tensor(x, dtype=torch.long)
-    targets = torch.tensor([index[label] for label in data.labels], dtype=torch.long)
-    return Rows(inputs=inputs, targets=targets), truncated
+    return inputs, truncated

@@ -8,22 +8,22 @@ import torch
 
 from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.tokenizer import Tokenizer
-from gpt2tune.data.labeled import Labeled, encode_labeled
+from gpt2tune.data.labeled import encode_texts
 from gpt2tune.data.rows import Rows
 from gpt2tune.runtime import autocast
 
 
 @torch.no_grad()
-def predict(model: GPT2Classifier, rows: Rows, *, batch_size: int = 16,
+def predict(model: GPT2Classifier, inputs: torch.Tensor, *, batch_size: int = 16,
             autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(N, num_labels) float32 probabilities (for regression: the predicted values) of rows
-    padded on the right, as ``encode_labeled`` makes them."""
+    """(N, num_labels) float32 probabilities (for regression: the predicted values) of (N, T)
+    token ids padded on the right, as ``encode_texts`` makes them."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     with autocast(device, autocast_dtype):
-        for i in range(0, len(rows), batch_size):
-            logits = model.classify(rows.inputs[i:i + batch_size].to(device)).float()
+        for i in range(0, len(inputs), batch_size):
+            logits = model.classify(inputs[i:i + batch_size].to(device)).float()
             out.append(logits if model.regression else logits.softmax(-1))
     return torch.cat(out).cpu()
 
@@ -33,10 +33,8 @@ def classify_texts(model: GPT2Classifier, tokenizer: Tokenizer, texts: list[str]
                    autocast_dtype: torch.dtype | None = None) -> list[dict]:
     """``{"label", "probabilities": {label: p}}`` for each text (its end kept if too long)."""
     labels = model.labels
-    data = Labeled(list(texts), [labels[0]] * len(texts))  # placeholder labels: not scored
-    rows, _ = encode_labeled(data, tokenizer, labels, model.config.n_positions,
-                             model.pad_token_id)
-    probs = predict(model, rows, batch_size=batch_size, autocast_dtype=autocast_dtype)
+    inputs, _ = encode_texts(texts, tokenizer, model.config.n_positions, model.pad_token_id)
+    probs = predict(model, inputs, batch_size=batch_size, autocast_dtype=autocast_dtype)
     return [{"label": labels[int(p.argmax())],
              "probabilities": {name: round(float(v), 6) for name, v in zip(labels, p)}}
             for p in probs]
@@ -64,7 +62,7 @@ def score(model: GPT2Classifier, rows: Rows, *, batch_size: int = 16,
           autocast_dtype: torch.dtype | None = None) -> ClassificationScores:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of ``rows``
     (targets: label ids)."""
-    predicted = predict(model, rows, batch_size=batch_size,
+    predicted = predict(model, rows.inputs, batch_size=batch_size,
                         autocast_dtype=autocast_dtype).argmax(-1)
     k = model.num_labels
     confusion = torch.zeros((k, k), dtype=torch.long)
