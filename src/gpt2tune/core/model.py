@@ -182,11 +182,14 @@ class _ListView:
     def __iter__(self) -> Iterator[int]:
         return iter(self.parent[self.start:self.stop])
 
+    def _index(self, i: int) -> int:
+        return self.start + range(len(self))[i]  # negative indices and bounds as a list's
+
     def __getitem__(self, i: int) -> int:
-        return self.parent[self.start:self.stop][i]
+        return self.parent[self._index(i)]
 
     def __setitem__(self, i: int, value: int) -> None:
-        self.parent[self.start + range(len(self))[i]] = value
+        self.parent[self._index(i)] = value
 
 
 class CausalSelfAttention(nn.Module):
