@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from gpt2tune.cli.main import main
 from gpt2tune.experiments.results import COMPARE_RUN_KEYS
-from gpt2tune.experiments.spec import CompareOptions, compare_methods
+from gpt2tune.experiments.spec import CompareOptions, compare_experiment, compare_methods
 from gpt2tune.experiments.writeup import COMPARE_SECTIONS
 
 WORDS = ["captain", "sailor", "harbour", "storm", "anchor", "gull", "lantern", "rope"]
@@ -95,6 +98,8 @@ def test_max_minutes_scales_the_runs(tiny_hf, lines, tmp_path, capsys):
     (["--methods", "lora+:ratio=0"], "ratio must be > 0"),
     (["--methods", "lora:rank=4"], "unknown setting 'rank=4'"),
     (["--methods", "lora:r=0"], "r must be > 0"),
+    (["--methods", "lora:dropout=1"], "dropout must be a number in [0, 1)"),
+    (["--methods", "dora:dropout=x"], "dropout must be a number in [0, 1)"),
     (["--lora-ranks", "4,0"], "rank 0 must be at least 1"),
     (["--prompts", "missing.txt"], "does not exist"),
     (["--val-split", "0.1", "--val-data", "x.txt"], "either --val-data or --val-split"),
@@ -144,6 +149,29 @@ def test_methods_with_settings_and_sweeps():
     assert names.index("lora-r4") < names.index("lora-r4+prime")
 
 
+def test_methods_that_differ_in_any_setting_are_separate_runs():
+    """Settings beyond rank and modules name the run too: none replaces another, and each
+    setting reaches the run's options."""
+    from gpt2tune.experiments.hparams import Hyperparams
+    from gpt2tune.experiments.runner import run_options
+
+    hp = Hyperparams(recipe="t", lr_lora=1e-3, lr_full=1e-4, alpha_per_rank=2.0, why="")
+    opts = CompareOptions(data="x", methods="lora,lora:lr=2e-3,lora:dropout=0.1,lora+,"
+                          "lora+:ratio=4,dora,dora:alpha=4,lora")
+    methods, _ = compare_methods(opts, hp)
+    by = {m.name: m for m in methods}
+    assert list(by) == ["lora-r4", "lora-r4-lr0.002", "lora-r4-dropout0.1", "loraplus-r4",
+                        "loraplus-r4-x4", "dora-r4", "dora-r4-alpha4"]
+    assert by["lora-r4-lr0.002"].lr == 2e-3 and by["loraplus-r4-x4"].loraplus_ratio == 4.0
+    assert by["loraplus-r4"].loraplus_ratio == 16.0 and by["dora-r4-alpha4"].alpha == 4.0
+    spec = compare_experiment(opts, hp, ("x",))
+    setup = SimpleNamespace(precision="fp32", seed=0, progress=False, report_to="none",
+                            base=SimpleNamespace(path="b"), device="cpu")
+    run = run_options(spec, by["lora-r4-dropout0.1"], Path("o"), setup)
+    assert run.lora.dropout == 0.1 and run_options(spec, by["lora-r4"], Path("o"),
+                                                   setup).lora.dropout == 0.0
+
+
 def test_a_builtin_dataset_is_held_out_on_its_test_split(tiny_hf, tmp_path, capsys, monkeypatch):
     from gpt2tune.data.builtin import load_builtin
 
@@ -160,17 +188,24 @@ def test_compare_dora_and_loraplus(tiny_hf, lines, tmp_path, capsys):
     """Both methods train (their adapters say so), beat the base, and get their own rows."""
     out = tmp_path / "cmp"
     assert main(_args(tiny_hf[0], lines, out, "--methods",
-                      "base,dora:r=2:targets=all-linear,lora+:ratio=8")) == 0
+                      "base,lora,dora:r=2:targets=all-linear,lora+:ratio=8,full")) == 0
     res = json.loads((out / "results.json").read_text())
     runs = {r["name"]: r for r in res["runs"]}
-    assert runs.keys() == {"base", "dora-r2-all-linear", "loraplus-r4"}
+    assert runs.keys() == {"base", "lora-r4", "dora-r2-all-linear", "loraplus-r4-x8", "full"}
     assert runs["dora-r2-all-linear"]["method"] == "dora"
-    assert runs["loraplus-r4"]["method"] == "lora+"
+    assert runs["loraplus-r4-x8"]["method"] == "lora+"
     base = runs["base"]["val_perplexity"]
-    assert all(runs[n]["val_perplexity"] < base for n in ("dora-r2-all-linear", "loraplus-r4"))
+    assert all(runs[n]["val_perplexity"] < base for n in ("dora-r2-all-linear", "loraplus-r4-x8"))
     dora = json.loads((out / "compare" / "dora-r2-all-linear" / "adapter_config.json").read_text())
     assert dora["use_dora"] is True
     assert "--lora-use-dora" in runs["dora-r2-all-linear"]["command"]
-    assert "--loraplus-lr-ratio 8" in runs["loraplus-r4"]["command"]
-    opts = json.loads((out / "compare" / "loraplus-r4" / "run.json").read_text())["options"]
+    assert "--loraplus-lr-ratio 8" in runs["loraplus-r4-x8"]["command"]
+    opts = json.loads((out / "compare" / "loraplus-r4-x8" / "run.json").read_text())["options"]
     assert opts["train"]["loraplus_lr_ratio"] == 8.0
+    # the report sets each beside the plain LoRA run of its rank and modules (LoRA+ has one)
+    md = (out / "report.md").read_text()
+    capacity = md.split(f"## {COMPARE_SECTIONS[3]}")[1].split("## ")[0]
+    assert "rank_sweep.png" in capacity
+    assert re.search(r"LoRA\+ recovers -?\d+% of full fine-tuning's gain, plain LoRA -?\d+%",
+                     capacity)
+    assert re.search(r"DoRA recovers -?\d+% of full fine-tuning's gain: it ", capacity)

@@ -102,6 +102,15 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert set(res["style"]["share_in_character"]) == {"base", "priming", "lora", "full",
                                                        "lora+priming"}
     assert res["base"]["built_now"] and res["base"]["val_loss"] > 0
+    # experiment 3 has DoRA and LoRA+ beside the rank sweep, and says whether they close the gap
+    dora, plus = res["runs"]["character/dora-r4"], res["runs"]["character/loraplus-r4"]
+    lora = res["runs"]["character/lora-r4"]
+    assert dora["trainable_params"] > lora["trainable_params"] == plus["trainable_params"]
+    assert "--lora-use-dora" in dora["command"] and "--loraplus-lr-ratio 16" in plus["command"]
+    capacity = md.split(f"## {SECTIONS[4]}")[1].split("## ")[0]
+    assert "DoRA r=4 (c_attn)" in capacity and "LoRA+ r=4 (c_attn)" in capacity
+    assert re.search(r"DoRA recovers -?\d+% of full fine-tuning's gain, plain LoRA -?\d+%: it ",
+                     capacity)
 
     # the base is cached: a second demo would reuse it instead of pretraining again
     cfg = PretrainConfig(**{**res["base"]["pretrain"]})

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import pytest
 
 from gpt2tune.experiments.base import BaseInfo
@@ -38,11 +40,24 @@ def test_demo_experiments_are_consistent(plan: DemoPlan):
     assert [m.name for m in char.methods if m.sample] == ["base", "priming", "lora", "full",
                                                           "lora+priming"]
     # experiment 3's sweep: one c_attn LoRA run per rank, experiment 2's run among them
-    sweep = [m for m in char.methods if m.train == "lora" and m.targets == ("c_attn",)]
+    plain = [m for m in char.methods if m.train == "lora" and m.kind is None]
+    sweep = [m for m in plain if m.targets == ("c_attn",)]
     assert sorted(m.rank for m in sweep) == sorted({*plan.ranks, plan.char_rank})
     assert char.methods[2].name == "lora" and char.methods[2].rank == plan.char_rank
-    wide = [m for m in char.methods if m.train == "lora" and m.targets == plan.wide_targets]
+    wide = [m for m in plain if m.targets == plan.wide_targets]
     assert [m.rank for m in wide] == [plan.wide_rank]
+    assert all(not m.use_dora and m.loraplus_ratio is None for m in plain)
+    # DoRA and LoRA+ each differ from experiment 2's LoRA run in one thing only
+    lora = char.methods[2]
+    dora, = (m for m in char.methods if m.kind == "dora")
+    plus, = (m for m in char.methods if m.kind == "lora+")
+    assert replace(dora, use_dora=False) == replace(lora, name=dora.name, label=dora.label,
+                                                    short=dora.short, kind="dora", sample=False,
+                                                    directory=None)
+    assert replace(plus, loraplus_ratio=None) == replace(
+        lora, name=plus.name, label=plus.label, short=plus.short, kind="lora+", sample=False,
+        directory=None)
+    assert dora.use_dora and plus.loraplus_ratio == plan.loraplus_ratio
 
 
 def test_spec_imports_no_torch():

@@ -25,7 +25,8 @@ def test_every_plot_is_a_png_and_pyplot_is_never_imported():
                 {"base": 3245.0, "LoRA": 3100.0}, {"base": 4300.0, "priming": 4000.0}, "Falstaff"),
             "style_scores": figures.style_scores({"base": 0.2, "LoRA": 0.4}, 0.7, 0.1, "Falstaff"),
             "rank_sweep": figures.rank_sweep([(1, 512, 4269.0), (4, 2048, 4242.0)],
-                                             ("LoRA r=8 (all-linear)", 16384, 4199.0),
+                                             [("LoRA r=8 (all-linear)", 16384, 4199.0),
+                                              ("DoRA r=4 (c_attn)", 2432, 4230.0)],
                                              3722.0, 3332928, 4300.0, "Falstaff"),
         }
         for name, png in pngs.items():

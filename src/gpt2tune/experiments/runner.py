@@ -108,9 +108,9 @@ log = logging.getLogger("gpt2tune")
 DEMO_MARKER = "demo.json"
 PRIME_FILE = "prime.txt"
 SAVED_FILES = {"lora": peft.SAVED_FILES, "full": hf.SAVED_FILES}
+"""What a run saves as its result, per training method (checkpoints and logs aside)."""
 ADAPTER_KINDS = ("lora", "dora", "lora+")
 """Kinds of method whose result is an adapter for the base (``MethodResult.method``)."""
-"""What a run saves as its result, per training method (checkpoints and logs aside)."""
 
 
 @dataclass
@@ -267,7 +267,8 @@ def run_options(spec: Experiment, m: Method, out: Path, setup: Setup) -> RunOpti
                         precision=setup.precision, seed=setup.seed, eval_every=spec.eval_every,
                         progress=setup.progress, report_to=setup.report_to,
                         loraplus_lr_ratio=m.loraplus_ratio, **_length(spec, m))
-    lora = (LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets), use_dora=m.use_dora)
+    lora = (LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets), dropout=m.dropout,
+                       use_dora=m.use_dora)
             if m.train == "lora" else LoRAConfig())
     return RunOptions(out=str(out), overwrite=True,
                       model=ModelOptions(model=setup.base.path, device=setup.device),

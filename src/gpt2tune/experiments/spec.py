@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from gpt2tune.errors import UserError
 
 NEWS_PROMPT = "The Federal Government says"
+LORAPLUS_RATIO = 16.0
+"""LoRA+'s B/A learning-rate ratio where none is given (Hayou et al.'s suggestion)."""
 CHARACTER_PROMPTS = ("Why,", "I tell thee,", "Now, my lord,", "What,", "Well,", "Nay,")
 
 
@@ -72,6 +74,10 @@ class DemoPlan:
     """Rank of experiment 3's LoRA run with more target modules."""
     wide_targets: tuple[str, ...] = ("all-linear",)
     """Target modules of that run."""
+    loraplus_ratio: float = LORAPLUS_RATIO
+    """B's learning rate over A's in experiment 3's LoRA+ run (its DoRA and LoRA+ runs have
+    experiment 2's rank, modules and learning rate, so each differs from that LoRA run in one
+    thing)."""
     prime_speeches: int = 3
     """Training speeches placed before the prompt when priming."""
     news_samples: int = 3
@@ -165,6 +171,8 @@ class Method:
     """LoRA alpha (``train="lora"``)."""
     targets: tuple[str, ...] = ("c_attn",)
     """LoRA target modules (``train="lora"``)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA branch's input (``train="lora"``)."""
     use_dora: bool = False
     """DoRA instead of plain LoRA (``train="lora"``)."""
     loraplus_ratio: float | None = None
@@ -251,6 +259,20 @@ def _lora(hp: Hyperparams, rank: int, targets: tuple[str, ...] = ("c_attn",), *,
                   lr=hp.lr_lora, sample=sample, directory=directory)
 
 
+def _dora(lora: Method) -> Method:
+    """``lora`` with DoRA's magnitude vector: the same rank, modules and learning rate."""
+    return replace(lora, name=f"dora-r{lora.rank}", label=lora.label.replace("LoRA", "DoRA", 1),
+                   short="DoRA", use_dora=True, kind="dora", sample=False, directory=None)
+
+
+def _loraplus(lora: Method, ratio: float) -> Method:
+    """``lora`` with B's learning rate ``ratio`` times A's (A keeps ``lora``'s)."""
+    return replace(lora, name=f"loraplus-r{lora.rank}",
+                   label=lora.label.replace("LoRA", "LoRA+", 1) + f" B/A lr x{ratio:g}",
+                   short="LoRA+", loraplus_ratio=ratio, kind="lora+", sample=False,
+                   directory=None)
+
+
 def demo_experiments(plan: DemoPlan, character: str,
                      hp: Hyperparams) -> tuple[Experiment, Experiment]:
     """The demo's two experiments for ``plan``.
@@ -278,7 +300,7 @@ def demo_experiments(plan: DemoPlan, character: str,
     wide = _lora(hp, plan.wide_rank, plan.wide_targets, sample=False,
                  name=f"lora-r{plan.wide_rank}-{'-'.join(plan.wide_targets)}")
     methods = (base, Method("priming", "priming only", "priming", prime=True), lora, *sweep, wide,
-               full, Method("lora+priming", f"{lora.label} + priming", "LoRA + priming",
+               _dora(lora), _loraplus(lora, plan.loraplus_ratio), full, Method("lora+priming", f"{lora.label} + priming", "LoRA + priming",
                             uses="lora", prime=True))
     char = Experiment(
         "character", f"builtin:shakespeare:{character}", methods,
@@ -292,11 +314,9 @@ def demo_experiments(plan: DemoPlan, character: str,
 
 METHOD_NAMES = ("base", "prime", "lora", "dora", "lora+", "full", "lora+prime")
 METHOD_SETTINGS = {"base": (), "prime": ("k",), "lora": ("r", "alpha", "targets", "lr", "dropout"),
-                   "dora": ("r", "alpha", "targets", "lr"),
-                   "lora+": ("r", "alpha", "targets", "lr", "ratio"),
+                   "dora": ("r", "alpha", "targets", "lr", "dropout"),
+                   "lora+": ("r", "alpha", "targets", "lr", "dropout", "ratio"),
                    "full": ("lr",), "lora+prime": ("r", "alpha", "targets", "lr", "k")}
-LORAPLUS_RATIO = 16.0
-"""LoRA+'s B/A learning-rate ratio where none is given (Hayou et al.'s suggestion)."""
 DEFAULT_RANK = 4
 """LoRA rank where none is given (the seed project's)."""
 
@@ -418,7 +438,13 @@ def parse_methods(text: str) -> list[tuple[str, dict]]:
             elif key == "targets":
                 values[key] = _targets(value, f"--methods {item}")
             elif key == "dropout":
-                values[key] = float(value)
+                try:
+                    values[key] = float(value)
+                except ValueError:
+                    values[key] = -1.0
+                if not 0.0 <= values[key] < 1.0:
+                    raise UserError(f"--methods {item}: dropout must be a number in [0, 1), "
+                                    f"got {value!r}")
             else:
                 values[key] = _parse_number(item, key, value, float)
         out.append((name, values))
@@ -450,14 +476,21 @@ def compare_methods(opts: CompareOptions, hp: Hyperparams) -> tuple[tuple[Method
         (methods in run order, the priming documents k).
     """
     def lora(r: int, targets: tuple[str, ...], alpha: float | None, lr: float | None,
-             name: str, sample: bool = True) -> Method:
+             name: str, sample: bool = True, dropout: float = 0.0) -> Method:
         return Method(name=name, label=f"LoRA r={r} ({', '.join(targets)})", short="LoRA",
                       train="lora", rank=r, alpha=alpha if alpha is not None else
                       hp.alpha_per_rank * r, targets=targets, lr=lr or hp.lr_lora,
-                      sample=sample)
+                      sample=sample, dropout=dropout)
 
-    def lora_name(r: int, targets: tuple[str, ...], prefix: str = "lora") -> str:
-        return f"{prefix}-r{r}" + ("" if targets == ("c_attn",) else "-" + "-".join(targets))
+    def lora_name(r: int, targets: tuple[str, ...], prefix: str = "lora", s: dict | None = None,
+                  ratio: float | None = None) -> str:
+        # a setting that differs from its default is in the name too, so that lora and
+        # lora:lr=1e-3 (or lora+ and lora+:ratio=4) are two runs, not one replacing the other
+        default = {"alpha": hp.alpha_per_rank * r, "lr": hp.lr_lora, "dropout": 0.0}
+        given = {k: v for k, v in (s or {}).items() if k in default and v != default[k]}
+        return (f"{prefix}-r{r}" + ("" if targets == ("c_attn",) else "-" + "-".join(targets))
+                + "".join(f"-{key}{value:g}" for key, value in given.items())
+                + (f"-x{ratio:g}" if ratio not in (None, LORAPLUS_RATIO) else ""))
 
     methods: dict[str, Method] = {}
     k = 3
@@ -473,19 +506,21 @@ def compare_methods(opts: CompareOptions, hp: Hyperparams) -> tuple[tuple[Method
                                               lr=s.get("lr", hp.lr_full)))
         elif name in ("dora", "lora+"):
             r, targets = s.get("r", DEFAULT_RANK), s.get("targets", ("c_attn",))
-            m = lora(r, targets, s.get("alpha"), s.get("lr"), "")
+            m = lora(r, targets, s.get("alpha"), s.get("lr"), "", dropout=s.get("dropout", 0.0))
             if name == "dora":
-                m = replace(m, name=lora_name(r, targets, "dora"), use_dora=True, short="DoRA",
+                m = replace(m, name=lora_name(r, targets, "dora", s), use_dora=True, short="DoRA",
                             label=m.label.replace("LoRA", "DoRA", 1), kind="dora")
             else:
                 ratio = s.get("ratio", LORAPLUS_RATIO)
-                m = replace(m, name=lora_name(r, targets, "loraplus"), loraplus_ratio=ratio,
+                m = replace(m, name=lora_name(r, targets, "loraplus", s, ratio),
+                            loraplus_ratio=ratio,
                             short="LoRA+", label=m.label.replace("LoRA", "LoRA+", 1)
                             + f" B/A lr x{ratio:g}", kind="lora+")
             methods[m.name] = m
         else:
             r, targets = s.get("r", DEFAULT_RANK), s.get("targets", ("c_attn",))
-            m = lora(r, targets, s.get("alpha"), s.get("lr"), lora_name(r, targets))
+            m = lora(r, targets, s.get("alpha"), s.get("lr"), lora_name(r, targets, s=s),
+                     dropout=s.get("dropout", 0.0))
             if name == "lora+prime":
                 k = s.get("k", k)
                 methods.setdefault(m.name, replace(m, sample=False))  # the run it primes

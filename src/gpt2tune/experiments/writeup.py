@@ -66,6 +66,50 @@ def _capacity_verdict(sweep: list[MethodResult], best: MethodResult, wide: Metho
                    "model's weights, which LoRA on the blocks leaves frozen.")
 
 
+def _variants_verdict(pairs: list[tuple[MethodResult, MethodResult | None]],
+                      full: MethodResult | None, base_loss: float) -> str:
+    """Whether DoRA and LoRA+ close the gap to full fine-tuning, in words chosen from the
+    measured held-out losses.
+
+    Args:
+        pairs: each DoRA or LoRA+ run with the plain LoRA run it differs from in one thing (the
+            same rank, modules and learning rate), or None where there is no such run.
+        full: full fine-tuning, the reference, or None.
+        base_loss: the base model's held-out loss.
+    """
+    runs: list[MethodResult] = []  # each run once, a plain LoRA run before its variants
+    for run in (run for pair in pairs for run in pair[::-1]):
+        if run is not None and all(run is not seen for seen in runs):
+            runs.append(run)
+    gains = "; ".join(f"{run.label} gains {base_loss - run.val_loss:.3f} nats over the base"
+                      for run in runs) + ". "
+    if full is None or base_loss - full.val_loss <= 0:
+        return gains + ("Without a full fine-tuning run that improves on the base there is no "
+                        "gap to measure them against.")
+    gain_full = base_loss - full.val_loss
+    text = f"Full fine-tuning gains {gain_full:.3f} nats; " + gains
+
+    def share(run: MethodResult) -> float:
+        return (base_loss - run.val_loss) / gain_full
+
+    for run, lora in pairs:
+        said = f"{run.label.split(' r=')[0]} recovers {share(run):.0%} of full fine-tuning's gain"
+        if lora is not None:
+            said += f", plain LoRA {share(lora):.0%}"
+        if share(run) >= 0.8:
+            said += ": it closes the gap"
+        elif lora is not None and share(run) > share(lora) + 0.1:
+            said += ": it narrows the gap but does not close it"
+        elif lora is not None and share(run) < share(lora) - 0.1:
+            said += ": it does worse than plain LoRA"
+        elif lora is not None:
+            said += ": it changes little and does not close the gap"
+        else:
+            said += ": it does not close the gap"
+        text += said + ". "
+    return text.strip()
+
+
 def _fmt_int(n: int | None) -> str:
     return "–" if n is None else f"{n:,}"
 
@@ -163,14 +207,17 @@ def build_report(res: DemoResults) -> Report:
     by_rank = _lora_by_rank(char, ("c_attn",))
     sweep = [by_rank[rk] for rk in p.ranks]
     wide = _lora_by_rank(char, p.wide_targets)[p.wide_rank]
+    variants = [m for m in char.methods if m.method in ("dora", "lora+")]
     best = min(sweep, key=lambda run: run.val_perplexity)
     s.add(Paragraph(
         f"**Capacity.** Across ranks {', '.join(map(str, p.ranks))} the held-out perplexity goes "
         f"from {_fmt_ppl(sweep[0].val_perplexity)} (r={p.ranks[0]}) to "
         f"{_fmt_ppl(sweep[-1].val_perplexity)} (r={p.ranks[-1]}); the best rank is "
-        f"r={best.lora_rank} ({_fmt_ppl(best.val_perplexity)}); full fine-tuning "
-        f"reaches {_fmt_ppl(char_full.val_perplexity)}. See experiment 3 for what that says "
-        "about the seed project's explanation."))
+        f"r={best.lora_rank} ({_fmt_ppl(best.val_perplexity)}); "
+        + "".join(f"{run.label.split(' r=')[0]} at r={run.lora_rank} "
+                  f"{_fmt_ppl(run.val_perplexity)}; " for run in variants)
+        + f"full fine-tuning reaches {_fmt_ppl(char_full.val_perplexity)}. See experiment 3 "
+        "for what that says about the seed project's explanation."))
     s.add(Figure(figures.perplexity_by_method(
         {"base": news_base.val_perplexity, f"LoRA r={p.news_rank}": news_lora.val_perplexity,
          "full": news_full.val_perplexity},
@@ -332,23 +379,31 @@ def build_report(res: DemoResults) -> Report:
         f"The seed project's author thought LoRA lacked capacity. Here LoRA on `c_attn` with "
         f"rank {', '.join(map(str, p.ranks))} (alpha = {hp.alpha_per_rank:g} r, so the "
         "update's "
-        f"scale is the same), and rank {p.wide_rank} on {', '.join(p.wide_targets)} (every "
-        "projection of every block), all trained like experiment 2, against full fine-tuning."))
+        f"scale is the same), rank {p.wide_rank} on {', '.join(p.wide_targets)} (every "
+        "projection of every block), and two changes to experiment 2's LoRA run that the field "
+        "proposes where LoRA trails full fine-tuning, each at the same rank, modules and "
+        "learning rate: DoRA (Liu et al. 2024: a trainable magnitude per output feature over "
+        "the LoRA-updated direction) and LoRA+ (Hayou et al. 2024: B learns "
+        f"{p.loraplus_ratio:g} times faster than A). All are trained like experiment 2 and "
+        "measured against full fine-tuning."))
     rows = [[run.label, f"{run.trainable_params:,}",
              f"{100 * run.trainable_params / run.total_params:.3f}%",
              _fmt_ppl(run.val_perplexity), f"{run.val_loss:.3f}",
              f"{run.final_train_loss:.3f}", f"{run.train_seconds:.0f} s"]
-            for run in [*sweep, wide, char_full]]
+            for run in [*sweep, wide, *variants, char_full]]
     s.add(Table(["run", "trainable params", "% of model", "held-out perplexity", "held-out loss",
                  "final train loss", "train wall time"], rows))
     s.add(Figure(figures.rank_sweep(
         [(run.lora_rank, run.trainable_params, run.val_perplexity) for run in sweep],
-        (wide.label, wide.trainable_params, wide.val_perplexity),
+        [(run.label, run.trainable_params, run.val_perplexity) for run in (wide, *variants)],
         char_full.val_perplexity, char_full.trainable_params, char_base.val_perplexity,
         f"{name}'s speeches"),
         "rank_sweep.png", "Held-out perplexity against trainable parameters: LoRA ranks, more "
-                          "target modules, and full fine-tuning (dashed) as the reference."))
+                          "target modules, DoRA and LoRA+, and full fine-tuning (dashed) as the "
+                          "reference."))
     s.add(Paragraph(_capacity_verdict(sweep, best, wide, char_full, char_base.val_loss)))
+    s.add(Paragraph(_variants_verdict([(run, char_lora) for run in variants], char_full,
+                                      char_base.val_loss)))
 
     # ---- commands
     s = r.section(SECTIONS[5])
@@ -382,7 +437,7 @@ COMPARE_SECTIONS = ("Summary", "The base model and hyperparameters", "Methods co
                     "LoRA capacity", "Style", "Samples", "Rerun any single result",
                     "Machine and versions", "Timings")
 """The comparison report's sections, in order; "LoRA capacity" appears with two LoRA ranks or
-more, "Style" when samples were scored."""
+more, or a LoRA run and DoRA or LoRA+; "Style" when samples were scored."""
 
 
 def build_compare_report(res: CompareResults) -> Report:
@@ -452,24 +507,32 @@ def build_compare_report(res: CompareResults) -> Report:
 
     lora = sorted((m for m in methods if m.method == "lora" and m.lora_targets == ("c_attn",)),
                   key=lambda m: m.lora_rank)
-    if len(lora) >= 2:
+    variants = [m for m in methods if m.method in ("dora", "lora+")]
+    if len(lora) >= 2 or (lora and variants):
         s = r.section(COMPARE_SECTIONS[3])
         full = next((m for m in methods if m.method == "full"), None)
         wide = next((m for m in methods if m.method == "lora" and m.lora_targets != ("c_attn",)),
                     None)
         s.add(Figure(figures.rank_sweep(
             [(m.lora_rank, m.trainable_params, m.val_perplexity) for m in lora],
-            (wide.label, wide.trainable_params, wide.val_perplexity) if wide else None,
+            [(m.label, m.trainable_params, m.val_perplexity) for m in ([wide] if wide else [])
+             + variants],
             full.val_perplexity if full else None, full.trainable_params if full else None,
             base.val_perplexity if base else None, "your text"),
             "rank_sweep.png", "Held-out perplexity against trainable parameters."))
-        if full and base and wide:
+        if len(lora) >= 2 and full and base and wide:
             best_lora = min(lora, key=lambda m: m.val_loss)
             s.add(Paragraph(_capacity_verdict(lora, best_lora, wide, full, base.val_loss)))
-        else:
+        elif len(lora) >= 2:
             s.add(Paragraph(
                 f"From r={lora[0].lora_rank} to r={lora[-1].lora_rank} the held-out loss changes "
                 f"by {lora[-1].val_loss - lora[0].val_loss:+.3f} nats."))
+        if variants and base:
+            # each variant beside the plain LoRA run of its rank and modules, if there is one
+            pairs = [(v, next((m for m in methods if m.method == "lora"
+                               and (m.lora_rank, m.lora_targets) == (v.lora_rank, v.lora_targets)),
+                              None)) for v in variants]
+            s.add(Paragraph(_variants_verdict(pairs, full, base.val_loss)))
 
     if exp.style:
         s = r.section(COMPARE_SECTIONS[4])

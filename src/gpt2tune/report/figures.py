@@ -186,15 +186,15 @@ def _short(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
 
 
-def rank_sweep(points: list[tuple[int, int, float]], wide: tuple[str, int, float] | None,
+def rank_sweep(points: list[tuple[int, int, float]], others: list[tuple[str, int, float]],
                full_ppl: float | None, full_params: int | None, base_ppl: float | None,
                name: str) -> bytes:
     """Held-out perplexity against trainable parameters (log scale) for LoRA ranks.
 
     Args:
         points: (rank, trainable parameters, perplexity) of the c_attn runs.
-        wide: (label, trainable parameters, perplexity) of the run with more target modules,
-            or None.
+        others: (label, trainable parameters, perplexity) of single runs shown beside the
+            sweep (more target modules, DoRA, LoRA+), each with its own marker.
         full_ppl: full fine-tuning's perplexity (a reference line), or None.
         full_params: full fine-tuning's trainable parameters (for its label).
         base_ppl: the base model's perplexity (a reference line), or None.
@@ -208,16 +208,20 @@ def rank_sweep(points: list[tuple[int, int, float]], wide: tuple[str, int, float
     ax.plot(params, ppl, "o-", color=_COLORS[0], label="LoRA on c_attn")
     for r, x, y in points:
         ax.annotate(f"r={r}", (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
-    if wide is not None:
-        ax.plot([wide[1]], [wide[2]], "s", color=_COLORS[2], ms=8, label=wide[0])
+    for i, (label, x, y) in enumerate(others):
+        ax.plot([x], [y], "sD^v"[i % 4], color=_COLORS[2 + i % 4], ms=8, label=label)
     if full_ppl is not None:
         ax.axhline(full_ppl, color=_COLORS[1], ls="--", lw=1.2,
                    label=f"full fine-tuning ({_short(full_params)} trainable)")
     if base_ppl is not None:
         ax.axhline(base_ppl, color="gray", ls=":", lw=1.2, label="base model (no training)")
     ax.set_xscale("log")
-    # label the measured sizes themselves; log-scale minor labels collide at this width
-    ticks = sorted({*params, *([wide[1]] if wide else [])})
+    # label the measured sizes themselves (log-scale minor labels collide at this width), but
+    # not one within 30% of a size already labelled (DoRA next to LoRA of the same rank)
+    ticks: list[int] = []
+    for x in sorted({*params, *(x for _, x, _ in others)}):
+        if not ticks or x > 1.3 * ticks[-1]:
+            ticks.append(x)
     ax.set_xticks(ticks, [_short(t) for t in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.08, y=0.08)
