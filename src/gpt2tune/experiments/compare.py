@@ -45,7 +45,7 @@ from gpt2tune.experiments.spec import (
 from gpt2tune.experiments.writeup import build_compare_report
 from gpt2tune.finetune.recipe import load_data
 from gpt2tune.formats.atomic import write_text
-from gpt2tune.formats.outdir import prepare_output_dir
+from gpt2tune.formats.outdir import OutputLock, prepare_output_dir
 from gpt2tune.report.document import write_report
 
 log = logging.getLogger("gpt2tune")
@@ -226,13 +226,19 @@ def run_compare(opts: CompareOptions) -> CompareResult:
     """
     t0 = time.perf_counter()
     out = Path(opts.out)
+    with OutputLock(out, "gpt2tune compare"):  # held until the report is written
+        return _run_compare(opts, out, t0)
+
+
+def _run_compare(opts: CompareOptions, out: Path, t0: float) -> CompareResult:
+    """``run_compare`` once ``out`` is locked."""
     guard = dict(marker=COMPARE_MARKER, what="comparison", overwrite=opts.overwrite,
                  replace_own=True)
     prepare_output_dir(out, **guard, check_only=True)  # refuse before the slow part
     # bad options, data or methods fail here, before anything is written
     plan, setup = plan_compare(opts, out=out)
     prepare_output_dir(out, **guard)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     write_text(out / COMPARE_MARKER, json.dumps({"options": asdict(opts)}, indent=2) + "\n")
     result = run_experiment(plan.spec, setup)
     results = CompareResults(options=opts, base=plan.base, hyperparams=plan.hyperparams,

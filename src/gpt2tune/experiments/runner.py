@@ -91,7 +91,7 @@ from gpt2tune.finetune.recipe import (
 )
 from gpt2tune.formats import hf, peft
 from gpt2tune.formats.atomic import write_text
-from gpt2tune.formats.outdir import prepare_output_dir
+from gpt2tune.formats.outdir import OutputLock, prepare_output_dir
 from gpt2tune.formats.peft import load_model_with_adapter
 from gpt2tune.inference.evaluate import EvalResult, evaluate, score_windows, windows
 from gpt2tune.inference.generate import SamplingConfig, generate
@@ -598,7 +598,7 @@ def _prepare_out(opts: DemoOptions) -> Path:
     else only with ``--overwrite``."""
     out = prepare_output_dir(opts.out, marker=DEMO_MARKER, what="demo",
                              overwrite=opts.overwrite, replace_own=True)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     write_text(out / DEMO_MARKER, json.dumps({"options": asdict(opts)}, indent=2) + "\n")
     return out
 
@@ -621,6 +621,12 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
     if opts.precision not in ("fp32", "bf16"):
         raise UserError(f"--precision {opts.precision!r}: use fp32 or bf16")
     resolve_device(opts.device)  # a bad --device fails before --out is touched
+    with OutputLock(opts.out, "gpt2tune demo"):  # held until the report is written
+        return _run_demo(opts, plan, t0)
+
+
+def _run_demo(opts: DemoOptions, plan: DemoPlan, t0: float) -> DemoResult:
+    """``run_demo`` once ``--out`` is locked."""
     load_at_start = _loadavg()
     out = _prepare_out(opts)
     stage = _Stages()

@@ -49,7 +49,7 @@ from gpt2tune.finetune.parallel import (
 from gpt2tune.finetune.state import CHECKPOINT, find_checkpoint, load_train_state
 from gpt2tune.formats.atomic import write_text
 from gpt2tune.formats.hf import load_classifier, load_model
-from gpt2tune.formats.outdir import prepare_output_dir
+from gpt2tune.formats.outdir import OutputLock, prepare_output_dir
 from gpt2tune.formats.peft import load_adapter
 from gpt2tune.runtime import resolve_device
 
@@ -272,12 +272,17 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
     return result
 
 
-def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = None,
+              command: str = "gpt2tune train") -> TrainResult:
     """Run ``gpt2tune train``: fine-tune (LoRA or full) or train from scratch, or resume.
+
+    ``opts.out`` is locked (``OutputLock``) for the whole run, before it is checked, so two runs
+    on one directory never both train.
 
     Args:
         opts: all options.
         on_step: passed to ``train`` (called after each optimizer step).
+        command: what runs, for the message a second run on the same ``--out`` gets.
 
     Returns:
         The ``TrainResult``; the adapter or model is in ``opts.out``.
@@ -296,9 +301,31 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
     parallel = from_env(t.fsdp)
     if not parallel.is_main:
         log.setLevel(logging.WARNING)  # one rank talks
-    if parallel.is_main:
-        prepare_output_dir(out, marker=RUN_FILE, resume=opts.resume, overwrite=opts.overwrite)
-    parallel.barrier()
+    lock = OutputLock(out, command) if parallel.is_main else None
+    try:
+        problem = None
+        if lock is not None:
+            try:
+                lock.acquire()
+                prepare_output_dir(out, marker=RUN_FILE, resume=opts.resume,
+                                   overwrite=opts.overwrite)
+            except UserError as e:
+                problem = str(e)
+        # every rank stops on rank 0's refusal at once, rather than at the next collective's
+        # timeout
+        problem = parallel.gather(problem)[0]
+        if problem:
+            raise UserError(problem)
+        return _fine_tune(opts, out, parallel, on_step)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
+               on_step: Callable[[int, float], None] | None) -> TrainResult:
+    """``fine_tune`` once ``out`` is locked and checked."""
+    t = opts.train
 
     if opts.data.task not in TASKS:
         raise UserError(f"unknown --task {opts.data.task!r}; use {' or '.join(TASKS)}")
