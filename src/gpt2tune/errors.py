@@ -1,6 +1,20 @@
-"""The one exception type for problems the user can fix (bad input, missing files)."""
+"""The exception types for problems the user can fix (bad input, missing files, a full disk)."""
 
 
 class UserError(Exception):
     """A problem with the user's input. Its message is one line that names the problem and the fix;
-    the CLI prints it without a traceback and exits non-zero."""
+    the CLI prints it without a traceback and exits with ``exit_code``."""
+
+    exit_code = 2
+
+
+class WriteError(UserError):
+    """Saving failed (no space left, permission denied, a read-only file system, ...): nothing was
+    half-written under its final name, and what was saved before is intact."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        """Why the write failed, without the where ("No space left on device")."""

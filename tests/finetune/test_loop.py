@@ -13,7 +13,7 @@ from gpt2tune.core.lora import LoRAConfig
 from gpt2tune.errors import UserError
 from gpt2tune.finetune.config import TrainConfig
 from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
-from gpt2tune.finetune.state import find_checkpoint, load_train_state
+from gpt2tune.finetune.state import load_checkpoint
 from gpt2tune.formats.hf import load_model
 from gpt2tune.formats.peft import load_adapter
 
@@ -125,7 +125,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_hf, corpus, tmp
     full = fine_tune(options(tiny_hf[0], corpus, tmp_path / "a", **kw))
     first = fine_tune(options(tiny_hf[0], corpus, tmp_path / "b", **kw), on_step=Interrupt(3))
     assert first.interrupted and first.steps == 3
-    assert load_train_state(find_checkpoint(tmp_path / "b"))["position"]["step"] == 3
+    assert load_checkpoint(tmp_path / "b", lambda c: c)[0]["position"]["step"] == 3
     opts = options(tiny_hf[0], corpus, tmp_path / "b", **kw)
     opts.resume = True
     second = fine_tune(opts)
@@ -157,8 +157,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_hf, corpus, t
     monkeypatch.setattr(GPT2, "loss", flaky)
     with pytest.raises(UserError, match="loss became nan at step 5"):
         fine_tune(options(tiny_hf[0], corpus, out, max_steps=8, save_every=2))
-    ckpt = find_checkpoint(out)
-    assert load_train_state(ckpt)["position"]["step"] == 4
+    state, _, ckpt = load_checkpoint(out, lambda c: c)
+    assert state["position"]["step"] == 4
     load_adapter(load_model(tiny_hf[0]), ckpt)  # intact and loadable
 
 

@@ -103,9 +103,9 @@ def test_ctrl_c_under_torchrun_then_resume_equals_uninterrupted(setup, tmp_path,
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     proc.communicate(timeout=120)
-    from gpt2tune.finetune.state import find_checkpoint, load_train_state
+    from gpt2tune.finetune.state import load_checkpoint
 
-    stopped_at = load_train_state(find_checkpoint(tmp_path / "b"))["position"]["step"]
+    stopped_at = load_checkpoint(tmp_path / "b", lambda c: c)[0]["position"]["step"]
     assert 1 <= stopped_at < 8  # really interrupted mid-run
     _torchrun(args(tmp_path / "b", "--resume"), tmp=tmp_path)
     a = load_file(tmp_path / "a" / "model.safetensors")

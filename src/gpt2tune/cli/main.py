@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"gpt2tune: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("gpt2tune: interrupted", file=sys.stderr)
         return 130

@@ -17,7 +17,7 @@ from gpt2tune.core.lora import LoRAConfig
 from gpt2tune.errors import UserError
 from gpt2tune.finetune.loop import Callback, StepStats, Trainer
 from gpt2tune.finetune.state import rng_state, save_checkpoint, save_weights
-from gpt2tune.formats.atomic import atomic_file, write_text
+from gpt2tune.formats.atomic import atomic_file, reporting_write_errors, write_text
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ class Metrics(Callback):
     def _write(self, row: dict) -> None:
         self.rows.append(row)
         if self.path is not None:
-            with self.path.open("a") as f:
+            # a row cut short by a full disk is skipped when the file is read back on --resume
+            with reporting_write_errors(self.path), self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
 
     def on_step(self, trainer: Trainer, stats: StepStats) -> None:
@@ -250,8 +251,12 @@ class Checkpoints(Callback):
                  save_every: int = 0) -> None:
         self.out_dir, self.lora_cfg, self.base_name = out_dir, lora_cfg, base_name
         self.save_every = save_every
+        self._saved_step: int | None = None
 
     def save(self, trainer: Trainer, rng: dict, collective: bool = True) -> None:
+        if trainer.progress.step == self._saved_step:
+            return  # saved at this step already: a second save would push out the one before
+        self._saved_step = trainer.progress.step
         par = trainer.parallel
         # gathering is skipped on Ctrl-C, when the ranks may not all reach this point together
         rngs = par.gather(rng) if collective and par.world > 1 else [rng] * par.world

@@ -234,7 +234,7 @@ class Trainer:
     # --------------------------------------------------------------- state
 
     def start(self, resume_state: dict | None = None) -> None:
-        """Seed a new run, or restore a checkpoint's train state (``state.load_train_state``)."""
+        """Seed a new run, or restore a checkpoint's train state (``state.load_checkpoint``)."""
         par = self.parallel
         if resume_state is None:
             torch.manual_seed(self.cfg.seed + par.rank)  # ranks draw different dropout masks

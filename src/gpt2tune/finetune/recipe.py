@@ -5,8 +5,10 @@ the output directory, train or resume, save). ``gpt2tune train`` is a thin wrapp
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from gpt2tune.data.labeled import Labeled, encode_labeled, label_names, read_lab
 from gpt2tune.data.rows import Rows, make_rows, tokenize_documents
 from gpt2tune.data.sources import read_documents
 from gpt2tune.data.split import split_train_val
-from gpt2tune.errors import UserError
+from gpt2tune.errors import UserError, WriteError
 from gpt2tune.finetune.callbacks import (
     BestWeights,
     Checkpoints,
@@ -46,7 +48,7 @@ from gpt2tune.finetune.parallel import (
     init_from_env,
     launched_by_torchrun,
 )
-from gpt2tune.finetune.state import CHECKPOINT, find_checkpoint, load_train_state
+from gpt2tune.finetune.state import CHECKPOINT, load_checkpoint, saved_step
 from gpt2tune.formats.atomic import write_text
 from gpt2tune.formats.hf import load_classifier, load_model
 from gpt2tune.formats.outdir import OutputLock, prepare_output_dir
@@ -225,7 +227,7 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
         val_docs: token ids of validation documents (each ending with <|endoftext|>).
         lora_cfg: the adapters' config (saved with them).
         base_name: the base model's name or path, recorded in the adapter config.
-        resume_state: a checkpoint's train state (``load_train_state``), weights already loaded.
+        resume_state: a checkpoint's train state (``load_checkpoint``), weights already loaded.
         on_step: called as ``on_step(step, loss)`` after each optimizer step (tests use it to
             simulate an interruption by raising KeyboardInterrupt).
         parallel: one process, DDP or FSDP; default: what this process runs under.
@@ -350,11 +352,9 @@ def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
             raise UserError(f"--resume: --{diff[0].replace('_', '-')} differs from the run in {out} "
                             f"({saved['identity'].get(diff[0])!r} vs {now[diff[0]]!r}); use the same "
                             "options, or a new --out")
-        ckpt = find_checkpoint(out)
-        if ckpt is None:
-            raise UserError(f"--resume: {out} has no checkpoint yet; start again with --overwrite")
-        resume_state = load_train_state(ckpt)
-        model = _load_checkpoint_weights(model, ckpt, opts)
+        base = model
+        resume_state, model, _ = load_checkpoint(
+            out, lambda ckpt: _load_checkpoint_weights(base, ckpt, opts))
     elif t.method == "lora":
         apply_lora(model, opts.lora)
     if t.method == "lora":
@@ -376,9 +376,17 @@ def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
         write_text(out / RUN_FILE, json.dumps({"identity": opts.identity(), "options": asdict(opts)},
                                                indent=2) + "\n")
     base_name = opts.model.model or f"scratch:{opts.model.preset}"
-    result = train(model, rows, t, out, val_docs=val,
-                   lora_cfg=opts.lora if t.method == "lora" else None, base_name=base_name,
-                   resume_state=resume_state, on_step=on_step, parallel=parallel)
+    try:
+        result = train(model, rows, t, out, val_docs=val,
+                       lora_cfg=opts.lora if t.method == "lora" else None, base_name=base_name,
+                       resume_state=resume_state, on_step=on_step, parallel=parallel)
+    except WriteError as e:
+        step = saved_step(out)
+        fix = ("free some space" if e.reason == os.strerror(errno.ENOSPC) else "fix that")
+        then = (f"the checkpoint of step {step} is intact: {fix}, then continue with --resume"
+                if step is not None else f"no checkpoint was saved yet: {fix}, then run again "
+                "with --overwrite")
+        raise WriteError(f"{e}; {then}", e.reason) from None
     parallel.close()
     return result
 

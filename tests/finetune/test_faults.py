@@ -1,0 +1,192 @@
+"""Faults of the machine rather than of the input: two runs on one --out, a disk that fills up
+while saving, a checkpoint damaged after it was written. Each is one clear line, loses nothing
+saved before, and --resume then ends exactly where an uninterrupted run ends."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt2tune.cli.main import main
+from gpt2tune.core.lora import LoRAConfig
+from gpt2tune.finetune.config import TrainConfig
+from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions
+from gpt2tune.finetune.state import PREVIOUS, STATE_FILE, load_checkpoint
+
+TEXT = "\n\n".join(
+    f"Entry {i}: the {a} {b} crossed the {c} with a {d}." for i, (a, b, c, d) in enumerate(
+        [("grey", "heron", "marsh", "fish"), ("late", "train", "bridge", "whistle"),
+         ("quiet", "monk", "valley", "lamp"), ("bold", "fox", "field", "hen")] * 6))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def _args(model, data, out, method="full", *extra):
+    return ["train", "--model", str(model), "--data", str(data), "--out", str(out),
+            "--method", method, "--max-steps", "6", "--save-every", "2", "--batch-size", "2",
+            "--block-size", "32", "--lr", "2e-3", "--seed", "1", "--precision", "fp32",
+            "--device", "cpu", "--no-progress", *extra]
+
+
+def _weights(out, method):
+    return load_file(out / ("model.safetensors" if method == "full"
+                            else "adapter_model.safetensors"))
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _staged_leftovers(out):
+    return [p for p in out.rglob("*") if p.name.startswith(".") and p.name != ".gpt2tune.lock"]
+
+
+def _error_line(stderr):
+    """The one error line of a failed command (the log lines before it are progress)."""
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert [x for x in lines if "error" in x.lower()] == lines[-1:], lines
+    return lines[-1]
+
+
+def _fail_on_call(n, write_part, error):
+    """A replacement for a save function whose n-th call writes part of the file and raises
+    ``error`` (what a disk that fills up mid-write does)."""
+    calls = {"n": 0}
+
+    def fake(real, obj, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            write_part(path)
+            raise error
+        return real(obj, path, *a, **k)
+    return fake
+
+
+@pytest.mark.parametrize("method, where", [
+    ("full", "safetensors"),  # the model file of the checkpoint
+    ("lora", "torch.save"),  # the train state
+])
+def test_a_save_that_runs_out_of_space_keeps_the_last_checkpoint_and_resumes_exactly(
+        tiny_hf, corpus, tmp_path, monkeypatch, capsys, method, where):
+    assert main(_args(tiny_hf[0], corpus, tmp_path / "a", method)) == 0
+    out = tmp_path / "b"
+    half = lambda path: open(path, "wb").write(b"\0" * 4096)  # noqa: E731
+    if where == "safetensors":
+        import gpt2tune.formats.hf as hf
+
+        real = hf.save_file
+        fake = _fail_on_call(2, half, type("SafetensorError", (Exception,), {})(
+            "Error while serializing: I/O error: No space left on device (os error 28)"))
+        monkeypatch.setattr(hf, "save_file", lambda obj, path, *a, **k: fake(real, obj, path,
+                                                                              *a, **k))
+    else:
+        real = torch.save
+        fake = _fail_on_call(2, half, RuntimeError(
+            "[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing "
+            "file data/3: file write failed"))
+        monkeypatch.setattr(torch, "save", lambda obj, path, *a, **k: fake(real, obj, path,
+                                                                           *a, **k))
+        # torch says no more than "file write failed": the message reads the free space
+        import shutil
+
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(
+            10 * 2**30, 10 * 2**30 - 2**20, 2**20))
+    capsys.readouterr()
+    assert main(_args(tiny_hf[0], corpus, out, method)) == 1
+    err = _error_line(capsys.readouterr().err)
+    assert f"cannot save {out / 'checkpoint'}: No space left on device" in err
+    assert "the checkpoint of step 2 is intact: free some space, then continue with --resume" in err
+    if where == "torch.save":
+        assert "the save needs about" in err and "1.0 MiB is free" in err
+    monkeypatch.undo()
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    # the earlier checkpoint is whole, nothing half-written is left anywhere
+    state, _, ckpt = load_checkpoint(out, lambda c: c)
+    assert ckpt == out / "checkpoint" and state["position"]["step"] == 2
+    assert _staged_leftovers(out) == []
+    assert main(_args(tiny_hf[0], corpus, out, method, "--resume")) == 0
+    _assert_same(_weights(tmp_path / "a", method), _weights(out, method))
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_permission_denied_at_the_first_save_is_one_line(tiny_hf, corpus, tmp_path,
+                                                         monkeypatch, capsys):
+    import gpt2tune.formats.hf as hf
+
+    def denied(obj, path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(hf, "save_file", denied)
+    out = tmp_path / "ro"
+    assert main(_args(tiny_hf[0], corpus, out)) == 1
+    err = _error_line(capsys.readouterr().err)
+    assert err == (f"gpt2tune: error: cannot save {out / 'checkpoint'}: Permission denied; no "
+                   "checkpoint was saved yet: fix that, then run again with --overwrite")
+    assert _staged_leftovers(out) == [] and not (out / "checkpoint").exists()
+
+
+def test_a_damaged_train_state_resumes_from_the_checkpoint_before(tiny_hf, corpus, tmp_path,
+                                                                 caplog):
+    from checkpoints import Interrupt
+
+    from gpt2tune.finetune.recipe import fine_tune
+
+    def options(out, resume=False):  # _args(..., "lora") as the library takes it
+        return RunOptions(out=str(out), resume=resume,
+                          model=ModelOptions(model=str(tiny_hf[0]), device="cpu"),
+                          data=DataOptions(data=str(corpus), block_size=32),
+                          lora=LoRAConfig(r=4, alpha=8, dropout=0.1),
+                          train=TrainConfig(method="lora", max_steps=6, save_every=2,
+                                            batch_size=2, lr=2e-3, seed=1, precision="fp32",
+                                            progress=False))
+
+    fine_tune(options(tmp_path / "a"))
+    out = tmp_path / "b"
+    # Ctrl-C after step 5: the latest checkpoint is step 5's, the one before it step 4's
+    assert fine_tune(options(out), on_step=Interrupt(5)).interrupted
+    assert load_checkpoint(out, lambda c: c)[0]["position"]["step"] == 5
+    state = out / "checkpoint" / STATE_FILE
+    state.write_bytes(state.read_bytes()[:100])  # truncated
+    fine_tune(options(out, resume=True))
+    assert "checkpoint is damaged (train_state.pt has 100 bytes" in caplog.text
+    assert f"resuming from the checkpoint before it, {out / PREVIOUS} (step 4)" in caplog.text
+    _assert_same(_weights(tmp_path / "a", "lora"), _weights(out, "lora"))
+
+
+def test_two_runs_started_together_on_one_out(tiny_hf, corpus, tmp_path):
+    """Exactly one trains; the other exits 2 at once naming the process that holds --out."""
+    out = tmp_path / "same"
+    env = dict(os.environ, GPT2TUNE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    args = _args(tiny_hf[0], corpus, out, "lora", "--max-steps", "60")
+    procs = [subprocess.Popen([sys.executable, "-m", "gpt2tune", *args], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [(p.pid, p.wait(timeout=240), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    codes = sorted(code for _, code, _ in results)
+    assert codes == [0, 2], results
+    (winner, _, _), = [r for r in results if r[1] == 0]
+    (_, _, err), = [r for r in results if r[1] == 2]
+    assert err.strip() == (f"gpt2tune: error: --out {out} is in use by process {winner} "
+                           "(gpt2tune train); wait for it to finish, or choose another --out")
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 61))
