@@ -121,7 +121,8 @@ def save_checkpoint(out_dir: Path, model: GPT2, state: dict, method: str,
     needs = _tensor_bytes(state) + _tensor_bytes(list(weights.values()))
     with staged_dir(final, keep=prev, needs=needs) as new:
         save_weights(model, new, method, lora_cfg, base_name)
-        torch.save(state, new / STATE_FILE)
+        with (new / STATE_FILE).open("wb") as f:  # a file object: a failed write keeps its
+            torch.save(state, f)  # OSError (errno) as the context of torch's RuntimeError
         files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)}
                  for f in sorted(new.iterdir())}
         step = state.get("position", {}).get("step")

@@ -41,22 +41,42 @@ def _free_bytes(path: Path) -> int | None:
     return None
 
 
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and the exceptions it was raised from or while handling."""
+    out: list[BaseException] = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
 def _os_errno(e: BaseException) -> int | None:
-    """The operating system's error number behind a failed write, where it says one.
+    """The operating system's error number behind a failed write, where one is known.
 
     safetensors and torch.save do not raise OSError when the disk fails them: safetensors
-    raises its own error whose text ends in "(os error N)", torch a RuntimeError from its zip
-    writer ("file write failed"), which carries no number at all.
+    raises its own error whose text ends in "(os error N)"; torch.save raises a RuntimeError
+    from its zip writer, with the OSError as its context when it wrote to a Python file object
+    (to a path, the number is lost: "basic_ios::clear: iostream error").
     """
-    if isinstance(e, OSError):
-        return e.errno
-    m = re.search(r"\(os error (\d+)\)", str(e))
-    return int(m.group(1)) if m else None
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.errno:
+            return x.errno
+        m = re.search(r"\(os error (\d+)\)", str(x))
+        if m:
+            return int(m.group(1))
+    return None
+
+
+TORCH_WRITER_FAILURES = ("inline_container.cc", "PytorchStreamWriter", "iostream error",
+                         "file write failed")
+"""What torch.save's zip writer says when the file under it could not be written."""
 
 
 def _is_write_failure(e: BaseException) -> bool:
-    return (isinstance(e, OSError) or _os_errno(e) is not None
-            or (isinstance(e, RuntimeError) and "file write failed" in str(e)))
+    return _os_errno(e) is not None or any(
+        isinstance(x, OSError) or (isinstance(x, RuntimeError)
+                                   and any(t in str(x) for t in TORCH_WRITER_FAILURES))
+        for x in _chain(e))
 
 
 @contextmanager
