@@ -18,3 +18,10 @@ class WriteError(UserError):
         super().__init__(message)
         self.reason = reason
         """Why the write failed, without the where ("No space left on device")."""
+
+
+class RunAborted(UserError):
+    """A run stopped for a fault outside the input: another rank died, or torchrun stopped this
+    one. What was saved before is intact and ``--resume`` continues from it."""
+
+    exit_code = 1

@@ -118,7 +118,7 @@ def test_a_save_that_runs_out_of_space_keeps_the_last_checkpoint_and_resumes_exa
     assert main(_args(tiny_hf[0], corpus, out, method)) == 1
     err = _error_line(capsys.readouterr().err)
     assert f"cannot save {out / 'checkpoint'}: No space left on device" in err
-    assert "the checkpoint of step 2 is intact: free some space, then continue with --resume" in err
+    assert "the checkpoint of step 2 is intact: free some space, then run it with --resume" in err
     if where == "torch.save":
         assert "the save needs about" in err and "1.0 MiB is free" in err
     monkeypatch.undo()
@@ -145,7 +145,7 @@ def test_permission_denied_at_the_first_save_is_one_line(tiny_hf, corpus, tmp_pa
     assert main(_args(tiny_hf[0], corpus, out)) == 1
     err = _error_line(capsys.readouterr().err)
     assert err == (f"gpt2tune: error: cannot save {out / 'checkpoint'}: Permission denied; no "
-                   "checkpoint was saved yet: fix that, then run again with --overwrite")
+                   "checkpoint was saved yet: fix that, then run it again with --overwrite")
     assert _staged_leftovers(out) == [] and not (out / "checkpoint").exists()
 
 

@@ -137,3 +137,76 @@ def test_fsdp_two_ranks_equal_one_process(setup, tmp_path, method, monkeypatch):
 def test_fsdp_without_torchrun_is_a_clear_error(setup, tmp_path, capsys):
     assert main(_args(setup, tmp_path / "x", 2, "--fsdp")) == 2
     assert "launch with torchrun" in capsys.readouterr().err
+
+
+SLOW_STEPS = """
+import sys, time
+from gpt2tune.finetune.loop import Trainer
+
+step = Trainer.step
+Trainer.step = lambda self, *a, **k: (time.sleep(0.1), step(self, *a, **k))[1]
+from gpt2tune.cli.main import main
+sys.exit(main())
+"""
+
+
+def _rank_pid(parent, rank):
+    """The pid of torchrun worker ``rank`` (a child of ``parent``), from /proc."""
+    import os
+
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(pid)
+    return None
+
+
+def test_a_rank_killed_mid_run_stops_the_other_with_one_line_then_resume_finishes(setup,
+                                                                                  tmp_path):
+    """SIGKILL one of two gloo ranks: the survivor says in one line what happened and where to
+    continue, well within --dist-timeout, and --resume with two ranks ends with the weights of
+    a run that was never interrupted."""
+    import os
+    import signal
+    import time
+
+    from gpt2tune.finetune.state import saved_step
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", GPT2TUNE_CACHE=str(tmp_path / "cache"))
+    args = lambda out, *x: _args(setup, out, 2, "--method", "lora", "--max-steps", "40",  # noqa
+                                 "--save-every", "4", "--dist-timeout", "60", *x)
+    _torchrun(args(tmp_path / "a"), tmp=tmp_path)
+    script = tmp_path / "slow_steps.py"  # 0.1 s per step: time to kill a rank mid-run
+    script.write_text(SLOW_STEPS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), *args(tmp_path / "b")], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while (saved_step(tmp_path / "b") or 0) < 8 and time.time() < deadline:
+            time.sleep(0.05)
+        victim = _rank_pid(proc.pid, 1)
+        assert victim is not None and proc.poll() is None, "the run ended before the kill"
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)  # --dist-timeout 60: no rank may wait it out
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith("gpt2tune: error:")]
+    assert len(ours) == 1 and "[rank0]: Traceback" not in err, err[-3000:]
+    stopped = saved_step(tmp_path / "b")
+    assert 8 <= stopped < 40
+    assert ours[0].startswith("gpt2tune: error: rank 0: ")
+    assert ours[0].endswith(f"the checkpoint of step {stopped} is intact: run the same torchrun "
+                            "command with --resume")
+    _torchrun(args(tmp_path / "b", "--resume"), tmp=tmp_path)
+    a = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

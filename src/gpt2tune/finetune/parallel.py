@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import datetime
 import os
-from contextlib import AbstractContextManager, nullcontext
+import re
+import signal
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -48,6 +51,47 @@ def init_from_env(device_name: str = "auto", timeout_s: int = DEFAULT_TIMEOUT_S)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
     return device
+
+
+class Terminated(Exception):
+    """SIGTERM reached a rank: torchrun stops every rank this way when one of them fails."""
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``Terminated`` (once; later ones are ignored while the
+    rank winds down, as they are after any exception leaves the block) instead of ending the
+    process without a word."""
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except BaseException:
+        # on its way out with a message: a SIGTERM now (torchrun's, after another rank's
+        # failure) would cut the message off
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise
+    signal.signal(signal.SIGTERM, previous)
+
+
+PEER_FAILURES = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                 "Timed out", "timed out", "Timeout", "NCCL", "gloo")
+"""What a collective's error says when another rank has gone (gloo and NCCL raise plain
+RuntimeErrors, with the transport's words in them)."""
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """If ``e`` is a collective failing because another rank has gone (its connection closed,
+    or silence past ``--dist-timeout``), the reason in a few words; otherwise None."""
+    if not (isinstance(e, getattr(dist, "DistError", ())) or isinstance(e, RuntimeError)
+            and any(s in str(e) for s in PEER_FAILURES)):
+        return None
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # the C++ source location
+    return text.split(". ")[0].rstrip(".")
 
 
 class LossModule(nn.Module):
@@ -132,12 +176,7 @@ class DataParallel(SingleProcess):
     def all_sum(self, *values: float) -> tuple:
         device = "cuda" if dist.get_backend() == "nccl" else "cpu"
         t = torch.tensor(values, dtype=torch.float64, device=device)
-        try:
-            dist.all_reduce(t)
-        except RuntimeError as e:
-            raise UserError(f"rank {self.rank}: lost contact with the other ranks "
-                            f"({str(e).splitlines()[0][:120]}); a rank died or hung — check its "
-                            "log, then rerun with --resume") from None
+        dist.all_reduce(t)  # a rank gone: fine_tune says so (lost_peer)
         out = t.tolist()
         return tuple(int(v) if isinstance(x, int) else v for v, x in zip(out, values))
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from gpt2tune.data.labeled import Labeled, encode_labeled, label_names, read_lab
 from gpt2tune.data.rows import Rows, make_rows, tokenize_documents
 from gpt2tune.data.sources import read_documents
 from gpt2tune.data.split import split_train_val
-from gpt2tune.errors import UserError, WriteError
+from gpt2tune.errors import RunAborted, UserError, WriteError
 from gpt2tune.finetune.callbacks import (
     BestWeights,
     Checkpoints,
@@ -44,9 +45,12 @@ from gpt2tune.finetune.config import TrainConfig, TrainResult
 from gpt2tune.finetune.loop import Callback, LossNotFinite, Trainer, total_steps
 from gpt2tune.finetune.parallel import (
     SingleProcess,
+    Terminated,
     from_env,
     init_from_env,
     launched_by_torchrun,
+    lost_peer,
+    sigterm_raises,
 )
 from gpt2tune.finetune.state import CHECKPOINT, load_checkpoint, saved_step
 from gpt2tune.formats.atomic import write_text
@@ -376,19 +380,37 @@ def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
         write_text(out / RUN_FILE, json.dumps({"identity": opts.identity(), "options": asdict(opts)},
                                                indent=2) + "\n")
     base_name = opts.model.model or f"scratch:{opts.model.preset}"
+    stopping = sigterm_raises() if parallel.world > 1 else nullcontext()
     try:
-        result = train(model, rows, t, out, val_docs=val,
-                       lora_cfg=opts.lora if t.method == "lora" else None, base_name=base_name,
-                       resume_state=resume_state, on_step=on_step, parallel=parallel)
+        with stopping:
+            result = train(model, rows, t, out, val_docs=val,
+                           lora_cfg=opts.lora if t.method == "lora" else None,
+                           base_name=base_name, resume_state=resume_state, on_step=on_step,
+                           parallel=parallel)
     except WriteError as e:
-        step = saved_step(out)
         fix = ("free some space" if e.reason == os.strerror(errno.ENOSPC) else "fix that")
-        then = (f"the checkpoint of step {step} is intact: {fix}, then continue with --resume"
-                if step is not None else f"no checkpoint was saved yet: {fix}, then run again "
-                "with --overwrite")
-        raise WriteError(f"{e}; {then}", e.reason) from None
+        raise WriteError(f"{e}; {_resume_hint(out, fix)}", e.reason) from None
+    except (Terminated, RuntimeError) as e:
+        why = ("stopped by SIGTERM (torchrun stops every rank when one fails)"
+               if isinstance(e, Terminated) else None)
+        if why is None and parallel.world > 1 and (lost := lost_peer(e)):
+            why = f"lost another rank of the run ({lost})"
+        if why is None:
+            raise
+        raise RunAborted(f"rank {parallel.rank}: {why}; {_resume_hint(out)}") from None
     parallel.close()
     return result
+
+
+def _resume_hint(out: Path, fix: str | None = None) -> str:
+    """What to do after a run stopped for a fault of the machine: from which checkpoint it
+    continues, or that there is none yet. ``fix``: what must happen first (None: a rank died,
+    and the same torchrun command is to be run again)."""
+    step = saved_step(out)
+    again = "run the same torchrun command" if fix is None else f"{fix}, then run it"
+    if step is None:
+        return f"no checkpoint was saved yet: {again} again with --overwrite"
+    return f"the checkpoint of step {step} is intact: {again} with --resume"
 
 
 def _load_checkpoint_weights(model: GPT2, ckpt: Path, opts: RunOptions) -> GPT2:
