@@ -196,3 +196,23 @@ def test_two_runs_started_together_on_one_out(tiny_hf, corpus, tmp_path):
                            "(gpt2tune train); wait for it to finish, or choose another --out")
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 61))
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--data", "x.txt", "--model", "m"],
+    ["pretrain", "--preset", "gpt2-nano", "--max-steps", "1"],
+    ["compare", "--data", "x.txt", "--base", "m"],
+    ["demo", "--quick"],
+])
+def test_every_command_with_an_out_refuses_a_locked_one(tmp_path, capsys, command):
+    from gpt2tune.formats.outdir import OutputLock
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    with OutputLock(out, "gpt2tune train"):
+        assert main([*command, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"gpt2tune: error: --out {out} is in use by process {os.getpid()} (gpt2tune "
+                   "train); wait for it to finish, or choose another --out")
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
