@@ -29,3 +29,18 @@ class Interrupt:
     def __call__(self, step: int, loss: float) -> None:
         if step == self.at:
             raise KeyboardInterrupt
+
+
+def slow_steps_script(directory: Path) -> Path:
+    """A script that runs the gpt2tune CLI with every optimizer step 0.1 s longer (the math is
+    unchanged), so a test has time to kill a run mid-way; run it as ``python SCRIPT train ...``
+    or under torchrun."""
+    script = directory / "slow_steps.py"
+    script.write_text(
+        "import sys, time\n"
+        "from gpt2tune.finetune.loop import Trainer\n"
+        "step = Trainer.step\n"
+        "Trainer.step = lambda self, *a, **k: (time.sleep(0.1), step(self, *a, **k))[1]\n"
+        "from gpt2tune.cli.main import main\n"
+        "sys.exit(main())\n")
+    return script

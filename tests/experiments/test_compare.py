@@ -14,7 +14,11 @@ import pytest
 
 from gpt2tune.cli.main import main
 from gpt2tune.experiments.results import COMPARE_RUN_KEYS
-from gpt2tune.experiments.spec import CompareOptions, compare_experiment, compare_methods
+from gpt2tune.experiments.spec import (
+    CompareOptions,
+    compare_experiment,
+    compare_methods,
+)
 from gpt2tune.experiments.writeup import COMPARE_SECTIONS
 
 WORDS = ["captain", "sailor", "harbour", "storm", "anchor", "gull", "lantern", "rope"]

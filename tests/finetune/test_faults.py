@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from checkpoints import Interrupt, slow_steps_script
 from safetensors.torch import load_file
 
 from gpt2tune.cli.main import main
@@ -95,7 +96,7 @@ def test_a_save_that_runs_out_of_space_keeps_the_last_checkpoint_and_resumes_exa
                 f.write(b"\0" * 4096)
 
     if where == "safetensors":
-        import gpt2tune.formats.hf as hf
+        from gpt2tune.formats import hf
 
         real = hf.save_file
         fake = _fail_on_call(2, half, type("SafetensorError", (Exception,), {})(
@@ -135,7 +136,7 @@ def test_a_save_that_runs_out_of_space_keeps_the_last_checkpoint_and_resumes_exa
 
 def test_permission_denied_at_the_first_save_is_one_line(tiny_hf, corpus, tmp_path,
                                                          monkeypatch, capsys):
-    import gpt2tune.formats.hf as hf
+    from gpt2tune.formats import hf
 
     def denied(obj, path, *a, **k):
         raise PermissionError(13, "Permission denied", str(path))
@@ -151,8 +152,6 @@ def test_permission_denied_at_the_first_save_is_one_line(tiny_hf, corpus, tmp_pa
 
 def test_a_damaged_train_state_resumes_from_the_checkpoint_before(tiny_hf, corpus, tmp_path,
                                                                  caplog):
-    from checkpoints import Interrupt
-
     from gpt2tune.finetune.recipe import fine_tune
 
     def options(out, resume=False):  # _args(..., "lora") as the library takes it
@@ -216,3 +215,31 @@ def test_every_command_with_an_out_refuses_a_locked_one(tmp_path, capsys, comman
     assert err == (f"gpt2tune: error: --out {out} is in use by process {os.getpid()} (gpt2tune "
                    "train); wait for it to finish, or choose another --out")
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+def test_a_run_killed_with_sigkill_leaves_no_lock_and_resumes_exactly(tiny_hf, corpus, tmp_path):
+    import signal
+    import time
+
+    from gpt2tune.finetune.state import saved_step
+
+    assert main(_args(tiny_hf[0], corpus, tmp_path / "a", "lora", "--max-steps", "30")) == 0
+    out = tmp_path / "b"
+    script = slow_steps_script(tmp_path)
+    env = dict(os.environ, GPT2TUNE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(script),
+                             *_args(tiny_hf[0], corpus, out, "lora", "--max-steps", "30")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while (saved_step(out) or 0) < 4 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert (out / ".gpt2tune.lock").is_file()  # left behind, but nobody holds it
+    assert main(_args(tiny_hf[0], corpus, out, "lora", "--max-steps", "30", "--resume")) == 0
+    _assert_same(_weights(tmp_path / "a", "lora"), _weights(out, "lora"))
+    assert not (out / ".gpt2tune.lock").exists()

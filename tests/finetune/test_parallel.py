@@ -3,9 +3,11 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import slow_steps_script
 from conftest import make_hf_model
 from safetensors.torch import load_file
 
@@ -139,25 +141,15 @@ def test_fsdp_without_torchrun_is_a_clear_error(setup, tmp_path, capsys):
     assert "launch with torchrun" in capsys.readouterr().err
 
 
-SLOW_STEPS = """
-import sys, time
-from gpt2tune.finetune.loop import Trainer
-
-step = Trainer.step
-Trainer.step = lambda self, *a, **k: (time.sleep(0.1), step(self, *a, **k))[1]
-from gpt2tune.cli.main import main
-sys.exit(main())
-"""
-
-
 def _rank_pid(parent, rank):
     """The pid of torchrun worker ``rank`` (a child of ``parent``), from /proc."""
     import os
 
     for pid in filter(str.isdigit, os.listdir("/proc")):
+        proc = Path("/proc", pid)
         try:
-            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (proc / "environ").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
         if ppid == parent and f"RANK={rank}".encode() in env:
@@ -177,11 +169,10 @@ def test_a_rank_killed_mid_run_stops_the_other_with_one_line_then_resume_finishe
     from gpt2tune.finetune.state import saved_step
 
     env = dict(os.environ, OMP_NUM_THREADS="1", GPT2TUNE_CACHE=str(tmp_path / "cache"))
-    args = lambda out, *x: _args(setup, out, 2, "--method", "lora", "--max-steps", "40",  # noqa
+    args = lambda out, *x: _args(setup, out, 2, "--method", "lora", "--max-steps", "40",
                                  "--save-every", "4", "--dist-timeout", "60", *x)
     _torchrun(args(tmp_path / "a"), tmp=tmp_path)
-    script = tmp_path / "slow_steps.py"  # 0.1 s per step: time to kill a rank mid-run
-    script.write_text(SLOW_STEPS)
+    script = slow_steps_script(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(script), *args(tmp_path / "b")], env=env, stdout=subprocess.PIPE,

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
+from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.lora import (
     LoRAConfig,
     apply_lora,
     count_parameters,
     format_parameter_report,
 )
-from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.model import GPT2, GPT2Config
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.labeled import Labeled, encode_labeled, label_names, read_labeled
