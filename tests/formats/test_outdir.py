@@ -102,3 +102,18 @@ def test_a_lock_held_by_a_killed_process_does_not_block(tmp_path):
     assert (out / LOCK_FILE).is_file()  # what SIGKILL leaves: the file, not the lock
     with OutputLock(out, "gpt2tune train"):  # taken at once: the kernel dropped the lock
         assert (out / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+
+
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def denied(path, *a, **k):
+        if str(path).endswith(LOCK_FILE):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(UserError, match=r"cannot write to --out .*/new: Permission denied; "
+                                        "choose a directory you can write to"):
+        OutputLock(tmp_path / "new", "gpt2tune train").acquire()
+    assert not (tmp_path / "new").exists()

@@ -108,7 +108,12 @@ class OutputLock:
                             "you can write to") from None
         path = self.out / LOCK_FILE
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                self._cleanup_dir()
+                raise UserError(f"cannot write to --out {self.out}: {e.strerror}; choose a "
+                                "directory you can write to") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -125,9 +130,14 @@ class OutputLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {self.command}\n".encode())
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {self.command}\n".encode())
+        except OSError as e:
+            self.release()
+            raise UserError(f"cannot write to --out {self.out}: {e.strerror}; choose a "
+                            "directory you can write to") from None
         return self
 
     def release(self) -> None:
