@@ -18,23 +18,6 @@ from gpt2tune.finetune.config import TrainConfig
 from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions
 from gpt2tune.finetune.state import PREVIOUS, STATE_FILE, load_checkpoint
 
-TEXT = "\n\n".join(
-    f"Entry {i}: the {a} {b} crossed the {c} with a {d}." for i, (a, b, c, d) in enumerate(
-        [("grey", "heron", "marsh", "fish"), ("late", "train", "bridge", "whistle"),
-         ("quiet", "monk", "valley", "lamp"), ("bold", "fox", "field", "hen")] * 6))
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    return path
-
 
 def _args(model, data, out, method="full", *extra):
     return ["train", "--model", str(model), "--data", str(data), "--out", str(out),

@@ -17,23 +17,6 @@ from gpt2tune.finetune.state import load_checkpoint
 from gpt2tune.formats.hf import load_model
 from gpt2tune.formats.peft import load_adapter
 
-TEXT = "\n\n".join(
-    f"Story {i}: the {a} {b} went to the {c} and found a {d}." for i, (a, b, c, d) in enumerate(
-        [("small", "dog", "market", "bone"), ("old", "king", "castle", "crown"),
-         ("tired", "miner", "river", "stone"), ("young", "poet", "garden", "rose")] * 6))
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    return path
-
 
 def options(model, data, out, method="lora", **train_kw):
     train = dict(method=method, max_steps=6, batch_size=2, lr=5e-3, precision="fp32", seed=1,
@@ -103,7 +86,7 @@ def test_full_fine_tune_saves_a_model_transformers_loads(tiny_hf, corpus, tmp_pa
 
 
 def test_gradient_accumulation_equals_the_big_batch(corpus, tmp_path):
-    from conftest import make_hf_model
+    from checkpoints import make_hf_model
 
     # dropout masks depend on the micro-batch shape, so compare on a model without dropout
     base = tmp_path / "nodrop"
@@ -228,7 +211,7 @@ def test_cli_jsonl_errors_name_the_line_and_field(capsys, tiny_hf, tmp_path):
 
 
 def test_adapter_for_another_base_is_rejected(capsys, tiny_hf, corpus, tmp_path):
-    from conftest import make_hf_model
+    from checkpoints import make_hf_model
 
     assert run(capsys, *_train_args(tiny_hf[0], corpus, tmp_path / "ad"))[0] == 0
     other = tmp_path / "wide"

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import slow_steps_script
-from conftest import make_hf_model
+from checkpoints import make_hf_model, slow_steps_script
 from safetensors.torch import load_file
 
 from gpt2tune.cli.main import main

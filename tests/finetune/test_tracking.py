@@ -21,23 +21,6 @@ from gpt2tune.finetune.loop import Trainer
 from gpt2tune.finetune.parallel import SingleProcess
 from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
 
-TEXT = "\n\n".join(
-    f"Note {i}: the {a} {b} crossed the {c} with a {d}." for i, (a, b, c, d) in enumerate(
-        [("grey", "heron", "marsh", "fish"), ("late", "train", "bridge", "whistle"),
-         ("calm", "sailor", "harbour", "rope"), ("brave", "child", "meadow", "kite")] * 6))
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    return path
-
 
 def options(model, data, out, **train_kw):
     train = dict(method="lora", max_steps=7, batch_size=2, lr=5e-3, precision="fp32", seed=1,
