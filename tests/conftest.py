@@ -8,8 +8,7 @@ import tempfile
 
 import pytest
 import torch
-
-from checkpoints import make_hf_model  # noqa: F401 (tests import it from here too)
+from checkpoints import make_hf_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # An empty Hugging Face cache of the tests' own, so `--base auto` behaves alike on every machine

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_hf_model
+from checkpoints import make_hf_model
 
 from gpt2tune.core.model import GPT2, GPT2Config, KVCache
 from gpt2tune.formats.hf import load_model

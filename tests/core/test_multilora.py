@@ -3,12 +3,12 @@
 import peft
 import pytest
 import torch
+from lora_helpers import hf_base, logits
 
 from gpt2tune.core.multilora import adapter_bank, install_adapters
 from gpt2tune.errors import UserError
 from gpt2tune.formats.hf import load_model
 from gpt2tune.formats.peft import load_adapter, read_adapter
-from lora_helpers import hf_base, logits
 
 ADAPTERS = {
     "attn": dict(r=4, lora_alpha=8, target_modules=["c_attn"]),

@@ -5,11 +5,11 @@ import json
 import peft
 import pytest
 import torch
+from lora_helpers import hf_base, logits
 
 from gpt2tune.core.lora import LoRAConfig, apply_lora, lora_modules, merge_and_unload
 from gpt2tune.formats.hf import load_model, save_model
 from gpt2tune.formats.peft import load_adapter, save_adapter
-from lora_helpers import hf_base, logits
 
 
 @pytest.mark.parametrize("targets", [["c_attn"], "all-linear"], ids=["c_attn", "all-linear"])

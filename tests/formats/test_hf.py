@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_hf_model
+from checkpoints import make_hf_model
 
 from gpt2tune.errors import UserError
 from gpt2tune.formats.hf import load_model, save_model

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_hf_model
+from checkpoints import make_hf_model
 from lora_helpers import VOCAB, hf_base, logits, ours_with_lora
 
 from gpt2tune.core.lora import (

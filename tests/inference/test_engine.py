@@ -154,7 +154,6 @@ def test_rows_of_different_lengths_decode_as_each_alone(ours):
 def test_mixed_adapter_batch_equals_each_adapter_alone(tiny, tmp_path):
     """Greedy requests on two adapters and the base, batched, against each run alone."""
     import peft
-
     from lora_helpers import hf_base
 
     path, _ = tiny

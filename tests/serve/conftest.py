@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from checkpoints import make_hf_model
 from serving import start_server, stop_server
 
