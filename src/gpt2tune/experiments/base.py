@@ -25,6 +25,7 @@ from gpt2tune.data.sources import read_documents
 from gpt2tune.experiments.spec import PretrainConfig
 from gpt2tune.finetune.config import TrainConfig
 from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
+from gpt2tune.finetune.state import CHECKPOINT, PREVIOUS
 from gpt2tune.formats.atomic import staged_dir, write_text
 from gpt2tune.formats.hf import describe_model, load_model
 from gpt2tune.inference.evaluate import evaluate
@@ -202,7 +203,8 @@ def ensure_base(cfg: PretrainConfig, progress: bool = False) -> BaseInfo:
         info = pretrain(tmp, cfg, overwrite=True, progress=progress)
         # the training checkpoint (optimizer state) is only needed to resume; the cache keeps
         # just the model and its logs
-        shutil.rmtree(tmp / "checkpoint", ignore_errors=True)
+        for checkpoint in (CHECKPOINT, PREVIOUS):
+            shutil.rmtree(tmp / checkpoint, ignore_errors=True)
         info.path = str(final)
         _write_info(tmp, info)
     return info

@@ -89,6 +89,7 @@ from gpt2tune.finetune.recipe import (
     load_data,
     read_texts,
 )
+from gpt2tune.finetune.state import CHECKPOINT, PREVIOUS
 from gpt2tune.formats import hf, peft
 from gpt2tune.formats.atomic import write_text
 from gpt2tune.formats.outdir import OutputLock, prepare_output_dir
@@ -334,7 +335,7 @@ def _train(spec: Experiment, m: Method, setup: Setup, docs: list[list[int]]) -> 
     saved = sum((out / n).stat().st_size for n in SAVED_FILES[m.train] if (out / n).is_file())
     # the resume checkpoint and the best-so-far copy duplicate the result (a full model's
     # checkpoint holds 3x its weights); the demo keeps the result and the logs
-    for extra in ("checkpoint", "best"):
+    for extra in (CHECKPOINT, PREVIOUS, "best"):
         shutil.rmtree(out / extra, ignore_errors=True)
     lora = m.train == "lora"
     return MethodResult(
