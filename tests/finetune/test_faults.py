@@ -117,6 +117,39 @@ def test_a_save_that_runs_out_of_space_keeps_the_last_checkpoint_and_resumes_exa
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_failed_final_save_resumes_to_just_that_save(tiny_hf, corpus, tmp_path, monkeypatch,
+                                                       capsys):
+    """The last checkpoint is written before the result: a full disk at the result leaves a
+    run whose --resume has no step left, only the result to write."""
+    import gpt2tune.formats.peft as peft
+
+    assert main(_args(tiny_hf[0], corpus, tmp_path / "a", "lora")) == 0
+    real = peft.save_file
+    calls = []
+
+    def fourth_fails(sd, path, *a, **k):  # checkpoints at steps 2, 4 and 6, then the adapter
+        calls.append(path)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device", str(path))
+        return real(sd, path, *a, **k)
+
+    monkeypatch.setattr(peft, "save_file", fourth_fails)
+    out = tmp_path / "b"
+    assert main(_args(tiny_hf[0], corpus, out, "lora")) == 1
+    err = _error_line(capsys.readouterr().err)
+    assert err.startswith(f"gpt2tune: error: cannot save {out}: No space left on device")
+    assert err.endswith("the checkpoint of step 6 is intact: free some space, then run it with "
+                        "--resume")
+    assert not (out / "adapter_model.safetensors").exists() and _staged_leftovers(out) == []
+    monkeypatch.setattr(peft, "save_file", real)
+    assert main(_args(tiny_hf[0], corpus, out, "lora", "--resume")) == 0
+    assert "done: 6 steps" in capsys.readouterr().out
+    _assert_same(_weights(tmp_path / "a", "lora"), _weights(out, "lora"))
+    # nothing was trained, so nothing was checkpointed again: the fallback is still step 4's
+    assert load_checkpoint(out, lambda c: c)[0]["position"]["step"] == 6
+    assert json.loads((out / PREVIOUS / "manifest.json").read_text())["step"] == 4
+
+
 def test_permission_denied_at_the_first_save_is_one_line(tiny_hf, corpus, tmp_path,
                                                          monkeypatch, capsys):
     from gpt2tune.formats import hf

@@ -411,8 +411,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     what = "adapter" if opts.train.method == "lora" else "model"
     val = f", val loss {res.val_loss:.4f}" if res.val_loss is not None else ""
     seen = "texts" if opts.data.task == "classify" else "tokens"  # a text has one target
+    loss = f"final loss {res.final_loss:.4f}" if res.final_loss is not None else "no loss"
     print(f"done: {res.steps} steps, {res.tokens_seen:,} {seen} in {res.wall_s:.1f}s, "
-          f"final loss {res.final_loss:.4f}{val}; {what} saved to {opts.out}")
+          f"{loss}{val}; {what} saved to {opts.out}")
     return 0
 
 

@@ -253,6 +253,10 @@ class Checkpoints(Callback):
         self.save_every = save_every
         self._saved_step: int | None = None
 
+    def on_start(self, trainer: Trainer) -> None:
+        # resumed: the checkpoint of this step is on disk already
+        self._saved_step = trainer.progress.step or None
+
     def save(self, trainer: Trainer, rng: dict, collective: bool = True) -> None:
         if trainer.progress.step == self._saved_step:
             return  # saved at this step already: a second save would push out the one before

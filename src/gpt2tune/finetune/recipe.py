@@ -273,6 +273,9 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
                         f"good checkpoint in {out_dir / CHECKPOINT} is kept; lower --lr or use "
                         "--precision fp32, then --resume") from None
     result.history = metrics.rows
+    if result.final_loss is None:  # resumed with no step left (its final save had failed)
+        losses = [row["loss"] for row in metrics.rows if "loss" in row]
+        result.final_loss = losses[-1] if losses else None
     if main:
         write_text(out_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
     return result
