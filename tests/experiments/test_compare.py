@@ -213,3 +213,20 @@ def test_compare_dora_and_loraplus(tiny_hf, lines, tmp_path, capsys):
     assert re.search(r"LoRA\+ recovers -?\d+% of full fine-tuning's gain, plain LoRA -?\d+%",
                      capacity)
     assert re.search(r"DoRA recovers -?\d+% of full fine-tuning's gain: it ", capacity)
+
+
+def test_a_full_disk_is_one_line_that_says_to_run_it_again(tiny_hf, lines, tmp_path, capsys,
+                                                           monkeypatch):
+    """compare starts over rather than resuming, so that is what its message says."""
+    import gpt2tune.formats.peft as peft
+
+    def full(sd, path, *a, **k):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(peft, "save_file", full)
+    out = tmp_path / "cmp"
+    assert main(_args(tiny_hf[0], lines, out, "--methods", "base,lora")) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"gpt2tune: error: cannot save {out / 'compare' / 'lora-r4'}")
+    assert "No space left on device" in err and "--resume" not in err
+    assert err.endswith("free some space, then run gpt2tune compare again (it starts over)")

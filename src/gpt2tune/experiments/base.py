@@ -119,7 +119,8 @@ def pretrain(out: str | Path, cfg: PretrainConfig, *, overwrite: bool = False,
         KeyboardInterrupt: the training run was interrupted.
     """
     t0 = time.perf_counter()
-    res = fine_tune(_pretrain_options(out, cfg, overwrite, progress), command="gpt2tune pretrain")
+    res = fine_tune(_pretrain_options(out, cfg, overwrite, progress),
+                    command="gpt2tune pretrain", resumable=False)
     if res.interrupted:
         raise KeyboardInterrupt
     device = resolve_device(cfg.device)

@@ -34,6 +34,7 @@ from gpt2tune.experiments.runner import (
     planned_steps,
     run_experiment,
     run_options,
+    starting_over,
     time_steps_per_kind,
 )
 from gpt2tune.experiments.spec import (
@@ -226,8 +227,8 @@ def run_compare(opts: CompareOptions) -> CompareResult:
     """
     t0 = time.perf_counter()
     out = Path(opts.out)
-    with OutputLock(out, "gpt2tune compare"):  # held until the report is written
-        return _run_compare(opts, out, t0)
+    with OutputLock(out, "gpt2tune compare"), starting_over("gpt2tune compare"):
+        return _run_compare(opts, out, t0)  # the lock is held until the report is written
 
 
 def _run_compare(opts: CompareOptions, out: Path, t0: float) -> CompareResult:

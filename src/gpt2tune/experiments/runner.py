@@ -21,6 +21,7 @@ pretrained from scratch on ``builtin:wiki`` and cached. ``--base`` takes any GPT
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -41,7 +42,7 @@ from gpt2tune.core.model import GPT2
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.rows import Rows, tokenize_documents
 from gpt2tune.data.sources import read_documents
-from gpt2tune.errors import UserError
+from gpt2tune.errors import UserError, WriteError
 from gpt2tune.experiments.base import (
     BaseInfo,
     PretrainConfig,
@@ -326,7 +327,7 @@ def _train(spec: Experiment, m: Method, setup: Setup, docs: list[list[int]]) -> 
     t0 = time.perf_counter()
     own_peak = restart_peak_memory()
     rss_before = rss_mib()
-    res = fine_tune(opts)
+    res = fine_tune(opts, resumable=False)  # the demo and compare start over instead
     if res.interrupted:
         raise KeyboardInterrupt
     model = load_model_with_adapter(*_model_files(m.train, str(out), setup.base.path),
@@ -622,8 +623,20 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
     if opts.precision not in ("fp32", "bf16"):
         raise UserError(f"--precision {opts.precision!r}: use fp32 or bf16")
     resolve_device(opts.device)  # a bad --device fails before --out is touched
-    with OutputLock(opts.out, "gpt2tune demo"):  # held until the report is written
-        return _run_demo(opts, plan, t0)
+    with OutputLock(opts.out, "gpt2tune demo"), starting_over("gpt2tune demo"):
+        return _run_demo(opts, plan, t0)  # the lock is held until the report is written
+
+
+@contextmanager
+def starting_over(command: str) -> Iterator[None]:
+    """A failed save (a full disk, ...) inside the block also says what to do: run ``command``
+    again, which starts over (the demo and compare do not resume)."""
+    try:
+        yield
+    except WriteError as e:
+        fix = "free some space" if e.reason == os.strerror(errno.ENOSPC) else "fix that"
+        raise WriteError(f"{e}; {fix}, then run {command} again (it starts over)",
+                         e.reason) from None
 
 
 def _run_demo(opts: DemoOptions, plan: DemoPlan, t0: float) -> DemoResult:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.lora import (
     count_parameters,
     lora_modules,
@@ -27,7 +28,6 @@ from gpt2tune.core.lora import (
     restore_frozen_linears,
     store_frozen_linears,
 )
-from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.model import GPT2
 from gpt2tune.data.rows import IGNORE, Rows, batch_indices
 from gpt2tune.errors import UserError

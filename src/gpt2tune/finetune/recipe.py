@@ -282,7 +282,7 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
 
 
 def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = None,
-              command: str = "gpt2tune train") -> TrainResult:
+              command: str = "gpt2tune train", resumable: bool = True) -> TrainResult:
     """Run ``gpt2tune train``: fine-tune (LoRA or full) or train from scratch, or resume.
 
     ``opts.out`` is locked (``OutputLock``) for the whole run, before it is checked, so two runs
@@ -292,6 +292,9 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
         opts: all options.
         on_step: passed to ``train`` (called after each optimizer step).
         command: what runs, for the message a second run on the same ``--out`` gets.
+        resumable: the caller can continue the run with ``--resume`` (``gpt2tune train``):
+            a failed save then says which checkpoint to continue from. Without it the message
+            names only what failed, and the caller says what to do.
 
     Returns:
         The ``TrainResult``; the adapter or model is in ``opts.out``.
@@ -325,14 +328,14 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
         problem = parallel.gather(problem)[0]
         if problem:
             raise UserError(problem)
-        return _fine_tune(opts, out, parallel, on_step)
+        return _fine_tune(opts, out, parallel, on_step, resumable)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
-               on_step: Callable[[int, float], None] | None) -> TrainResult:
+               on_step: Callable[[int, float], None] | None, resumable: bool) -> TrainResult:
     """``fine_tune`` once ``out`` is locked and checked."""
     t = opts.train
 
@@ -391,6 +394,8 @@ def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
                            base_name=base_name, resume_state=resume_state, on_step=on_step,
                            parallel=parallel)
     except WriteError as e:
+        if not resumable:
+            raise
         fix = ("free some space" if e.reason == os.strerror(errno.ENOSPC) else "fix that")
         raise WriteError(f"{e}; {_resume_hint(out, fix)}", e.reason) from None
     except (Terminated, RuntimeError) as e:
