@@ -96,7 +96,7 @@ class OutputLock:
             UserError: another process holds the lock (the message names it), or the directory
                 cannot be created.
         """
-        import fcntl
+        import fcntl  # POSIX only: imported here, so this module still imports elsewhere
 
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out} is a file; give a directory")
