@@ -1,5 +1,15 @@
 """The exception types for problems the user can fix (bad input, missing files, a full disk)."""
 
+import errno
+import os
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for a
+    one-line error that quotes it."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
 
 class UserError(Exception):
     """A problem with the user's input. Its message is one line that names the problem and the fix;
@@ -18,6 +28,11 @@ class WriteError(UserError):
         super().__init__(message)
         self.reason = reason
         """Why the write failed, without the where ("No space left on device")."""
+
+    @property
+    def fix(self) -> str:
+        """What the user does about it before running again."""
+        return "free some space" if self.reason == os.strerror(errno.ENOSPC) else "fix that"
 
 
 class RunAborted(UserError):

@@ -238,9 +238,7 @@ def _eval_classifier(opts: EvalOptions, load: LoadOptions) -> int:
     if opts.out:
         from gpt2tune.report.figures import confusion_matrix
 
-        out = Path(opts.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_file(out / "confusion_matrix.png") as f:
+        with atomic_file(Path(opts.out) / "confusion_matrix.png") as f:  # makes the folder
             f.write_bytes(confusion_matrix(res.confusion, res.labels))
     if opts.json:
         print(json.dumps(res.to_dict() | {"truncated": cut}))

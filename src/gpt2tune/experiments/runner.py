@@ -21,7 +21,6 @@ pretrained from scratch on ``builtin:wiki`` and cached. ``--base`` takes any GPT
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -634,8 +633,7 @@ def starting_over(command: str) -> Iterator[None]:
     try:
         yield
     except WriteError as e:
-        fix = "free some space" if e.reason == os.strerror(errno.ENOSPC) else "fix that"
-        raise WriteError(f"{e}; {fix}, then run {command} again (it starts over)",
+        raise WriteError(f"{e}; {e.fix}, then run {command} again (it starts over)",
                          e.reason) from None
 
 

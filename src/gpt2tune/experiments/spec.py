@@ -259,17 +259,17 @@ def _lora(hp: Hyperparams, rank: int, targets: tuple[str, ...] = ("c_attn",), *,
                   lr=hp.lr_lora, sample=sample, directory=directory)
 
 
-def _dora(lora: Method) -> Method:
+def _dora(lora: Method, name: str, sample: bool) -> Method:
     """``lora`` with DoRA's magnitude vector: the same rank, modules and learning rate."""
-    return replace(lora, name=f"dora-r{lora.rank}", label=lora.label.replace("LoRA", "DoRA", 1),
-                   short="DoRA", use_dora=True, kind="dora", sample=False, directory=None)
+    return replace(lora, name=name, label=lora.label.replace("LoRA", "DoRA", 1), short="DoRA",
+                   use_dora=True, kind="dora", sample=sample, directory=None)
 
 
-def _loraplus(lora: Method, ratio: float) -> Method:
+def _loraplus(lora: Method, ratio: float, name: str, sample: bool) -> Method:
     """``lora`` with B's learning rate ``ratio`` times A's (A keeps ``lora``'s)."""
-    return replace(lora, name=f"loraplus-r{lora.rank}",
+    return replace(lora, name=name,
                    label=lora.label.replace("LoRA", "LoRA+", 1) + f" B/A lr x{ratio:g}",
-                   short="LoRA+", loraplus_ratio=ratio, kind="lora+", sample=False,
+                   short="LoRA+", loraplus_ratio=ratio, kind="lora+", sample=sample,
                    directory=None)
 
 
@@ -299,9 +299,12 @@ def demo_experiments(plan: DemoPlan, character: str,
     sweep = [_lora(hp, r, sample=False) for r in dict.fromkeys(plan.ranks) if r != plan.char_rank]
     wide = _lora(hp, plan.wide_rank, plan.wide_targets, sample=False,
                  name=f"lora-r{plan.wide_rank}-{'-'.join(plan.wide_targets)}")
+    dora = _dora(lora, f"dora-r{lora.rank}", sample=False)
+    loraplus = _loraplus(lora, plan.loraplus_ratio, f"loraplus-r{lora.rank}", sample=False)
     methods = (base, Method("priming", "priming only", "priming", prime=True), lora, *sweep, wide,
-               _dora(lora), _loraplus(lora, plan.loraplus_ratio), full, Method("lora+priming", f"{lora.label} + priming", "LoRA + priming",
-                            uses="lora", prime=True))
+               dora, loraplus, full,
+               Method("lora+priming", f"{lora.label} + priming", "LoRA + priming", uses="lora",
+                      prime=True))
     char = Experiment(
         "character", f"builtin:shakespeare:{character}", methods,
         epochs=plan.char_epochs, max_steps=plan.char_max_steps, eval_every=plan.char_eval_every,
@@ -440,9 +443,10 @@ def parse_methods(text: str) -> list[tuple[str, dict]]:
             elif key == "dropout":
                 try:
                     values[key] = float(value)
+                    valid = 0.0 <= values[key] < 1.0
                 except ValueError:
-                    values[key] = -1.0
-                if not 0.0 <= values[key] < 1.0:
+                    valid = False
+                if not valid:
                     raise UserError(f"--methods {item}: dropout must be a number in [0, 1), "
                                     f"got {value!r}")
             else:
@@ -508,14 +512,10 @@ def compare_methods(opts: CompareOptions, hp: Hyperparams) -> tuple[tuple[Method
             r, targets = s.get("r", DEFAULT_RANK), s.get("targets", ("c_attn",))
             m = lora(r, targets, s.get("alpha"), s.get("lr"), "", dropout=s.get("dropout", 0.0))
             if name == "dora":
-                m = replace(m, name=lora_name(r, targets, "dora", s), use_dora=True, short="DoRA",
-                            label=m.label.replace("LoRA", "DoRA", 1), kind="dora")
+                m = _dora(m, lora_name(r, targets, "dora", s), sample=True)
             else:
                 ratio = s.get("ratio", LORAPLUS_RATIO)
-                m = replace(m, name=lora_name(r, targets, "loraplus", s, ratio),
-                            loraplus_ratio=ratio,
-                            short="LoRA+", label=m.label.replace("LoRA", "LoRA+", 1)
-                            + f" B/A lr x{ratio:g}", kind="lora+")
+                m = _loraplus(m, ratio, lora_name(r, targets, "loraplus", s, ratio), sample=True)
             methods[m.name] = m
         else:
             r, targets = s.get("r", DEFAULT_RANK), s.get("targets", ("c_attn",))

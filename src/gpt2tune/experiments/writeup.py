@@ -66,6 +66,15 @@ def _capacity_verdict(sweep: list[MethodResult], best: MethodResult, wide: Metho
                    "model's weights, which LoRA on the blocks leaves frozen.")
 
 
+LORA_VARIANTS = ("dora", "lora+")
+"""Kinds of method that change how LoRA trains, each set beside plain LoRA in the reports."""
+
+
+def _method_of(run: MethodResult) -> str:
+    """The method part of a run's label: "DoRA" of "DoRA r=4 (c_attn)"."""
+    return run.label.split(" r=")[0]
+
+
 def _variants_verdict(pairs: list[tuple[MethodResult, MethodResult | None]],
                       full: MethodResult | None, base_loss: float) -> str:
     """Whether DoRA and LoRA+ close the gap to full fine-tuning, in words chosen from the
@@ -93,7 +102,7 @@ def _variants_verdict(pairs: list[tuple[MethodResult, MethodResult | None]],
         return (base_loss - run.val_loss) / gain_full
 
     for run, lora in pairs:
-        said = f"{run.label.split(' r=')[0]} recovers {share(run):.0%} of full fine-tuning's gain"
+        said = f"{_method_of(run)} recovers {share(run):.0%} of full fine-tuning's gain"
         if lora is not None:
             said += f", plain LoRA {share(lora):.0%}"
         if share(run) >= 0.8:
@@ -207,14 +216,14 @@ def build_report(res: DemoResults) -> Report:
     by_rank = _lora_by_rank(char, ("c_attn",))
     sweep = [by_rank[rk] for rk in p.ranks]
     wide = _lora_by_rank(char, p.wide_targets)[p.wide_rank]
-    variants = [m for m in char.methods if m.method in ("dora", "lora+")]
+    variants = [m for m in char.methods if m.method in LORA_VARIANTS]
     best = min(sweep, key=lambda run: run.val_perplexity)
     s.add(Paragraph(
         f"**Capacity.** Across ranks {', '.join(map(str, p.ranks))} the held-out perplexity goes "
         f"from {_fmt_ppl(sweep[0].val_perplexity)} (r={p.ranks[0]}) to "
         f"{_fmt_ppl(sweep[-1].val_perplexity)} (r={p.ranks[-1]}); the best rank is "
         f"r={best.lora_rank} ({_fmt_ppl(best.val_perplexity)}); "
-        + "".join(f"{run.label.split(' r=')[0]} at r={run.lora_rank} "
+        + "".join(f"{_method_of(run)} at r={run.lora_rank} "
                   f"{_fmt_ppl(run.val_perplexity)}; " for run in variants)
         + f"full fine-tuning reaches {_fmt_ppl(char_full.val_perplexity)}. See experiment 3 "
         "for what that says about the seed project's explanation."))
@@ -507,7 +516,7 @@ def build_compare_report(res: CompareResults) -> Report:
 
     lora = sorted((m for m in methods if m.method == "lora" and m.lora_targets == ("c_attn",)),
                   key=lambda m: m.lora_rank)
-    variants = [m for m in methods if m.method in ("dora", "lora+")]
+    variants = [m for m in methods if m.method in LORA_VARIANTS]
     if len(lora) >= 2 or (lora and variants):
         s = r.section(COMPARE_SECTIONS[3])
         full = next((m for m in methods if m.method == "full"), None)

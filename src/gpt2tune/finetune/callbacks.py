@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpt2tune.core.lora import LoRAConfig
-from gpt2tune.errors import UserError
+from gpt2tune.errors import UserError, first_line
 from gpt2tune.finetune.loop import Callback, StepStats, Trainer
 from gpt2tune.finetune.state import rng_state, save_checkpoint, save_weights
 from gpt2tune.formats.atomic import atomic_file, reporting_write_errors, write_text
@@ -88,8 +88,7 @@ def tensorboard_writer() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"--report-to tensorboard needs the tensorboard package ({reason}); "
+        raise UserError(f"--report-to tensorboard needs the tensorboard package ({first_line(e)}); "
                         "install it with: pip install 'gpt2tune[tensorboard]'") from None
     return SummaryWriter
 

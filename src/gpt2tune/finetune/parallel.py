@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from gpt2tune.core.lora import LoRALinear, lora_modules
 from gpt2tune.core.model import GPT2, empty_init
-from gpt2tune.errors import UserError
+from gpt2tune.errors import UserError, first_line
 
 DEFAULT_TIMEOUT_S = 600
 
@@ -89,8 +89,7 @@ def lost_peer(e: BaseException) -> str | None:
     if not (isinstance(e, getattr(dist, "DistError", ())) or isinstance(e, RuntimeError)
             and any(s in str(e) for s in PEER_FAILURES)):
         return None
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # the C++ source location
+    text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(e))  # the C++ source location
     return text.split(". ")[0].rstrip(".")
 
 

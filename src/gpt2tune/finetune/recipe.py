@@ -5,10 +5,8 @@ the output directory, train or resume, save). ``gpt2tune train`` is a thin wrapp
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -396,16 +394,16 @@ def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
     except WriteError as e:
         if not resumable:
             raise
-        fix = ("free some space" if e.reason == os.strerror(errno.ENOSPC) else "fix that")
-        raise WriteError(f"{e}; {_resume_hint(out, fix)}", e.reason) from None
-    except (Terminated, RuntimeError) as e:
-        why = ("stopped by SIGTERM (torchrun stops every rank when one fails)"
-               if isinstance(e, Terminated) else None)
-        if why is None and parallel.world > 1 and (lost := lost_peer(e)):
-            why = f"lost another rank of the run ({lost})"
-        if why is None:
+        raise WriteError(f"{e}; {_resume_hint(out, e.fix)}", e.reason) from None
+    except Terminated:
+        raise RunAborted(f"rank {parallel.rank}: stopped by SIGTERM (torchrun stops every rank "
+                         f"when one fails); {_resume_hint(out)}") from None
+    except RuntimeError as e:
+        lost = lost_peer(e) if parallel.world > 1 else None
+        if lost is None:
             raise
-        raise RunAborted(f"rank {parallel.rank}: {why}; {_resume_hint(out)}") from None
+        raise RunAborted(f"rank {parallel.rank}: lost another rank of the run ({lost}); "
+                         f"{_resume_hint(out)}") from None
     parallel.close()
     return result
 

@@ -23,7 +23,7 @@ import torch
 
 from gpt2tune.core.lora import LoRAConfig, adapter_state_dict
 from gpt2tune.core.model import GPT2
-from gpt2tune.errors import UserError
+from gpt2tune.errors import UserError, first_line
 from gpt2tune.formats.atomic import previous_dir, staged_dir
 from gpt2tune.formats.hf import save_model
 from gpt2tune.formats.peft import save_adapter
@@ -150,8 +150,8 @@ def saved_step(out_dir: Path) -> int | None:
 
 def _verify(ckpt: Path) -> None:
     """Raise ``ValueError`` naming the first file of ``ckpt`` that its manifest does not
-    match. A checkpoint without a manifest (written by gpt2tune before 0.x) is checked only by
-    loading it."""
+    match. A checkpoint without a manifest (written before checkpoints had one) is checked only
+    by loading it."""
     manifest = ckpt / MANIFEST
     if not manifest.is_file():
         return
@@ -163,8 +163,9 @@ def _verify(ckpt: Path) -> None:
         f = ckpt / name
         if not f.is_file():
             raise ValueError(f"{name} is missing")
-        if f.stat().st_size != want["bytes"]:
-            raise ValueError(f"{name} has {f.stat().st_size:,} bytes, not {want['bytes']:,}")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise ValueError(f"{name} has {size:,} bytes, not {want['bytes']:,}")
         if _sha256(f) != want["sha256"]:
             raise ValueError(f"{name} does not match its checksum")
 
@@ -192,8 +193,7 @@ def load_checkpoint(out_dir: Path, load_weights: Callable[[Path], T]) -> tuple[d
             state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
             weights = load_weights(ckpt)
         except Exception as e:  # noqa: BLE001 - any failure to read it means it is damaged
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            damaged.append(f"{ckpt.name} is damaged ({reason})")
+            damaged.append(f"{ckpt.name} is damaged ({first_line(e)})")
             continue
         if damaged:
             log.warning(f"{damaged[0]}; resuming from the checkpoint before it, {ckpt} (step "

@@ -17,7 +17,7 @@ from torch import Tensor
 from gpt2tune.core.classifier import PAD_TOKEN_ID, GPT2Classifier
 from gpt2tune.core.model import GPT2, GPT2Config, empty_init
 from gpt2tune.core.tokenizer import vocab_files
-from gpt2tune.errors import UserError
+from gpt2tune.errors import UserError, first_line
 from gpt2tune.formats.atomic import atomic_dir
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -134,7 +134,7 @@ def load_bin(path: Path) -> dict[str, Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"cannot load {path} as a weights-only PyTorch checkpoint: "
-                        f"{str(e).splitlines()[0]}") from None
+                        f"{first_line(e)}") from None
 
 
 def load_safetensors(path: Path) -> dict[str, Tensor]:

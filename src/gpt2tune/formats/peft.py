@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.lora import (
     BLOCK_LINEARS,
     LoRAConfig,
@@ -22,7 +23,6 @@ from gpt2tune.core.lora import (
     load_adapter_state_dict,
     lora_modules,
 )
-from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.model import GPT2
 from gpt2tune.core.multilora import install_adapters
 from gpt2tune.errors import UserError
