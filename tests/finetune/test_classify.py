@@ -108,6 +108,13 @@ def test_labelled_data_errors_are_one_clear_line(tmp_path):
     assert got.texts == ["hello", "there"] and got.labels == ["a", "b"]
     with pytest.raises(UserError, match="no text field 'text'"):
         read_labeled(c)
+    # read as every other data file is: a bad line or a file that is not UTF-8 is one line too
+    f.write_text('{"text": "a", "label": "x"}\n{"text": broken}\n')
+    with pytest.raises(UserError, match="d.jsonl: line 2 is not valid JSON"):
+        read_labeled(f)
+    c.write_bytes("body,cls\ncaf\u00e9,a\n".encode("latin-1"))
+    with pytest.raises(UserError, match="d.csv is not UTF-8 text"):
+        read_labeled(c, text_field="body", label_field="cls")
 
 
 def test_builtin_speakers_is_a_labelled_task():

@@ -7,8 +7,6 @@ Labels are strings, numbered in sorted order; the names travel with the model (`
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch
 
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.rows import Rows
+from gpt2tune.data.sources import read_records
 from gpt2tune.errors import UserError
 
 
@@ -52,22 +51,11 @@ def read_labeled(spec: str | Path, text_field: str = "text", label_field: str = 
     if not path.is_file():
         raise UserError(f"data {path} does not exist; give a .jsonl or .csv file with "
                         f"'{text_field}' and '{label_field}' fields, or builtin:speakers")
-    if path.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append((n, json.loads(line)))
-                except ValueError as e:
-                    raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); fix the line") from None
-    elif path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            records = [(n, row) for n, row in enumerate(csv.DictReader(f), 2)]
-    else:
+    if path.suffix not in (".jsonl", ".csv"):
         raise UserError(f"{path}: labelled data must be .jsonl or .csv (one text and one label "
                         "per record)")
     out = Labeled([], [])
-    for n, rec in records:
+    for n, rec in read_records(path):
         if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
             raise UserError(f"{path}:{n}: no text field '{text_field}'; name it with --text-field")
         label = rec.get(label_field)

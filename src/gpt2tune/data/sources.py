@@ -55,17 +55,29 @@ def _field(record: object, field: str, where: str) -> str:
     return value
 
 
-def _read_jsonl(path: Path, field: str) -> list[str]:
-    docs = []
-    for n, line in enumerate(read_text(path).splitlines(), start=1):
+def read_records(path: Path) -> list[tuple[int, object]]:
+    """(line number, record) of each record of a ``.jsonl`` file (a JSON value per non-empty
+    line) or a ``.csv`` file (a dict per row; the header is line 1).
+
+    Raises:
+        UserError: the file cannot be read, is not UTF-8, or has a line that is not JSON.
+    """
+    text = read_text(path)
+    if path.suffix == ".csv":
+        return list(enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2))
+    records = []
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            records.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove it") from None
-        docs.append(_field(record, field, f"{path}: line {n}"))
-    return docs
+    return records
+
+
+def _read_jsonl(path: Path, field: str) -> list[str]:
+    return [_field(record, field, f"{path}: line {n}") for n, record in read_records(path)]
 
 
 def _read_json(path: Path, field: str) -> list[str]:
