@@ -36,6 +36,7 @@ def max_tokens_of(asked: int | None, default: int, prompt_tokens: int, n_positio
                             "--max-tokens-cap)", param="max_tokens")
     return asked
 
+
 def prepare(body: SamplingFields, model: ServedModel, prompts: list[str], asked: int | None,
             default: int, logprobs: int | None,
             cap: int) -> tuple[list[GenerationRequest], list[int]]:

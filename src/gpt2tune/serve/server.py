@@ -11,7 +11,11 @@ from gpt2tune.core.model import cast_for_inference
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.errors import UserError
 from gpt2tune.formats.hf import load_model
-from gpt2tune.formats.peft import load_classifier_with_adapter, load_model_with_adapters
+from gpt2tune.formats.peft import (
+    ADAPTER_CONFIG,
+    load_classifier_with_adapter,
+    load_model_with_adapters,
+)
 from gpt2tune.inference.engine import Engine
 from gpt2tune.runtime import autocast_dtype, resolve_device
 from gpt2tune.serve.service import ServedClassifier, ServedModel, Service
@@ -109,7 +113,7 @@ def build_service(cfg: ServeConfig) -> Service:
     clfs = []
     for name, path in classifiers.items():
         # an adapter directory is a classification adapter of the base; else a whole classifier
-        is_adapter = (Path(path) / "adapter_config.json").is_file()
+        is_adapter = (Path(path) / ADAPTER_CONFIG).is_file()
         clf = (load_classifier_with_adapter(cfg.model, path, device=device) if is_adapter
                else load_classifier_with_adapter(path, device=device))
         clfs.append(ServedClassifier(name, clf, Tokenizer(clf.source_dir), dtype))
