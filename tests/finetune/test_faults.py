@@ -242,7 +242,10 @@ def test_a_run_killed_with_sigkill_leaves_no_lock_and_resumes_exactly(tiny_hf, c
     assert main(_args(tiny_hf[0], corpus, tmp_path / "a", "lora", "--max-steps", "30")) == 0
     out = tmp_path / "b"
     script = slow_steps_script(tmp_path)
-    env = dict(os.environ, GPT2TUNE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    # the killed run's first steps and the resumed rest must use the uninterrupted run's thread
+    # count: fp32 matmuls here give other bits for other thread counts
+    env = dict(os.environ, GPT2TUNE_CACHE=str(tmp_path / "cache"),
+               OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen([sys.executable, str(script),
                              *_args(tiny_hf[0], corpus, out, "lora", "--max-steps", "30")],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

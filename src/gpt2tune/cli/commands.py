@@ -20,7 +20,7 @@ from typing import Literal
 
 from gpt2tune.cli.options import Append, add_dataclass_args, collect
 from gpt2tune.errors import UserError
-from gpt2tune.runtime import autocast_dtype, keep_freed_memory, resolve_device
+from gpt2tune.runtime import autocast_dtype, resolve_device
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # runtime.PRECISIONS (a test checks)
 
@@ -529,7 +529,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from gpt2tune.experiments.spec import PretrainConfig
 
     _log_to_stderr()
-    keep_freed_memory()  # process-wide: 1.8x faster steps for small models (see runtime)
     opts = collect(args, "run", PretrainOptions)
     info = pretrain(opts.out, collect(args, "pretrain", PretrainConfig), overwrite=opts.overwrite,
                     progress=_progress(opts.progress))
@@ -551,7 +550,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gpt2tune.experiments.spec import DemoOptions
 
     _log_to_stderr()
-    keep_freed_memory()  # process-wide: 1.8x faster steps for the demo's small models
     opts = collect(args, "demo", DemoOptions)
     opts.progress = _progress(opts.progress)
     res = run_demo(opts)
@@ -575,7 +573,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from gpt2tune.experiments.spec import CompareOptions
 
     _log_to_stderr()
-    keep_freed_memory()  # process-wide: faster steps for small models (see runtime)
     opts = collect(args, "compare", CompareOptions)
     opts.progress = _progress(opts.progress)
     if opts.plan:

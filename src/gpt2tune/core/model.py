@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gpt2tune.core.ops import Dropout, attention, lm_head_loss
+from gpt2tune.core.ops import Dropout, attention, gelu_tanh, lm_head_loss
 
 
 @dataclass
@@ -229,7 +229,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # GPT-2 uses the tanh approximation of GELU; the exact erf form drifts from the weights'
         # training and from Hugging Face's outputs.
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
 
 
 class Block(nn.Module):

@@ -3,14 +3,23 @@
 Each one computes exactly what the plain PyTorch expression in its docstring computes (tests
 compare them), but does less work or keeps less for backward:
 
-- ``Dropout``: the keep-mask comes from ``torch.rand`` (3x faster on CPU than ``bernoulli_``,
-  which draws one number at a time) and is kept as booleans; p = 0 or eval mode is a no-op.
+- ``Dropout``: on CPUs the fused kernel draws the keep-bits from a counter-based generator
+  (Philox, seeded from torch's generator at each call) and backward regenerates them, so
+  nothing is stored; without the kernels the mask comes from ``torch.rand`` (3x faster than
+  ``bernoulli_``) and is kept as booleans. p = 0 or eval mode is a no-op.
 - ``attention``: causal attention with dropout on the probabilities. PyTorch's fused CPU kernel
   has no dropout, so SDPA falls back to its math path, which keeps the probabilities, a float
   mask and the dropped probabilities for backward (three (B, nh, T, T) tensors). Here backward
-  recomputes the probabilities from q, k and their log-sum-exp and keeps only a boolean mask.
+  recomputes the probabilities from q, k and their log-sum-exp: with the fused kernels the
+  softmax, the mask, the dropout and their gradient are one pass over each row of scores in the
+  matmuls' dtype (bf16 under autocast), with the mask regenerated; without them, plain PyTorch
+  in float32 keeping a boolean mask.
 - ``lm_head_loss``: the LM head and cross-entropy a chunk of tokens at a time, with the gradient
-  of each chunk computed right away, so the (tokens x 50,257) logits never exist in full.
+  of each chunk computed right away, so the (tokens x 50,257) logits never exist in full; the
+  fused kernel turns each chunk's logits into their gradient in place.
+
+The fused kernels (``native.py``, ``csrc/fused.cpp``) run on CPUs for float32 and bfloat16;
+anything else (GPUs, fp16) takes the PyTorch path.
 """
 
 from __future__ import annotations
@@ -20,6 +29,20 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from gpt2tune.core import native
+
+_FUSED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _seed() -> int:
+    """A 64-bit seed for the fused kernels' generator, drawn from torch's default CPU generator so
+    that ``torch.manual_seed`` and a checkpointed RNG state decide every mask."""
+    return int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64))
+
+
+def _fused(x: Tensor) -> bool:
+    return x.dtype in _FUSED_DTYPES and native.available(x.device)
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:
@@ -44,6 +67,20 @@ class _DropoutFn(torch.autograd.Function):
         return torch.where(keep, grad, 0.0).mul_(ctx.scale), None
 
 
+class _PhiloxDropoutFn(torch.autograd.Function):
+    """The fused kernel's dropout: the keep-bit of element i is a function of (seed, i), so
+    backward is the same call on the gradient and no mask is stored."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:
+        ctx.p, ctx.seed = p, _seed()
+        return torch.ops.gpt2tune.dropout_philox(x, p, ctx.seed)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return torch.ops.gpt2tune.dropout_philox(grad.contiguous(), ctx.p, ctx.seed), None
+
+
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """``F.dropout(x, p, training)``: zero each element with probability p, scale the rest by
     1 / (1 - p). The same in distribution, drawn faster."""
@@ -53,6 +90,8 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return F.dropout(x, p, training)  # one fused kernel on GPUs
     if not 0.0 < p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if _fused(x):
+        return _PhiloxDropoutFn.apply(x, p)
     return _DropoutFn.apply(x, p)
 
 
@@ -61,6 +100,29 @@ class Dropout(nn.Dropout):
 
     def forward(self, x: Tensor) -> Tensor:
         return dropout(x, self.p, self.training)
+
+
+# ----------------------------------------------------------------------------- GELU
+
+
+class _GeluTanhFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.ops.gpt2tune.gelu_tanh(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.ops.gpt2tune.gelu_tanh_backward(grad.contiguous(), x)
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """``F.gelu(x, approximate="tanh")``, GPT-2's GELU: on CPUs the fused kernel (one vectorised
+    pass; PyTorch's bf16 GELU is about 3x slower here)."""
+    if _fused(x):
+        return _GeluTanhFn.apply(x)
+    return F.gelu(x, approximate="tanh")
 
 
 # ----------------------------------------------------------------------------- attention
@@ -114,6 +176,50 @@ class _AttentionDropoutFn(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
+class _FusedAttentionDropoutFn(torch.autograd.Function):
+    """The matmuls in the inputs' dtype; softmax, dropout and their gradient in the fused kernel,
+    one pass per row of scores (float32 inside, the inputs' dtype in memory). ``allowed`` is a
+    contiguous (B, T, S) boolean mask shared by the heads, or None for causal."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, p: float) -> Tensor:
+        B, nh, T, hs = q.shape
+        S = k.size(-2)
+        ctx.scale, ctx.p, ctx.seed = 1.0 / math.sqrt(hs), p, _seed()
+        s = torch.matmul(q, k.transpose(-2, -1)).reshape(B * nh, T, S)
+        dropped, lse = torch.ops.gpt2tune.attn_softmax_dropout(s, allowed, nh, ctx.scale, p,
+                                                                 ctx.seed)
+        del s
+        ctx.save_for_backward(q, k, v, allowed, lse)
+        return torch.matmul(dropped.view(B, nh, T, S), v)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        q, k, v, allowed, lse = ctx.saved_tensors
+        B, nh, T, hs = q.shape
+        S = k.size(-2)
+        dy = dy.to(v.dtype)
+        s = torch.matmul(q, k.transpose(-2, -1)).reshape(B * nh, T, S)  # recomputed
+        dd = torch.matmul(dy, v.transpose(-2, -1)).reshape(B * nh, T, S)
+        dropped, ds = torch.ops.gpt2tune.attn_softmax_dropout_backward(
+            s, allowed, lse, dd, nh, ctx.scale, ctx.p, ctx.seed)
+        del s, dd
+        dropped, ds = dropped.view(B, nh, T, S), ds.view(B, nh, T, S)
+        dv = torch.matmul(dropped.transpose(-2, -1), dy)
+        del dropped
+        dq = torch.matmul(ds, k)
+        dk = torch.matmul(ds.transpose(-2, -1), q)
+        return dq, dk, dv, None, None
+
+
+def _heads_shared(allowed: Tensor, B: int, T: int, S: int) -> Tensor | None:
+    """``allowed`` as the fused kernel takes it, (B, T, S) contiguous, when it is a boolean mask
+    the heads share; None otherwise."""
+    if allowed.dtype != torch.bool or allowed.dim() != 4 or allowed.size(1) != 1:
+        return None
+    return allowed.expand(B, 1, T, S).reshape(B, T, S).contiguous()
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None,
               dropout_p: float = 0.0) -> Tensor:
     """Softmax attention, causal unless ``allowed`` is given, with dropout on the probabilities.
@@ -130,6 +236,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None,
         dropout_p=dropout_p, is_causal=allowed is None)`` returns (for dropout, in distribution).
     """
     T, S = q.size(-2), k.size(-2)
+    if dropout_p > 0.0 and q.device.type == "cpu" and q.dtype == k.dtype == v.dtype and _fused(q):
+        # causal (bottom-right aligned) inside the kernel; a mask only when the heads share it
+        shared = None if allowed is None else _heads_shared(allowed, q.size(0), T, S)
+        if allowed is None or shared is not None:
+            return _FusedAttentionDropoutFn.apply(q, k, v, shared, dropout_p)
     if allowed is None and T != S:
         # SDPA's is_causal is top-left aligned, right only for T == S. One query (decoding) may
         # see every key: no mask at all, which takes SDPA's fastest path.
@@ -145,6 +256,21 @@ def attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None,
 
 
 # ----------------------------------------------------------------------------- LM head + loss
+
+
+def _picked_log_probs(logits: Tensor, targets: Tensor) -> Tensor:
+    """log_softmax(logits)[target] per row (0 where the target is -100); ``logits`` (float32) is
+    overwritten with d loss / d logits = softmax - one_hot(target), zero where ignored, and must
+    then be read from the caller's reference (it is changed in place)."""
+    keep = targets != -100
+    tc = targets.clamp(min=0).unsqueeze(1)
+    # one fused pass for the normalisation (logsumexp + subtract is three, and slower)
+    torch.log_softmax(logits, dim=1, out=logits)
+    picked = logits.gather(1, tc).squeeze(1).where(keep, 0.0)
+    logits.exp_()
+    logits.scatter_add_(1, tc, torch.full_like(picked, -1.0).unsqueeze(1))
+    logits[~keep] = 0.0
+    return picked
 
 
 class _ChunkedLMHeadLoss(torch.autograd.Function):
@@ -169,20 +295,16 @@ class _ChunkedLMHeadLoss(torch.autograd.Function):
         for start in range(0, h.size(0), chunk):
             hc = h[start:start + chunk].to(w.dtype)
             tc = targets[start:start + chunk]
-            keep = tc != -100
-            ignored = not bool(keep.all())
-            tc = tc.clamp(min=0).unsqueeze(1)
-            # one fused pass for the normalisation (logsumexp + subtract is three, and slower)
-            logp = torch.log_softmax((hc @ w.t()).to(acc), dim=1)  # (n, V)
-            picked = logp.gather(1, tc).squeeze(1)
-            total -= picked[keep].sum() if ignored else picked.sum()
-            if need_h or need_w:
-                # d loss / d logits = softmax - one_hot(target); zero where the target is ignored
-                g = logp.exp_()
-                g.scatter_add_(1, tc, torch.full_like(picked, -1.0).unsqueeze(1))
-                if ignored:
-                    g[~keep] = 0.0
+            logits = hc @ w.t()  # (n, V)
+            if _fused(logits):
+                # loss per row, and the logits overwritten by d loss / d logits, in one kernel
+                total += torch.ops.gpt2tune.cross_entropy_grad_(logits, tc.contiguous()).sum()
+                g = logits
+            else:
+                g = logits.to(acc)
+                total -= _picked_log_probs(g, tc).sum()  # g is now d loss / d logits
                 g = g.to(w.dtype)
+            if need_h or need_w:
                 if need_h:
                     grad_h[start:start + chunk] = g @ w
                 if need_w:

@@ -1,0 +1,90 @@
+"""gpt2tune's fused CPU kernels (``csrc/fused.cpp``): built once per machine, loaded on first use.
+
+The kernels are compiled with the machine's C++ compiler through
+``torch.utils.cpp_extension`` (it needs ``ninja``, a dependency) for the machine's own
+instruction set (``-march=native``), into ``$GPT2TUNE_KERNELS`` or
+``~/.cache/gpt2tune/kernels/<hash>``; the hash covers the source, the torch version and the CPU's
+flags, so a copied home directory on another CPU builds its own. Building takes about half a
+minute, once. Where it cannot be built (no compiler), or with ``GPT2TUNE_NATIVE=0``, ``ops.py``
+uses its plain PyTorch expressions instead: same results, slower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor()
+
+
+def build_dir() -> Path:
+    """Where this machine's build of the kernels lives."""
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), _cpu_flags().encode()):
+        digest.update(part)
+    root = os.environ.get("GPT2TUNE_KERNELS")
+    if root:
+        base = Path(root)
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt2tune" / "kernels"
+    return base / digest.hexdigest()[:16]
+
+
+def enabled() -> bool:
+    """False when ``GPT2TUNE_NATIVE=0`` asks for the plain PyTorch paths."""
+    return os.environ.get("GPT2TUNE_NATIVE", "1") not in ("0", "false", "no")
+
+
+@lru_cache(maxsize=1)
+def load() -> bool:
+    """Build (once per machine) and load the kernels into ``torch.ops.gpt2tune``; False where
+    they are disabled or cannot be built (the reason is logged once)."""
+    if not enabled():
+        return False
+    if hasattr(torch.ops, "gpt2tune") and hasattr(torch.ops.gpt2tune, "attn_softmax_dropout"):
+        return True
+    try:
+        from torch.utils import cpp_extension
+
+        directory = build_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        if not (directory / "gpt2tune_fused.so").exists():
+            log.info("building gpt2tune's CPU kernels for this machine (once, about 30 s) in %s",
+                     directory)
+        # -fopenmp for at::parallel_for's pragmas only: the OpenMP runtime is torch's own,
+        # already loaded (linking the system libgomp as well would start a second one)
+        cpp_extension.load(name="gpt2tune_fused", sources=[str(SOURCE)],
+                           extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                           build_directory=str(directory), is_python_module=False,
+                           verbose=False)
+    except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch paths still work
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        log.warning("gpt2tune's CPU kernels could not be built (%s); using the slower PyTorch "
+                    "paths (set GPT2TUNE_NATIVE=0 to skip the attempt)", first)
+        return False
+    return True
+
+
+def available(device: torch.device) -> bool:
+    """True when the fused kernels can run on ``device`` (CPU only), building them if need be."""
+    return device.type == "cpu" and load()
