@@ -75,3 +75,20 @@ def test_unknown_adapter_and_model_with_applied_lora_are_refused(tiny, peft_adap
     load_adapter(applied, d)
     with pytest.raises(UserError, match="already has a LoRA adapter"):
         install_adapters(applied, {"attn": read_adapter(d, applied)})
+
+
+def test_mixed_rows_equal_each_adapter_alone(tiny, peft_adapters, tokens):
+    """Rows of two adapters of different ranks and targets and a base row, decoded together
+    (the batched gather), give each row what its adapter gives in a batch of its own."""
+    path, _ = tiny
+    model = load_model(path).eval()
+    bank = install_adapters(model, {n: read_adapter(d, model) for n, (d, _) in peft_adapters.items()})
+    x = torch.cat([tokens, tokens, tokens[:1]])  # five rows
+    rows = ["mlp", "attn", None, "attn", "mlp"]
+    with bank.select(rows, x.device):
+        assert bank.slots is not None  # the batched path
+        mixed = logits(model, x)
+    for i, name in enumerate(rows):
+        with bank.select([name], x.device):
+            alone = logits(model, x[i:i + 1])
+        torch.testing.assert_close(mixed[i:i + 1], alone, atol=1e-6, rtol=0)

@@ -186,6 +186,9 @@ class _FusedAttentionDropoutFn(torch.autograd.Function):
         B, nh, T, hs = q.shape
         S = k.size(-2)
         ctx.scale, ctx.p, ctx.seed = 1.0 / math.sqrt(hs), p, _seed()
+        # heads split out of one (B, T, 3C) projection are strided views: copy each once here
+        # (kept for backward) rather than in every batched matmul, forward and backward
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         s = torch.matmul(q, k.transpose(-2, -1)).reshape(B * nh, T, S)
         dropped, lse = torch.ops.gpt2tune.attn_softmax_dropout(s, allowed, nh, ctx.scale, p,
                                                                  ctx.seed)
@@ -274,24 +277,28 @@ def _picked_log_probs(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 class _ChunkedLMHeadLoss(torch.autograd.Function):
-    """Summed cross-entropy of ``h @ weight.T`` against ``targets``, ``chunk`` rows at a time.
+    """Mean cross-entropy of ``h @ weight.T`` against ``targets`` over ``count`` targets,
+    ``chunk`` rows at a time.
 
     Each chunk's gradient is computed right after its loss, in the forward pass, so the
     (tokens x vocab) logits and their gradient never exist in full and nothing is recomputed:
-    backward only scales the stored gradients of ``h`` and ``weight``. (Checkpointing each chunk
-    instead saves the same memory but runs the 50,257-wide matmul a third time: 30% slower.)
+    backward only scales the stored gradients of ``h`` and ``weight`` (and for the usual
+    upstream gradient of 1 returns them as they are). (Checkpointing each chunk instead saves
+    the same memory but runs the 50,257-wide matmul a third time: 30% slower.)
     """
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int,
+                count: Tensor) -> Tensor:
         need_h, need_w = ctx.needs_input_grad[:2]
         w = weight
         if torch.is_autocast_enabled(h.device.type):
             w = weight.to(torch.get_autocast_dtype(h.device.type))  # cast once, not per chunk
         acc = _wide(w.dtype)
+        inv_count = 1.0 / count.to(acc)
         total = h.new_zeros((), dtype=acc)
         grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+        grad_w = None
         for start in range(0, h.size(0), chunk):
             hc = h[start:start + chunk].to(w.dtype)
             tc = targets[start:start + chunk]
@@ -304,22 +311,29 @@ class _ChunkedLMHeadLoss(torch.autograd.Function):
                 g = logits.to(acc)
                 total -= _picked_log_probs(g, tc).sum()  # g is now d loss / d logits
                 g = g.to(w.dtype)
-            if need_h or need_w:
-                if need_h:
-                    grad_h[start:start + chunk] = g @ w
-                if need_w:
-                    if g.dtype == acc:
-                        grad_w.addmm_(g.t(), hc)  # in place: no (vocab x d) temporary
-                    else:
-                        grad_w += (g.t() @ hc).to(acc)
+            if need_h:
+                grad_h[start:start + chunk] = (g @ w).mul_(inv_count.to(w.dtype))
+            if need_w:
+                # the 1/count goes on the (n, d) side, not on the (n, V) gradient
+                part = g.t() @ (hc * inv_count.to(hc.dtype))  # (V, d)
+                if grad_w is None:
+                    grad_w = part.to(acc)
+                elif part.dtype == acc:
+                    grad_w += part
+                else:
+                    grad_w.add_(part)  # bf16 into float32, in place: no float32 temporary
         ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype))
-        return total
+        return total * inv_count
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+    def backward(ctx, grad: Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * grad.to(grad_h.dtype),
-                None if grad_w is None else grad_w * grad.to(grad_w.dtype), None, None)
+        # the upstream gradient of a plain loss.backward() is 1: skip two passes over the
+        # stored gradients (one of them vocab x d)
+        one = grad.device.type == "cpu" and grad.item() == 1.0
+        scale = (lambda g: g) if one else (lambda g: g * grad.to(g.dtype))  # noqa: E731
+        return (None if grad_h is None else scale(grad_h),
+                None if grad_w is None else scale(grad_w), None, None, None)
 
 
 def lm_head_loss(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 0) -> Tensor:
@@ -334,4 +348,4 @@ def lm_head_loss(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 0
     if chunk_size <= 0 or h.size(0) <= chunk_size:
         logits = F.linear(h, weight).to(_wide(weight.dtype))
         return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum") / count
-    return _ChunkedLMHeadLoss.apply(h, weight, targets, chunk_size) / count
+    return _ChunkedLMHeadLoss.apply(h, weight, targets, chunk_size, count)

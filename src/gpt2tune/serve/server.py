@@ -51,8 +51,9 @@ class ServeConfig:
     """The most new tokens one request may ask for."""
     max_body_bytes: int = 1 << 20
     """Request bodies over this size are refused with 413."""
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
-    """Matmul precision via autocast."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Matmul precision via autocast; auto: bf16 where the CPU (AVX-512 BF16, AMX) or GPU runs it
+    natively, else fp32 (as gpt2tune generate: the same greedy tokens at the same precision)."""
     device: str = "auto"
     """auto, cpu or cuda[:N]."""
 
