@@ -67,31 +67,6 @@ def test_models_lists_base_adapters_and_variants(client, live_server):
                      "kind": "classifier"}
 
 
-def test_classify_equals_transformers_probabilities(live_server):
-    from transformers import GPT2ForSequenceClassification
-
-    from gpt2tune.core.tokenizer import Tokenizer
-
-    texts = ["The minister said on Tuesday", "Thou art a villain"]
-    status, body = post(live_server.url + "/v1/classify",
-                        json.dumps({"model": "kind", "input": texts}).encode())
-    assert status == 200, body
-    hf = GPT2ForSequenceClassification.from_pretrained(live_server.dirs["kind"]).eval()
-    tok = Tokenizer()
-    for item, text in zip(body["data"], texts):
-        with torch.no_grad():
-            probs = hf(torch.tensor([tok.encode(text)])).logits.softmax(-1)[0]
-        got = [item["probabilities"][name] for name in ("news", "play")]
-        assert got == pytest.approx(probs.tolist(), abs=1e-4)
-        assert item["label"] == ("news", "play")[int(probs.argmax())]
-    status, body = post(live_server.url + "/v1/classify",
-                        json.dumps({"model": "news", "input": "x"}).encode())
-    assert status == 404 and "--classifier" in body["error"]["message"]
-    status, body = post(live_server.url + "/v1/classify",
-                        json.dumps({"model": "kind", "input": []}).encode())
-    assert status == 400
-
-
 def test_greedy_equals_generate_greedy_for_every_model(client, live_server, capsys):
     texts = {}
     for model in live_server.models:
@@ -217,11 +192,40 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, liv
 
 @pytest.fixture(scope="module")
 def small_server(serve_files, tmp_path_factory):
-    """One row at a time, nothing may wait, and an API key."""
+    """One row at a time, nothing may wait, an API key, and fp32 (the live server runs the
+    default, auto: bf16 where the CPU has it)."""
     served = start_server(serve_files, tmp_path_factory.mktemp("log") / "small.log",
-                          "--max-batch", "1", "--max-queue", "0", "--api-key", "sesame")
+                          "--max-batch", "1", "--max-queue", "0", "--api-key", "sesame",
+                          "--precision", "fp32")
     yield served
     stop_server(served)
+
+
+def test_classify_equals_transformers_probabilities(small_server):
+    """On the fp32 server: transformers' reference runs in fp32."""
+    from transformers import GPT2ForSequenceClassification
+
+    from gpt2tune.core.tokenizer import Tokenizer
+
+    texts = ["The minister said on Tuesday", "Thou art a villain"]
+    auth = {"Authorization": "Bearer sesame"}
+    status, body = post(small_server.url + "/v1/classify",
+                        json.dumps({"model": "kind", "input": texts}).encode(), auth)
+    assert status == 200, body
+    hf = GPT2ForSequenceClassification.from_pretrained(small_server.dirs["kind"]).eval()
+    tok = Tokenizer()
+    for item, text in zip(body["data"], texts):
+        with torch.no_grad():
+            probs = hf(torch.tensor([tok.encode(text)])).logits.softmax(-1)[0]
+        got = [item["probabilities"][name] for name in ("news", "play")]
+        assert got == pytest.approx(probs.tolist(), abs=1e-4)
+        assert item["label"] == ("news", "play")[int(probs.argmax())]
+    status, body = post(small_server.url + "/v1/classify",
+                        json.dumps({"model": "news", "input": "x"}).encode(), auth)
+    assert status == 404 and "--classifier" in body["error"]["message"]
+    status, body = post(small_server.url + "/v1/classify",
+                        json.dumps({"model": "kind", "input": []}).encode(), auth)
+    assert status == 400
 
 
 def test_api_key_is_required_on_v1(small_server):
