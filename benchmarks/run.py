@@ -490,13 +490,24 @@ def run_child(spec: dict, timeout_s: float) -> dict:
     return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's native bf16 flags (AVX-512 BF16, AMX) as /proc/cpuinfo lists them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+
+
 def machine_info(device: str) -> dict:
     import torch
 
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "python": platform.python_version(), "device": device}
+            "python": platform.python_version(), "device": device, "bf16_flags": cpu_flags()}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -602,7 +613,8 @@ def build_rows(results: dict, peaks: dict, bandwidth: dict | None = None) -> lis
 
 def format_table(rows: list[dict], meta: dict) -> str:
     m = meta["machine"]
-    head = [f"machine: {m['cpu']}, {m['cores']} cores, {m.get('gpu') or 'CPU'}; torch {m['torch']}, "
+    head = [f"machine: {m['cpu']}, {m['cores']} cores, {m.get('gpu') or 'CPU'}; bf16 flags: "
+            f"{', '.join(m.get('bf16_flags') or []) or 'none'}; torch {m['torch']}, "
             f"transformers {m['transformers']}, peft {m['peft']}, gpt2tune {m['gpt2tune']}",
             "matmul peak: " + ", ".join(f"{p} {v['gflops']:.1f} GFLOP/s (n={v['n']})"
                                         for p, v in meta["matmul"].items() if "gflops" in v),

@@ -104,12 +104,12 @@ def free_port() -> int:
 
 
 def start_server(base: Path, adapters: dict[str, Path], port: int, device: str,
-                 log: Path) -> subprocess.Popen:
+                 log: Path, precision: str = "auto") -> subprocess.Popen:
     """Start `gpt2tune serve` on 127.0.0.1:``port`` and wait (at most STARTUP_S) for /health."""
     argv = [sys.executable, "-m", "gpt2tune", "serve", "--model", str(base),
             *(a for name, d in adapters.items() for a in ("--adapter", f"{name}={d}")),
             "--max-batch", str(ADAPTERS), "--host", "127.0.0.1", "--port", str(port),
-            "--device", device]
+            "--device", device, "--precision", precision]
     proc = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + STARTUP_S
@@ -280,17 +280,6 @@ def verdict(levels: list[dict]) -> dict:
     return {"target": text, "speedup": round(speedup, 2), "met": speedup >= TARGET_SPEEDUP}
 
 
-def cpu_flags() -> list[str]:
-    """The CPU's native bf16 flags (AVX-512 BF16, AMX) as /proc/cpuinfo lists them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f
-                          if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="gpt2",
@@ -301,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per level (default 1)")
     ap.add_argument("--port", type=int, help="the server's port (default: a free one)")
     ap.add_argument("--device", default="auto", help="the server's --device (default auto)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="the server's --precision (default auto, the server's own default: "
+                         "bf16 where the CPU has it natively)")
     ap.add_argument("--quiet-wait", type=float, default=60, metavar="SECONDS",
                     help="before each level, wait up to this long for other processes to leave "
                          "the CPU (default 60; 0 = don't wait)")
@@ -316,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gpt2tune.runtime import resolve_device
 
-    machine = machine_info(str(resolve_device(args.device))) | {"bf16_flags": cpu_flags()}
+    machine = machine_info(str(resolve_device(args.device)))
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, bf16 flags: "
           f"{', '.join(machine['bf16_flags']) or 'none'}; torch {machine['torch']}", flush=True)
     t_start = time.perf_counter()
@@ -329,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         port = args.port or free_port()
         log = root / "serve.log"
         t = time.perf_counter()
-        proc = start_server(base, adapters, port, args.device, log)
+        proc = start_server(base, adapters, port, args.device, log, args.precision)
         server_start_s = time.perf_counter() - t
         print(f"server up on port {port} in {server_start_s:.1f} s", flush=True)
         base_url = f"http://127.0.0.1:{port}/v1"
@@ -372,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine.get('gpu') or 'CPU'}; "
           f"bf16 flags: {flags}; torch {machine['torch']}, gpt2tune {machine['gpt2tune']}")
     print(f"model: {args.size} (random weights), {ADAPTERS} LoRA adapters r={LORA_R} on c_attn, "
-          f"--max-batch {ADAPTERS}, {args.tokens} tokens per client, temperature 1")
+          f"--max-batch {ADAPTERS}, --precision {args.precision}, {args.tokens} tokens per "
+          "client, temperature 1")
     print()
     print(format_table(summaries))
     print()
@@ -391,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"size": args.size, "tokens": args.tokens, "clients": levels,
                          "repeats": args.repeats, "adapters": ADAPTERS, "lora_r": LORA_R,
                          "lora_alpha": LORA_ALPHA, "max_batch": ADAPTERS, "device": args.device,
-                         "temperature": 1.0},
+                         "precision": args.precision, "temperature": 1.0},
             "server_start_s": round(server_start_s, 1), "levels": summaries, **result,
             "raw": raw}, indent=1) + "\n")
         print(f"wrote {args.out}")
