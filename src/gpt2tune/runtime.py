@@ -70,6 +70,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_bf16() else None
 
 
+def fp32_or_bf16(precision: str, device: torch.device) -> str:
+    """``auto`` resolved to what the experiments run: ``bf16`` where ``autocast_dtype`` would
+    pick bf16 (native on this CPU or GPU), else ``fp32``; ``fp32`` and ``bf16`` as given."""
+    import torch
+
+    if precision in ("fp32", "bf16"):
+        return precision
+    if precision != "auto":
+        raise UserError(f"--precision {precision!r}: use auto, fp32 or bf16")
+    return "bf16" if autocast_dtype("auto", device) == torch.bfloat16 else "fp32"
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     """``torch.autocast`` to ``dtype`` on ``device``'s type, or nothing for fp32 (``None``)."""
     import torch

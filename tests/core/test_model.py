@@ -149,3 +149,27 @@ def test_cast_for_inference_keeps_the_tie_and_autocasts_numbers(tiny_hf):
     assert (b - full).abs().max() <= 0.05 * full.abs().max()
     assert (a - b).abs().max() <= (a - full).abs().max() * 2 + 1e-3
     assert torch.equal(a, exact)
+
+
+def test_gradient_checkpointing_with_dropout_recomputes_the_same_masks(tiny_hf):
+    """With dropout on: the recomputed blocks draw the same masks (the fused kernels take their
+    seed from torch's generator, whose state checkpointing restores), so the gradients match."""
+    path, _ = tiny_hf
+    x = torch.randint(0, 50257, (2, 24))
+    targets = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
+    grads = []
+    for ckpt in (False, True):
+        m = load_model(path)
+        m.train()
+        m.gradient_checkpointing = ckpt
+        torch.manual_seed(5)
+        m.loss(x, targets).backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    m.gradient_checkpointing = False
+    torch.manual_seed(6)  # another seed, other masks: the comparison above can fail
+    m.zero_grad()
+    m.loss(x, targets).backward()
+    assert not torch.allclose(m.transformer.h[0].attn.c_attn.weight.grad,
+                              grads[0]["transformer.h.0.attn.c_attn.weight"], atol=1e-6)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)

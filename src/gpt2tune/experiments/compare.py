@@ -38,9 +38,9 @@ from gpt2tune.experiments.runner import (
     time_steps_per_kind,
 )
 from gpt2tune.experiments.spec import (
+    FULL_PLAN,
     CompareOptions,
     Experiment,
-    PretrainConfig,
     compare_experiment,
 )
 from gpt2tune.experiments.writeup import build_compare_report
@@ -153,7 +153,8 @@ def plan_compare(opts: CompareOptions, *, time_steps: bool | None = None,
     """
     check_options(opts)
     time_steps = (opts.plan or opts.max_minutes is not None) if time_steps is None else time_steps
-    pretrain = PretrainConfig(device=opts.device, seed=opts.seed, precision=opts.precision)
+    # the embedded base (when --base auto finds no GPT-2) with the demo's recipe for the precision
+    pretrain = replace(FULL_PLAN.base_recipe(opts.precision), device=opts.device, seed=opts.seed)
     base = resolve_base(opts.base, pretrain, progress=opts.progress)
     hp = hyperparams_for(base)
     setup = Setup.load(out or Path(opts.out), base, device=opts.device, precision=opts.precision,

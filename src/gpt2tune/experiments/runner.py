@@ -99,6 +99,7 @@ from gpt2tune.inference.generate import SamplingConfig, generate
 from gpt2tune.report.document import write_report
 from gpt2tune.runtime import (
     autocast_dtype,
+    fp32_or_bf16,
     resolve_device,
     restart_peak_memory,
     rss_mib,
@@ -619,9 +620,10 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
     """
     t0 = time.perf_counter()
     plan = plan or (QUICK_PLAN if opts.quick else FULL_PLAN)
-    if opts.precision not in ("fp32", "bf16"):
-        raise UserError(f"--precision {opts.precision!r}: use fp32 or bf16")
-    resolve_device(opts.device)  # a bad --device fails before --out is touched
+    device = resolve_device(opts.device)  # a bad --device fails before --out is touched
+    # auto -> fp32 or bf16 for every run, the report and the base's recipe (the caller's
+    # options stay as given)
+    opts = replace(opts, precision=fp32_or_bf16(opts.precision, device))
     with OutputLock(opts.out, "gpt2tune demo"), starting_over("gpt2tune demo"):
         return _run_demo(opts, plan, t0)  # the lock is held until the report is written
 
@@ -644,8 +646,7 @@ def _run_demo(opts: DemoOptions, plan: DemoPlan, t0: float) -> DemoResult:
     stage = _Stages()
     commands: list[tuple[str, str]] = []
     with stage("base model"):
-        cfg = replace(plan.pretrain, device=opts.device, seed=opts.seed,
-                      precision=opts.precision)
+        cfg = replace(plan.base_recipe(opts.precision), device=opts.device, seed=opts.seed)
         base = resolve_base(opts.base, cfg, progress=opts.progress)
         setup = Setup.load(out, base, device=opts.device, precision=opts.precision,
                            seed=opts.seed, progress=opts.progress)
