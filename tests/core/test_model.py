@@ -106,22 +106,27 @@ def test_context_overflow_is_a_clear_error(tiny_hf):
         m(torch.zeros(1, 65, dtype=torch.long))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_hf):
-    path, _ = tiny_hf
-    x = torch.randint(0, 50257, (2, 24))
-    targets = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
-    grads = []
-    for ckpt in (False, True):
-        m = load_model(path)
-        m.train()
-        for mod in m.modules():  # dropout would draw different masks on recomputation order
+def _gradients(path, x, targets, *, checkpointing: bool, dropout: bool, seed: int = 5):
+    """Every parameter's gradient of one loss, with or without checkpointing and dropout."""
+    m = load_model(path)
+    m.train()
+    if not dropout:
+        for mod in m.modules():
             if isinstance(mod, torch.nn.Dropout):
                 mod.p = 0.0
         for blk in m.transformer.h:
             blk.attn.attn_pdrop = 0.0
-        m.gradient_checkpointing = ckpt
-        m.loss(x, targets).backward()
-        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    m.gradient_checkpointing = checkpointing
+    torch.manual_seed(seed)
+    m.loss(x, targets).backward()
+    return {n: p.grad.clone() for n, p in m.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_hf):
+    x = torch.randint(0, 50257, (2, 24))
+    targets = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
+    grads = [_gradients(tiny_hf[0], x, targets, checkpointing=c, dropout=False)
+             for c in (False, True)]
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
 
@@ -154,22 +159,12 @@ def test_cast_for_inference_keeps_the_tie_and_autocasts_numbers(tiny_hf):
 def test_gradient_checkpointing_with_dropout_recomputes_the_same_masks(tiny_hf):
     """With dropout on: the recomputed blocks draw the same masks (the fused kernels take their
     seed from torch's generator, whose state checkpointing restores), so the gradients match."""
-    path, _ = tiny_hf
     x = torch.randint(0, 50257, (2, 24))
     targets = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
-    grads = []
-    for ckpt in (False, True):
-        m = load_model(path)
-        m.train()
-        m.gradient_checkpointing = ckpt
-        torch.manual_seed(5)
-        m.loss(x, targets).backward()
-        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
-    m.gradient_checkpointing = False
-    torch.manual_seed(6)  # another seed, other masks: the comparison above can fail
-    m.zero_grad()
-    m.loss(x, targets).backward()
-    assert not torch.allclose(m.transformer.h[0].attn.c_attn.weight.grad,
-                              grads[0]["transformer.h.0.attn.c_attn.weight"], atol=1e-6)
+    grads = [_gradients(tiny_hf[0], x, targets, checkpointing=c, dropout=True)
+             for c in (False, True)]
+    other = _gradients(tiny_hf[0], x, targets, checkpointing=False, dropout=True, seed=6)
+    key = "transformer.h.0.attn.c_attn.weight"  # other masks: the comparison below can fail
+    assert not torch.allclose(other[key], grads[0][key], atol=1e-6)
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
