@@ -14,6 +14,7 @@ compare them), but does less work or keeps less for backward:
   softmax, the mask, the dropout and their gradient are one pass over each row of scores in the
   matmuls' dtype (bf16 under autocast), with the mask regenerated; without them, plain PyTorch
   in float32 keeping a boolean mask.
+- ``gelu_tanh``: GPT-2's GELU and its gradient, one vectorised pass each with the kernels.
 - ``lm_head_loss``: the LM head and cross-entropy a chunk of tokens at a time, with the gradient
   of each chunk computed right away, so the (tokens x 50,257) logits never exist in full; the
   fused kernel turns each chunk's logits into their gradient in place.
