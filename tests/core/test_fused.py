@@ -247,3 +247,19 @@ def test_without_a_compiler_training_falls_back(tmp_path):
     assert "loaded False" in out.stdout
     warnings = [line for line in out.stderr.splitlines() if "could not be built" in line]
     assert len(warnings) == 1 and "Traceback" not in out.stderr
+
+
+def test_torch_compile_traces_the_kernels_as_opaque_ops():
+    """torch.compile traces a model that runs the kernels (the shape-only versions registered
+    for them) in one graph, and the compiled forward gives eager's logits."""
+    from gpt2tune.core.model import GPT2, GPT2Config
+
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=300))
+    model.eval()
+    x = torch.randint(0, 300, (2, 16))
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        got, expect = compiled(x), model(x)
+    torch._dynamo.reset()
+    assert torch.equal(got, expect)

@@ -82,7 +82,32 @@ def load() -> bool:
         log.warning("gpt2tune's CPU kernels could not be built (%s); using the slower PyTorch "
                     "paths (set GPT2TUNE_NATIVE=0 to skip the attempt)", first)
         return False
+    _register_fakes()
     return True
+
+
+def _register_fakes() -> None:
+    """Shape-only versions of the kernels, so that torch.compile can trace a model that uses
+    them (as opaque operations) instead of failing on their data pointers."""
+    lib = "gpt2tune::"
+
+    def attn(scores, allowed, heads, scale, p, seed):
+        return torch.empty_like(scores), scores.new_empty(scores.shape[:2], dtype=torch.float32)
+
+    def attn_backward(scores, allowed, lse, grad, heads, scale, p, seed):
+        return torch.empty_like(scores), torch.empty_like(scores)
+
+    def cross_entropy(logits, targets):
+        return logits.new_empty(logits.shape[:1], dtype=torch.float32)
+
+    fakes = {"attn_softmax_dropout": attn, "attn_softmax_dropout_backward": attn_backward,
+             "dropout_philox": lambda x, p, seed: torch.empty_like(x, memory_format=torch.contiguous_format),
+             "cross_entropy_grad_": cross_entropy,
+             "gelu_tanh": lambda x: torch.empty_like(x, memory_format=torch.contiguous_format),
+             "gelu_tanh_backward": lambda grad, x: torch.empty_like(
+                 x, memory_format=torch.contiguous_format)}
+    for name, fn in fakes.items():
+        torch.library.register_fake(lib + name, fn)
 
 
 def available(device: torch.device) -> bool:

@@ -533,11 +533,24 @@ Tensor gelu_tanh_backward(const Tensor& grad, const Tensor& x) {
 
 }  // namespace
 
+// Schemas with names (and the in-place write of cross_entropy_grad_ declared), CPU kernels; the
+// shape-only ("fake") versions that torch.compile traces with are registered in native.py.
 TORCH_LIBRARY(gpt2tune, m) {
-  m.def("attn_softmax_dropout", &attn_softmax_dropout);
-  m.def("attn_softmax_dropout_backward", &attn_softmax_dropout_backward);
-  m.def("dropout_philox", &dropout_philox);
-  m.def("cross_entropy_grad_", &cross_entropy_grad_);
-  m.def("gelu_tanh", &gelu_tanh);
-  m.def("gelu_tanh_backward", &gelu_tanh_backward);
+  m.def("attn_softmax_dropout(Tensor scores, Tensor? allowed, int heads, float scale, float p, "
+        "int seed) -> (Tensor, Tensor)");
+  m.def("attn_softmax_dropout_backward(Tensor scores, Tensor? allowed, Tensor lse, Tensor grad, "
+        "int heads, float scale, float p, int seed) -> (Tensor, Tensor)");
+  m.def("dropout_philox(Tensor x, float p, int seed) -> Tensor");
+  m.def("cross_entropy_grad_(Tensor(a!) logits, Tensor targets) -> Tensor");
+  m.def("gelu_tanh(Tensor x) -> Tensor");
+  m.def("gelu_tanh_backward(Tensor grad, Tensor x) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(gpt2tune, CPU, m) {
+  m.impl("attn_softmax_dropout", &attn_softmax_dropout);
+  m.impl("attn_softmax_dropout_backward", &attn_softmax_dropout_backward);
+  m.impl("dropout_philox", &dropout_philox);
+  m.impl("cross_entropy_grad_", &cross_entropy_grad_);
+  m.impl("gelu_tanh", &gelu_tanh);
+  m.impl("gelu_tanh_backward", &gelu_tanh_backward);
 }
