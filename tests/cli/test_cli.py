@@ -35,12 +35,32 @@ def test_generate_json_greedy_matches_transformers(capsys, tiny_hf):
 
 
 def test_generate_with_prime_file_and_seed_is_reproducible(capsys, tiny_hf, tmp_path):
+    """Same seed, same samples; and the prime really conditions them: the prime file gives the
+    tokens of the prime text placed before the prompt (joined with a newline), not those of the
+    prompt alone."""
     prime = tmp_path / "prime.txt"
-    prime.write_text("FALSTAFF: A plague of all cowards, I say.\n")
-    args = ["generate", "--model", str(tiny_hf[0]), "--prompt", "FALSTAFF:", "--prime-file",
-            str(prime), "--top-k", "20", "--top-p", "0.9", "--temperature", "0.8",
-            "--repetition-penalty", "1.2", "--seed", "5", "--max-new-tokens", "8", "--json"]
-    assert run(capsys, *args)[1] == run(capsys, *args)[1]
+    prime.write_text("FALSTAFF: A plague of all cowards, I say.")
+    base = ["generate", "--model", str(tiny_hf[0]), "--prompt", "FALSTAFF:",
+            "--max-new-tokens", "8", "--json", "--precision", "fp32"]
+    sampled = [*base, "--top-k", "20", "--top-p", "0.9", "--temperature", "0.8",
+               "--repetition-penalty", "1.2", "--seed", "5", "--prime-file", str(prime)]
+    results = [run(capsys, *sampled) for _ in range(2)]
+    assert [code for code, _, _ in results] == [0, 0]
+    assert results[0][1] == results[1][1] and json.loads(results[0][1])["token_ids"]
+    primed = run(capsys, *base, "--greedy", "--prime-file", str(prime))
+    alone = run(capsys, *base, "--greedy")
+    assert primed[0] == alone[0] == 0
+    ids = json.loads(primed[1])["token_ids"]
+    assert ids != json.loads(alone[1])["token_ids"]
+    # the reference: transformers' greedy continuation of prime + "\n" + prompt
+    path, hf = tiny_hf
+    context = Tokenizer().encode("FALSTAFF: A plague of all cowards, I say.\nFALSTAFF:")
+    ref = hf.generate(torch.tensor([context]), attention_mask=torch.ones(1, len(context),
+                      dtype=torch.long), do_sample=False, max_new_tokens=8,
+                      pad_token_id=50256)[0, len(context):].tolist()
+    if 50256 in ref:
+        ref = ref[:ref.index(50256)]
+    assert ids == ref
 
 
 def test_eval_json_equals_transformers_loss(capsys, tiny_hf, tmp_path):

@@ -54,6 +54,11 @@ def test_tokenization_is_cached(monkeypatch):
     monkeypatch.setattr(tok, "encode_batch", boom)
     second = tokenize_documents(docs, tok)
     assert [d.tolist() for d in second] == [d.tolist() for d in first]
+    # and misses: other text, or the same text in another order, is tokenized afresh, never
+    # served from the entry above
+    for changed in (["Some text to tokenize!", docs[1]], docs[::-1]):
+        with pytest.raises(AssertionError, match="despite the cache"):
+            tokenize_documents(changed, tok)
 
 def test_batches_cover_each_row_once_per_epoch_across_ranks():
     seen = []

@@ -231,6 +231,19 @@ def test_classify_equals_transformers_probabilities(small_server):
 def test_api_key_is_required_on_v1(small_server):
     status, body = get(small_server.url + "/v1/models")
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    # every /v1 route, not only the one the client lists models with; with the key each works
+    requests = {"/v1/completions": {"model": "news", "prompt": "Hi", "max_tokens": 2},
+                "/v1/chat/completions": {"model": "news", "max_tokens": 2,
+                                         "messages": [{"role": "user", "content": "Hi"}]},
+                "/v1/classify": {"model": "kind", "input": "Hi"}}
+    for route, request in requests.items():
+        body_bytes = json.dumps(request).encode()
+        for headers in (None, {"Authorization": "Bearer wrong"}):
+            status, body = post(small_server.url + route, body_bytes, headers)
+            assert status == 401 and body["error"]["code"] == "invalid_api_key", route
+        status, _ = post(small_server.url + route, body_bytes,
+                         {"Authorization": "Bearer sesame"})
+        assert status == 200, route
     with openai.OpenAI(base_url=small_server.url + "/v1", api_key="wrong", max_retries=0) as c:
         with pytest.raises(openai.AuthenticationError):
             c.models.list()
