@@ -52,6 +52,43 @@ def test_pytorch_model_bin_and_old_key_names(tmp_path):
         assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-5
 
 
+class _RunsCode:
+    """An object whose unpickling runs code (it creates a file): what a malicious .bin holds."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_pytorch_model_bin_that_runs_code_is_refused(tmp_path, capsys):
+    """pytorch_model.bin is read weights-only: a pickle that would run code is one clear line,
+    and the code never runs (the marker file is not created)."""
+    from gpt2tune.cli.main import main
+
+    hf = make_hf_model(tmp_path / "src", vocab_size=300)
+    d = tmp_path / "bin"
+    d.mkdir()
+    marker = tmp_path / "ran"
+    sd = dict(hf.state_dict())
+    sd["payload"] = _RunsCode(marker)
+    torch.save(sd, d / "pytorch_model.bin")
+    (d / "config.json").write_text((tmp_path / "src" / "config.json").read_text())
+    with pytest.raises(UserError, match="weights-only"):
+        load_model(d)
+    capsys.readouterr()
+    assert main(["generate", "--model", str(d), "--prompt", "x", "--max-new-tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "weights-only" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+    # the same file unpickled without weights_only does run the code (the test's own check)
+    torch.load(d / "pytorch_model.bin", weights_only=False)
+    assert marker.exists()
+
+
 def test_sharded_safetensors(tmp_path):
     hf = make_hf_model(tmp_path / "src", vocab_size=300)
     hf.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
