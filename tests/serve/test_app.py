@@ -148,22 +148,30 @@ def test_chat_uses_the_documented_template(client):
         r.choices[0].message.content
 
 
-def test_eight_concurrent_requests_on_mixed_models_each_equal_alone(client, live_server):
-    jobs = [(model, f"{PROMPT} {i}") for i, model in
-            enumerate(["news", "falstaff", "tiny-base", "news", "falstaff", "full", "news",
-                       "tiny-base"])]
-    alone = [greedy(client, m, p, 16) for m, p in jobs]
-    barrier = threading.Barrier(len(jobs))
+def test_eight_concurrent_requests_on_mixed_models_each_equal_alone(serve_files, tmp_path):
+    """On a server of its own, so that its largest batch says what these requests did: one at a
+    time they run alone (largest batch 1), together they share batches and give the same text."""
+    served = start_server(serve_files, tmp_path / "serve.log")
+    try:
+        with openai.OpenAI(base_url=served.url + "/v1", api_key="-", max_retries=0,
+                           timeout=60) as c:
+            jobs = [(model, f"{PROMPT} {i}") for i, model in
+                    enumerate(["news", "falstaff", "tiny-base", "news", "falstaff", "full",
+                               "news", "tiny-base"])]
+            alone = [greedy(c, m, p, 16) for m, p in jobs]
+            assert get(served.url + "/health")[1]["peak_batch"] == 1
+            barrier = threading.Barrier(len(jobs))
 
-    def together(job):
-        barrier.wait(10)
-        return greedy(client, *job, 16)
+            def together(job):
+                barrier.wait(10)
+                return greedy(c, *job, 16)
 
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        batched = list(pool.map(together, jobs))
-    assert batched == alone
-    _, health = get(live_server.url + "/health")
-    assert health["peak_batch"] >= 2  # the requests did share batches
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                batched = list(pool.map(together, jobs))
+        assert batched == alone
+        assert get(served.url + "/health")[1]["peak_batch"] >= 2  # they did share batches
+    finally:
+        stop_server(served)
 
 
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, live_server):
@@ -296,6 +304,8 @@ def test_sigterm_finishes_running_requests_then_stops(tmp_path):
                 except OSError:
                     break
                 threading.Event().wait(0.05)
+            else:
+                pytest.fail("new connections were still accepted 5 s after SIGTERM")
             chunks += list(stream)
         assert len(chunks) == 400 and chunks[-1].choices[0].finish_reason == "length"
         # uvicorn re-raises the signal once it has shut down: the exit is by SIGTERM (-15)
