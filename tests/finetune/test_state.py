@@ -2,12 +2,20 @@
 manifest on resume, and passed over for the one before when damaged."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
 from gpt2tune.errors import UserError
-from gpt2tune.finetune.state import MANIFEST, PREVIOUS, STATE_FILE, load_checkpoint
+from gpt2tune.finetune.state import (
+    CHECKPOINT,
+    MANIFEST,
+    PREVIOUS,
+    STATE_FILE,
+    load_checkpoint,
+    save_checkpoint,
+)
 from gpt2tune.formats.atomic import previous_dir
 
 
@@ -21,30 +29,48 @@ def test_a_crash_between_the_two_renames_leaves_the_old_checkpoint_findable(tmp_
     assert ckpt == old and weights == old and state["position"]["step"] == 3
 
 
-def _checkpoint(d, step):
-    from gpt2tune.finetune.state import _sha256
+def _two_checkpoints(out):
+    """Checkpoints of steps 4 and 6 as training writes them (``save_checkpoint`` itself, a LoRA
+    model): ``checkpoint.prev`` then holds step 4, ``checkpoint`` step 6. Returns the name of
+    the weights file."""
+    from gpt2tune.core.lora import LoRAConfig, apply_lora
+    from gpt2tune.core.model import GPT2, GPT2Config
 
-    d.mkdir()
-    torch.save({"position": {"step": step}}, d / STATE_FILE)
-    (d / "weights.bin").write_bytes(bytes(range(256)) * 8)
-    files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in d.iterdir()}
-    (d / MANIFEST).write_text(json.dumps({"step": step, "files": files}))
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=64))
+    cfg = LoRAConfig(r=2, alpha=4, targets=["c_attn"])
+    apply_lora(model, cfg)
+    for step in (4, 6):
+        save_checkpoint(out, model, {"position": {"step": step}, "rng": torch.randn(1000)},
+                        "lora", cfg, "base")
+    manifest = json.loads((out / CHECKPOINT / MANIFEST).read_text())
+    assert manifest["step"] == 6 and STATE_FILE in manifest["files"]
+    return next(n for n in manifest["files"] if n.endswith(".safetensors"))
+
+
+def test_the_writer_keeps_the_one_before_and_a_manifest_of_every_file(tmp_path):
+    _two_checkpoints(tmp_path)
+    for d, step in ((tmp_path / CHECKPOINT, 6), (tmp_path / PREVIOUS, 4)):
+        manifest = json.loads((d / MANIFEST).read_text())
+        assert manifest["step"] == step
+        assert set(manifest["files"]) == {f.name for f in d.iterdir()} - {MANIFEST}
+    state, _, ckpt = load_checkpoint(tmp_path, lambda c: c)
+    assert ckpt == tmp_path / CHECKPOINT and state["position"]["step"] == 6
 
 
 @pytest.mark.parametrize("damage", ["truncate state", "flip a weight byte", "delete weights"])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, damage, caplog):
-    _checkpoint(tmp_path / "checkpoint", 6)
-    _checkpoint(tmp_path / PREVIOUS, 4)
-    latest = tmp_path / "checkpoint"
+    weights = _two_checkpoints(tmp_path)
+    latest = tmp_path / CHECKPOINT
     if damage == "truncate state":
         data = (latest / STATE_FILE).read_bytes()
         (latest / STATE_FILE).write_bytes(data[: len(data) // 2])
     elif damage == "flip a weight byte":  # same size: only the checksum tells
-        data = bytearray((latest / "weights.bin").read_bytes())
-        data[1000] ^= 0xFF
-        (latest / "weights.bin").write_bytes(bytes(data))
+        data = bytearray((latest / weights).read_bytes())
+        data[len(data) - 10] ^= 0xFF
+        (latest / weights).write_bytes(bytes(data))
     else:
-        (latest / "weights.bin").unlink()
+        (latest / weights).unlink()
     state, _, ckpt = load_checkpoint(tmp_path, lambda c: c)
     assert ckpt == tmp_path / PREVIOUS and state["position"]["step"] == 4
     assert "checkpoint is damaged" in caplog.text and "step 4" in caplog.text
@@ -52,8 +78,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, damage
 
 def test_damage_the_manifest_does_not_catch_is_caught_by_loading(tmp_path):
     # a checkpoint without a manifest (an older gpt2tune) is checked by loading it
-    _checkpoint(tmp_path / "checkpoint", 6)
-    _checkpoint(tmp_path / PREVIOUS, 4)
+    _two_checkpoints(tmp_path)
     (tmp_path / "checkpoint" / MANIFEST).unlink()
 
     def load(c):
@@ -67,7 +92,8 @@ def test_damage_the_manifest_does_not_catch_is_caught_by_loading(tmp_path):
 def test_nothing_undamaged_is_one_line(tmp_path):
     with pytest.raises(UserError, match="has no checkpoint yet"):
         load_checkpoint(tmp_path, lambda c: c)
-    _checkpoint(tmp_path / "checkpoint", 6)
+    _two_checkpoints(tmp_path)
+    shutil.rmtree(tmp_path / PREVIOUS)
     (tmp_path / "checkpoint" / STATE_FILE).write_bytes(b"")
     with pytest.raises(UserError) as e:
         load_checkpoint(tmp_path, lambda c: c)
