@@ -91,8 +91,9 @@ def test_ctrl_c_under_torchrun_then_resume_equals_uninterrupted(setup, tmp_path,
     import time
 
     env = dict(os.environ, OMP_NUM_THREADS="1", GPT2TUNE_CACHE=str(tmp_path / "cache"))
+    # every step 0.1 s longer (the math unchanged), so the signal lands mid-run on any machine
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "gpt2tune"]
+           str(slow_steps_script(tmp_path))]
     args = lambda out, *x: _args(setup, out, 2, "--method", "full", "--max-steps", "8",
                                  "--save-every", "1", *sharding, *x)
     _torchrun(args(tmp_path / "a"), tmp=tmp_path)
