@@ -192,23 +192,34 @@ def test_a_damaged_train_state_resumes_from_the_checkpoint_before(tiny_hf, corpu
     _assert_same(_weights(tmp_path / "a", "lora"), _weights(out, "lora"))
 
 
-def test_two_runs_started_together_on_one_out(tiny_hf, corpus, tmp_path):
-    """Exactly one trains; the other exits 2 at once naming the process that holds --out."""
+def test_a_second_run_on_an_out_in_use_exits_at_once(tiny_hf, corpus, tmp_path):
+    """While one run trains (its steps slowed by 0.1 s, the math unchanged), a second on the
+    same --out exits 2 at once naming the first; the first finishes its 60 steps, once each."""
+    import time
+
     out = tmp_path / "same"
     env = dict(os.environ, GPT2TUNE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     args = _args(tiny_hf[0], corpus, out, "lora", "--max-steps", "60")
-    procs = [subprocess.Popen([sys.executable, "-m", "gpt2tune", *args], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-    results = [(p.pid, p.wait(timeout=240), p.stderr.read()) for p in procs]
-    for p in procs:
-        p.stdout.close()
-        p.stderr.close()
-    codes = sorted(code for _, code, _ in results)
-    assert codes == [0, 2], results
-    (winner, _, _), = [r for r in results if r[1] == 0]
-    (_, _, err), = [r for r in results if r[1] == 2]
-    assert err.strip() == (f"gpt2tune: error: --out {out} is in use by process {winner} "
-                           "(gpt2tune train); wait for it to finish, or choose another --out")
+    first = subprocess.Popen([sys.executable, str(slow_steps_script(tmp_path)), *args], env=env,
+                             text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        lock = out / ".gpt2tune.lock"
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None and not (
+                lock.is_file() and str(first.pid) in lock.read_text()):
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before the second started"
+        second = subprocess.run([sys.executable, "-m", "gpt2tune", *args], env=env, text=True,
+                                capture_output=True, timeout=120)
+        assert first.poll() is None, "the first run ended while the second ran: not a test"
+        assert second.returncode == 2
+        assert second.stderr.strip() == (
+            f"gpt2tune: error: --out {out} is in use by process {first.pid} (gpt2tune train); "
+            "wait for it to finish, or choose another --out")
+        assert first.wait(timeout=240) == 0, first.stderr.read()
+    finally:
+        first.kill()
+        first.stderr.close()
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 61))
 
