@@ -214,3 +214,27 @@ def test_every_command_gets_the_process_settings(monkeypatch, capsys, tiny_hf):
     for argv in (["info", "--model", str(tiny_hf[0])], ["data", "list"]):
         assert main(argv) == 0
     assert len(calls) == 2
+
+
+def test_end_of_text_always_ends_a_sample(capsys, tmp_path):
+    """A model made to predict <|endoftext|> after a few tokens: the sample stops there (no
+    --stop needed), as transformers' greedy generation with GPT-2's eos stops."""
+    from checkpoints import make_hf_model
+
+    hf = make_hf_model(tmp_path / "m", seed=2)
+    # the final LayerNorm outputs a fixed vector along <|endoftext|>'s embedding from position 3 on:
+    # position embeddings of positions >= 3 push the residual stream there
+    with torch.no_grad():
+        eot = hf.transformer.wte.weight[50256]
+        hf.transformer.wte.weight[50256] = eot / eot.norm() * 3.0
+        hf.transformer.wpe.weight[3:] = hf.transformer.wte.weight[50256] * 50.0
+    hf.save_pretrained(tmp_path / "m")
+    prompt = Tokenizer().encode("Hi")
+    ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
+                      dtype=torch.long), do_sample=False, max_new_tokens=20,
+                      pad_token_id=50256)[0, len(prompt):].tolist()
+    assert 50256 in ref and 0 < ref.index(50256) < 19, ref  # stops early, not at once
+    code, out, _ = run(capsys, "generate", "--model", str(tmp_path / "m"), "--prompt", "Hi",
+                       "--greedy", "--max-new-tokens", "20", "--json", "--precision", "fp32")
+    assert code == 0
+    assert json.loads(out)["token_ids"] == ref[:ref.index(50256)]
