@@ -12,6 +12,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 STARTUP_S = 90
 
 
@@ -45,7 +47,10 @@ def start_server(dirs: dict[str, Path], log: Path, *extra: str,
                   "--adapter", f"falstaff={dirs['falstaff']}", "--variant", f"full={dirs['full']}",
                   "--classifier", f"kind={dirs['kind']}"]
     argv = [sys.executable, "-m", "gpt2tune", "serve", *models, "--port", str(port), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the in-process side of the tests' exact comparisons (gpt2tune generate) runs with
+    # torch.get_num_threads() threads (tests/conftest.py): fp32 kernels may give other bits for
+    # other thread counts, so the server gets the same count
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_S
