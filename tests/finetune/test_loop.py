@@ -472,3 +472,30 @@ def test_dora_and_loraplus_resume_exactly(tiny_hf, corpus, tmp_path, variant):
     assert a.keys() == b.keys()
     assert any("lora_magnitude_vector" in k for k in a) == (variant == "dora")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_layers_adapts_only_the_listed_blocks_as_peft_reads_them(capsys, tiny_hf, corpus,
+                                                                      tmp_path):
+    """--lora-layers 1: adapters in block 1 only, and peft, reading the saved adapter, puts them
+    there too (its logits equal ours through `gpt2tune eval`'s model)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import GPT2LMHeadModel
+
+    from gpt2tune.formats.peft import load_model_with_adapter
+
+    out = tmp_path / "layers"
+    code, _, err = run(capsys, *_train_args(tiny_hf[0], corpus, out, "--lora-layers", "1",
+                                            "--lora-targets", "c_attn", "mlp.c_fc",
+                                            "--lr", "0.01"))
+    assert code == 0, err
+    keys = load_file(out / "adapter_model.safetensors").keys()
+    blocks = {k.split(".h.")[1].split(".")[0] for k in keys}
+    assert blocks == {"1"} and any("c_fc" in k for k in keys)
+    assert json.loads((out / "adapter_config.json").read_text())["layers_to_transform"] == [1]
+    pm = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(tiny_hf[0]), out).eval()
+    ours = load_model_with_adapter(str(tiny_hf[0]), str(out)).eval()
+    x = torch.randint(0, 50257, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), pm(x).logits, atol=1e-5, rtol=0)
+        assert (pm(x).logits - tiny_hf[1](x).logits).abs().max() > 1e-4  # the adapter acts
