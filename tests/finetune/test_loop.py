@@ -499,3 +499,32 @@ def test_lora_layers_adapts_only_the_listed_blocks_as_peft_reads_them(capsys, ti
     with torch.no_grad():
         torch.testing.assert_close(ours(x), pm(x).logits, atol=1e-5, rtol=0)
         assert (pm(x).logits - tiny_hf[1](x).logits).abs().max() > 1e-4  # the adapter acts
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_schedule_shapes_follow_the_documented_formulas(capsys, tiny_hf, corpus, tmp_path,
+                                                        schedule):
+    """The learning rate of each logged step, written out by hand: a linear warm-up over
+    --warmup-steps to --lr, then cosine or linear decay towards --min-lr-ratio x --lr over the
+    remaining steps (or constant)."""
+    T, w, peak, floor = 10, 2, 0.01, 0.2
+    out = tmp_path / schedule
+    code, _, err = run(capsys, *_train_args(tiny_hf[0], corpus, out, "--max-steps", str(T),
+                                            "--warmup-steps", str(w), "--lr", str(peak),
+                                            "--schedule", schedule, "--min-lr-ratio", str(floor),
+                                            "--log-every", "1"))
+    assert code == 0, err
+    logged = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text()
+                                               .splitlines()) if "lr" in r}
+    for step in range(1, T + 1):
+        s = step - 1  # steps done before this one
+        if s < w:
+            expect = peak * (s + 1) / w
+        elif schedule == "constant":
+            expect = peak
+        else:
+            progress = (s - w) / (T - w)
+            shape = (1 - progress if schedule == "linear"
+                     else 0.5 * (1 + math.cos(math.pi * progress)))
+            expect = peak * (floor + (1 - floor) * shape)
+        assert logged[step] == pytest.approx(expect, rel=1e-9), (step, schedule)
