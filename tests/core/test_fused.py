@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from attention_reference import causal_mask, reference_attention
 
 from gpt2tune.core import native
 from gpt2tune.core.ops import attention, dropout, gelu_tanh, lm_head_loss
@@ -123,12 +124,6 @@ def test_results_do_not_depend_on_the_thread_count():
 # ----------------------------------------------------------------------------- attention
 
 
-def _attention_reference(q, k, v, allowed, keep, p):
-    s = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-    s = s.masked_fill(~allowed, float("-inf"))
-    return (s.softmax(-1) * keep / (1 - p)) @ v
-
-
 def _attention_keep(seed, B, nh, T, S, p, allowed):
     """(B, nh, T, S) keep-bits: one Philox run per row of scores, over the keys it may see."""
     keep = np.zeros((B * nh * T, S), dtype=bool)
@@ -144,17 +139,13 @@ def _attention_keep(seed, B, nh, T, S, p, allowed):
 def test_fused_attention_equals_reference(padded, dtype, tol):
     B, nh, T, hs, p = 2, 3, 37, 16, 0.2
     qkv = [torch.randn(B, nh, T, hs).to(dtype).requires_grad_() for _ in range(3)]
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    allowed = causal.expand(B, 1, T, T).clone()
-    if padded:  # row 1 has five left-padding positions; each query still sees itself
-        allowed[1, :, :, :5] = False
-        allowed |= torch.eye(T, dtype=torch.bool)
+    allowed = causal_mask(B, T, padded, pad=5)
     torch.manual_seed(3)
     ours = attention(*qkv, allowed if padded else None, dropout_p=p)
     keep = _attention_keep(seed_after(3), B, nh, T, T, p, allowed if padded else None)
     assert 0 < (~keep & allowed).sum() < allowed.sum()
     ref_in = [t.detach().double().requires_grad_() for t in qkv]
-    ref = _attention_reference(*ref_in, allowed, keep, p)
+    ref = reference_attention(*ref_in, allowed, keep, p)
     torch.testing.assert_close(ours.double(), ref, atol=tol, rtol=tol)
     g = torch.randn_like(ref)
     ours_grads = torch.autograd.grad(ours, qkv, g.to(dtype))

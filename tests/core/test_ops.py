@@ -3,15 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from attention_reference import causal_mask, reference_attention
 
 from gpt2tune.core.ops import Dropout, attention, dropout, lm_head_loss
-
-
-def _reference_attention(q, k, v, allowed, keep, p):
-    """Softmax attention written out, with a given keep-mask for the dropout."""
-    s = (q @ k.transpose(-2, -1)) / q.size(-1) ** 0.5
-    s = s.masked_fill(~allowed, float("-inf"))
-    return (s.softmax(-1) * keep / (1 - p)) @ v
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -19,17 +13,13 @@ def test_attention_with_dropout_equals_reference(padded):
     B, nh, T, hs, p = 2, 3, 9, 8, 0.3
     q, k, v = (torch.randn(B, nh, T, hs, dtype=torch.float64, requires_grad=True)
                for _ in range(3))
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    allowed = causal.expand(B, 1, T, T).clone()
-    if padded:  # row 1 has three left-padding positions; each query still sees itself
-        allowed[1, :, :, :3] = False
-        allowed |= torch.eye(T, dtype=torch.bool)
+    allowed = causal_mask(B, T, padded, pad=3)
     torch.manual_seed(7)
     ours = attention(q, k, v, allowed if padded else None, dropout_p=p)
     torch.manual_seed(7)
     keep = torch.rand(B, nh, T, T) >= p  # the draw the kernel makes
     assert 0 < (~keep).sum() < keep.numel()
-    ref = _reference_attention(q, k, v, allowed, keep, p)
+    ref = reference_attention(q, k, v, allowed, keep, p)
     torch.testing.assert_close(ours, ref, atol=1e-10, rtol=1e-10)
     g = torch.randn_like(ref)
     ours_grads = torch.autograd.grad(ours, (q, k, v), g)
