@@ -4,8 +4,8 @@ The kernels are compiled with the machine's C++ compiler through
 ``torch.utils.cpp_extension`` (it needs ``ninja``, a dependency) for the machine's own
 instruction set (``-march=native``), into ``$GPT2TUNE_KERNELS`` or
 ``~/.cache/gpt2tune/kernels/<hash>``; the hash covers the source, the torch version and the CPU's
-flags, so a copied home directory on another CPU builds its own. Building takes about half a
-minute, once. Where it cannot be built (no compiler), or with ``GPT2TUNE_NATIVE=0``, ``ops.py``
+flags, so a copied home directory on another CPU builds its own. Building takes about 10 s on
+2 cores, once. Where it cannot be built (no compiler), or with ``GPT2TUNE_NATIVE=0``, ``ops.py``
 uses its plain PyTorch expressions instead: same results, slower.
 """
 
@@ -69,7 +69,7 @@ def load() -> bool:
         directory = build_dir()
         directory.mkdir(parents=True, exist_ok=True)
         if not (directory / "gpt2tune_fused.so").exists():
-            log.info("building gpt2tune's CPU kernels for this machine (once, about 30 s) in %s",
+            log.info("building gpt2tune's CPU kernels for this machine (once, about 10 s) in %s",
                      directory)
         # -fopenmp for at::parallel_for's pragmas only: the OpenMP runtime is torch's own,
         # already loaded (linking the system libgomp as well would start a second one)

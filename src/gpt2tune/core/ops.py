@@ -240,7 +240,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None,
         dropout_p=dropout_p, is_causal=allowed is None)`` returns (for dropout, in distribution).
     """
     T, S = q.size(-2), k.size(-2)
-    if dropout_p > 0.0 and q.device.type == "cpu" and q.dtype == k.dtype == v.dtype and _fused(q):
+    if dropout_p > 0.0 and q.dtype == k.dtype == v.dtype and _fused(q):  # _fused: CPU only
         # causal (bottom-right aligned) inside the kernel; a mask only when the heads share it
         shared = None if allowed is None else _heads_shared(allowed, q.size(0), T, S)
         if allowed is None or shared is not None:

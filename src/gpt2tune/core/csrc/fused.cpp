@@ -53,6 +53,22 @@ inline uint32_t float_to_bits(float f) {
   return u;
 }
 
+// The element type of a float32 or bfloat16 tensor's data as the kernels read it: float, or the
+// raw uint16 bits of bfloat16. ``f`` is called with a value of that type.
+template <typename F>
+void for_each_dtype(const Tensor& t, F&& f) {
+  if (t.scalar_type() == at::kFloat) {
+    f(float{});
+  } else {
+    f(uint16_t{});
+  }
+}
+
+template <typename T>
+T* raw(const Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+
 // Loads and stores of the two element types, float32 and bfloat16 (as raw uint16 bits, so that
 // the conversion is integer work the vectoriser understands).
 inline float load(const float* p, int64_t i) { return p[i]; }
@@ -92,28 +108,28 @@ inline float exp_nonpositive(float x) {
 constexpr int64_t kLanes = 16;
 
 template <typename T>
-float row_max(const T* x, int64_t n, float scale) {
+float row_max(const T* x, int64_t n) {
   float acc[kLanes];
   for (int64_t l = 0; l < kLanes; ++l) acc[l] = -std::numeric_limits<float>::infinity();
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) acc[l] = std::max(acc[l], load(x, j + l) * scale);
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] = std::max(acc[l], load(x, j + l));
   }
-  for (; j < n; ++j) acc[0] = std::max(acc[0], load(x, j) * scale);
+  for (; j < n; ++j) acc[0] = std::max(acc[0], load(x, j));
   float m = acc[0];
   for (int64_t l = 1; l < kLanes; ++l) m = std::max(m, acc[l]);
   return m;
 }
 
-// sum_j exp(scale * x[j] - shift)
+// sum_j exp(x[j] - shift)
 template <typename T>
-float row_sum_exp(const T* x, int64_t n, float scale, float shift) {
+float row_sum_exp(const T* x, int64_t n, float shift) {
   float acc[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) acc[l] += exp_nonpositive(load(x, j + l) * scale - shift);
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += exp_nonpositive(load(x, j + l) - shift);
   }
-  for (; j < n; ++j) acc[0] += exp_nonpositive(load(x, j) * scale - shift);
+  for (; j < n; ++j) acc[0] += exp_nonpositive(load(x, j) - shift);
   float s = 0.0f;
   for (int64_t l = 0; l < kLanes; ++l) s += acc[l];
   return s;
@@ -211,7 +227,18 @@ struct AttnShape {
   int64_t N, T, S, heads;
 };
 
-inline int64_t causal_limit(const AttnShape& a, int64_t i) { return i + a.S - a.T + 1; }
+// The keys row r may see: the first ``limit`` (causal: i + S - T + 1 for query i = r % T; all
+// S with a mask), and with a mask its row of ``allowed`` (nullptr without one).
+struct RowKeys {
+  int64_t limit;
+  const uint8_t* ok;
+};
+
+inline RowKeys row_keys(const AttnShape& a, const uint8_t* allowed, int64_t r) {
+  const int64_t i = r % a.T;
+  if (allowed) return {a.S, allowed + ((r / a.T / a.heads) * a.T + i) * a.S};
+  return {std::min(i + a.S - a.T + 1, a.S), nullptr};
+}
 
 // Softmax of scale * scores over the keys a query sees, then dropout: out = P * keep / (1 - p).
 // lse (log-sum-exp of the scaled scores, per row) is what backward needs to recompute P.
@@ -222,17 +249,15 @@ NOINLINE void attn_fwd_rows(const T* scores, const uint8_t* allowed, T* out, flo
   std::vector<uint8_t> keep(a.S);
   const float keep_scale = float(1.0 / (1.0 - p));
   for (int64_t r = begin; r < end; ++r) {
-    const int64_t i = r % a.T;
     const T* s = scores + r * a.S;
     T* o = out + r * a.S;
-    const uint8_t* ok = allowed ? allowed + ((r / a.T / a.heads) * a.T + i) * a.S : nullptr;
-    const int64_t limit = allowed ? a.S : std::min(causal_limit(a, i), a.S);
+    const auto [limit, ok] = row_keys(a, allowed, r);
     const float ninf = -std::numeric_limits<float>::infinity();
     for (int64_t j = 0; j < limit; ++j) x[j] = load(s, j) * scale;
     if (ok) {
       for (int64_t j = 0; j < limit; ++j) x[j] = ok[j] ? x[j] : ninf;
     }
-    const float mx = row_max(x.data(), limit, 1.0f);
+    const float mx = row_max(x.data(), limit);
     if (mx == ninf) {  // a query that may see nothing: zero output (no NaN)
       for (int64_t j = 0; j < a.S; ++j) store(o, j, 0.0f);
       lse[r] = 0.0f;
@@ -265,13 +290,11 @@ NOINLINE void attn_bwd_rows(const T* scores, const uint8_t* allowed, const float
   std::vector<uint8_t> keep(a.S);
   const float keep_scale = float(1.0 / (1.0 - p));
   for (int64_t r = begin; r < end; ++r) {
-    const int64_t i = r % a.T;
     const T* s = scores + r * a.S;
     const T* g = dd + r * a.S;
     T* dout = d + r * a.S;
     T* dsout = ds + r * a.S;
-    const uint8_t* ok = allowed ? allowed + ((r / a.T / a.heads) * a.T + i) * a.S : nullptr;
-    const int64_t limit = allowed ? a.S : std::min(causal_limit(a, i), a.S);
+    const auto [limit, ok] = row_keys(a, allowed, r);
     const float l = lse[r];
     if (p > 0.0) {
       keep_bits(rng, uint64_t(r), limit, keep.data());
@@ -325,15 +348,12 @@ std::tuple<Tensor, Tensor> attn_softmax_dropout(const Tensor& scores,
   Tensor lse = at::empty({a.N, a.T}, scores.options().dtype(at::kFloat));
   const Stream rng = make_stream(seed, kTagAttention, p);
   const uint8_t* ok = mask_ptr(allowed);
-  at::parallel_for(0, a.N * a.T, 16, [&](int64_t begin, int64_t end) {
-    if (scores.scalar_type() == at::kFloat) {
-      attn_fwd_rows(scores.data_ptr<float>(), ok, out.data_ptr<float>(), lse.data_ptr<float>(),
-                    a, float(scale), rng, p, begin, end);
-    } else {
-      attn_fwd_rows(reinterpret_cast<const uint16_t*>(scores.data_ptr<at::BFloat16>()), ok,
-                    reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
-                    lse.data_ptr<float>(), a, float(scale), rng, p, begin, end);
-    }
+  for_each_dtype(scores, [&](auto zero) {
+    using T = decltype(zero);
+    at::parallel_for(0, a.N * a.T, 16, [&](int64_t begin, int64_t end) {
+      attn_fwd_rows<T>(raw<T>(scores), ok, raw<T>(out), lse.data_ptr<float>(), a, float(scale),
+                       rng, p, begin, end);
+    });
   });
   return {out, lse};
 }
@@ -352,18 +372,12 @@ std::tuple<Tensor, Tensor> attn_softmax_dropout_backward(const Tensor& scores,
   Tensor ds = at::empty_like(scores);
   const Stream rng = make_stream(seed, kTagAttention, p);
   const uint8_t* ok = mask_ptr(allowed);
-  at::parallel_for(0, a.N * a.T, 16, [&](int64_t begin, int64_t end) {
-    if (scores.scalar_type() == at::kFloat) {
-      attn_bwd_rows(scores.data_ptr<float>(), ok, lse.data_ptr<float>(), grad.data_ptr<float>(),
-                    d.data_ptr<float>(), ds.data_ptr<float>(), a, float(scale), rng, p, begin,
-                    end);
-    } else {
-      auto bf = [](const Tensor& t) {
-        return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
-      };
-      attn_bwd_rows<uint16_t>(bf(scores), ok, lse.data_ptr<float>(), bf(grad), bf(d), bf(ds), a,
-                              float(scale), rng, p, begin, end);
-    }
+  for_each_dtype(scores, [&](auto zero) {
+    using T = decltype(zero);
+    at::parallel_for(0, a.N * a.T, 16, [&](int64_t begin, int64_t end) {
+      attn_bwd_rows<T>(raw<T>(scores), ok, lse.data_ptr<float>(), raw<T>(grad), raw<T>(d),
+                       raw<T>(ds), a, float(scale), rng, p, begin, end);
+    });
   });
   return {d, ds};
 }
@@ -395,14 +409,11 @@ Tensor dropout_philox(const Tensor& x, double p, int64_t seed) {
   const Stream rng = make_stream(seed, kTagDropout, p);
   const float keep_scale = float(1.0 / (1.0 - p));
   const int64_t blocks = (n + kDropoutBlock - 1) / kDropoutBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    if (xc.scalar_type() == at::kFloat) {
-      dropout_blocks(xc.data_ptr<float>(), y.data_ptr<float>(), n, rng, keep_scale, begin, end);
-    } else {
-      dropout_blocks(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()),
-                     reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()), n, rng,
-                     keep_scale, begin, end);
-    }
+  for_each_dtype(xc, [&](auto zero) {
+    using T = decltype(zero);
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      dropout_blocks<T>(raw<T>(xc), raw<T>(y), n, rng, keep_scale, begin, end);
+    });
   });
   return y;
 }
@@ -424,8 +435,8 @@ NOINLINE void cross_entropy_rows(T* logits, const int64_t* targets, float* loss,
       for (int64_t j = 0; j < V; ++j) store(x, j, 0.0f);
       continue;
     }
-    const float mx = row_max(x, V, 1.0f);
-    const float sum = row_sum_exp(x, V, 1.0f, mx);
+    const float mx = row_max(x, V);
+    const float sum = row_sum_exp(x, V, mx);
     const float lse = mx + std::log(sum);
     loss[r] = lse - load(x, t);
     const float inv = 1.0f / sum;
@@ -446,13 +457,11 @@ Tensor cross_entropy_grad_(Tensor& logits, const Tensor& targets) {
     TORCH_CHECK(t[r] == -100 || (t[r] >= 0 && t[r] < V), "target ", t[r], " out of range");
   }
   Tensor loss = at::empty({n}, logits.options().dtype(at::kFloat));
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    if (logits.scalar_type() == at::kFloat) {
-      cross_entropy_rows(logits.data_ptr<float>(), t, loss.data_ptr<float>(), V, begin, end);
-    } else {
-      cross_entropy_rows(reinterpret_cast<uint16_t*>(logits.data_ptr<at::BFloat16>()), t,
-                         loss.data_ptr<float>(), V, begin, end);
-    }
+  for_each_dtype(logits, [&](auto zero) {
+    using T = decltype(zero);
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      cross_entropy_rows<T>(raw<T>(logits), t, loss.data_ptr<float>(), V, begin, end);
+    });
   });
   return loss;
 }
@@ -487,20 +496,6 @@ NOINLINE void gelu_backward_range(const T* __restrict__ g, const T* __restrict__
     float d = 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du;
     store(dx, i, load(g, i) * d);
   }
-}
-
-template <typename F>
-void for_each_dtype(const Tensor& t, F&& f) {
-  if (t.scalar_type() == at::kFloat) {
-    f(float{});
-  } else {
-    f(uint16_t{});
-  }
-}
-
-template <typename T>
-T* raw(const Tensor& t) {
-  return reinterpret_cast<T*>(t.data_ptr());
 }
 
 Tensor gelu_tanh(const Tensor& x) {
