@@ -489,24 +489,16 @@ def run_child(spec: dict, timeout_s: float) -> dict:
     return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
 
 
-def cpu_flags() -> list[str]:
-    """The CPU's native bf16 flags (AVX-512 BF16, AMX) as /proc/cpuinfo lists them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f
-                          if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-
-
 def machine_info(device: str) -> dict:
     import torch
+
+    from gpt2tune.runtime import BF16_FLAGS, cpu_flags
 
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "python": platform.python_version(), "device": device, "bf16_flags": cpu_flags()}
+            "python": platform.python_version(), "device": device,
+            "bf16_flags": [f for f in BF16_FLAGS if f in cpu_flags()]}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

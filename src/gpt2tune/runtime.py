@@ -24,15 +24,29 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # ----------------------------------------------------------------------------- device, precision
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""The CPU flags of native bf16 matmul instructions (AVX-512 BF16, AMX)."""
+
+
 @lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 matmul instructions (AVX-512 BF16 or AMX)."""
+def cpu_flags() -> tuple[str, ...]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (``flags`` on x86, ``Features`` on
+    ARM); empty where there is no /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return tuple(line.split(":", 1)[1].split())
     except OSError:
+        pass
+    return ()
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matmul instructions (AVX-512 BF16 or AMX)."""
+    if not cpu_flags():
         return platform.machine() == "arm64"  # Apple silicon runs bf16 natively
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return any(f in cpu_flags() for f in BF16_FLAGS)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -14,33 +14,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from gpt2tune.runtime import cpu_flags
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
 
 
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor()
-
-
 def build_dir() -> Path:
     """Where this machine's build of the kernels lives."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), _cpu_flags().encode()):
+    flags = " ".join(cpu_flags()) or platform.processor()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), flags.encode()):
         digest.update(part)
     root = os.environ.get("GPT2TUNE_KERNELS")
     if root:
