@@ -55,6 +55,32 @@ def test_train_eval_and_classify(capsys, tiny_hf, tmp_path, method):
     got = [json.loads(line) for line in stdout.splitlines()]
     assert [g["label"] for g in got] == ["court", "market"]
     assert all(abs(sum(g["probabilities"].values()) - 1) < 1e-4 for g in got)
+    # --file: every line of a .txt, every row of a .jsonl (--text-field), as the same texts given
+    # with --text
+    lines = tmp_path / "texts.txt"
+    lines.write_text("the king drew his sword\nbank shares and stock prices\n")
+    rows = tmp_path / "texts.jsonl"
+    rows.write_text("".join(json.dumps({"body": g["text"]}) + "\n" for g in got))
+    for file_args in (["--file", str(lines)], ["--file", str(rows), "--text-field", "body"]):
+        code, stdout, err = run(capsys, "classify", *load, *file_args, "--json")
+        assert code == 0, err
+        from_file = [json.loads(line) for line in stdout.splitlines()]
+        assert [g["text"] for g in from_file] == [g["text"] for g in got]
+        for a, b in zip(from_file, got):
+            assert a["label"] == b["label"]
+            assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+    if method == "full":  # the reference: transformers on the saved directory
+        import torch
+        from transformers import GPT2ForSequenceClassification
+
+        from gpt2tune.core.tokenizer import Tokenizer
+
+        hf = GPT2ForSequenceClassification.from_pretrained(out).eval()
+        for g in got:
+            with torch.no_grad():
+                probs = hf(torch.tensor([Tokenizer().encode(g["text"])])).logits[0].softmax(-1)
+            ref = {hf.config.id2label[i]: float(p) for i, p in enumerate(probs)}
+            assert g["probabilities"] == pytest.approx(ref, abs=1e-5)
 
 
 def test_classify_bad_input_is_one_line(capsys, tiny_hf, tmp_path):

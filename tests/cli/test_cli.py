@@ -238,3 +238,64 @@ def test_end_of_text_always_ends_a_sample(capsys, tmp_path):
                        "--greedy", "--max-new-tokens", "20", "--json", "--precision", "fp32")
     assert code == 0
     assert json.loads(out)["token_ids"] == ref[:ref.index(50256)]
+
+
+def test_eval_default_stride_is_half_the_context(capsys, tiny_hf, tmp_path):
+    """A document longer than the context (64) is scored in windows that, by default, move on by
+    32 tokens: the reference is transformers on windows cut by hand by the documented rule."""
+    path, hf = tiny_hf
+    text = " ".join(f"word{i}" for i in range(70))
+    ids = Tokenizer().encode(text) + [50256]
+    assert len(ids) > 130
+    data = tmp_path / "long.txt"
+    data.write_text(text + "\n")
+    # the first window scores tokens 1..63; each later one the next 32 (fewer at the end), with
+    # as much earlier context as fits in 64 positions
+    ends = [64] + list(range(96, len(ids), 32)) + [len(ids)]
+    total, scored = 0.0, 1
+    for end in ends:
+        begin = max(0, end - 64)
+        with torch.no_grad():
+            logp = hf(torch.tensor([ids[begin:end]])).logits[0].log_softmax(-1)
+        total -= sum(float(logp[j - 1 - begin, ids[j]]) for j in range(scored, end))
+        scored = end
+    assert scored == len(ids)
+    code, out, err = run(capsys, "eval", "--model", str(path), "--data", str(data), "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["tokens"] == len(ids) - 1
+    assert res["loss"] == pytest.approx(total / (len(ids) - 1), abs=1e-5)
+    code, out, _ = run(capsys, "eval", "--model", str(path), "--data", str(data), "--json",
+                       "--stride", "64")
+    assert code == 0 and json.loads(out)["loss"] != pytest.approx(res["loss"], abs=1e-5)
+
+
+def test_no_pack_trains_on_each_document_alone(capsys, tmp_path):
+    """With --no-pack each row is one document, padding out of the loss: the first step's loss
+    (before any update, no dropout, every row in one batch) is transformers' loss over the
+    documents each scored alone; packed, the documents see each other and the loss differs."""
+    from checkpoints import make_hf_model
+
+    hf = make_hf_model(tmp_path / "base", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    texts = ["The cat sat on the mat.", "Markets fell sharply on Monday after the news.",
+             "Short one", "A fourth document, somewhat longer than the others, with commas."]
+    data = tmp_path / "docs.txt"
+    data.write_text("\n\n".join(texts) + "\n")
+    total, count = 0.0, 0
+    for t in texts:
+        ids = torch.tensor([Tokenizer().encode(t) + [50256]])
+        with torch.no_grad():
+            total += hf(ids, labels=ids).loss.item() * (ids.size(1) - 1)
+        count += ids.size(1) - 1
+    losses = {}
+    for pack in ([], ["--no-pack"]):
+        out = tmp_path / f"run{len(pack)}"
+        code, _, err = run(capsys, "train", "--model", str(tmp_path / "base"), "--data", str(data),
+                           "--method", "full", "--max-steps", "1", "--batch-size", "8",
+                           "--block-size", "32", "--precision", "fp32", "--out", str(out),
+                           "--no-progress", *pack)
+        assert code == 0, err
+        first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        losses[bool(pack)] = first["loss"]
+    assert losses[True] == pytest.approx(total / count, abs=1e-4)
+    assert losses[False] != pytest.approx(total / count, abs=1e-3)

@@ -98,6 +98,28 @@ def test_lora_linear_init_and_structure(tiny):
         apply_lora(model, LoRAConfig())
 
 
+def test_lora_dropout_drops_inputs_of_the_adapter_branch_only():
+    """``base(x) + s * B(A(dropout(x)))``: with A and B the identity, the adapter's part of the
+    output is s * dropout(x), each element either 0 or s * x / (1 - p), some of each, while the
+    base part is untouched; in eval mode nothing is dropped."""
+    torch.manual_seed(0)
+    p, d = 0.5, 16
+    layer = LoRALinear(torch.nn.Linear(d, d), r=d, alpha=2 * d, dropout=p)  # scaling 2
+    with torch.no_grad():
+        layer.lora_A.weight.copy_(torch.eye(d))
+        layer.lora_B.weight.copy_(torch.eye(d))
+    x = torch.randn(64, d) + 3.0  # no element near 0
+    base = layer.base(x)
+    layer.train()
+    adapter_part = (layer(x) - base) / 2
+    kept = (adapter_part - x / (1 - p)).abs() < 1e-4
+    dropped = adapter_part.abs() < 1e-4
+    assert bool((kept | dropped).all())
+    assert 0.3 < kept.float().mean().item() < 0.7
+    layer.eval()
+    torch.testing.assert_close(layer(x), base + 2 * x, atol=1e-5, rtol=0)
+
+
 def test_merge_unmerge_disable(tiny, tokens):
     path, hf = tiny
     base_logits = logits(hf, tokens)

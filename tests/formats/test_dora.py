@@ -77,3 +77,38 @@ def test_generate_with_a_dora_adapter_equals_peft_greedy(tiny_hf, tmp_path, caps
                  "Hello there", "--greedy", "--max-new-tokens", "8", "--json",
                  "--precision", "fp32"]) == 0  # peft's reference runs in fp32
     assert json.loads(capsys.readouterr().out)["token_ids"] == ref
+
+
+def test_dora_gradients_equal_peft(tiny, tmp_path, tokens):
+    """DoRA's row norm is a constant in backward (peft detaches it): the gradients of A, B and the
+    magnitude equal peft's on the same adapter and loss. With the norm differentiated, A's and
+    B's gradients would differ."""
+    path, _ = tiny
+    torch.manual_seed(2)
+    pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
+        task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["c_attn", "mlp.c_proj"],
+        fan_in_fan_out=True, init_lora_weights=False, use_dora=True)).eval()
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1.0 + 0.1 * torch.randn_like(p))
+    pm.save_pretrained(tmp_path)
+    ours = load_model(path)
+    load_adapter(ours, tmp_path)
+    ours.eval()  # no dropout on either side; gradients flow all the same
+
+    def grads(model, names):
+        out = model(tokens[:, :-1])
+        out = getattr(out, "logits", out)
+        torch.nn.functional.cross_entropy(out.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        return {n: p.grad for n, p in names}
+
+    def key(name: str) -> str:  # "...h.0.attn.c_attn.lora_A.default.weight" -> "h.0.attn.c_attn.lora_A"
+        name = name.replace(".default", "").replace(".weight", "")
+        return name[name.index("h."):]
+
+    ref = grads(pm, [(key(n), p) for n, p in pm.named_parameters() if p.requires_grad])
+    got = grads(ours, [(key(n), p) for n, p in ours.named_parameters() if p.requires_grad])
+    assert sorted(got) == sorted(ref) and any("magnitude" in k for k in ref)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-6, rtol=1e-4, msg=k)

@@ -96,11 +96,17 @@ def test_samples_of_one_prompt_share_one_prefill(ours, monkeypatch):
     assert [got[i] for i in ids] == [run_alone(ours, r) for r in reqs]
 
 
-def test_logprobs_are_the_models_distribution(ours):
+@pytest.mark.parametrize("sampling", [
+    dict(greedy=True),
+    dict(temperature=0.3, top_k=4, top_p=0.8, repetition_penalty=1.5, seed=2),
+], ids=["greedy", "sampled-and-filtered"])
+def test_logprobs_are_the_models_distribution(ours, sampling):
+    """Log-probabilities under the model itself, before temperature, repetition penalty and
+    top-k/top-p filtering: the reference is the full forward pass's log-softmax."""
     prompt = [464, 2068, 7586]
     engine = Engine(ours, eot_id=EOT)
-    engine.submit(GenerationRequest(prompt, SamplingConfig(max_new_tokens=3, greedy=True,
-                                                 stop_at_eot=False), logprobs=3))
+    engine.submit(GenerationRequest(prompt, SamplingConfig(max_new_tokens=6, stop_at_eot=False,
+                                                           **sampling), logprobs=3))
     seq = list(prompt)
     while not engine.idle:
         (t,) = engine.step()
@@ -109,7 +115,9 @@ def test_logprobs_are_the_models_distribution(ours):
         assert t.logprob == pytest.approx(float(ref[t.token]), abs=1e-4)
         top = ref.topk(3)
         assert [i for i, _ in t.top] == top.indices.tolist()
-        assert t.top[0][0] == t.token  # greedy takes the most likely
+        assert [v for _, v in t.top] == pytest.approx(top.values.tolist(), abs=1e-4)
+        if sampling.get("greedy"):
+            assert t.top[0][0] == t.token  # greedy takes the most likely
         seq.append(t.token)
 
 

@@ -93,6 +93,33 @@ def test_streamed_text_equals_the_whole_answer(client):
         assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
 
 
+def test_stream_options_include_usage_adds_one_usage_chunk(client):
+    """The usage chunk comes last, with no choices, and counts what the same request without
+    streaming counts: the prompt's tokens (by the tokenizer) and one token per chunk.
+    Without ``include_usage`` no chunk carries usage."""
+    from gpt2tune.core.tokenizer import Tokenizer
+
+    prompt_tokens = len(Tokenizer().encode(PROMPT))
+    for route in ("completions", "chat"):
+        if route == "completions":
+            create = client.completions.create
+            kw = dict(model="falstaff", prompt=PROMPT, max_tokens=9, temperature=0)
+        else:
+            create = client.chat.completions.create
+            kw = dict(model="falstaff", messages=[{"role": "user", "content": PROMPT}],
+                      max_tokens=9, temperature=0)
+        whole = create(**kw)
+        chunks = list(create(**kw, stream=True, stream_options={"include_usage": True}))
+        with_usage = [c for c in chunks if c.usage is not None]
+        assert with_usage == [chunks[-1]] and chunks[-1].choices == []
+        assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
+        if route == "completions":  # (chat holds text back while it may start "\nUser:")
+            assert whole.usage.prompt_tokens == prompt_tokens
+            assert whole.usage.completion_tokens == len([c for c in chunks if c.choices]) == 9
+        plain = list(create(**kw, stream=True))
+        assert all(c.usage is None for c in plain) and plain[-1].choices
+
+
 def test_stop_strings_cut_before_the_stop(client):
     free = greedy(client, "falstaff", max_tokens=20)
     stop = free[5:7]
@@ -129,6 +156,9 @@ def test_prompt_list_echo_logprobs_and_priming(client):
                                                                    lp.token_logprobs))
     primed = greedy(client, "news", "Q:", 6, extra_body={"prime": "A poem about the sea."})
     assert primed == greedy(client, "news", "A poem about the sea.\nQ:", 6)
+    # a prime that ends in whitespace is joined as it is
+    primed = greedy(client, "news", "Q:", 6, extra_body={"prime": "A poem about the sea. "})
+    assert primed == greedy(client, "news", "A poem about the sea. Q:", 6)
 
 
 def test_chat_uses_the_documented_template(client):
