@@ -1,4 +1,6 @@
-"""Starting and stopping a live `gpt2tune serve` subprocess on a free 127.0.0.1 port."""
+"""Starting and stopping a live `gpt2tune serve` on a free 127.0.0.1 port: in this process (a
+thread running the server the CLI builds from the same arguments, so that coverage and mutation
+testing see the serve code) or as a subprocess (for what needs a process: signals, exit codes)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -24,8 +27,12 @@ class Served:
     models: list[str]
     dirs: dict[str, Path]
     """name -> model or adapter directory."""
-    process: subprocess.Popen
+    process: subprocess.Popen | None
+    """The subprocess; None for a server in this process."""
     log: Path
+    server: object = None
+    """The uvicorn.Server of a server in this process."""
+    thread: threading.Thread | None = None
 
 
 def free_port() -> int:
@@ -35,40 +42,79 @@ def free_port() -> int:
 
 
 def start_server(dirs: dict[str, Path], log: Path, *extra: str,
-                 models: list[str] | None = None) -> Served:
-    """Start `gpt2tune serve` in a subprocess and wait until /health answers.
+                 models: list[str] | None = None, in_process: bool = True) -> Served:
+    """Start `gpt2tune serve` and wait until /health answers.
 
     By default it serves dirs' tiny-base with the news and falstaff adapters and the full
-    variant; ``models`` replaces those arguments.
+    variant; ``models`` replaces those arguments. ``in_process=False`` runs it as a subprocess
+    (its output in ``log``).
     """
     port = free_port()
     if models is None:
         models = ["--model", str(dirs["tiny-base"]), "--adapter", f"news={dirs['news']}",
                   "--adapter", f"falstaff={dirs['falstaff']}", "--variant", f"full={dirs['full']}",
                   "--classifier", f"kind={dirs['kind']}"]
-    argv = [sys.executable, "-m", "gpt2tune", "serve", *models, "--port", str(port), *extra]
+    args = ["serve", *models, "--port", str(port), *extra]
+    url = f"http://127.0.0.1:{port}"
+    names = ["tiny-base", "news", "falstaff", "full"]
+    if in_process:
+        server, thread = _start_thread(args)
+        _wait_for_health(url, lambda: None if thread.is_alive() else "the server thread ended")
+        return Served(url, names, dirs, None, log, server, thread)
     # the in-process side of the tests' exact comparisons (gpt2tune generate) runs with
     # torch.get_num_threads() threads (tests/conftest.py): fp32 kernels may give other bits for
     # other thread counts, so the server gets the same count
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2tune", *args], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env)
+
+    def exited() -> str | None:
+        if proc.poll() is None:
+            return None
+        return f"server exited with {proc.returncode}:\n{log.read_text()}"
+
+    try:
+        _wait_for_health(url, exited)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return Served(url, names, dirs, proc, log)
+
+
+def _start_thread(args: list[str]):
+    """The server `gpt2tune serve ARGS` builds (the CLI's own parser and options), run in a
+    daemon thread."""
+    from gpt2tune.cli.main import build_parser
+    from gpt2tune.cli.options import collect
+    from gpt2tune.serve.server import ServeConfig, build_server
+
+    parser, _ = build_parser()
+    server = build_server(collect(parser.parse_args(args), "serve", ServeConfig))
+    thread = threading.Thread(target=server.run, name="gpt2tune-serve", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def _wait_for_health(url: str, failed) -> None:
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        if (why := failed()) is not None:
+            raise RuntimeError(why)
         try:
             with urllib.request.urlopen(url + "/health", timeout=2):
-                break
+                return
         except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError(f"server did not start in {STARTUP_S}s:\n{log.read_text()}")
-    return Served(url, ["tiny-base", "news", "falstaff", "full"], dirs, proc, log)
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not start in {STARTUP_S}s")
 
 
 def stop_server(served: Served) -> int:
+    """Stop it as SIGTERM does (running requests finish first); the exit code (0 in process)."""
+    if served.process is None:
+        served.server.should_exit = True
+        served.thread.join(30)
+        assert not served.thread.is_alive(), "the server thread did not stop"
+        return 0
     served.process.send_signal(signal.SIGTERM)
     try:
         return served.process.wait(30)

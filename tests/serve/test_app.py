@@ -320,7 +320,8 @@ def test_sigterm_finishes_running_requests_then_stops(tmp_path):
     from checkpoints import make_hf_model
 
     make_hf_model(tmp_path / "longer", n_layer=4, n_head=4, n_embd=128, n_positions=512)
-    served = start_server({}, tmp_path / "serve.log", models=["--model", str(tmp_path / "longer")])
+    served = start_server({}, tmp_path / "serve.log", models=["--model", str(tmp_path / "longer")],
+                          in_process=False)
     try:
         with openai.OpenAI(base_url=served.url + "/v1", api_key="-", max_retries=0,
                            timeout=60) as c:

@@ -121,8 +121,13 @@ def build_service(cfg: ServeConfig) -> Service:
     return Service(served, max_queue=cfg.max_queue, classifiers=clfs)
 
 
-def serve(cfg: ServeConfig) -> None:
-    """Run the server until SIGINT/SIGTERM; running requests finish before it stops."""
+def build_server(cfg: ServeConfig):
+    """The uvicorn server for ``cfg``, models loaded, not yet running (``.run()`` runs it; from
+    the main thread, SIGINT/SIGTERM stop it after the running requests finish).
+
+    Raises:
+        UserError: FastAPI/uvicorn are missing, the port is taken, or a model cannot be loaded.
+    """
     try:
         import uvicorn
 
@@ -144,4 +149,9 @@ def serve(cfg: ServeConfig) -> None:
     app = create_app(service, api_key=cfg.api_key, max_tokens_cap=cfg.max_tokens_cap,
                      max_body_bytes=cfg.max_body_bytes)
     log.info("serving %s on http://%s:%d", ", ".join(service.models), cfg.host, cfg.port)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    return uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Run the server until SIGINT/SIGTERM; running requests finish before it stops."""
+    build_server(cfg).run()
