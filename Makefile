@@ -14,7 +14,7 @@ DEMO_BASE ?= embedded
 # apt-get runs as root: directly in CI (root), through sudo elsewhere
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench install browser clean
+.PHONY: demo test bench mutants install browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,5 +47,11 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/serve.py
 
+# mutation testing (slow: not part of make test); PACKAGES=core limits it, e.g. make mutants PACKAGES="core serve"
+PACKAGES ?=
+mutants: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[mutation]"
+	$(BIN)/python tools/mutation.py $(PACKAGES)
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mutants

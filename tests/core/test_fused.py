@@ -254,3 +254,34 @@ def test_torch_compile_traces_the_kernels_as_opaque_ops():
         got, expect = compiled(x), model(x)
     torch._dynamo.reset()
     assert torch.equal(got, expect)
+
+
+@pytest.mark.parametrize("value, on", [(None, True), ("1", True), ("0", False), ("false", False),
+                                       ("no", False)])
+def test_gpt2tune_native_switches_the_kernels(monkeypatch, value, on):
+    from gpt2tune.core import native
+
+    if value is None:
+        monkeypatch.delenv("GPT2TUNE_NATIVE", raising=False)
+    else:
+        monkeypatch.setenv("GPT2TUNE_NATIVE", value)
+    assert native.enabled() is on
+
+
+def test_the_build_folder_follows_gpt2tune_kernels_and_the_cpu(monkeypatch, tmp_path):
+    """$GPT2TUNE_KERNELS holds the builds (else ~/.cache/gpt2tune/kernels, or $XDG_CACHE_HOME's);
+    another CPU (other flags) or another torch gets a folder of its own."""
+    from gpt2tune.core import native
+
+    monkeypatch.setenv("GPT2TUNE_KERNELS", str(tmp_path / "k"))
+    here = native.build_dir()
+    assert here.parent == tmp_path / "k" and len(here.name) == 16
+    monkeypatch.delenv("GPT2TUNE_KERNELS")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert native.build_dir() == tmp_path / "xdg" / "gpt2tune" / "kernels" / here.name
+    monkeypatch.setattr(native, "cpu_flags", lambda: ["avx2", "fma"])
+    other_cpu = native.build_dir().name
+    monkeypatch.setattr(native, "cpu_flags", lambda: ["avx2"])
+    assert len({here.name, other_cpu, native.build_dir().name}) == 3
+    monkeypatch.setattr(native.torch, "__version__", "0.0.0")
+    assert native.build_dir().name not in (here.name, other_cpu)

@@ -120,6 +120,20 @@ def test_lora_dropout_drops_inputs_of_the_adapter_branch_only():
     torch.testing.assert_close(layer(x), base + 2 * x, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kwargs, ok", [
+    (dict(r=1), True), (dict(r=0), False), (dict(dropout=0.0), True), (dict(dropout=0.99), True),
+    (dict(dropout=1.0), False), (dict(dropout=-0.1), False), (dict(targets=[]), False),
+    (dict(targets=["attn.c_proj", "mlp.c_fc"]), True), (dict(targets=["wte"]), False),
+])
+def test_config_accepts_exactly_the_documented_ranges(kwargs, ok):
+    """r >= 1, dropout in [0, 1), targets from the documented list; a refusal names the fix."""
+    if ok:
+        LoRAConfig(**kwargs)
+    else:
+        with pytest.raises(UserError, match="r=|dropout|target"):
+            LoRAConfig(**kwargs)
+
+
 def test_merge_unmerge_disable(tiny, tokens):
     path, hf = tiny
     base_logits = logits(hf, tokens)
@@ -176,3 +190,6 @@ def test_adapter_state_dict_round_trip_and_errors(tiny):
     with pytest.raises(UserError, match="shape"):
         load_adapter_state_dict(dst, {**sd, "transformer.h.0.attn.c_proj.lora_A.weight":
                                       torch.zeros(3, 48)})
+    extra = "transformer.h.0.attn.c_attn.lora_A.weight"
+    with pytest.raises(UserError, match=f"adapter has a weight for {extra}.*1 unexpected"):
+        load_adapter_state_dict(dst, {**sd, extra: torch.zeros(2, 48)})

@@ -172,3 +172,29 @@ def test_gradient_checkpointing_with_dropout_recomputes_the_same_masks(tiny_hf):
     assert not torch.allclose(other[key], grads[0][key], atol=1e-6)
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_fresh_weights_are_drawn_as_transformers_draws_them():
+    """From scratch (pretraining, a classifier's head): every tensor has the mean and spread of
+    transformers' own initialisation of the same architecture: N(0, 0.02), the residual
+    projections N(0, 0.02 / sqrt(2 * n_layer)), LayerNorms 1 and 0, biases 0."""
+    from transformers import GPT2Config as HFConfig
+    from transformers import GPT2ForSequenceClassification
+
+    from gpt2tune.core.classifier import GPT2Classifier
+
+    arch = dict(n_layer=6, n_head=4, n_embd=128, n_positions=128, vocab_size=2000)
+    torch.manual_seed(0)
+    ours = dict(GPT2Classifier(GPT2Config(**arch), ["a", "b", "c"]).named_parameters())
+    ref = dict(GPT2ForSequenceClassification(HFConfig(**arch, num_labels=3)).named_parameters())
+    assert ours.keys() == ref.keys()
+    for name, p in ours.items():
+        r = ref[name].detach()
+        if r.std() == 0:  # a constant: LayerNorm 1 or 0, a bias 0
+            assert torch.equal(p.detach(), torch.full_like(p, r.flatten()[0].item())), name
+        else:
+            # two samples' spreads differ by about sqrt(1 / numel) (relative): 5 of those
+            rel = 5 * p.numel() ** -0.5
+            assert p.std().item() == pytest.approx(r.std().item(), rel=max(rel, 0.02)), name
+            assert abs(p.mean().item()) < rel * r.std().item(), name
+    assert ours["transformer.h.0.attn.c_proj.weight"].std() < 0.5 * ours["transformer.wte.weight"].std()

@@ -73,6 +73,23 @@ def test_chunked_loss_equals_cross_entropy(weight_grad):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("chunk_size", [0, 8])
+@pytest.mark.parametrize("n_targets", [0, 1, 2])
+def test_loss_over_few_targets_equals_cross_entropy(chunk_size, n_targets):
+    """One target is its own mean, not half of it; no target at all is a loss of 0, not NaN."""
+    torch.manual_seed(1)
+    h = torch.randn(12, 16, dtype=torch.float64)
+    w = torch.randn(50, 16, dtype=torch.float64)
+    t = torch.full((12,), -100)
+    for position, target in [(3, 7), (9, 11)][:n_targets]:
+        t[position] = target
+    ours = lm_head_loss(h, w, t, chunk_size=chunk_size)
+    if n_targets == 0:
+        assert ours.item() == 0.0
+    else:
+        torch.testing.assert_close(ours, F.cross_entropy(h @ w.t(), t, ignore_index=-100))
+
+
 @pytest.mark.parametrize("T", [1, 3, 6])
 def test_attention_queries_at_the_end_of_the_keys(T):
     """Decoding with a cache: the T queries are the last T of S = 6 positions."""
