@@ -11,8 +11,9 @@ repository under ``.mutants/PACKAGE``, against the tests that speak for it (``PA
 package's score says what its own tests catch. Results are cached there, so a second run only
 runs mutants whose code or tests changed.
 
-The score is killed / all mutants: a mutant that no test reaches ("no tests") or that only times
-out counts as a survivor, so the score does not flatter. Lines whose mutants cannot change
+The score is killed / mutants checked: a mutant that no test reaches ("no tests") or that only
+times out counts as a survivor, so the score does not flatter. With ``--max-minutes`` a package
+stops early and the table says how many of its mutants were checked. Lines whose mutants cannot change
 anything observable carry ``# pragma: no mutate`` with the reason next to it.
 
 Writes ``.mutants/scores.json`` and prints the table the README's testing section shows.
@@ -23,8 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -83,38 +86,65 @@ def results(dest: Path) -> dict[str, str]:
     return found
 
 
-def run_package(package: str, children: int) -> dict:
-    dest = WORK / package
-    copy_repo(dest)
-    configure(dest, package)
+def mutmut(dest: Path, names: list[str], children: int, max_minutes: float | None) -> int:
+    """``mutmut run [NAMES]`` in ``dest``; its exit code (0 when stopped by the time limit)."""
     # subprocesses the tests start (python -m gpt2tune, torchrun) import the mutated copy too;
     # the folder must exist before mutmut starts, or Python caches it as absent and every import
     # of gpt2tune, the tests' included, finds the unmutated code
     (dest / "mutants" / "src").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(dest / "mutants" / "src")}
-    start = time.monotonic()
     with (dest / "mutmut.log").open("w") as log:  # its progress line, and what went wrong
-        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
-                               str(children)], cwd=dest, env=env, stdout=log, stderr=log)
-    if done.returncode:
+        proc = subprocess.Popen([sys.executable, "-m", "mutmut", "run", "--max-children",
+                                 str(children), *names], cwd=dest, env=env, stdout=log,
+                                stderr=log)
+        try:
+            return proc.wait(None if max_minutes is None else max_minutes * 60)
+        except subprocess.TimeoutExpired:  # out of time: what was checked stays cached
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            return 0
+
+
+def run_package(package: str, children: int, max_minutes: float | None,
+                sample: int | None, seed: int) -> dict:
+    dest = WORK / package
+    copy_repo(dest)
+    configure(dest, package)
+    start = time.monotonic()
+    names: list[str] = []
+    if sample:  # generate the mutants and the test map only, then check a seeded sample
+        code = mutmut(dest, ["no-such-mutant"], children, None)
+        every = sorted(results(dest))
+        names = sorted(random.Random(seed).sample(every, min(sample, len(every))))
+    code = mutmut(dest, names, children, max_minutes)
+    if code:
         tail = (dest / "mutmut.log").read_text(errors="replace")[-2000:]
-        raise SystemExit(f"mutmut failed on {package} (exit {done.returncode}); the end of "
+        raise SystemExit(f"mutmut failed on {package} (exit {code}); the end of "
                          f"{dest / 'mutmut.log'}:\n{tail}")
     statuses = results(dest)
+    total = len(statuses)
+    if names:
+        statuses = {n: statuses[n] for n in names}
     counts = {s: sum(1 for v in statuses.values() if v == s) for s in STATUSES}
+    unchecked = counts["not checked"] + counts["check was interrupted by user"]
+    checked = len(statuses) - unchecked
     killed = sum(counts[s] for s in KILLED)
-    return {"package": package, "mutants": len(statuses), "killed": killed,
-            "score": round(killed / max(1, len(statuses)), 3),
+    return {"package": package, "mutants": total, "checked": checked, "killed": killed,
+            "score": round(killed / max(1, checked), 3), "sampled": bool(names),
             "counts": {k: v for k, v in counts.items() if v},
             "tests": PACKAGES[package], "minutes": round((time.monotonic() - start) / 60, 1)}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| package | mutants | killed | score | survived | no tests | timeout | tests run |",
-             "|---|---|---|---|---|---|---|---|"]
+    """The README's table; a sampled score comes with its 95% interval."""
+    lines = ["| package | mutants | checked | killed | score | survived | no tests | timeout | "
+             "tests run |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        c = r["counts"]
-        lines.append(f"| {r['package']} | {r['mutants']} | {r['killed']} | {r['score']:.0%} | "
+        c, n = r["counts"], r.get("checked", r["mutants"])
+        score = f"{r['score']:.0%}"
+        if r.get("sampled"):
+            score += f" ± {1.96 * (r['score'] * (1 - r['score']) / max(1, n)) ** 0.5:.0%}"
+        lines.append(f"| {r['package']} | {r['mutants']} | {n} | {r['killed']} | {score} | "
                      f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {c.get('timeout', 0)} | "
                      f"{', '.join('`' + t + '`' for t in r['tests'])} |")
     return "\n".join(lines)
@@ -126,6 +156,12 @@ def main() -> int:
                    help=f"packages to run: {', '.join(PACKAGES)} (default: all)")
     p.add_argument("--children", type=int, default=os.cpu_count() or 1,
                    help="mutants tested at once (default: the CPU count)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop each package after this long; what was checked is scored (and "
+                        "cached: the next run goes on from there)")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="check N mutants per package drawn at random (seeded) instead of all")
+    p.add_argument("--seed", type=int, default=0, help="the sample's seed")
     p.add_argument("--survivors", action="store_true",
                    help="list the surviving mutants of the last run instead of running")
     args = p.parse_args()
@@ -143,8 +179,10 @@ def main() -> int:
     scores = json.loads(scores_file.read_text()) if scores_file.exists() else {}
     for package in packages:
         print(f"mutating {package} against {' '.join(PACKAGES[package])} ...", flush=True)
-        scores[package] = run_package(package, args.children)
-        print(f"  {scores[package]['score']:.1%} killed of {scores[package]['mutants']}", flush=True)
+        r = run_package(package, args.children, args.max_minutes, args.sample, args.seed)
+        scores[package] = r
+        print(f"  {r['score']:.1%} killed of {r['checked']} checked ({r['mutants']} mutants) "
+              f"in {r['minutes']} min", flush=True)
         scores_file.write_text(json.dumps(scores, indent=1) + "\n")
     print(table([scores[p] for p in PACKAGES if p in scores]))
     return 0

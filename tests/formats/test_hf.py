@@ -154,3 +154,32 @@ def test_the_model_knows_where_it_was_loaded_from(tiny_hf, tmp_path):
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied after loading
     save_model(model, tmp_path / "copy")
     assert load_model(tmp_path / "copy").source_dir == tmp_path / "copy"
+
+
+def test_the_config_we_write_spells_every_key_as_transformers_does(tiny_hf, tmp_path):
+    """Each key of our config.json has the name and value transformers writes for the same
+    model (n_ctx, for older readers, is n_positions)."""
+    path, _ = tiny_hf
+    save_model(load_model(path), tmp_path / "ours")
+    ours = json.loads((tmp_path / "ours" / "config.json").read_text())
+    theirs = json.loads((path / "config.json").read_text())  # written by transformers
+    assert ours.pop("n_ctx") == ours["n_positions"]
+    assert {k: v for k, v in ours.items() if k not in theirs} == {}
+    assert {k: (v, theirs[k]) for k, v in ours.items() if theirs[k] != v} == {}
+
+
+def test_a_minimal_config_gets_transformers_defaults(tmp_path):
+    """A config.json with only the architecture: every other setting as transformers reads it."""
+    from transformers import GPT2Config as HFConfig
+
+    from gpt2tune.formats.hf import config_from_hf
+
+    minimal = {"model_type": "gpt2", "n_layer": 2, "n_head": 3, "n_embd": 48, "n_positions": 64,
+               "vocab_size": 1000}
+    ours, ref = config_from_hf(dict(minimal)), HFConfig(**minimal)
+    for field in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner",
+                  "embd_pdrop", "attn_pdrop", "resid_pdrop", "layer_norm_epsilon"):
+        assert getattr(ours, field) == getattr(ref, field), field
+    assert ref.activation_function == "gelu_new"  # the one GPT-2 activation gpt2tune runs
+    with pytest.raises(UserError, match="activation"):
+        config_from_hf({**minimal, "activation_function": "relu"})

@@ -137,3 +137,41 @@ def test_a_real_peft_ia3_adapter_is_rejected(tiny, tmp_path):
         fan_in_fan_out=True)).save_pretrained(tmp_path / "ia3")
     with pytest.raises(UserError, match="LoRA adapters only"):
         load_adapter(load_model(path), tmp_path / "ia3")
+
+
+@pytest.mark.parametrize("cfg, peft_kwargs", [
+    (LoRAConfig(r=4, alpha=8, dropout=0.1, targets=["c_attn", "mlp.c_fc"]),
+     dict(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["c_attn", "c_fc"])),
+    (LoRAConfig(r=2, alpha=4, targets=["c_proj"], layers=[0], use_rslora=True, use_dora=True),
+     dict(r=2, lora_alpha=4, target_modules=["c_proj"], layers_to_transform=[0], use_rslora=True,
+          use_dora=True)),
+], ids=["lora", "rslora-dora-layer0"])
+def test_the_adapter_config_we_write_spells_every_key_as_peft_does(tiny, tmp_path, cfg,
+                                                                   peft_kwargs):
+    """Each key of our adapter_config.json has the name and value peft writes for the same
+    adapter; only the targets are spelled more precisely (attn.c_proj, not c_proj) and the
+    layers' pattern is named."""
+    path, _ = tiny
+    save_adapter(ours_with_lora(path, cfg), tmp_path / "ours", cfg, str(path))
+    peft.get_peft_model(hf_base(path), peft.LoraConfig(task_type="CAUSAL_LM", fan_in_fan_out=True,
+                                                       **peft_kwargs)).save_pretrained(tmp_path / "peft")
+    ours = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    theirs = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    for key in ("target_modules", "layers_pattern"):
+        ours.pop(key)
+    assert {k: v for k, v in ours.items() if k not in theirs} == {}
+    assert {k: (v, theirs[k]) for k, v in ours.items() if theirs[k] != v} == {}
+
+
+def test_a_minimal_adapter_config_gets_peft_defaults():
+    """An adapter_config.json with only what peft requires: alpha, dropout, rsLoRA and DoRA as
+    peft reads them; a first-layer-only adapter is a valid one."""
+    from gpt2tune.formats.peft import lora_config_from_peft
+
+    minimal = {"peft_type": "LORA", "r": 4, "target_modules": ["c_attn"], "fan_in_fan_out": True,
+               "layers_to_transform": [0]}
+    ours = lora_config_from_peft(dict(minimal), n_layer=2)
+    ref = peft.LoraConfig(**{k: v for k, v in minimal.items() if k != "peft_type"})
+    assert (ours.r, ours.alpha, ours.dropout, ours.use_rslora, ours.use_dora, ours.layers) == (
+        ref.r, ref.lora_alpha, ref.lora_dropout, ref.use_rslora, ref.use_dora,
+        ref.layers_to_transform)
