@@ -197,4 +197,5 @@ def test_fresh_weights_are_drawn_as_transformers_draws_them():
             rel = 5 * p.numel() ** -0.5
             assert p.std().item() == pytest.approx(r.std().item(), rel=max(rel, 0.02)), name
             assert abs(p.mean().item()) < rel * r.std().item(), name
-    assert ours["transformer.h.0.attn.c_proj.weight"].std() < 0.5 * ours["transformer.wte.weight"].std()
+    residual, embedding = ours["transformer.h.0.attn.c_proj.weight"], ours["transformer.wte.weight"]
+    assert residual.std() < 0.5 * embedding.std()

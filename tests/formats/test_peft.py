@@ -153,8 +153,8 @@ def test_the_adapter_config_we_write_spells_every_key_as_peft_does(tiny, tmp_pat
     layers' pattern is named."""
     path, _ = tiny
     save_adapter(ours_with_lora(path, cfg), tmp_path / "ours", cfg, str(path))
-    peft.get_peft_model(hf_base(path), peft.LoraConfig(task_type="CAUSAL_LM", fan_in_fan_out=True,
-                                                       **peft_kwargs)).save_pretrained(tmp_path / "peft")
+    reference = peft.LoraConfig(task_type="CAUSAL_LM", fan_in_fan_out=True, **peft_kwargs)
+    peft.get_peft_model(hf_base(path), reference).save_pretrained(tmp_path / "peft")
     ours = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
     theirs = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     for key in ("target_modules", "layers_pattern"):
