@@ -285,3 +285,24 @@ def test_the_build_folder_follows_gpt2tune_kernels_and_the_cpu(monkeypatch, tmp_
     assert len({here.name, other_cpu, native.build_dir().name}) == 3
     monkeypatch.setattr(native.torch, "__version__", "0.0.0")
     assert native.build_dir().name not in (here.name, other_cpu)
+
+
+def test_a_build_killed_half_way_does_not_hang_later_runs(tmp_path):
+    """A build killed half-way leaves torch's ``lock`` file behind; the next run still loads the
+    kernels (it would wait for that file for ever)."""
+    from gpt2tune.core import native
+
+    env = dict(os.environ, GPT2TUNE_KERNELS=str(tmp_path / "k"), OMP_NUM_THREADS="1")
+    script = "from gpt2tune.core import native; print('loaded', native.load())"
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert "loaded True" in first.stdout, first.stderr
+    built = tmp_path / "k" / (
+        subprocess.run([sys.executable, "-c", "from gpt2tune.core import native; "
+                        "print(native.build_dir().name)"], env=env, capture_output=True,
+                       text=True, timeout=60).stdout.strip())
+    (built / "lock").touch()  # what a killed build leaves
+    again = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert "loaded True" in again.stdout, again.stderr
+    assert not (built / "lock").exists() and native.enabled()

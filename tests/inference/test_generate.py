@@ -9,6 +9,7 @@ from gpt2tune.formats.hf import load_model
 from gpt2tune.inference.generate import (
     SamplingConfig,
     build_context,
+    cut_at_stop,
     decode,
     generate,
     generate_ids,
@@ -113,6 +114,45 @@ def test_priming_is_trimmed_from_the_left():
     assert tok.decode(ids).endswith("\nThe end")
     full = tok.encode(prime + "\nThe end")
     assert ids == full[-44:]
+
+
+@pytest.mark.parametrize("prime, prompt, text", [
+    ("FALSTAFF: Peace.", "HAL:", "FALSTAFF: Peace.\nHAL:"),  # joined with a newline
+    ("FALSTAFF: Peace.\n", "HAL:", "FALSTAFF: Peace.\nHAL:"),  # already ends in whitespace
+    ("FALSTAFF: Peace. ", "HAL:", "FALSTAFF: Peace. HAL:"),
+    ("FALSTAFF: Peace.", "", "FALSTAFF: Peace."),  # no prompt: nothing to join
+    (None, "HAL:", "HAL:"),
+])
+def test_prime_is_joined_as_documented(prime, prompt, text):
+    ids, trimmed = build_context(Tokenizer(), prompt, prime, max_new_tokens=8, n_positions=64)
+    assert ids == Tokenizer().encode(text) and trimmed == 0
+
+
+def test_cut_at_stop_cuts_at_the_earliest_stop_and_keeps_the_token_that_completes_it():
+    """Reference by hand: in "one two three two", the stops " two" (twice) and "o thr" start at
+    3 and 6; the text is cut at 3, and the ids end with the token that completes " two"."""
+    tok = Tokenizer()
+    ids = tok.encode("one two three two")
+    assert [tok.decode([i]) for i in ids] == ["one", " two", " three", " two"]
+    assert cut_at_stop(tok, ids, ["o thr", " two"]) == ("one", ids[:2], True)
+    assert cut_at_stop(tok, ids, ["o thr"]) == ("one tw", ids[:3], True)
+    assert cut_at_stop(tok, ids, ["four", ""]) == ("one two three two", ids, False)
+
+
+def test_streamed_pieces_join_up_to_the_text_with_long_stop_strings(ours):
+    """Text is held back while it could be the start of a stop string (here 3 and 5 characters
+    long), so the streamed pieces join up to exactly the returned text; one sample by default."""
+    tok = Tokenizer()
+    cfg = SamplingConfig(max_new_tokens=30, greedy=True, stop_at_eot=False)
+    (free,) = generate(ours, tok, "Hello", cfg)
+    half = len(free.text) // 2
+    assert half > 12
+    for stops in ([free.text[half:half + 3]], [free.text[half + 2:half + 7], "never-appears"]):
+        pieces: list[str] = []
+        cfg = SamplingConfig(max_new_tokens=30, greedy=True, stop_at_eot=False, stop=stops)
+        (cut,) = generate(ours, tok, "Hello", cfg, on_text=lambda row, p: pieces.append(p))
+        assert cut.text == free.text[:free.text.find(stops[0])]
+        assert "".join(pieces) == cut.text and len(pieces) > 1
 
 
 def test_stop_strings_cut_text(ours):

@@ -15,6 +15,8 @@ import hashlib
 import logging
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -62,12 +64,13 @@ def load() -> bool:
         if not (directory / "gpt2tune_fused.so").exists():
             log.info("building gpt2tune's CPU kernels for this machine (once, about 10 s) in %s",
                      directory)
-        # -fopenmp for at::parallel_for's pragmas only: the OpenMP runtime is torch's own,
-        # already loaded (linking the system libgomp as well would start a second one)
-        cpp_extension.load(name="gpt2tune_fused", sources=[str(SOURCE)],
-                           extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                           build_directory=str(directory), is_python_module=False,
-                           verbose=False)
+        with _build_lock(directory):
+            # -fopenmp for at::parallel_for's pragmas only: the OpenMP runtime is torch's own,
+            # already loaded (linking the system libgomp as well would start a second one)
+            cpp_extension.load(name="gpt2tune_fused", sources=[str(SOURCE)],
+                               extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                               build_directory=str(directory), is_python_module=False,
+                               verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch paths still work
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.warning("gpt2tune's CPU kernels could not be built (%s); using the slower PyTorch "
@@ -75,6 +78,29 @@ def load() -> bool:
         return False
     _register_fakes()
     return True
+
+
+@contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """One gpt2tune process at a time builds or loads in ``directory``.
+
+    torch's cpp_extension marks a build with a ``lock`` file and waits, without end, for it to
+    go away; a build killed half-way (Ctrl-C, an OOM kill) leaves it behind and every later run
+    would hang. An OS lock (``flock``) is released when its holder dies, so while holding one, a
+    ``lock`` file left there can only be such a leftover, and is removed.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: torch's own lock alone
+        yield
+        return
+    with (directory / "gpt2tune.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            (directory / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _register_fakes() -> None:
