@@ -16,7 +16,6 @@ import torch
 from serving import start_server, stop_server
 
 from gpt2tune.cli.main import main
-from gpt2tune.serve.protocol import ChatMessage, chat_prompt
 
 PROMPT = "The meaning of life is"
 
@@ -162,14 +161,19 @@ def test_prompt_list_echo_logprobs_and_priming(client):
 
 
 def test_chat_uses_the_documented_template(client):
+    """The reference is the README's template written out by hand: system (and developer) text
+    first, then one line per message, ending with "Assistant:"."""
     messages = [{"role": "system", "content": "You speak like Falstaff."},
-                {"role": "user", "content": "What is honour?"}]
+                {"role": "user", "content": "What is honour?"},
+                {"role": "assistant", "content": "A word."},
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "And what is in that word?"}]
     r = client.chat.completions.create(model="falstaff", messages=messages, max_tokens=10,
                                        temperature=0)
     assert r.object == "chat.completion"
     assert r.choices[0].message.role == "assistant"
-    prompt = chat_prompt([ChatMessage(**m) for m in messages])
-    assert prompt.endswith("User: What is honour?\nAssistant:")
+    prompt = ("You speak like Falstaff.\n\nUser: What is honour?\nAssistant: A word.\n"
+              "Be brief.\n\nUser: And what is in that word?\nAssistant:")
     assert r.choices[0].message.content == greedy(client, "falstaff", prompt, 10,
                                                   stop=["\nUser:"])
     streamed = client.chat.completions.create(model="falstaff", messages=messages, max_tokens=10,
@@ -219,9 +223,13 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, liv
         with pytest.raises(error) as info:
             client.completions.create(**kwargs)
         assert words in info.value.body["message"]
+        # OpenAI's error object: message, type, param, code
+        assert info.value.body.keys() == {"message", "type", "param", "code"}
+        assert info.value.body["type"] == ("invalid_request_error" if error is
+                                           openai.BadRequestError else info.value.body["type"])
         assert greedy(client, "news", "Hello", 6) == reference
     status, body = post(live_server.url + "/v1/completions", b"{not json")
-    assert status == 400 and "error" in body
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
     huge = json.dumps({"model": "news", "prompt": "x" * (2 << 20)}).encode()
     status, body = post(live_server.url + "/v1/completions", huge)
     assert status == 413 and body["error"]["code"] == "body_too_large"
