@@ -11,8 +11,9 @@ repository under ``.mutants/PACKAGE``, against the tests that speak for it (``PA
 package's score says what its own tests catch. Results are cached there, so a second run only
 runs mutants whose code or tests changed.
 
-The score is killed / mutants checked: a mutant that no test reaches ("no tests") or that only
-times out counts as a survivor, so the score does not flatter. With ``--max-minutes`` a package
+The score is caught / mutants checked, where caught is killed (a test failed) or timed out (the
+tests hang: they would never pass); a mutant that no test reaches ("no tests") counts as a
+survivor, so the score does not flatter. With ``--max-minutes`` a package
 stops early and the table says how many of its mutants were checked. Lines whose mutants cannot change
 anything observable carry ``# pragma: no mutate`` with the reason next to it.
 
@@ -46,7 +47,7 @@ PACKAGES = {  # package: the tests that speak for it
     "finetune": ["tests/finetune"],
     "serve": ["tests/serve"],
 }
-KILLED = {"killed"}
+KILLED = {"killed", "timeout"}  # a mutant that makes the tests hang is caught: they never pass
 STATUSES = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped",
             "segfault", "check was interrupted by user", "not checked")
 
@@ -94,13 +95,14 @@ def mutmut(dest: Path, names: list[str], children: int, max_minutes: float | Non
     (dest / "mutants" / "src").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(dest / "mutants" / "src")}
     with (dest / "mutmut.log").open("w") as log:  # its progress line, and what went wrong
+        # a session of its own, so that mutmut, its fork server and its workers stop together
         proc = subprocess.Popen([sys.executable, "-m", "mutmut", "run", "--max-children",
                                  str(children), *names], cwd=dest, env=env, stdout=log,
-                                stderr=log)
+                                stderr=log, start_new_session=True)
         try:
             return proc.wait(None if max_minutes is None else max_minutes * 60)
         except subprocess.TimeoutExpired:  # out of time: what was checked stays cached
-            proc.send_signal(signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGKILL)  # (mutmut goes on after a SIGINT)
             proc.wait()
             return 0
 
@@ -112,11 +114,12 @@ def run_package(package: str, children: int, max_minutes: float | None,
     configure(dest, package)
     start = time.monotonic()
     names: list[str] = []
+    run = max_minutes != 0  # 0: score what the last runs left, run nothing
     if sample:  # generate the mutants and the test map only, then check a seeded sample
-        code = mutmut(dest, ["no-such-mutant"], children, None)
+        code = mutmut(dest, ["no-such-mutant"], children, None) if run else 0
         every = sorted(results(dest))
         names = sorted(random.Random(seed).sample(every, min(sample, len(every))))
-    code = mutmut(dest, names, children, max_minutes)
+    code = mutmut(dest, names, children, max_minutes) if run else 0
     if code:
         tail = (dest / "mutmut.log").read_text(errors="replace")[-2000:]
         raise SystemExit(f"mutmut failed on {package} (exit {code}); the end of "
@@ -137,14 +140,16 @@ def run_package(package: str, children: int, max_minutes: float | None,
 
 def table(rows: list[dict]) -> str:
     """The README's table; a sampled score comes with its 95% interval."""
-    lines = ["| package | mutants | checked | killed | score | survived | no tests | timeout | "
+    lines = ["| package | mutants | checked | caught | score | survived | no tests | timeout | "
              "tests run |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c, n = r["counts"], r.get("checked", r["mutants"])
-        score = f"{r['score']:.0%}"
+        caught = sum(c.get(s, 0) for s in KILLED)
+        p = caught / max(1, n)
+        score = f"{p:.0%}"
         if r.get("sampled"):
-            score += f" ± {1.96 * (r['score'] * (1 - r['score']) / max(1, n)) ** 0.5:.0%}"
-        lines.append(f"| {r['package']} | {r['mutants']} | {n} | {r['killed']} | {score} | "
+            score += f" ± {1.96 * (p * (1 - p) / max(1, n)) ** 0.5:.0%}"
+        lines.append(f"| {r['package']} | {r['mutants']} | {n} | {caught} | {score} | "
                      f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {c.get('timeout', 0)} | "
                      f"{', '.join('`' + t + '`' for t in r['tests'])} |")
     return "\n".join(lines)
@@ -158,10 +163,12 @@ def main() -> int:
                    help="mutants tested at once (default: the CPU count)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop each package after this long; what was checked is scored (and "
-                        "cached: the next run goes on from there)")
+                        "cached: the next run goes on from there); 0: only score the cache")
     p.add_argument("--sample", type=int, default=None, metavar="N",
                    help="check N mutants per package drawn at random (seeded) instead of all")
     p.add_argument("--seed", type=int, default=0, help="the sample's seed")
+    p.add_argument("--table", action="store_true",
+                   help="print the table of the last runs (.mutants/scores.json) and stop")
     p.add_argument("--survivors", action="store_true",
                    help="list the surviving mutants of the last run instead of running")
     args = p.parse_args()
@@ -177,6 +184,9 @@ def main() -> int:
         return 0
     scores_file = WORK / "scores.json"
     scores = json.loads(scores_file.read_text()) if scores_file.exists() else {}
+    if args.table:
+        print(table([scores[p] for p in PACKAGES if p in scores]))
+        return 0
     for package in packages:
         print(f"mutating {package} against {' '.join(PACKAGES[package])} ...", flush=True)
         r = run_package(package, args.children, args.max_minutes, args.sample, args.seed)
