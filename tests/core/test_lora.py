@@ -134,6 +134,18 @@ def test_config_accepts_exactly_the_documented_ranges(kwargs, ok):
             LoRAConfig(**kwargs)
 
 
+@pytest.mark.parametrize("layers, expected", [(None, [0, 1, 2]), ([0], [0]), ([2, 0, 2], [0, 2]),
+                                              ([3], "LoRA layer 3 does not exist; this model has "
+                                                    "blocks 0..2"), ([-1], "LoRA layer -1")])
+def test_lora_layers_are_block_indices_from_zero(layers, expected):
+    cfg = LoRAConfig(layers=layers)
+    if isinstance(expected, list):
+        assert cfg.layer_indices(3) == expected
+    else:
+        with pytest.raises(UserError, match=expected):
+            cfg.layer_indices(3)
+
+
 def test_merge_unmerge_disable(tiny, tokens):
     path, hf = tiny
     base_logits = logits(hf, tokens)
