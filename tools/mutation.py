@@ -8,14 +8,13 @@ mutmut (``[tool.mutmut]`` in pyproject.toml) plants one small bug at a time (an 
 constant, a string, a removed argument) in a copy of the code and runs the tests that reach the
 mutated function; a mutant no test notices "survived". Each package is run in its own copy of the
 repository under ``.mutants/PACKAGE``, against the tests that speak for it (``PACKAGES``): a
-package's score says what its own tests catch. Results are cached there, so a second run only
-runs mutants whose code or tests changed.
+package's score says what its own tests catch. mutmut keeps its results there, so a second run
+goes on where the last one stopped.
 
 The score is caught / mutants checked, where caught is killed (a test failed) or timed out (the
 tests hang: they would never pass); a mutant that no test reaches ("no tests") counts as a
-survivor, so the score does not flatter. With ``--max-minutes`` a package
-stops early and the table says how many of its mutants were checked. Lines whose mutants cannot change
-anything observable carry ``# pragma: no mutate`` with the reason next to it.
+survivor, so the score does not flatter. With ``--max-minutes`` a package stops early and the
+table says how many of its mutants were checked.
 
 Writes ``.mutants/scores.json`` and prints the table the README's testing section shows.
 """
@@ -116,7 +115,8 @@ def run_package(package: str, children: int, max_minutes: float | None,
     names: list[str] = []
     run = max_minutes != 0  # 0: score what the last runs left, run nothing
     if sample:  # generate the mutants and the test map only, then check a seeded sample
-        code = mutmut(dest, ["no-such-mutant"], children, None) if run else 0
+        if run:  # (mutmut stops with an error at the unknown name, after both)
+            mutmut(dest, ["no-such-mutant"], children, None)
         every = sorted(results(dest))
         names = sorted(random.Random(seed).sample(every, min(sample, len(every))))
     code = mutmut(dest, names, children, max_minutes) if run else 0
@@ -130,12 +130,15 @@ def run_package(package: str, children: int, max_minutes: float | None,
         statuses = {n: statuses[n] for n in names}
     counts = {s: sum(1 for v in statuses.values() if v == s) for s in STATUSES}
     unchecked = counts["not checked"] + counts["check was interrupted by user"]
-    checked = len(statuses) - unchecked
-    killed = sum(counts[s] for s in KILLED)
-    return {"package": package, "mutants": total, "checked": checked, "killed": killed,
-            "score": round(killed / max(1, checked), 3), "sampled": bool(names),
-            "counts": {k: v for k, v in counts.items() if v},
+    return {"package": package, "mutants": total, "checked": len(statuses) - unchecked,
+            "sampled": bool(names), "counts": {k: v for k, v in counts.items() if v},
             "tests": PACKAGES[package], "minutes": round((time.monotonic() - start) / 60, 1)}
+
+
+def caught(r: dict) -> tuple[int, float]:
+    """A package's caught mutants and its score (caught / checked)."""
+    n = sum(r["counts"].get(s, 0) for s in KILLED)
+    return n, n / max(1, r.get("checked", r["mutants"]))
 
 
 def table(rows: list[dict]) -> str:
@@ -144,12 +147,11 @@ def table(rows: list[dict]) -> str:
              "tests run |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c, n = r["counts"], r.get("checked", r["mutants"])
-        caught = sum(c.get(s, 0) for s in KILLED)
-        p = caught / max(1, n)
+        hits, p = caught(r)
         score = f"{p:.0%}"
         if r.get("sampled"):
             score += f" ± {1.96 * (p * (1 - p) / max(1, n)) ** 0.5:.0%}"
-        lines.append(f"| {r['package']} | {r['mutants']} | {n} | {caught} | {score} | "
+        lines.append(f"| {r['package']} | {r['mutants']} | {n} | {hits} | {score} | "
                      f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {c.get('timeout', 0)} | "
                      f"{', '.join('`' + t + '`' for t in r['tests'])} |")
     return "\n".join(lines)
@@ -191,7 +193,7 @@ def main() -> int:
         print(f"mutating {package} against {' '.join(PACKAGES[package])} ...", flush=True)
         r = run_package(package, args.children, args.max_minutes, args.sample, args.seed)
         scores[package] = r
-        print(f"  {r['score']:.1%} killed of {r['checked']} checked ({r['mutants']} mutants) "
+        print(f"  {caught(r)[1]:.1%} caught of {r['checked']} checked ({r['mutants']} mutants) "
               f"in {r['minutes']} min", flush=True)
         scores_file.write_text(json.dumps(scores, indent=1) + "\n")
     print(table([scores[p] for p in PACKAGES if p in scores]))
