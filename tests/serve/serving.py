@@ -68,16 +68,12 @@ def start_server(dirs: dict[str, Path], log: Path, *extra: str,
     proc = subprocess.Popen([sys.executable, "-m", "gpt2tune", *args], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=env)
 
-    def exited() -> str | None:
-        if proc.poll() is None:
-            return None
-        return f"server exited with {proc.returncode}:\n{log.read_text()}"
-
     try:
-        _wait_for_health(url, exited)
-    except RuntimeError:
+        _wait_for_health(url, lambda: None if proc.poll() is None
+                         else f"server exited with {proc.returncode}")
+    except RuntimeError as e:  # what it printed says why
         proc.kill()
-        raise
+        raise RuntimeError(f"{e}:\n{log.read_text()}") from None
     return Served(url, names, dirs, proc, log)
 
 
