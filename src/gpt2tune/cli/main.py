@@ -12,7 +12,7 @@ import sys
 
 from gpt2tune.cli.commands import COMMANDS
 from gpt2tune.cli.options import CommandParser, collect  # noqa: F401  (collect: for tests)
-from gpt2tune.errors import UserError
+from gpt2tune.errors import UserError, as_flag
 from gpt2tune.runtime import keep_freed_memory
 
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
         return args.func(args)
     except UserError as e:
-        print(f"gpt2tune: error: {e}", file=sys.stderr)
+        print(f"gpt2tune: error: {e.phrased(as_flag)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("gpt2tune: interrupted", file=sys.stderr)
