@@ -15,6 +15,7 @@ See benchmarks/README.md for what is measured and how.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -213,6 +214,9 @@ def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> d
 
         def train_step() -> float:
             return trainer.step(batch).loss
+
+        # as inside a run (Trainer.fit): a bf16 LoRA run holds its frozen base in bf16
+        scope = trainer.training()
     else:
         # what transformers' Trainer does by default with torch >= 2.8: optim="adamw_torch_fused"
         optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01, fused=True)
@@ -226,15 +230,18 @@ def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> d
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return loss.item()
-    setup_mib = _peak_mib(device)
+
+        scope = contextlib.nullcontext()
     times = []
-    for i in range(warmup + steps):
-        _sync(device)
-        t = time.perf_counter()
-        loss = train_step()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
+    with scope:
+        setup_mib = _peak_mib(device)
+        for i in range(warmup + steps):
+            _sync(device)
+            t = time.perf_counter()
+            loss = train_step()
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
     assert math.isfinite(loss)
     return {"step_s": times, "tokens_per_step": case.batch * SEQ, "setup_peak_mib": setup_mib,
             "peak_mib": _peak_mib(device), "trainable_params": sum(p.numel() for p in params)}

@@ -396,11 +396,15 @@ def test_lora_bf16_with_the_base_stored_in_bf16_equals_autocast_of_the_float32_b
         cfg = TrainConfig(method="lora", lr=1e-2, warmup_steps=0, precision="bf16",
                           loss_chunk=0, batch_size=4, max_steps=3)
         trainer = Trainer(model, cfg, total_steps=3, parallel=SingleProcess())
+        # building the trainer leaves the caller's model as it was
+        assert all(p.dtype == torch.float32 for p in model.parameters())
         if store:
-            c_fc = model.transformer.h[0].mlp.c_fc
-            assert c_fc.base.weight.dtype == torch.bfloat16  # stored low while it trains
-            assert c_fc.lora_A.weight.dtype == torch.float32
-            assert model.transformer.h[0].mlp.c_proj.weight.dtype == torch.bfloat16
+            with trainer.training():
+                c_fc = model.transformer.h[0].mlp.c_fc
+                assert c_fc.base.weight.dtype == torch.bfloat16  # stored low while it trains
+                assert c_fc.lora_A.weight.dtype == torch.float32
+                assert model.transformer.h[0].mlp.c_proj.weight.dtype == torch.bfloat16
+            assert all(p.dtype == torch.float32 for p in model.parameters())
         trainer.fit(Rows(inputs=x, targets=y))
         monkeypatch.undo()
         return [p.detach().clone() for p in model.parameters() if p.requires_grad], model
