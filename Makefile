@@ -14,7 +14,7 @@ DEMO_BASE ?= embedded
 # apt-get runs as root: directly in CI (root), through sudo elsewhere
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench mutants install browser clean
+.PHONY: demo test lint bench mutants install browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(VENV)/.torch: | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
-	$(BIN)/pip install --quiet -e ".[test,demo,tensorboard,serve]"
+	$(BIN)/pip install --quiet -e ".[test,demo,tensorboard,serve,lint]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,7 +40,14 @@ browser:
 	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y --no-install-recommends chromium chromium-driver; }
 
-test: $(VENV)/.installed browser
+# the linter, the formatter's check and the type checker (settings in pyproject.toml); part of
+# make test, so CI enforces them. `ruff check --fix` and `ruff format` fix most of what they find
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+test: $(VENV)/.installed browser lint
 	$(BIN)/python -m pytest tests
 
 bench: $(VENV)/.installed
