@@ -56,11 +56,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
+        raise UserError("`device` cuda asked for, but no CUDA GPU is available; use `device` cpu")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown --device {name!r}; use auto, cpu or cuda[:N]") from None
+        raise UserError(f"unknown `device` {name!r}; use auto, cpu or cuda[:N]") from None
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -78,7 +78,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp16":
         return torch.float16
     if precision != "auto":
-        raise UserError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+        raise UserError(f"unknown `precision` {precision!r}; use {', '.join(PRECISIONS)}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_bf16() else None
@@ -92,7 +92,7 @@ def fp32_or_bf16(precision: str, device: torch.device) -> str:
     if precision in ("fp32", "bf16"):
         return precision
     if precision != "auto":
-        raise UserError(f"--precision {precision!r}: use auto, fp32 or bf16")
+        raise UserError(f"`precision` {precision!r}: use auto, fp32 or bf16")
     return "bf16" if autocast_dtype("auto", device) == torch.bfloat16 else "fp32"
 
 

@@ -25,17 +25,26 @@ def test_text_formats(tmp_path):
     assert read_documents(docs) == ["first", "second\n\nstill second"]
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("empty.txt", "\n\n  \n", "holds no text"),
-    ("bad.jsonl", '{"text": "ok"}\n{"text": broken}\n', "line 2 is not valid JSON"),
-    ("field.jsonl", '{"body": "x"}\n', "no 'text' field"),
-    ("col.csv", "a,b\n1,2\n", "no 'text' column"),
+@pytest.mark.parametrize("name, content, message, field", [
+    ("empty.txt", "\n\n  \n", "holds no text", None),
+    ("bad.jsonl", '{"text": "ok"}\n{"text": broken}\n', "line 2 is not valid JSON", None),
+    ("field.jsonl", '{"body": "x"}\n', "no 'text' field.*choose one with text_field$", "text_field"),
+    ("col.csv", "a,b\n1,2\n", "no 'text' column.*choose one with text_field$", "text_field"),
 ])
-
-def test_bad_files_name_the_problem(tmp_path, name, content, message):
+def test_bad_files_name_the_problem(tmp_path, name, content, message, field):
+    """...and the option that fixes it, where one does."""
     (tmp_path / name).write_text(content)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as e:
         read_documents(tmp_path / name)
+    assert e.value.field == field
+
+
+def test_an_unknown_doc_sep_names_the_option(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(UserError, match="unknown doc_sep 'para'; use one of: blank, line") as e:
+        read_documents(tmp_path / "a.txt", doc_sep="para")
+    assert e.value.field == "doc_sep"
+
 
 def test_non_utf8_reports_line(tmp_path):
     (tmp_path / "x.txt").write_bytes(b"fine\nalso fine\ncaf\xe9\n")

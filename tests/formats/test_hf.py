@@ -122,7 +122,7 @@ def test_weights_of_another_config_are_rejected(tmp_path, tiny_hf):
 
 def test_offline_hub_id_says_how_to_point_at_a_directory(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="pass --model /path/to/dir"):
+    with pytest.raises(UserError, match="pass model /path/to/dir"):
         load_model("nobody-has-this/gpt2-not-cached")
 
 

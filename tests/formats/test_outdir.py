@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gpt2tune.errors import UserError
+from gpt2tune.errors import UserError, as_flag
 from gpt2tune.formats.outdir import LOCK_FILE, OutputLock, prepare_output_dir
 
 
@@ -20,16 +20,21 @@ def test_empty_or_missing_dirs_are_fine(tmp_path):
 
 def test_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(UserError, match="is a file"):
+    with pytest.raises(UserError, match="is a file") as e:
         prepare_output_dir(tmp_path / "f")
+    assert e.value.field == "out"
 
 
 def test_a_previous_run_needs_resume_or_overwrite(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text("{}")
-    with pytest.raises(UserError, match="already holds a previous run.*--resume"):
+    with pytest.raises(UserError, match="already holds a previous run.*resume") as e:
         prepare_output_dir(out, marker="run.json")
+    # the option is named by its field; the CLI spells it as a flag
+    assert e.value.field == "out"
+    assert e.value.phrased(as_flag) == (f"--out {out} already holds a previous run; pass --resume "
+                                        "to continue it or --overwrite to replace it")
     prepare_output_dir(out, marker="run.json", resume=True)
     assert (out / "run.json").is_file()  # resume keeps everything
     prepare_output_dir(out, marker="run.json", overwrite=True)
@@ -37,10 +42,12 @@ def test_a_previous_run_needs_resume_or_overwrite(tmp_path):
 
 
 def test_resume_needs_a_run_and_contradicts_overwrite(tmp_path):
-    with pytest.raises(UserError, match="holds no gpt2tune run"):
+    with pytest.raises(UserError, match="holds no gpt2tune run") as e:
         prepare_output_dir(tmp_path, marker="run.json", resume=True)
-    with pytest.raises(UserError, match="contradict"):
+    assert e.value.field == "resume" and e.value.phrased(as_flag).endswith("drop --resume")
+    with pytest.raises(UserError, match="^resume and overwrite contradict") as e:
         prepare_output_dir(tmp_path, marker="run.json", resume=True, overwrite=True)
+    assert e.value.phrased(as_flag).startswith("--resume and --overwrite contradict")
 
 
 def test_replace_own_replaces_only_own_output(tmp_path):
@@ -51,7 +58,7 @@ def test_replace_own_replaces_only_own_output(tmp_path):
     (own / "demo.json").write_text("{}")
     prepare_output_dir(own, marker="demo.json", what="demo", replace_own=True)
     assert list(own.iterdir()) == []
-    with pytest.raises(UserError, match="other files; pass --overwrite"):
+    with pytest.raises(UserError, match="other files; pass overwrite to replace it, or choose another out$"):
         prepare_output_dir(other, marker="demo.json", what="demo", replace_own=True)
     assert (other / "x.png").is_file()  # nothing lost on refusal
 
@@ -59,7 +66,7 @@ def test_replace_own_replaces_only_own_output(tmp_path):
 def test_a_locked_dir_is_refused_naming_the_holder_and_free_after_release(tmp_path):
     out = tmp_path / "a" / "run"
     first = OutputLock(out, "gpt2tune train").acquire()
-    with pytest.raises(UserError, match=rf"--out {out} is in use by process {os.getpid()} "
+    with pytest.raises(UserError, match=rf"^out {out} is in use by process {os.getpid()} "
                                         r"\(gpt2tune train\); wait for it to finish"):
         OutputLock(out, "gpt2tune compare").acquire()
     first.release()
@@ -113,7 +120,7 @@ def test_an_out_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
         return real_open(path, *a, **k)
 
     monkeypatch.setattr(os, "open", denied)
-    with pytest.raises(UserError, match=r"cannot write to --out .*/new: Permission denied; "
+    with pytest.raises(UserError, match=r"cannot write to out .*/new: Permission denied; "
                                         "choose a directory you can write to"):
         OutputLock(tmp_path / "new", "gpt2tune train").acquire()
     assert not (tmp_path / "new").exists()

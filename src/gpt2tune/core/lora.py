@@ -66,14 +66,15 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         if self.r < 1:
-            raise UserError(f"LoRA rank r={self.r} must be at least 1; pass e.g. --lora-r 8")
+            raise UserError(f"LoRA rank `r` must be at least 1, got {self.r}; pass e.g. 8")
         if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"LoRA dropout {self.dropout} must be in [0, 1); pass e.g. 0.05")
+            raise UserError(f"LoRA `dropout` {self.dropout} must be in [0, 1); pass e.g. 0.05")
         if not self.targets:
-            raise UserError(f"no LoRA targets given; choose from: {', '.join(TARGETS)}")
+            raise UserError(f"no LoRA `targets` given; choose from: {', '.join(TARGETS)}")
         for t in self.targets:
             if t not in TARGETS:
-                raise UserError(f"unknown LoRA target {t!r}; choose from: {', '.join(TARGETS)}")
+                raise UserError(f"unknown LoRA target {t!r} in `targets`; choose from: "
+                                f"{', '.join(TARGETS)}")
 
     @property
     def scaling(self) -> float:
@@ -100,8 +101,8 @@ class LoRAConfig:
             return list(range(n_layer))
         bad = [i for i in self.layers if not 0 <= i < n_layer]
         if bad:
-            raise UserError(f"LoRA layer {bad[0]} does not exist; this model has blocks "
-                            f"0..{n_layer - 1}")
+            raise UserError(f"`layers`: LoRA layer {bad[0]} does not exist; this model has "
+                            f"blocks 0..{n_layer - 1}")
         return sorted(set(self.layers))
 
     def module_names(self, n_layer: int) -> list[str]:

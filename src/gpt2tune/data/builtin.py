@@ -9,7 +9,7 @@
     FALSTAFF). A speech is everything a character says until someone else speaks, its verse lines
     joined with newlines and stage directions removed.
 ``builtin:speakers[:N]``
-    A labelled task for ``--task classify``: every speech of the N (default 4) Shakespeare
+    A labelled task (``task`` classify): every speech of the N (default 4) Shakespeare
     characters with the most speeches, labelled with the speaker's name.
 ``builtin:wiki``
     The Wikipedia articles in gensim's shortened dump, markup removed with gensim's own wiki filter
@@ -151,7 +151,7 @@ def load_labeled_builtin(name: str, split: str = "train") -> tuple[list[str], li
         raise UserError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
     kind, arg = _parse_name(name)
     if kind != "speakers":
-        raise UserError(f"{name} has no labels; for --task classify use builtin:speakers[:N] "
+        raise UserError(f"{name} has no labels; for `task` classify use builtin:speakers[:N] "
                         "or a .jsonl/.csv file with a label field")
     train, test = _speaker_split(arg)
     pairs = train if split == "train" else test if split == "test" else train + test

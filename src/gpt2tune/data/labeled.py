@@ -57,11 +57,11 @@ def read_labeled(spec: str | Path, text_field: str = "text", label_field: str = 
     out = Labeled([], [])
     for n, rec in read_records(path):
         if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
-            raise UserError(f"{path}:{n}: no text field '{text_field}'; name it with --text-field")
+            raise UserError(f"{path}:{n}: no text field '{text_field}'; name it with `text_field`")
         label = rec.get(label_field)
         if label is None or str(label).strip() == "":
             raise UserError(f"{path}:{n}: no label in field '{label_field}'; every row needs "
-                            "one (or name the field with --label-field)")
+                            "one (or name the field with `label_field`)")
         out.texts.append(rec[text_field])
         out.labels.append(str(label))
     if not out.texts:

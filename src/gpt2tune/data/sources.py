@@ -37,7 +37,7 @@ def read_text(path: Path) -> str:
 def split_documents(text: str, doc_sep: str = "blank") -> list[str]:
     """Documents separated by blank lines (``blank``) or one per line (``line``); empty ones dropped."""
     if doc_sep not in DOC_SEPS:
-        raise UserError(f"unknown --doc-sep {doc_sep!r}; use one of: {', '.join(DOC_SEPS)}")
+        raise UserError(f"unknown `doc_sep` {doc_sep!r}; use one of: {', '.join(DOC_SEPS)}")
     text = text.replace("\r\n", "\n")
     parts = re.split(r"\n\s*\n", text) if doc_sep == "blank" else text.split("\n")
     return [p.strip() for p in parts if p.strip()]
@@ -48,7 +48,7 @@ def _field(record: object, field: str, where: str) -> str:
         raise UserError(f"{where}: expected a JSON object with a {field!r} field")
     if field not in record:
         raise UserError(f"{where}: no {field!r} field (it has: {', '.join(map(str, record)) or 'none'}); "
-                        "choose one with --text-field")
+                        "choose one with `text_field`")
     value = record[field]
     if not isinstance(value, str):
         raise UserError(f"{where}: field {field!r} is not a string")
@@ -97,7 +97,7 @@ def _read_csv(path: Path, field: str) -> list[str]:
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     if reader.fieldnames is None or field not in reader.fieldnames:
         raise UserError(f"{path}: no {field!r} column (columns: "
-                        f"{', '.join(reader.fieldnames or [])}); choose one with --text-field")
+                        f"{', '.join(reader.fieldnames or [])}); choose one with `text_field`")
     return [row[field] or "" for row in reader]
 
 

@@ -1,4 +1,4 @@
-"""The one seeded split of documents into two parts, used for ``--val-split`` and for the
+"""The one seeded split of documents into two parts, used for ``val_split`` and for the
 built-in datasets' fixed test splits."""
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ def seeded_split(docs: Sequence[T], n_held_out: int, seed: int) -> tuple[list[T]
 
 
 def split_train_val(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """``--val-split``: hold out ``val_fraction`` of the documents (at least one, never all)."""
+    """``val_split``: hold out ``val_fraction`` of the documents (at least one, never all)."""
     if not 0 < val_fraction < 1:
-        raise UserError(f"--val-split must be between 0 and 1, got {val_fraction}")
+        raise UserError(f"`val_split` must be between 0 and 1, got {val_fraction}")
     if len(docs) < 2:
-        raise UserError("--val-split needs at least 2 documents; give --val-data instead")
+        raise UserError("`val_split` needs at least 2 documents; give `val_data` instead")
     n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
     return seeded_split(docs, n_val, seed)

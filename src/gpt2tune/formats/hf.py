@@ -41,7 +41,7 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise UserError(f"{path} is a file; --model takes a directory holding config.json "
+            raise UserError(f"{path} is a file; `model` takes a directory holding config.json "
                             "and model weights (or a hub id such as gpt2)")
         return path
     name = str(name_or_path)
@@ -60,7 +60,7 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     except Exception as e:
         raise UserError(
             f"model {name!r} is not a local directory and could not be fetched from the Hugging "
-            f"Face hub ({type(e).__name__}); when offline, pass --model /path/to/dir with an "
+            f"Face hub ({type(e).__name__}); when offline, pass `model` /path/to/dir with an "
             "HF-format GPT-2 (config.json + model.safetensors)") from None
 
 
@@ -254,7 +254,7 @@ def load_classifier(name_or_path: str | Path, labels: list[str] | None = None, *
     if CLASSIFIER_ARCH not in (hf.get("architectures") or []):
         if not labels:
             raise UserError(f"{model_dir} is a plain GPT-2, not a classifier: give the labels "
-                            "(e.g. --label-field) so a fresh score head can be made")
+                            "(e.g. `label_field`) so a fresh score head can be made")
         body = _load_weights(_empty_gpt2(config, model_dir), sd, model_dir, None, device)
         return GPT2Classifier.from_language_model(body, labels).eval()
     id2label = hf.get("id2label") or {}

@@ -42,20 +42,20 @@ def prepare_output_dir(out: str | Path, *, marker: str | None = None, what: str 
     """
     out = Path(out)
     if resume and overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pass one")
+        raise UserError("`resume` and `overwrite` contradict each other; pass one")
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a directory")
+        raise UserError(f"`out` {out} is a file; give a directory")
     busy = out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
     ours = marker is not None and (out / marker).is_file()
     if resume:
         if not ours:
-            raise UserError(f"--resume: {out} holds no gpt2tune {what} to continue; drop --resume")
+            raise UserError(f"`resume`: {out} holds no gpt2tune {what} to continue; drop `resume`")
         return out
     if busy and not (overwrite or (replace_own and ours)):
         held = f"a previous {what}" if ours else "other files"
-        fix = ("pass --resume to continue it or --overwrite to replace it" if what == "run"
-               else "pass --overwrite to replace it, or choose another --out")
-        raise UserError(f"--out {out} already holds {held}; {fix}")
+        fix = ("pass `resume` to continue it or `overwrite` to replace it" if what == "run"
+               else "pass `overwrite` to replace it, or choose another `out`")
+        raise UserError(f"`out` {out} already holds {held}; {fix}")
     if busy and not check_only:
         # empty it rather than remove it: a lock held on it (its LOCK_FILE) stays where it is
         for p in out.iterdir():
@@ -99,12 +99,12 @@ class OutputLock:
         import fcntl  # POSIX only: imported here, so this module still imports elsewhere
 
         if self.out.exists() and not self.out.is_dir():
-            raise UserError(f"--out {self.out} is a file; give a directory")
+            raise UserError(f"`out` {self.out} is a file; give a directory")
         try:
             self._created = [d for d in (self.out, *self.out.parents) if not d.exists()]
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot create --out {self.out}: {e.strerror}; choose a directory "
+            raise UserError(f"cannot create `out` {self.out}: {e.strerror}; choose a directory "
                             "you can write to") from None
         path = self.out / LOCK_FILE
         while True:
@@ -112,15 +112,15 @@ class OutputLock:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
                 self._cleanup_dir()
-                raise UserError(f"cannot write to --out {self.out}: {e.strerror}; choose a "
+                raise UserError(f"cannot write to `out` {self.out}: {e.strerror}; choose a "
                                 "directory you can write to") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 self._cleanup_dir()
-                raise UserError(f"--out {self.out} is in use by {_holder(path)}; wait for it to "
-                                "finish, or choose another --out") from None
+                raise UserError(f"`out` {self.out} is in use by {_holder(path)}; wait for it to "
+                                "finish, or choose another `out`") from None
             # the holder before us may have removed the file between our open and our lock:
             # then we hold a lock on a file no one else will open, so take the one on the path
             try:
@@ -136,7 +136,7 @@ class OutputLock:
             os.write(fd, f"{os.getpid()} {self.command}\n".encode())
         except OSError as e:
             self.release()
-            raise UserError(f"cannot write to --out {self.out}: {e.strerror}; choose a "
+            raise UserError(f"cannot write to `out` {self.out}: {e.strerror}; choose a "
                             "directory you can write to") from None
         return self
 

@@ -247,7 +247,7 @@ def read_adapter(adapter_dir: str | Path, model: GPT2) -> tuple[LoRAConfig, dict
     if head is not None:
         if not isinstance(model, GPT2Classifier):
             raise UserError(f"{adapter_dir} is a classification adapter (it carries a score "
-                            "head); load it onto a classifier (gpt2tune classify / --task "
+                            "head); load it onto a classifier (gpt2tune classify / `task` "
                             "classify)")
         if tuple(head.shape) != tuple(model.score.weight.shape):
             raise UserError(f"{adapter_dir}: its score head has shape {tuple(head.shape)}, this "
@@ -292,7 +292,7 @@ def load_adapter(model: GPT2, adapter_dir: str | Path) -> LoRAConfig:
 
 def load_model_with_adapter(model: str | Path, adapter: str | Path | None = None, *,
                             device: torch.device | str = "cpu") -> GPT2:
-    """A base model with an optional LoRA adapter on it: what ``--model`` plus ``--adapter`` name.
+    """A base model with an optional LoRA adapter on it (the ``model`` and ``adapter`` options).
 
     Args:
         model: HF-format GPT-2 directory or hub id.
