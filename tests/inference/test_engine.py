@@ -137,8 +137,9 @@ def test_bad_requests_are_refused_with_the_fix(ours, tiny_hf):
     engine = Engine(ours, eot_id=EOT, max_batch=2)
     with pytest.raises(UserError, match="exceeds the context"):
         engine.submit(GenerationRequest([1] * 60, SamplingConfig(max_new_tokens=10)))
-    with pytest.raises(UserError, match="raise --max-batch"):
+    with pytest.raises(UserError, match="ask for at most 2") as info:
         engine.submit(GenerationRequest([1], SamplingConfig(max_new_tokens=4), n=3))
+    assert info.value.field == "n"  # the request's field, not the engine's max_batch
     with pytest.raises(UserError, match="unknown adapter 'news'; this model has: none"):
         engine.submit(GenerationRequest([1], SamplingConfig(max_new_tokens=4), adapter="news"))
     assert engine.idle

@@ -213,3 +213,38 @@ def test_draw_follows_the_distribution_and_never_picks_filtered_tokens():
     assert ((counts - probs).abs() <= 4 * sd + 1e-9).all(), counts
     again = draw(logits, torch.Generator().manual_seed(0))
     assert torch.equal(got, again)
+
+
+@pytest.mark.parametrize("args", [
+    ["--num-samples", "0"],
+    ["--max-new-tokens", "0"],
+    ["--max-new-tokens", "64"],  # the tiny model's whole context
+    ["--temperature", "0"],
+    ["--top-k", "-1"],
+    ["--top-p", "1.5"],
+    ["--repetition-penalty", "0"],
+])
+def test_the_cli_names_the_flag_it_was_given(tiny_hf, capsys, args):
+    """The library's errors name fields; `gpt2tune generate` spells them as its own flags: the
+    flag the test gave, and only flags the command has."""
+    import re
+
+    from gpt2tune.cli.main import build_parser, main
+
+    _, commands = build_parser()
+    commands["generate"].ensure_built()
+    flags = set(commands["generate"]._option_string_actions)
+    code = main(["generate", "--model", str(tiny_hf[0]), "--prompt", "Hi", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert args[0] in err and "`" not in err, err
+    assert set(re.findall(r"--[a-z][a-z-]*", err)) <= flags, err
+
+
+def test_library_errors_carry_the_field_they_name():
+    with pytest.raises(UserError) as info:
+        SamplingConfig(top_k=-1).validate()
+    assert info.value.field == "top_k" and str(info.value).startswith("top_k must be >= 0")
+    with pytest.raises(UserError) as info:
+        generate(None, None, "x", SamplingConfig(), num_samples=0)
+    assert info.value.field == "num_samples"

@@ -268,10 +268,44 @@ def test_classify_equals_transformers_probabilities(small_server):
         assert item["label"] == ("news", "play")[int(probs.argmax())]
     status, body = post(small_server.url + "/v1/classify",
                         json.dumps({"model": "news", "input": "x"}).encode(), auth)
-    assert status == 404 and "--classifier" in body["error"]["message"]
+    # the answer names the model the client asked for, and what this server has
+    assert status == 404 and body["error"]["param"] == "model"
+    assert "'news'" in body["error"]["message"] and "kind" in body["error"]["message"]
+    assert "--" not in body["error"]["message"]
     status, body = post(small_server.url + "/v1/classify",
                         json.dumps({"model": "kind", "input": []}).encode(), auth)
     assert status == 400
+
+
+def test_a_request_the_engine_refuses_is_answered_in_the_requests_terms(small_server):
+    """The engine's and the sampler's errors reach the client as 400s whose ``param`` is the
+    field the request sent (not the library's name for it, nor the server's own setting that it
+    exceeded) and whose message names no command-line flag; the server keeps serving."""
+    auth = {"Authorization": "Bearer sesame"}
+    chat = [{"role": "user", "content": "Hi"}]
+    max_batch = "1"  # small_server's --max-batch
+    cases = [
+        # more samples than the server decodes at once: ask for fewer (its limit, not its flag)
+        ("/v1/completions", {"model": "news", "prompt": "Hi", "max_tokens": 2, "n": 3}, "n",
+         ["3", max_batch]),
+        ("/v1/chat/completions", {"model": "news", "messages": chat, "max_tokens": 2, "n": 2},
+         "n", ["2", max_batch]),
+        # the sampler's max_new_tokens is the request's max_tokens: nothing to condition on and
+        # the whole 64-token context asked for
+        ("/v1/completions", {"model": "news", "prompt": "", "max_tokens": 64}, "max_tokens",
+         ["max_tokens", "64"]),
+    ]
+    for route, request, param, words in cases:
+        status, body = post(small_server.url + route, json.dumps(request).encode(), auth)
+        assert status == 400, (route, request, body)
+        error = body["error"]
+        assert error["param"] == param and param in request
+        assert error["type"] == "invalid_request_error"
+        assert all(w in error["message"] for w in words), error
+        assert "--" not in error["message"] and "max_batch" not in error["message"], error
+    status, _ = post(small_server.url + "/v1/completions",
+                     json.dumps({"model": "news", "prompt": "Hi", "max_tokens": 2}).encode(), auth)
+    assert status == 200
 
 
 def test_api_key_is_required_on_v1(small_server):

@@ -97,7 +97,7 @@ class Engine:
                 length per row); default: the model's context.
         """
         if max_batch < 1:
-            raise UserError(f"max batch must be >= 1, got {max_batch}")
+            raise UserError(f"`max_batch` must be >= 1, got {max_batch}")
         self.model = model
         self.eot_id = eot_id
         self.max_batch = max_batch
@@ -127,26 +127,29 @@ class Engine:
         request.sampling.validate()
         n_positions = self.model.config.n_positions
         if not request.prompt:
-            raise UserError("empty prompt: give --prompt or --prime text to condition on")
+            raise UserError("empty prompt: give `prompt` or `prime` text to condition on")
         if request.n < 1:
-            raise UserError(f"n must be >= 1, got {request.n}")
+            raise UserError(f"`n` must be >= 1, got {request.n}")
         if request.n > self.max_batch:
-            raise UserError(f"n={request.n} samples exceed the batch of {self.max_batch} rows; "
-                            "ask for fewer samples or raise --max-batch")
+            # the batch is the engine's (the server's) setting, not the request's: the field to
+            # change is the request's sample count, so the message names no setting to raise
+            raise UserError(f"{request.n} samples of one prompt are more than the "
+                            f"{self.max_batch} rows decoded at once; ask for at most "
+                            f"{self.max_batch} samples", field="n")
         total = len(request.prompt) + request.sampling.max_new_tokens
         if total > n_positions:
-            raise UserError(f"prompt ({len(request.prompt)} tokens) + --max-new-tokens "
+            raise UserError(f"prompt ({len(request.prompt)} tokens) + `max_new_tokens` "
                             f"({request.sampling.max_new_tokens}) exceeds the context of "
                             f"{n_positions}; shorten either")
         if total > self.max_len:
-            raise UserError(f"prompt ({len(request.prompt)} tokens) + --max-new-tokens "
+            raise UserError(f"prompt ({len(request.prompt)} tokens) + `max_new_tokens` "
                             f"({request.sampling.max_new_tokens}) exceeds this engine's "
                             f"max_len of {self.max_len}")
         if request.adapter is not None and request.adapter not in self.adapters:
             raise UserError(f"unknown adapter {request.adapter!r}; this model has: "
-                            f"{', '.join(self.adapters) or 'none'}")
+                            f"{', '.join(self.adapters) or 'none'}", field="adapter")
         if request.logprobs is not None and request.logprobs < 0:
-            raise UserError(f"logprobs must be >= 0, got {request.logprobs}")
+            raise UserError(f"`logprobs` must be >= 0, got {request.logprobs}")
 
     def submit(self, request: GenerationRequest) -> int:
         """Queue ``request``; it joins the batch at a coming ``step()``. Returns its id.

@@ -42,7 +42,7 @@ def decode(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id
         autocast_dtype: e.g. ``torch.bfloat16`` to run matmuls in bf16.
     """
     if not prompts:
-        raise UserError("empty prompt: give --prompt or --prime text to condition on")
+        raise UserError("no prompts to continue: give at least one")
     # a cache as long as this call needs, not the whole context; the engine checks each request
     engine = Engine(model, eot_id=eot_id, max_batch=len(prompts), autocast_dtype=autocast_dtype,
                     use_cache=use_cache, max_len=max(map(len, prompts)) + cfg.max_new_tokens)
@@ -95,7 +95,7 @@ def build_context(tokenizer: Tokenizer, prompt: str, prime: str | None, max_new_
     Returns (ids, number of tokens trimmed).
     """
     if max_new_tokens >= n_positions:
-        raise UserError(f"--max-new-tokens ({max_new_tokens}) must be below the model's context "
+        raise UserError(f"`max_new_tokens` ({max_new_tokens}) must be below the model's context "
                         f"({n_positions})")
     text = prompt
     if prime:
@@ -201,7 +201,7 @@ def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig
         One ``Sample`` per row.
     """
     if num_samples < 1:
-        raise UserError(f"--num-samples must be >= 1, got {num_samples}")
+        raise UserError(f"`num_samples` must be >= 1, got {num_samples}")
     cfg.validate()
     ctx, _ = build_context(tokenizer, prompt, prime, cfg.max_new_tokens, model.config.n_positions)
     engine = Engine(model, eot_id=tokenizer.eot_id, max_batch=num_samples,

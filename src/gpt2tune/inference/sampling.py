@@ -36,15 +36,16 @@ class SamplingConfig:
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
-            raise UserError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+            raise UserError(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}")
         if self.temperature <= 0 and not self.greedy:
-            raise UserError(f"--temperature must be > 0 (use --greedy for argmax), got {self.temperature}")
+            raise UserError(f"`temperature` must be > 0 (use `greedy` for argmax), got "
+                            f"{self.temperature}")
         if self.top_k < 0:
-            raise UserError(f"--top-k must be >= 0, got {self.top_k}")
+            raise UserError(f"`top_k` must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+            raise UserError(f"`top_p` must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
-            raise UserError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}")
+            raise UserError(f"`repetition_penalty` must be > 0, got {self.repetition_penalty}")
 
 
 def process_logits(logits: Tensor, context: Tensor | None, cfg: SamplingConfig) -> Tensor:

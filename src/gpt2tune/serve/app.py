@@ -1,43 +1,32 @@
-"""The HTTP API: OpenAI's completions, chat and models endpoints, a health check and the playground.
+"""The HTTP API's app: OpenAI's completions, chat and models endpoints, a health check and the
+playground.
 
-FastAPI routes check each request (auth, body size, fields, model, context) and answer every
+The routes are module-level handlers in ``serve.routes``; ``create_app`` builds the app around
+them: the service's lifespan, the body-size limit, the state their dependencies read
+(``app.state.service`` and ``app.state.settings``) and the exception handlers that answer every
 problem in OpenAI's error JSON with a 4xx status, so a bad request never reaches the engine and
-cannot disturb the others; ``serve.generation`` turns the good ones into engine requests and the
-engine's tokens into OpenAI's responses, whole or as server-sent events.
+cannot disturb the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from importlib import resources
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gpt2tune.errors import UserError
-from gpt2tune.inference.engine import GenerationRequest
-from gpt2tune.serve.generation import ClientGone, Run, prepare
-from gpt2tune.serve.protocol import (
-    CHAT_STOP,
-    APIError,
-    ChatRequest,
-    ClassifyRequest,
-    CompletionRequest,
-    chat_prompt,
-    model_card,
-    new_id,
-    now,
-    usage,
-)
-from gpt2tune.serve.service import Busy, ServedModel, Service, Stream
+from gpt2tune.serve.protocol import APIError, now
+from gpt2tune.serve.routes import Settings, public, v1
+from gpt2tune.serve.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -58,185 +47,55 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
     """
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
         yield
         await asyncio.to_thread(service.stop)
 
-    app = FastAPI(title="gpt2tune", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="gpt2tune", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  exception_handlers=ERROR_HANDLERS)
+    app.state.service = service
+    app.state.settings = Settings(api_key=api_key, max_tokens_cap=max_tokens_cap, created=now())
     app.add_middleware(BodyLimit, limit=max_body_bytes)
-    created = now()
-
-    @app.exception_handler(APIError)
-    async def api_error(_request: Request, e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0] if e.errors() else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        param = ".".join(loc) or None
-        message = f"{param}: {first.get('msg', 'invalid value')}" if param else \
-            "the request body is not valid JSON; send a JSON object"
-        return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
-
-    async def authorized(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-            raise APIError(401, "missing or wrong API key; send the header "
-                                "'Authorization: Bearer <key>' with the key given to --api-key",
-                           type="authentication_error", code="invalid_api_key")
-
-    # ---------------------------------------------------------------- routes
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def playground() -> HTMLResponse:
-        page = resources.files("gpt2tune.serve").joinpath("static/playground.html")
-        return HTMLResponse(page.read_text(encoding="utf-8"))
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "models": list(service.models), "in_flight": service.in_flight,
-                "peak_batch": max(e.peak_rows for e in service.engines)}
-
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
-    async def models() -> dict:
-        return {"object": "list",
-                "data": [model_card(m.name, m.kind, created) for m in service.models.values()]
-                + [model_card(name, "classifier", created) for name in service.classifiers]}
-
-    @app.post("/v1/classify", dependencies=[Depends(authorized)])
-    async def classify(body: ClassifyRequest) -> dict:
-        clf = service.classifiers.get(body.model)
-        if clf is None:
-            raise APIError(404, f"classifier {body.model!r} does not exist; this server's "
-                                f"classifiers: {', '.join(service.classifiers) or 'none'} (start "
-                                "it with --classifier NAME=DIR)", param="model",
-                           code="model_not_found")
-        texts = body.texts()
-        if not texts or any(not t.strip() for t in texts):
-            raise APIError(400, "input is empty, or one of its texts is; give text to classify",
-                           param="input")
-        results = await asyncio.to_thread(clf.classify, texts)
-        tokens = sum(len(clf.tokenizer.encode(t)) for t in texts)
-        return {"object": "list", "model": clf.name,
-                "data": [{"index": i, "object": "classification", **r}
-                         for i, r in enumerate(results)],
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-
-    @app.post("/v1/completions", dependencies=[Depends(authorized)])
-    async def completions(body: CompletionRequest, request: Request):
-        model = lookup(service, body.model)
-        if body.echo and body.logprobs is not None:
-            raise APIError(400, "echo with logprobs is not supported (no log-probabilities of "
-                                "prompt tokens); drop one of them", param="echo")
-        reqs, lengths = prepare(body, model, body.prompts(), body.max_tokens, 16, body.logprobs,
-                                max_tokens_cap)
-        streams = start(service, model, reqs)
-        run = Run(service, streams, model, body.n, request,
-                  echo=body.prompts() if body.echo else None)
-        rid, created_at = new_id("cmpl"), now()
-
-        def chunk(choices: list[dict]) -> dict:
-            return {"id": rid, "object": "text_completion", "created": created_at,
-                    "model": model.name, "choices": choices}
-
-        if body.stream:
-            async def events() -> AsyncIterator[dict]:
-                async for ev in run.events():
-                    yield chunk([{"index": ev.index, "text": ev.text,
-                                  "logprobs": ev.completion_logprobs(),
-                                  "finish_reason": ev.finish}])
-                if body.include_usage:
-                    yield {**chunk([]), "usage": usage(sum(lengths), run.completion_tokens)}
-
-            return sse(events())
-        choices = await run.collect()
-        return chunk([{"index": c.index, "text": c.text, "logprobs": c.completion_logprobs(),
-                       "finish_reason": c.finish} for c in choices]) | {
-            "usage": usage(sum(lengths), run.completion_tokens)}
-
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
-    async def chat(body: ChatRequest, request: Request):
-        model = lookup(service, body.model)
-        if CHAT_STOP not in body.stops():
-            body.stop = body.stops() + [CHAT_STOP]
-        top = (body.top_logprobs or 0) if body.logprobs else None
-        asked = body.max_completion_tokens or body.max_tokens
-        reqs, lengths = prepare(body, model, [chat_prompt(body.messages)], asked,
-                                max_tokens_cap, top, max_tokens_cap)
-        streams = start(service, model, reqs)
-        run = Run(service, streams, model, body.n, request)
-        rid, created_at = new_id("chatcmpl"), now()
-
-        def chunk(choices: list[dict], obj: str = "chat.completion.chunk") -> dict:
-            return {"id": rid, "object": obj, "created": created_at, "model": model.name,
-                    "choices": choices}
-
-        if body.stream:
-            async def events() -> AsyncIterator[dict]:
-                for i in range(body.n):
-                    yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                                  "logprobs": None, "finish_reason": None}])
-                async for ev in run.events():
-                    delta = {"content": ev.text} if ev.text else {}
-                    yield chunk([{"index": ev.index, "delta": delta,
-                                  "logprobs": ev.chat_logprobs(), "finish_reason": ev.finish}])
-                if body.include_usage:
-                    yield {**chunk([]), "usage": usage(sum(lengths), run.completion_tokens)}
-
-            return sse(events())
-        choices = await run.collect()
-        return chunk([{"index": c.index,
-                       "message": {"role": "assistant", "content": c.text},
-                       "logprobs": c.chat_logprobs(), "finish_reason": c.finish}
-                      for c in choices], "chat.completion") | {
-            "usage": usage(sum(lengths), run.completion_tokens)}
-
+    app.include_router(public)
+    app.include_router(v1)
     return app
 
 
-def lookup(service: Service, name: str) -> ServedModel:
-    """The served model called ``name``; 404 if there is none."""
-    model = service.models.get(name)
-    if model is None:
-        raise APIError(404, f"model {name!r} does not exist; this server has: "
-                            f"{', '.join(service.models)}", param="model", code="model_not_found")
-    return model
+# -------------------------------------------------------------------- errors as OpenAI's JSON
+
+async def api_error(_request: Request, e: APIError) -> JSONResponse:
+    """An ``APIError`` a route raised."""
+    return JSONResponse(e.body(), status_code=e.status)
 
 
-def start(service: Service, model: ServedModel,
-          requests: list[GenerationRequest]) -> list[Stream]:
-    """Hand the requests to the engine; 400 if one cannot run, 429 if the queue is full."""
-    try:
-        return service.submit([(model, r) for r in requests])
-    except UserError as e:
-        raise APIError(400, str(e)) from None
-    except Busy as e:
-        raise APIError(429, str(e), type="rate_limit_error", code="queue_full") from None
+async def user_error(request: Request, e: UserError) -> JSONResponse:
+    """A request the library refused (the engine's check, the sampling settings): a 400 that
+    names the request's field."""
+    return await api_error(request, APIError.from_user_error(e))
 
 
-def sse(events: AsyncIterator[dict]) -> StreamingResponse:
-    """Server-sent events in OpenAI's format: ``data: <json>`` per chunk, then ``data: [DONE]``."""
+async def invalid_request(_request: Request, e: RequestValidationError) -> JSONResponse:
+    """A body that is not JSON, or a field of the wrong type or out of range (pydantic)."""
+    first = e.errors()[0] if e.errors() else {}
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    param = ".".join(loc) or None
+    message = f"{param}: {first.get('msg', 'invalid value')}" if param else \
+        "the request body is not valid JSON; send a JSON object"
+    return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
 
-    async def body() -> AsyncIterator[str]:
-        try:
-            async for ev in events:
-                yield f"data: {json.dumps(ev)}\n\n"
-        except APIError as e:  # the engine failed mid-stream: say so in the stream
-            yield f"data: {json.dumps(e.body())}\n\n"
-        except ClientGone:
-            return
-        yield "data: [DONE]\n\n"
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})
+async def http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (404 for an unknown path, 405 for a wrong method)."""
+    return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
+
+
+ErrorHandler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
+
+ERROR_HANDLERS: dict[int | type[Exception], ErrorHandler] = {
+    APIError: api_error, UserError: user_error, RequestValidationError: invalid_request,
+    StarletteHTTPException: http_error}
+"""Every error, as OpenAI's error JSON."""
 
 
 # -------------------------------------------------------------------- request size
@@ -248,10 +107,10 @@ class BodyLimit:
     the app.
     """
 
-    def __init__(self, app, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         body, more, seen = b"", True, 0
@@ -270,7 +129,7 @@ class BodyLimit:
                 return await self._refuse(send)
         replayed = False
 
-        async def replay():
+        async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
@@ -279,7 +138,7 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send) -> None:
+    async def _refuse(self, send: Send) -> None:
         error = APIError(413, f"request body is over this server's limit of {self.limit} bytes; "
                               "send a shorter prompt", code="body_too_large")
         response = JSONResponse(error.body(), status_code=413)
@@ -287,5 +146,5 @@ class BodyLimit:
             await response({"type": "http"}, _no_receive, send)
 
 
-async def _no_receive() -> dict:
+async def _no_receive() -> Message:
     return {"type": "http.disconnect"}

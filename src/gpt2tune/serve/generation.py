@@ -31,9 +31,8 @@ def max_tokens_of(asked: int | None, default: int, prompt_tokens: int, n_positio
     if asked is None:
         return max(1, min(default, n_positions - prompt_tokens))
     if asked > cap:
-        raise APIError(400, f"max_tokens={asked} is over this server's cap of "
-                            f"{cap}; ask for fewer (or start it with a higher "
-                            "--max-tokens-cap)", param="max_tokens")
+        raise APIError(400, f"max_tokens={asked} is over this server's cap of {cap}; ask for "
+                            f"at most {cap}", param="max_tokens")
     return asked
 
 

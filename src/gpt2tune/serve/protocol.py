@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gpt2tune.errors import UserError
 from gpt2tune.inference.sampling import SamplingConfig
 
 
@@ -27,6 +28,25 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
+
+    @classmethod
+    def from_user_error(cls, e: UserError) -> APIError:
+        """A library's ``UserError`` as a 400 in the request's terms: the message with each field
+        it names spelt as the request spells it, and that field as ``param``."""
+        param = request_field(e.field) if e.field is not None else None
+        return cls(400, e.phrased(request_field), param=param)
+
+
+REQUEST_FIELDS = {"max_new_tokens": "max_tokens", "num_samples": "n", "adapter": "model"}
+"""The library's field names (``UserError.field``) that OpenAI's requests call otherwise: the
+engine's ``max_new_tokens`` is the request's ``max_tokens``, and so on. Limits that are the
+server's own (``max_batch``, ``max_tokens_cap``) are no request field: an error about one names
+the request field that exceeded it (a request's ``n`` over the batch: ``n``)."""
+
+
+def request_field(field: str) -> str:
+    """The request's name for a library field (``max_new_tokens`` -> ``max_tokens``)."""
+    return REQUEST_FIELDS.get(field, field)
 
 
 class SamplingFields(BaseModel):

@@ -58,14 +58,16 @@ class ServeConfig:
     """auto, cpu or cuda[:N]."""
 
 
-def _named(pairs: list[str], flag: str) -> dict[str, str]:
+def _named(pairs: list[str], field: str) -> dict[str, str]:
+    """NAME=DIR pairs of the ``ServeConfig`` field ``field`` as {NAME: DIR}."""
     out: dict[str, str] = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
-            raise UserError(f"{flag} {pair!r} is not NAME=DIR; e.g. {flag} news=runs/news-lora")
+            raise UserError(f"`{field}` {pair!r} is not NAME=DIR; e.g. `{field}` "
+                            "news=runs/news-lora")
         if name in out:
-            raise UserError(f"{flag} name {name!r} is given twice; give each a different name")
+            raise UserError(f"`{field}` name {name!r} is given twice; give each a different name")
         out[name] = path
     return out
 
@@ -82,17 +84,18 @@ def build_service(cfg: ServeConfig) -> Service:
     Raises:
         UserError: a name is given twice, or a model or adapter cannot be loaded.
     """
-    adapters = _named(cfg.adapter, "--adapter")
-    variants = _named(cfg.variant, "--variant")
-    classifiers = _named(cfg.classifier, "--classifier")
+    adapters = _named(cfg.adapter, "adapter")
+    variants = _named(cfg.variant, "variant")
+    classifiers = _named(cfg.classifier, "classifier")
     base = base_name(cfg.model)
     names = [base, *adapters, *variants, *classifiers]
     clash = next((n for n in names if names.count(n) > 1), None)
     if clash is not None:
-        raise UserError(f"two models would be served as {clash!r}; rename the --adapter or "
-                        "--variant (NAME=DIR)")
-    if cfg.max_batch < 1 or cfg.max_queue < 0 or cfg.max_tokens_cap < 1:
-        raise UserError("--max-batch and --max-tokens-cap must be >= 1 and --max-queue >= 0")
+        raise UserError(f"two models would be served as {clash!r}; rename the `adapter`, "
+                        "`variant` or `classifier` (NAME=DIR)")
+    for limit, least in (("max_batch", 1), ("max_queue", 0), ("max_tokens_cap", 1)):
+        if getattr(cfg, limit) < least:
+            raise UserError(f"`{limit}` must be >= {least}, got {getattr(cfg, limit)}")
     device = resolve_device(cfg.device)
     dtype = autocast_dtype(cfg.precision, device)
 
@@ -144,7 +147,7 @@ def build_server(cfg: ServeConfig):
             probe.bind((cfg.host, cfg.port))
         except OSError as e:
             raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); choose "
-                            "another --port or stop what uses it") from None
+                            "another `port` or stop what uses it") from None
     service = build_service(cfg)
     app = create_app(service, api_key=cfg.api_key, max_tokens_cap=cfg.max_tokens_cap,
                      max_body_bytes=cfg.max_body_bytes)

@@ -1,0 +1,236 @@
+"""The HTTP API's routes: one module-level handler per endpoint.
+
+Each handler gets what it needs as FastAPI dependencies: the ``Service`` (``get_service``), the
+server's ``Settings`` (``get_settings``), both read from ``app.state`` where ``create_app`` put
+them; every ``/v1`` route also passes the API-key check (``authorized``, on the ``v1`` router).
+A handler checks its request and answers every problem with an ``APIError`` (OpenAI's error JSON,
+4xx), so a bad request never reaches the engine; ``serve.generation`` turns the good ones into
+engine requests and the engine's tokens into OpenAI's responses, whole or as server-sent events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
+
+from gpt2tune.inference.engine import GenerationRequest
+from gpt2tune.serve.generation import ClientGone, Run, prepare
+from gpt2tune.serve.protocol import (
+    CHAT_STOP,
+    APIError,
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    chat_prompt,
+    model_card,
+    new_id,
+    now,
+    usage,
+)
+from gpt2tune.serve.service import Busy, ServedModel, Service, Stream
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The server's configuration that the routes read."""
+
+    api_key: str | None
+    """If set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``."""
+    max_tokens_cap: int
+    """The most new tokens one request may ask for."""
+    created: int
+    """When the server started (Unix seconds): the models' ``created``."""
+
+
+# ------------------------------------------------------------------------------- dependencies
+
+async def get_service(request: Request) -> Service:
+    """The app's ``Service`` (``app.state.service``)."""
+    return request.app.state.service
+
+
+async def get_settings(request: Request) -> Settings:
+    """The app's ``Settings`` (``app.state.settings``)."""
+    return request.app.state.settings
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def authorized(request: Request, settings: SettingsDep) -> None:
+    """401 unless the request carries the server's API key (when it has one)."""
+    if settings.api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
+        raise APIError(401, "missing or wrong API key; send the header "
+                            "'Authorization: Bearer <key>' with this server's key",
+                       type="authentication_error", code="invalid_api_key")
+
+
+public = APIRouter()
+"""Routes open to anyone: the playground and the health check."""
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])
+"""OpenAI's endpoints (and ``/v1/classify``), behind the API key."""
+
+
+# ------------------------------------------------------------------------------- public routes
+
+@public.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def playground() -> HTMLResponse:
+    page = resources.files("gpt2tune.serve").joinpath("static/playground.html")
+    return HTMLResponse(page.read_text(encoding="utf-8"))
+
+
+@public.get("/health")
+async def health(service: ServiceDep) -> dict:
+    return {"status": "ok", "models": list(service.models), "in_flight": service.in_flight,
+            "peak_batch": max(e.peak_rows for e in service.engines)}
+
+
+# ------------------------------------------------------------------------------- /v1 routes
+
+@v1.get("/models")
+async def models(service: ServiceDep, settings: SettingsDep) -> dict:
+    created = settings.created
+    return {"object": "list",
+            "data": [model_card(m.name, m.kind, created) for m in service.models.values()]
+            + [model_card(name, "classifier", created) for name in service.classifiers]}
+
+
+@v1.post("/classify")
+async def classify(body: ClassifyRequest, service: ServiceDep) -> dict:
+    clf = service.classifiers.get(body.model)
+    if clf is None:
+        raise APIError(404, f"classifier {body.model!r} does not exist; this server's "
+                            f"classifiers: {', '.join(service.classifiers) or 'none'}",
+                       param="model", code="model_not_found")
+    texts = body.texts()
+    if not texts or any(not t.strip() for t in texts):
+        raise APIError(400, "input is empty, or one of its texts is; give text to classify",
+                       param="input")
+    results = await asyncio.to_thread(clf.classify, texts)
+    tokens = sum(len(clf.tokenizer.encode(t)) for t in texts)
+    return {"object": "list", "model": clf.name,
+            "data": [{"index": i, "object": "classification", **r}
+                     for i, r in enumerate(results)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+@v1.post("/completions", response_model=None)
+async def completions(body: CompletionRequest, request: Request, service: ServiceDep,
+                      settings: SettingsDep) -> dict | StreamingResponse:
+    model = lookup(service, body.model)
+    if body.echo and body.logprobs is not None:
+        raise APIError(400, "echo with logprobs is not supported (no log-probabilities of "
+                            "prompt tokens); drop one of them", param="echo")
+    reqs, lengths = prepare(body, model, body.prompts(), body.max_tokens, 16, body.logprobs,
+                            settings.max_tokens_cap)
+    streams = start(service, model, reqs)
+    run = Run(service, streams, model, body.n, request,
+              echo=body.prompts() if body.echo else None)
+    rid, created = new_id("cmpl"), now()
+
+    def chunk(choices: list[dict]) -> dict:
+        return {"id": rid, "object": "text_completion", "created": created,
+                "model": model.name, "choices": choices}
+
+    if body.stream:
+        async def events() -> AsyncIterator[dict]:
+            async for ev in run.events():
+                yield chunk([{"index": ev.index, "text": ev.text,
+                              "logprobs": ev.completion_logprobs(), "finish_reason": ev.finish}])
+            if body.include_usage:
+                yield {**chunk([]), "usage": usage(sum(lengths), run.completion_tokens)}
+
+        return sse(events())
+    choices = await run.collect()
+    return chunk([{"index": c.index, "text": c.text, "logprobs": c.completion_logprobs(),
+                   "finish_reason": c.finish} for c in choices]) | {
+        "usage": usage(sum(lengths), run.completion_tokens)}
+
+
+@v1.post("/chat/completions", response_model=None)
+async def chat(body: ChatRequest, request: Request, service: ServiceDep,
+               settings: SettingsDep) -> dict | StreamingResponse:
+    model = lookup(service, body.model)
+    if CHAT_STOP not in body.stops():
+        body.stop = body.stops() + [CHAT_STOP]
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    asked = body.max_completion_tokens or body.max_tokens
+    cap = settings.max_tokens_cap
+    reqs, lengths = prepare(body, model, [chat_prompt(body.messages)], asked, cap, top, cap)
+    streams = start(service, model, reqs)
+    run = Run(service, streams, model, body.n, request)
+    rid, created = new_id("chatcmpl"), now()
+
+    def chunk(choices: list[dict], obj: str = "chat.completion.chunk") -> dict:
+        return {"id": rid, "object": obj, "created": created, "model": model.name,
+                "choices": choices}
+
+    if body.stream:
+        async def events() -> AsyncIterator[dict]:
+            for i in range(body.n):
+                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                              "logprobs": None, "finish_reason": None}])
+            async for ev in run.events():
+                delta = {"content": ev.text} if ev.text else {}
+                yield chunk([{"index": ev.index, "delta": delta,
+                              "logprobs": ev.chat_logprobs(), "finish_reason": ev.finish}])
+            if body.include_usage:
+                yield {**chunk([]), "usage": usage(sum(lengths), run.completion_tokens)}
+
+        return sse(events())
+    choices = await run.collect()
+    return chunk([{"index": c.index, "message": {"role": "assistant", "content": c.text},
+                   "logprobs": c.chat_logprobs(), "finish_reason": c.finish}
+                  for c in choices], "chat.completion") | {
+        "usage": usage(sum(lengths), run.completion_tokens)}
+
+
+# ------------------------------------------------------------------------------- helpers
+
+def lookup(service: Service, name: str) -> ServedModel:
+    """The served model called ``name``; 404 if there is none."""
+    model = service.models.get(name)
+    if model is None:
+        raise APIError(404, f"model {name!r} does not exist; this server has: "
+                            f"{', '.join(service.models)}", param="model", code="model_not_found")
+    return model
+
+
+def start(service: Service, model: ServedModel,
+          requests: list[GenerationRequest]) -> list[Stream]:
+    """Hand the requests to the engine; 429 if the queue is full. A request that cannot run
+    raises the engine's ``UserError``, which the app answers with a 400."""
+    try:
+        return service.submit([(model, r) for r in requests])
+    except Busy as e:
+        raise APIError(429, str(e), type="rate_limit_error", code="queue_full") from None
+
+
+def sse(events: AsyncIterator[dict]) -> StreamingResponse:
+    """Server-sent events in OpenAI's format: ``data: <json>`` per chunk, then ``data: [DONE]``."""
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for ev in events:
+                yield f"data: {json.dumps(ev)}\n\n"
+        except APIError as e:  # the engine failed mid-stream: say so in the stream
+            yield f"data: {json.dumps(e.body())}\n\n"
+        except ClientGone:
+            return
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
