@@ -150,7 +150,8 @@ def test_streamed_pieces_join_up_to_the_text_with_long_stop_strings(ours):
     for stops in ([free.text[half:half + 3]], [free.text[half + 2:half + 7], "never-appears"]):
         pieces: list[str] = []
         cfg = SamplingConfig(max_new_tokens=30, greedy=True, stop_at_eot=False, stop=stops)
-        (cut,) = generate(ours, tok, "Hello", cfg, on_text=lambda row, p: pieces.append(p))
+        (cut,) = generate(ours, tok, "Hello", cfg,
+                          on_text=lambda _row, p, pieces=pieces: pieces.append(p))
         assert cut.text == free.text[:free.text.find(stops[0])]
         assert "".join(pieces) == cut.text and len(pieces) > 1
 

@@ -324,9 +324,9 @@ def test_api_key_is_required_on_v1(small_server):
         status, _ = post(small_server.url + route, body_bytes,
                          {"Authorization": "Bearer sesame"})
         assert status == 200, route
-    with openai.OpenAI(base_url=small_server.url + "/v1", api_key="wrong", max_retries=0) as c:
-        with pytest.raises(openai.AuthenticationError):
-            c.models.list()
+    with (openai.OpenAI(base_url=small_server.url + "/v1", api_key="wrong", max_retries=0) as c,
+          pytest.raises(openai.AuthenticationError)):
+        c.models.list()
     with openai.OpenAI(base_url=small_server.url + "/v1", api_key="sesame", max_retries=0) as c:
         assert len(c.models.list().data) == 5
     assert get(small_server.url + "/health")[0] == 200

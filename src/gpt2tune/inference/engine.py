@@ -1,4 +1,5 @@
-"""The generation engine: sequences decoded together in one batch, joining and leaving between steps.
+"""The generation engine: sequences decoded together in one batch, joining and leaving between
+steps.
 
 Every caller generates through it: ``gpt2tune generate`` (one request), the experiments, and
 ``gpt2tune serve`` (many requests at once: continuous batching). A request's prompt is prefilled
@@ -233,7 +234,7 @@ class Engine:
         for j, (rid, req) in enumerate(zip(admitted, requests)):
             new.append((first + j, _Row(rid, 0, req.adapter, list(req.prompt))))
             for i in range(1, req.n):
-                if self.use_cache:
+                if self.cache is not None:  # (allocated by the prefill when use_cache)
                     self.cache.copy_slot(first + j, copies)
                 new.append((copies, _Row(rid, i, req.adapter, list(req.prompt))))
                 copies += 1
@@ -273,7 +274,7 @@ class Engine:
     def _next_logits(self) -> Tensor:
         """(B, vocab) float32 logits of every row's next token."""
         adapters = [r.adapter for r in self.rows]
-        if not self.use_cache:
+        if self.cache is None:  # use_cache=False
             out = []
             for r in self.rows:
                 with self._forward([r.adapter]):

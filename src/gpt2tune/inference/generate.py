@@ -106,7 +106,8 @@ def build_context(tokenizer: Tokenizer, prompt: str, prime: str | None, max_new_
     return ids[trimmed:], trimmed
 
 
-def cut_at_stop(tokenizer: Tokenizer, ids: list[int], stops: list[str]) -> tuple[str, list[int], bool]:
+def cut_at_stop(tokenizer: Tokenizer, ids: list[int],
+                stops: list[str]) -> tuple[str, list[int], bool]:
     """Decode ``ids``; if a stop string occurs, cut the text before it and the ids after the token
     that completes it. Returns (text, ids, stopped)."""
     text = tokenizer.decode(ids)

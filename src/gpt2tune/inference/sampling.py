@@ -55,6 +55,8 @@ def process_logits(logits: Tensor, context: Tensor | None, cfg: SamplingConfig) 
     for the repetition penalty.
     """
     if cfg.repetition_penalty != 1.0:
+        if context is None:
+            raise ValueError("a repetition penalty needs the context (the ids seen so far)")
         ids = context.clamp(min=0)
         seen = torch.gather(logits, 1, ids)
         seen = torch.where(seen > 0, seen / cfg.repetition_penalty, seen * cfg.repetition_penalty)

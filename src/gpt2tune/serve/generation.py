@@ -19,7 +19,7 @@ from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.inference.engine import GenerationRequest, Token
 from gpt2tune.inference.generate import TextRow, build_context
 from gpt2tune.serve.protocol import APIError, SamplingFields
-from gpt2tune.serve.service import END, Failure, ServedModel, Service, Stream
+from gpt2tune.serve.service import End, Failure, ServedModel, Service, Stream
 
 DISCONNECT_POLL_S = 0.25
 """How often a non-streaming request checks whether its client is still there."""
@@ -83,7 +83,7 @@ class Event:
             offsets.append(at)
             at += len(s)
         return {"tokens": strs, "token_logprobs": [t.logprob for t in self.tokens],
-                "top_logprobs": [{self.tokenizer.decode([i]): lp for i, lp in t.top}
+                "top_logprobs": [{self.tokenizer.decode([i]): lp for i, lp in t.top or []}
                                  for t in self.tokens],
                 "text_offset": offsets}
 
@@ -91,12 +91,12 @@ class Event:
         if not self.tokens or self.tokens[0].logprob is None:
             return None
 
-        def entry(token: int, lp: float) -> dict:
+        def entry(token: int, lp: float | None) -> dict:
             s = self.tokenizer.decode([token])
             return {"token": s, "logprob": lp, "bytes": list(self.tokenizer.decode_bytes([token]))}
 
-        return {"content": [entry(t.token, t.logprob) | {"top_logprobs": [entry(i, lp)
-                                                                          for i, lp in t.top]}
+        return {"content": [entry(t.token, t.logprob)
+                            | {"top_logprobs": [entry(i, lp) for i, lp in t.top or []]}
                             for t in self.tokens]}
 
 
@@ -113,7 +113,7 @@ class Run:
         self.echo = echo
         self.completion_tokens = 0
 
-    async def _next(self, stream: Stream) -> object:
+    async def _next(self, stream: Stream) -> Token | Failure | End:
         while True:
             try:
                 return await asyncio.wait_for(stream.queue.get(), DISCONNECT_POLL_S)
@@ -132,7 +132,7 @@ class Run:
             for k, stream in enumerate(self.streams):
                 while True:
                     item = await self._next(stream)
-                    if item is END:
+                    if isinstance(item, End):
                         break
                     if isinstance(item, Failure):
                         raise APIError(500, item.message, type="server_error")

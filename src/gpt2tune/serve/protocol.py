@@ -18,12 +18,14 @@ from gpt2tune.inference.sampling import SamplingConfig
 
 
 class APIError(Exception):
-    """An error answered in OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``."""
+    """An error answered in OpenAI's error JSON:
+    ``{"error": {"message", "type", "param", "code"}}``."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code = param, code
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,

@@ -58,9 +58,9 @@ class ServeConfig:
     """auto, cpu or cuda[:N]."""
 
 
-def _named(pairs: list[str], field: str) -> dict[str, str]:
+def _named(pairs: list[str], field: str) -> dict[str, str | Path]:
     """NAME=DIR pairs of the ``ServeConfig`` field ``field`` as {NAME: DIR}."""
-    out: dict[str, str] = {}
+    out: dict[str, str | Path] = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -67,7 +68,11 @@ class Failure:
     message: str
 
 
-END = object()
+class End:
+    """The type of ``END``."""
+
+
+END = End()
 """Put on a stream's queue after the request's last token."""
 
 
@@ -78,11 +83,11 @@ class Stream:
     model: ServedModel
     request: GenerationRequest
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Token | Failure | End] = field(default_factory=asyncio.Queue)
     rid: int | None = None
     """The engine's id for the request, once the worker has submitted it."""
 
-    def push(self, item: Token | Failure | object) -> None:
+    def push(self, item: Token | Failure | End) -> None:
         """Called by the worker thread."""
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
@@ -91,7 +96,7 @@ class Service:
     """Owns the engines and the worker thread."""
 
     def __init__(self, models: list[ServedModel], *, max_queue: int = 64,
-                 classifiers: list[ServedClassifier] = ()) -> None:
+                 classifiers: Sequence[ServedClassifier] = ()) -> None:
         self.models = {m.name: m for m in models}
         self.classifiers = {c.name: c for c in classifiers}
         self.engines: list[Engine] = []
@@ -187,17 +192,20 @@ class Service:
                 self._end(stream, Failure(f"could not start the request: {e}"))
                 return
             self._streams[(id(engine), stream.rid)] = stream
-        elif kind == "cancel" and (id(engine), stream.rid) in self._streams:
+        elif kind == "cancel" and stream.rid is not None:
+            key = (id(engine), stream.rid)
+            if key not in self._streams:
+                return  # it has ended already
             engine.cancel(stream.rid, row)
             if row is None:
-                self._end(self._streams.pop((id(engine), stream.rid)), END)
+                self._end(self._streams.pop(key), END)
 
     def _step(self, engine: Engine) -> None:
         try:
             tokens = engine.step()
         except Exception as e:  # e.g. out of memory: fail this engine's requests, keep serving
             log.exception("a decoding step failed")
-            for (eid, rid), stream in list(self._streams.items()):
+            for eid, rid in list(self._streams):
                 if eid == id(engine):
                     engine.cancel(rid)
                     self._end(self._streams.pop((eid, rid)), Failure(f"generation failed: {e}"))
@@ -207,11 +215,11 @@ class Service:
             if stream is not None:  # else: cancelled meanwhile
                 stream.push(t)
         # a request ends with its last row: by a last token, or by cancelling its last rows
-        for (eid, rid), stream in list(self._streams.items()):
+        for eid, rid in list(self._streams):
             if eid == id(engine) and engine.finished(rid):
                 self._end(self._streams.pop((eid, rid)), END)
 
-    def _end(self, stream: Stream, last: object) -> None:
+    def _end(self, stream: Stream, last: Failure | End) -> None:
         stream.push(last)
         with self._lock:
             self._in_flight[id(stream.model.engine)] -= 1
