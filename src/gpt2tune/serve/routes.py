@@ -85,6 +85,7 @@ v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])
 
 
 # ------------------------------------------------------------------------------- public routes
+# (the handlers have no docstrings: FastAPI would publish them in /openapi.json)
 
 @public.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def playground() -> HTMLResponse:
