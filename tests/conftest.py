@@ -17,7 +17,29 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="gpt2tune-tests-hf-")
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 logging.getLogger("transformers").setLevel(logging.ERROR)
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread count for the whole session (two at most: the tiny models gain nothing from
+# more). Runs that a test compares bit for bit must use the same count: on some CPUs (a Xeon with
+# AMX, whose oneDNN fp32 kernels split the work by thread) another count gives other bits.
+# Subprocesses get it from ``same_threads_env``; a test that changes it gets it back (``_threads``).
+THREADS = min(2, torch.get_num_threads())
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    """Give the session's thread count back after a test that changed it, so that later exact
+    comparisons still compare runs made alike."""
+    yield
+    if torch.get_num_threads() != THREADS:
+        torch.set_num_threads(THREADS)
+
+
+@pytest.fixture
+def same_threads_env():
+    """``os.environ`` for a subprocess whose results are compared bit for bit with this process's:
+    the same thread count (MKL_NUM_THREADS as well, since torch takes it over OMP_NUM_THREADS)."""
+    n = str(torch.get_num_threads())
+    return dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
 
 
 @pytest.fixture(scope="session")

@@ -244,7 +244,21 @@ def test_every_command_with_an_out_refuses_a_locked_one(tmp_path, capsys, comman
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
 
 
-def test_a_run_killed_with_sigkill_leaves_no_lock_and_resumes_exactly(tiny_hf, corpus, tmp_path):
+def test_a_subprocess_for_an_exact_comparison_gets_this_process_s_thread_count(
+        monkeypatch, request):
+    """What ``same_threads_env`` promises, even where the environment asks for another count
+    (torch takes MKL_NUM_THREADS over OMP_NUM_THREADS)."""
+    other = "1" if torch.get_num_threads() > 1 else "2"
+    monkeypatch.setenv("OMP_NUM_THREADS", other)
+    monkeypatch.setenv("MKL_NUM_THREADS", other)
+    env = request.getfixturevalue("same_threads_env")
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                         env=env, capture_output=True, text=True, check=True, timeout=120)
+    assert int(out.stdout) == torch.get_num_threads()
+
+
+def test_a_run_killed_with_sigkill_leaves_no_lock_and_resumes_exactly(tiny_hf, corpus, tmp_path,
+                                                                     same_threads_env):
     import signal
     import time
 
@@ -253,10 +267,9 @@ def test_a_run_killed_with_sigkill_leaves_no_lock_and_resumes_exactly(tiny_hf, c
     assert main(_args(tiny_hf[0], corpus, tmp_path / "a", "lora", "--max-steps", "30")) == 0
     out = tmp_path / "b"
     script = slow_steps_script(tmp_path)
-    # the killed run's first steps and the resumed rest must use the uninterrupted run's thread
-    # count: fp32 matmuls here give other bits for other thread counts
-    env = dict(os.environ, GPT2TUNE_CACHE=str(tmp_path / "cache"),
-               OMP_NUM_THREADS=str(torch.get_num_threads()))
+    # the killed run's first steps are compared, through the resumed rest, with a run made in
+    # this process: both with one thread count (another may give other bits)
+    env = dict(same_threads_env, GPT2TUNE_CACHE=str(tmp_path / "cache"))
     proc = subprocess.Popen([sys.executable, str(script),
                              *_args(tiny_hf[0], corpus, out, "lora", "--max-steps", "30")],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -36,7 +36,10 @@ def _args(d, out, batch, *extra):
 def _torchrun(args, env_extra=None, tmp=None):
     import os
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", GPT2TUNE_CACHE=str(tmp / "cache"))
+    # one thread per rank in every torchrun run here, so the exact comparisons (torchrun runs with
+    # each other) compare like with like; those with a run in this process allow a tolerance
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               GPT2TUNE_CACHE=str(tmp / "cache"))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", "2", "-m", "gpt2tune", *args],
                           capture_output=True, text=True, timeout=300, env=env)
@@ -90,7 +93,8 @@ def test_ctrl_c_under_torchrun_then_resume_equals_uninterrupted(setup, tmp_path,
     import signal
     import time
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", GPT2TUNE_CACHE=str(tmp_path / "cache"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               GPT2TUNE_CACHE=str(tmp_path / "cache"))
     # every step 0.1 s longer (the math unchanged), so the signal lands mid-run on any machine
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(slow_steps_script(tmp_path))]
@@ -168,7 +172,8 @@ def test_a_rank_killed_mid_run_stops_the_other_with_one_line_then_resume_finishe
 
     from gpt2tune.finetune.state import saved_step
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", GPT2TUNE_CACHE=str(tmp_path / "cache"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               GPT2TUNE_CACHE=str(tmp_path / "cache"))
     args = lambda out, *x: _args(setup, out, 2, "--method", "lora", "--max-steps", "40",
                                  "--save-every", "4", "--dist-timeout", "60", *x)
     _torchrun(args(tmp_path / "a"), tmp=tmp_path)

@@ -63,8 +63,9 @@ def start_server(dirs: dict[str, Path], log: Path, *extra: str,
         return Served(url, names, dirs, None, log, server, thread)
     # the in-process side of the tests' exact comparisons (gpt2tune generate) runs with
     # torch.get_num_threads() threads (tests/conftest.py): fp32 kernels may give other bits for
-    # other thread counts, so the server gets the same count
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    # other thread counts, so the server gets the same count (as same_threads_env does)
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     proc = subprocess.Popen([sys.executable, "-m", "gpt2tune", *args], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=env)
 
