@@ -16,7 +16,8 @@ def test_autocast_dtypes_and_bad_precision():
     cpu = torch.device("cpu")
     assert runtime.autocast_dtype("fp32", cpu) is None
     assert runtime.autocast_dtype("bf16", cpu) is torch.bfloat16
-    assert runtime.autocast_dtype("auto", cpu) is (torch.bfloat16 if runtime.cpu_has_bf16() else None)
+    native = torch.bfloat16 if runtime.cpu_has_bf16() else None
+    assert runtime.autocast_dtype("auto", cpu) is native
     with pytest.raises(UserError, match="unknown precision 'fp8'") as e:
         runtime.autocast_dtype("fp8", cpu)
     assert e.value.field == "precision"

@@ -51,40 +51,46 @@ _API = {
 __all__ = [*_API, "__version__"]
 
 if TYPE_CHECKING:
+    # for type checkers and IDEs; `X as X` marks each name as re-exported (PEP 484), which
+    # `__all__` cannot say here since it is computed from _API
+    from gpt2tune.core.classifier import GPT2Classifier as GPT2Classifier
     from gpt2tune.core.lora import (
-        LoRAConfig,
-        apply_lora,
-        count_parameters,
-        merge_and_unload,
+        LoRAConfig as LoRAConfig,
+        apply_lora as apply_lora,
+        count_parameters as count_parameters,
+        merge_and_unload as merge_and_unload,
     )
-    from gpt2tune.core.classifier import GPT2Classifier
-    from gpt2tune.core.model import GPT2, GPT2Config, KVCache
-    from gpt2tune.core.tokenizer import Tokenizer
-    from gpt2tune.data.sources import read_documents
-    from gpt2tune.errors import UserError
-    from gpt2tune.finetune.config import TrainConfig, TrainResult
+    from gpt2tune.core.model import GPT2 as GPT2, GPT2Config as GPT2Config, KVCache as KVCache
+    from gpt2tune.core.multilora import install_adapters as install_adapters
+    from gpt2tune.core.tokenizer import Tokenizer as Tokenizer
+    from gpt2tune.data.sources import read_documents as read_documents
+    from gpt2tune.errors import UserError as UserError
+    from gpt2tune.finetune.config import TrainConfig as TrainConfig, TrainResult as TrainResult
     from gpt2tune.finetune.recipe import (
-        DataOptions,
-        ModelOptions,
-        RunOptions,
-        fine_tune,
-        train,
+        DataOptions as DataOptions,
+        ModelOptions as ModelOptions,
+        RunOptions as RunOptions,
+        fine_tune as fine_tune,
+        train as train,
     )
-    from gpt2tune.formats.hf import load_classifier, load_model, save_model
+    from gpt2tune.formats.hf import (
+        load_classifier as load_classifier,
+        load_model as load_model,
+        save_model as save_model,
+    )
     from gpt2tune.formats.peft import (
-        load_adapter,
-        load_model_with_adapter,
-        load_model_with_adapters,
-        save_adapter,
+        load_adapter as load_adapter,
+        load_model_with_adapter as load_model_with_adapter,
+        load_model_with_adapters as load_model_with_adapters,
+        save_adapter as save_adapter,
     )
-    from gpt2tune.core.multilora import install_adapters
-    from gpt2tune.inference.engine import Engine, GenerationRequest
-    from gpt2tune.inference.evaluate import EvalResult, evaluate
-    from gpt2tune.inference.generate import generate
-    from gpt2tune.inference.sampling import SamplingConfig
+    from gpt2tune.inference.engine import Engine as Engine, GenerationRequest as GenerationRequest
+    from gpt2tune.inference.evaluate import EvalResult as EvalResult, evaluate as evaluate
+    from gpt2tune.inference.generate import generate as generate
+    from gpt2tune.inference.sampling import SamplingConfig as SamplingConfig
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _API:
         value = getattr(importlib.import_module(_API[name]), name)
         globals()[name] = value  # later lookups skip this function

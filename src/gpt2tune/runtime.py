@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -174,10 +174,8 @@ def restart_peak_memory() -> bool:
 
     gc.collect()
     if platform.system() == "Linux":
-        try:
+        with suppress(OSError, AttributeError):
             _libc().malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

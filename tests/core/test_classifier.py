@@ -40,7 +40,8 @@ def batch(left: bool):
 def test_logits_and_loss_equal_transformers(tmp_path, num_labels, left):
     hf = hf_classifier(tmp_path, num_labels)
     ours = load_classifier(tmp_path)
-    assert isinstance(ours, GPT2Classifier) and ours.labels == [f"class{i}" for i in range(num_labels)]
+    assert isinstance(ours, GPT2Classifier)
+    assert ours.labels == [f"class{i}" for i in range(num_labels)]
     ids, mask = batch(left)
     # transformers counts positions from the first column; padded rows need them given
     positions = (mask.cumsum(-1) - 1).clamp(min=0)

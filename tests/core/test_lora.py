@@ -44,8 +44,8 @@ PEFT_EQUIVALENTS = [  # (our config, the same adapters as peft LoraConfig kwargs
 ]
 
 
-@pytest.mark.parametrize("cfg, peft_kwargs", PEFT_EQUIVALENTS,
-                         ids=["c_attn-r1", "c_attn-r4", "all-linear-r8", "mlp.c_fc", "c_proj-layer1"])
+@pytest.mark.parametrize("cfg, peft_kwargs", PEFT_EQUIVALENTS, ids=[
+    "c_attn-r1", "c_attn-r4", "all-linear-r8", "mlp.c_fc", "c_proj-layer1"])
 def test_trainable_parameters_match_peft(tiny, cfg, peft_kwargs, capsys):
     path, _ = tiny
     pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(

@@ -178,8 +178,7 @@ def test_fresh_weights_are_drawn_as_transformers_draws_them():
     """From scratch (pretraining, a classifier's head): every tensor has the mean and spread of
     transformers' own initialisation of the same architecture: N(0, 0.02), the residual
     projections N(0, 0.02 / sqrt(2 * n_layer)), LayerNorms 1 and 0, biases 0."""
-    from transformers import GPT2Config as HFConfig
-    from transformers import GPT2ForSequenceClassification
+    from transformers import GPT2Config as HFConfig, GPT2ForSequenceClassification
 
     from gpt2tune.core.classifier import GPT2Classifier
 

@@ -34,7 +34,8 @@ def peft_adapters(tiny, tmp_path_factory):
 def test_each_row_gets_its_own_adapter_as_peft_computes_it(tiny, peft_adapters, tokens):
     path, hf = tiny
     model = load_model(path).eval()
-    bank = install_adapters(model, {n: read_adapter(d, model) for n, (d, _) in peft_adapters.items()})
+    adapters = {n: read_adapter(d, model) for n, (d, _) in peft_adapters.items()}
+    bank = install_adapters(model, adapters)
     assert adapter_bank(model) is bank and bank.names == ["attn", "mlp"]
     x = torch.cat([tokens, tokens[:1]])  # three rows: attn, base, mlp
     rows = ["attn", None, "mlp"]
@@ -68,9 +69,8 @@ def test_unknown_adapter_and_model_with_applied_lora_are_refused(tiny, peft_adap
     model = load_model(path)
     d = peft_adapters["attn"][0]
     bank = install_adapters(model, {"attn": read_adapter(d, model)})
-    with pytest.raises(KeyError):
-        with bank.select(["nope"], torch.device("cpu")):
-            pass
+    with pytest.raises(KeyError), bank.select(["nope"], torch.device("cpu")):
+        pass
     applied = load_model(path)
     load_adapter(applied, d)
     with pytest.raises(UserError, match="already has a LoRA adapter"):
@@ -82,7 +82,8 @@ def test_mixed_rows_equal_each_adapter_alone(tiny, peft_adapters, tokens):
     (the batched gather), give each row what its adapter gives in a batch of its own."""
     path, _ = tiny
     model = load_model(path).eval()
-    bank = install_adapters(model, {n: read_adapter(d, model) for n, (d, _) in peft_adapters.items()})
+    adapters = {n: read_adapter(d, model) for n, (d, _) in peft_adapters.items()}
+    bank = install_adapters(model, adapters)
     x = torch.cat([tokens, tokens, tokens[:1]])  # five rows
     rows = ["mlp", "attn", None, "attn", "mlp"]
     with bank.select(rows, x.device):

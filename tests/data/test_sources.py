@@ -28,7 +28,8 @@ def test_text_formats(tmp_path):
 @pytest.mark.parametrize("name, content, message, field", [
     ("empty.txt", "\n\n  \n", "holds no text", None),
     ("bad.jsonl", '{"text": "ok"}\n{"text": broken}\n', "line 2 is not valid JSON", None),
-    ("field.jsonl", '{"body": "x"}\n', "no 'text' field.*choose one with text_field$", "text_field"),
+    ("field.jsonl", '{"body": "x"}\n', "no 'text' field.*choose one with text_field$",
+     "text_field"),
     ("col.csv", "a,b\n1,2\n", "no 'text' column.*choose one with text_field$", "text_field"),
 ])
 def test_bad_files_name_the_problem(tmp_path, name, content, message, field):

@@ -14,10 +14,9 @@ class Boom(Exception):
 def test_atomic_file_replaces_only_on_success(tmp_path):
     path = tmp_path / "a.json"
     write_text(path, "old")
-    with pytest.raises(Boom):
-        with atomic_file(path) as tmp:
-            tmp.write_text("half")
-            raise Boom
+    with pytest.raises(Boom), atomic_file(path) as tmp:
+        tmp.write_text("half")
+        raise Boom
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["a.json"]  # no temporary left behind
     with atomic_file(path) as tmp:
@@ -28,10 +27,9 @@ def test_atomic_file_replaces_only_on_success(tmp_path):
 
 def test_atomic_dir_moves_whole_files_and_keeps_others(tmp_path):
     (tmp_path / "keep.txt").write_text("k")
-    with pytest.raises(Boom):
-        with atomic_dir(tmp_path) as tmp:
-            (tmp / "w.bin").write_bytes(b"x" * 10)
-            raise Boom
+    with pytest.raises(Boom), atomic_dir(tmp_path) as tmp:
+        (tmp / "w.bin").write_bytes(b"x" * 10)
+        raise Boom
     assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
     with atomic_dir(tmp_path) as tmp:
         (tmp / "w.bin").write_bytes(b"y")
@@ -42,10 +40,9 @@ def test_staged_dir_swaps_in_complete_directories_only(tmp_path):
     final = tmp_path / "checkpoint"
     with staged_dir(final) as new:
         (new / "a").write_text("1")
-    with pytest.raises(Boom):
-        with staged_dir(final) as new:
-            (new / "a").write_text("2")
-            raise Boom
+    with pytest.raises(Boom), staged_dir(final) as new:
+        (new / "a").write_text("2")
+        raise Boom
     assert (final / "a").read_text() == "1" and sorted(os.listdir(tmp_path)) == ["checkpoint"]
     with staged_dir(final) as new:
         (new / "b").write_text("3")

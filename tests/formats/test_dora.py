@@ -103,7 +103,8 @@ def test_dora_gradients_equal_peft(tiny, tmp_path, tokens):
         torch.nn.functional.cross_entropy(out.flatten(0, 1), tokens[:, 1:].flatten()).backward()
         return {n: p.grad for n, p in names}
 
-    def key(name: str) -> str:  # "...h.0.attn.c_attn.lora_A.default.weight": "h.0.attn.c_attn.lora_A"
+    # "...h.0.attn.c_attn.lora_A.default.weight": "h.0.attn.c_attn.lora_A"
+    def key(name: str) -> str:
         name = name.replace(".default", "").replace(".weight", "")
         return name[name.index("h."):]
 

@@ -16,7 +16,8 @@ def test_our_save_loads_in_transformers_with_identical_logits(tiny_hf, tmp_path)
     path, hf = tiny_hf
     ours = load_model(path)
     with torch.no_grad():  # make the weights differ from the source so the round trip is real
-        ours.transformer.h[0].attn.c_attn.weight.add_(0.01 * torch.randn_like(ours.transformer.h[0].attn.c_attn.weight))
+        w = ours.transformer.h[0].attn.c_attn.weight
+        w.add_(0.01 * torch.randn_like(w))
     save_model(ours, tmp_path / "out")
     back = GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
     assert back.lm_head.weight.data_ptr() == back.transformer.wte.weight.data_ptr()
@@ -38,7 +39,8 @@ def test_transformers_tokenizer_loads_saved_dir(tiny_hf, tmp_path):
 def test_pytorch_model_bin_and_old_key_names(tmp_path):
     """OpenAI's original upload: no 'transformer.' prefix, mask buffers, a .bin file."""
     hf = make_hf_model(tmp_path / "src", vocab_size=300)
-    sd = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    sd = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items()
+          if k != "lm_head.weight"}
     for i in range(hf.config.n_layer):
         sd[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
         sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)

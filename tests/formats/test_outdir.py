@@ -58,7 +58,8 @@ def test_replace_own_replaces_only_own_output(tmp_path):
     (own / "demo.json").write_text("{}")
     prepare_output_dir(own, marker="demo.json", what="demo", replace_own=True)
     assert list(own.iterdir()) == []
-    with pytest.raises(UserError, match="other files; pass overwrite to replace it, or choose another out$"):
+    with pytest.raises(UserError, match="other files; pass overwrite to replace it, or choose "
+                                        "another out$"):
         prepare_output_dir(other, marker="demo.json", what="demo", replace_own=True)
     assert (other / "x.png").is_file()  # nothing lost on refusal
 

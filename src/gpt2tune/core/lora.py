@@ -15,14 +15,18 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpt2tune.core.model import GPT2Config
+from gpt2tune.core.model import GPT2, GPT2Config
 from gpt2tune.core.ops import Dropout
 from gpt2tune.errors import UserError
+
+_GPT2 = TypeVar("_GPT2", bound=GPT2)
+_Module = TypeVar("_Module", bound=nn.Module)
 
 # The four projections of a GPT-2 block, by their name relative to the block.
 BLOCK_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -125,17 +129,18 @@ class LoRALinear(nn.Module):
             p.requires_grad_(False)
         self.r = r
         self.scaling = alpha / (math.sqrt(r) if use_rslora else r)
-        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
-        self.lora_A = nn.Linear(base.in_features, r, bias=False, **factory)
-        self.lora_B = nn.Linear(r, base.out_features, bias=False, **factory)
-        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
+        device, dtype = base.weight.device, base.weight.dtype
+        self.lora_A = nn.Linear(base.in_features, r, bias=False, device=device, dtype=dtype)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False, device=device, dtype=dtype)
+        self.dropout: Dropout | nn.Identity = Dropout(dropout) if dropout > 0 else nn.Identity()
         # merged: the update is folded into base.weight, so forward is base alone.
         # disabled: set only by disable_adapters(); forward is base alone.
         self.merged = False
         self.disabled = False
         # DoRA: the magnitude of each output feature's weight row (peft's name, and its layout)
-        self.lora_magnitude_vector = (nn.Parameter(torch.empty(base.out_features, **factory))
-                                      if use_dora else None)
+        self.lora_magnitude_vector = (
+            nn.Parameter(torch.empty(base.out_features, device=device, dtype=dtype))
+            if use_dora else None)
         self._merged_norm: Tensor | None = None
         self.reset_lora_parameters()
 
@@ -157,7 +162,10 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def reset_magnitude(self) -> None:
         """DoRA's magnitude set to the norms of the current rows (so forward equals LoRA's)."""
-        self.lora_magnitude_vector.copy_(self.weight_norm().to(self.lora_magnitude_vector))
+        m = self.lora_magnitude_vector
+        if m is None:
+            raise TypeError("reset_magnitude: this layer is not DoRA (use_dora=False)")
+        m.copy_(self.weight_norm().to(m))
 
     def weight_norm(self) -> Tensor:
         """The L2 norm of each row of ``W + scaling * B @ A`` (float32, no gradient: DoRA treats
@@ -193,7 +201,7 @@ class LoRALinear(nn.Module):
             return
         w = self.base.weight
         old = w.float()
-        if self.lora_magnitude_vector is not None:
+        if self.lora_magnitude_vector is not None and self._merged_norm is not None:  # DoRA
             old = old / (self.lora_magnitude_vector.float() / self._merged_norm).unsqueeze(1)
         w.copy_((old - self.delta_weight()).to(w.dtype))
         self.merged = False
@@ -213,7 +221,9 @@ class LoRALinear(nn.Module):
         # plus the rescaled update (with dropout, the base part is recomputed on the dropped x)
         scale = self.lora_magnitude_vector / self.weight_norm().to(self.lora_magnitude_vector)
         if isinstance(self.dropout, nn.Identity) or not self.training:
-            base = out if self.base.bias is None else out - self.base.bias
+            base = out
+            if self.base.bias is not None:
+                base = out - self.base.bias
         else:
             base = F.linear(dropped.to(out.dtype), self.base.weight)
         return out + ((scale - 1) * base.to(a) + scale * lora).to(out.dtype)
@@ -223,7 +233,7 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}{dora}"
 
 
-# ----------------------------------------------------------------------------- putting LoRA in place
+# ------------------------------------------------------------------------ putting LoRA in place
 
 def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     """``(module path, layer)`` for every ``LoRALinear`` in ``model``, in module order."""
@@ -232,7 +242,7 @@ def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
             yield name, module
 
 
-def lora_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+def lora_parameters(model: nn.Module) -> Iterator[Tensor]:
     """The trainable adapter parameters (every ``lora_A`` and ``lora_B`` weight)."""
     for _, module in lora_modules(model):
         yield module.lora_A.weight
@@ -246,7 +256,7 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), child, new)
 
 
-def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
+def apply_lora(model: _GPT2, cfg: LoRAConfig) -> _GPT2:
     """Freeze ``model`` and wrap each targeted projection in a ``LoRALinear``, in place.
 
     Args:
@@ -285,7 +295,7 @@ def unmerge_lora(model: nn.Module) -> None:
         module.unmerge()
 
 
-def merge_and_unload(model: nn.Module) -> nn.Module:
+def merge_and_unload(model: _Module) -> _Module:
     """Merge every adapter and put the plain base ``nn.Linear`` back in its place, in place.
 
     Returns:
@@ -299,7 +309,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+def disable_adapters(model: _Module) -> Iterator[_Module]:
     """Run the base model alone inside the ``with`` block (e.g. for a reference model's logits).
 
     Merged adapters are unmerged for the duration and merged again on exit.
@@ -413,7 +423,8 @@ def check_adapter_tensors(expected: dict[str, tuple[int, ...]], sd: dict[str, Te
 
 
 @torch.no_grad()
-def load_adapter_state_dict(model: nn.Module, sd: dict[str, Tensor], where: str = "adapter") -> None:
+def load_adapter_state_dict(model: nn.Module, sd: dict[str, Tensor],
+                            where: str = "adapter") -> None:
     """Copy adapter weights (keys as ``adapter_state_dict`` makes them) into ``model``.
 
     Raises:

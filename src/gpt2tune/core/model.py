@@ -14,7 +14,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -107,7 +106,7 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         # Python ints: reading them never waits for the device.
-        self.lengths = [0] * batch_size
+        self.lengths: list[int] | _ListView = [0] * batch_size
 
     @property
     def pos(self) -> int:
@@ -173,14 +172,15 @@ class KVCache:
 class _ListView:
     """``lengths[start:stop]`` of a parent cache, read and written through."""
 
-    def __init__(self, parent: list[int], start: int, stop: int) -> None:
+    def __init__(self, parent: list[int] | _ListView, start: int, stop: int) -> None:
         self.parent, self.start, self.stop = parent, start, stop
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.parent[self.start:self.stop])
+        # by index, so a view of a view (whose parent cannot be sliced) iterates too
+        return (self.parent[i] for i in range(self.start, self.stop))
 
     def _index(self, i: int) -> int:
         return self.start + range(len(self))[i]  # negative indices and bounds as a list's
@@ -248,6 +248,17 @@ class Block(nn.Module):
         return x
 
 
+class Transformer(nn.ModuleDict):
+    """The body under OpenAI's names (``transformer.wte``, ``transformer.h.0``, ...): a
+    ``ModuleDict``, as in nanoGPT; the annotations only tell type checkers what each entry is."""
+
+    wte: nn.Embedding
+    wpe: nn.Embedding
+    drop: Dropout
+    h: nn.ModuleList
+    ln_f: nn.LayerNorm
+
+
 class GPT2(nn.Module):
     """GPT-2 language model with a tied LM head.
 
@@ -267,7 +278,7 @@ class GPT2(nn.Module):
         super().__init__()
         self.config = config
         self.source_dir = source_dir
-        self.transformer = nn.ModuleDict(dict(
+        self.transformer = Transformer(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.n_positions, config.n_embd),
             drop=Dropout(config.embd_pdrop),
@@ -412,11 +423,12 @@ def empty_init() -> Iterator[None]:
     whose first use imports torch._dynamo: seconds of start-up for nothing.)"""
     classes = (nn.Linear, nn.Embedding, nn.LayerNorm)
     saved = {cls: cls.reset_parameters for cls in classes}
+    # patching a method is the point here (for the duration of the block only)
     for cls in classes:
-        cls.reset_parameters = lambda self: None
+        cls.reset_parameters = lambda self: None  # type: ignore[method-assign]
     try:
         with torch.device("meta"):
             yield
     finally:
         for cls, fn in saved.items():
-            cls.reset_parameters = fn
+            cls.reset_parameters = fn  # type: ignore[method-assign]

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpt2tune.core.lora import LoRAConfig, lora_modules
+from gpt2tune.core.model import GPT2
 from gpt2tune.errors import UserError
 
 
@@ -80,7 +81,7 @@ class MultiLoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.bank = bank
-        # adapter index -> (A (r, in), B (out, r), scaling); adapters that skip this module are absent
+        # adapter index -> (A (r, in), B (out, r), scaling), for the adapters of this module
         self.updates: dict[int, tuple[Tensor, Tensor, float]] = {}
         self._stacked: tuple[int, Tensor, Tensor, Tensor] | None = None
 
@@ -91,11 +92,11 @@ class MultiLoRALinear(nn.Module):
         n = len(self.bank.names)
         if self._stacked is None or self._stacked[0] != n:
             first = next(iter(self.updates.values()))[0]
-            like = dict(device=first.device, dtype=first.dtype)  # the adapters' own dtype
+            device, dtype = first.device, first.dtype  # the adapters' own dtype
             r = max(A.size(0) for A, _, _ in self.updates.values())
-            A_all = torch.zeros(n + 1, r, self.base.in_features, **like)
-            B_all = torch.zeros(n + 1, self.base.out_features, r, **like)
-            scaling = torch.zeros(n + 1, **like)
+            A_all = torch.zeros(n + 1, r, self.base.in_features, device=device, dtype=dtype)
+            B_all = torch.zeros(n + 1, self.base.out_features, r, device=device, dtype=dtype)
+            scaling = torch.zeros(n + 1, device=device, dtype=dtype)
             for i, (A, B, s) in self.updates.items():
                 A_all[i, :A.size(0)] = A
                 B_all[i, :, :B.size(1)] = B
@@ -119,9 +120,9 @@ class MultiLoRALinear(nn.Module):
             update = self.updates.get(index)
             if update is None:
                 continue
-            A, B, scaling = update
+            A, B, s = update
             xs = x if rows is None else x.index_select(0, rows)
-            delta = (F.linear(F.linear(xs.to(A.dtype), A), B) * scaling).to(out.dtype)
+            delta = (F.linear(F.linear(xs.to(A.dtype), A), B) * s).to(out.dtype)
             out = out + delta if rows is None else out.index_add(0, rows, delta)
         return out
 
@@ -138,7 +139,7 @@ def adapter_bank(model: nn.Module) -> AdapterBank | None:
 
 
 @torch.no_grad()
-def install_adapters(model: nn.Module,
+def install_adapters(model: GPT2,
                      adapters: dict[str, tuple[LoRAConfig, dict[str, Tensor]]]) -> AdapterBank:
     """Put several LoRA adapters into ``model`` side by side, unmerged, in place.
 
@@ -165,12 +166,14 @@ def install_adapters(model: nn.Module,
         for path in cfg.module_names(n_layer):
             module = model.get_submodule(path)
             if not isinstance(module, MultiLoRALinear):
+                if not isinstance(module, nn.Linear):  # pragma: no cover - GPT2's are Linear
+                    raise TypeError(f"{path} is a {type(module).__name__}, expected nn.Linear")
                 module = MultiLoRALinear(module, bank)
                 parent, _, child = path.rpartition(".")
                 setattr(model.get_submodule(parent), child, module)
             # in the base's dtype and device, as LoRALinear keeps its weights
-            like = dict(device=module.base.weight.device, dtype=module.base.weight.dtype)
-            A = sd[f"{path}.lora_A.weight"].to(**like)
-            B = sd[f"{path}.lora_B.weight"].to(**like)
+            w = module.base.weight
+            A = sd[f"{path}.lora_A.weight"].to(device=w.device, dtype=w.dtype)
+            B = sd[f"{path}.lora_B.weight"].to(device=w.device, dtype=w.dtype)
             module.updates[index] = (A, B, cfg.scaling)
     return bank

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -39,7 +39,8 @@ def build_dir() -> Path:
     if root:
         base = Path(root)
     else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt2tune" / "kernels"
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        base = cache / "gpt2tune" / "kernels"
     return base / digest.hexdigest()[:16]
 
 
@@ -117,12 +118,13 @@ def _register_fakes() -> None:
     def cross_entropy(logits, targets):
         return logits.new_empty(logits.shape[:1], dtype=torch.float32)
 
-    fakes = {"attn_softmax_dropout": attn, "attn_softmax_dropout_backward": attn_backward,
-             "dropout_philox": lambda x, p, seed: torch.empty_like(x, memory_format=torch.contiguous_format),
-             "cross_entropy_grad_": cross_entropy,
-             "gelu_tanh": lambda x: torch.empty_like(x, memory_format=torch.contiguous_format),
-             "gelu_tanh_backward": lambda grad, x: torch.empty_like(
-                 x, memory_format=torch.contiguous_format)}
+    contiguous = torch.contiguous_format
+    fakes: dict[str, Callable[..., object]] = {
+        "attn_softmax_dropout": attn, "attn_softmax_dropout_backward": attn_backward,
+        "dropout_philox": lambda x, p, seed: torch.empty_like(x, memory_format=contiguous),
+        "cross_entropy_grad_": cross_entropy,
+        "gelu_tanh": lambda x: torch.empty_like(x, memory_format=contiguous),
+        "gelu_tanh_backward": lambda grad, x: torch.empty_like(x, memory_format=contiguous)}
     for name, fn in fakes.items():
         torch.library.register_fake(lib + name, fn)
 

@@ -130,7 +130,7 @@ def gelu_tanh(x: Tensor) -> Tensor:
 
 
 def _scores(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
-    """Scaled attention scores (B, nh, T, S) in float32 at least, -inf where a query may not look."""
+    """Scaled attention scores (B, nh, T, S), float32 or wider; -inf where a query may not look."""
     T, S = q.size(-2), k.size(-2)
     s = torch.matmul(q, k.transpose(-2, -1)).to(_wide(q.dtype)).mul_(1.0 / math.sqrt(q.size(-1)))
     if allowed is None:
@@ -312,7 +312,7 @@ class _ChunkedLMHeadLoss(torch.autograd.Function):
                 g = logits.to(acc)
                 total -= _picked_log_probs(g, tc).sum()  # g is now d loss / d logits
                 g = g.to(w.dtype)
-            if need_h:
+            if grad_h is not None:  # need_h
                 grad_h[start:start + chunk] = (g @ w).mul_(inv_count.to(w.dtype))
             if need_w:
                 # the 1/count goes on the (n, d) side, not on the (n, V) gradient
@@ -332,7 +332,7 @@ class _ChunkedLMHeadLoss(torch.autograd.Function):
         # the upstream gradient of a plain loss.backward() is 1: skip two passes over the
         # stored gradients (one of them vocab x d)
         one = grad.device.type == "cpu" and grad.item() == 1.0
-        scale = (lambda g: g) if one else (lambda g: g * grad.to(g.dtype))  # noqa: E731
+        scale = (lambda g: g) if one else (lambda g: g * grad.to(g.dtype))
         return (None if grad_h is None else scale(grad_h),
                 None if grad_w is None else scale(grad_w), None, None, None)
 

@@ -15,9 +15,10 @@
     The Wikipedia articles in gensim's shortened dump, markup removed with gensim's own wiki filter
     plus a little extra clean-up; one document per article, one line per paragraph or heading.
 
-Shakespeare, speakers and wiki have no natural split, so it is made per document and fixed: the indices
-``0..n-1`` are shuffled with ``random.Random(0)`` and the last ``ceil(n / 10)`` of them are the test
-split (never all of them: a single document goes to train). Each split keeps the original order.
+Shakespeare, speakers and wiki have no natural split, so it is made per document and fixed: the
+indices ``0..n-1`` are shuffled with ``random.Random(0)`` and the last ``ceil(n / 10)`` of them are
+the test split (never all of them: a single document goes to train). Each split keeps the original
+order.
 
 No document contains a blank line, so documents survive being written to a file whose documents
 are separated by blank lines.
@@ -35,9 +36,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from gpt2tune.data.split import seeded_split
 from gpt2tune.errors import UserError
+
+_Doc = TypeVar("_Doc", str, tuple[str, str])  # a text, or a (text, label) pair
 
 PREFIX = "builtin:"
 SPLITS = ("train", "test", "all")
@@ -223,8 +227,8 @@ def _train_test(name: str) -> tuple[list[str], list[str]]:
     if kind == "shakespeare":
         return _fixed_split(_speeches_by_speaker()[_resolve_character(arg or DEFAULT_CHARACTER)])
     if kind == "speakers":
-        train, test = _speaker_split(arg)
-        return [t for t, _ in train], [t for t, _ in test]
+        train_pairs, test_pairs = _speaker_split(arg)
+        return [t for t, _ in train_pairs], [t for t, _ in test_pairs]
     return _fixed_split(_wiki_articles())
 
 
@@ -238,7 +242,7 @@ def _speaker_split(arg: str | None) -> tuple[list[tuple[str, str]], list[tuple[s
     return _fixed_split(pairs)
 
 
-def _fixed_split(docs: Sequence[str]) -> tuple[list[str], list[str]]:
+def _fixed_split(docs: Sequence[_Doc]) -> tuple[list[_Doc], list[_Doc]]:
     """The fixed test split of a dataset without one: the last ceil(n * TEST_FRACTION) of the
     indices shuffled with SPLIT_SEED (but never every document)."""
     n = len(docs)

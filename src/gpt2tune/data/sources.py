@@ -35,7 +35,7 @@ def read_text(path: Path) -> str:
 
 
 def split_documents(text: str, doc_sep: str = "blank") -> list[str]:
-    """Documents separated by blank lines (``blank``) or one per line (``line``); empty ones dropped."""
+    """Documents split at blank lines (``blank``) or one per line (``line``); empty ones dropped."""
     if doc_sep not in DOC_SEPS:
         raise UserError(f"unknown `doc_sep` {doc_sep!r}; use one of: {', '.join(DOC_SEPS)}")
     text = text.replace("\r\n", "\n")
@@ -47,8 +47,9 @@ def _field(record: object, field: str, where: str) -> str:
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object with a {field!r} field")
     if field not in record:
-        raise UserError(f"{where}: no {field!r} field (it has: {', '.join(map(str, record)) or 'none'}); "
-                        "choose one with `text_field`")
+        has = ", ".join(map(str, record)) or "none"
+        raise UserError(f"{where}: no {field!r} field (it has: {has}); choose one with "
+                        "`text_field`")
     value = record[field]
     if not isinstance(value, str):
         raise UserError(f"{where}: field {field!r} is not a string")
@@ -72,7 +73,8 @@ def read_records(path: Path) -> list[tuple[int, object]]:
         try:
             records.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove it") from None
+            raise UserError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove "
+                            "it") from None
     return records
 
 
@@ -127,7 +129,8 @@ def read_documents(spec: str | Path, doc_sep: str = "blank", text_field: str = "
         if path.is_dir():
             files = sorted(path.glob("*.txt"))
             if not files:
-                raise UserError(f"directory {path} has no .txt files; put one document per .txt file")
+                raise UserError(f"directory {path} has no .txt files; put one document per .txt "
+                                "file")
             docs = [read_text(f).strip() for f in files]
         elif path.suffix == ".jsonl":
             docs = _read_jsonl(path, text_field)

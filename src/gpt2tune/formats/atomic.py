@@ -44,9 +44,10 @@ def _free_bytes(path: Path) -> int | None:
 def _chain(e: BaseException) -> list[BaseException]:
     """``e`` and the exceptions it was raised from or while handling."""
     out: list[BaseException] = []
-    while e is not None and e not in out:
-        out.append(e)
-        e = e.__cause__ or e.__context__
+    link: BaseException | None = e
+    while link is not None and link not in out:
+        out.append(link)
+        link = link.__cause__ or link.__context__
     return out
 
 

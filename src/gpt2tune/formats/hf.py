@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,7 +21,10 @@ from gpt2tune.core.tokenizer import vocab_files
 from gpt2tune.errors import UserError, first_line
 from gpt2tune.formats.atomic import atomic_dir
 
-CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_GPT2 = TypeVar("_GPT2", bound=GPT2)
+
+CONV1D_SUFFIXES = (
+    "attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 SAVED_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt",
@@ -119,7 +123,8 @@ def read_hf_config(model_dir: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); restore it or re-save the model") from None
+        raise UserError(f"{path} is not valid JSON ({e}); restore it or re-save the "
+                        "model") from None
 
 
 def load_config(model_dir: Path) -> GPT2Config:
@@ -141,7 +146,8 @@ def load_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:
-        raise UserError(f"{path} is not a readable safetensors file ({e}); re-save the model") from None
+        raise UserError(f"{path} is not a readable safetensors file ({e}); re-save the "
+                        "model") from None
 
 
 def load_hf_state_dict(model_dir: Path) -> dict[str, Tensor]:
@@ -161,7 +167,8 @@ def load_hf_state_dict(model_dir: Path) -> dict[str, Tensor]:
         return load_safetensors(model_dir / "model.safetensors")
     if (model_dir / "pytorch_model.bin").is_file():
         return load_bin(model_dir / "pytorch_model.bin")
-    raise UserError(f"{model_dir} has no model weights (expected one of: {', '.join(WEIGHT_FILES)})")
+    raise UserError(f"{model_dir} has no model weights (expected one of: "
+                    f"{', '.join(WEIGHT_FILES)})")
 
 
 def hf_to_ours(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -208,15 +215,16 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = None,
     return _load_weights(_empty_gpt2(config, model_dir), sd, model_dir, dtype, device)
 
 
-def _load_weights(model: GPT2, sd: dict[str, Tensor], model_dir: Path, dtype: torch.dtype | None,
-                  device: torch.device | str) -> GPT2:
+def _load_weights(model: _GPT2, sd: dict[str, Tensor], model_dir: Path,
+                  dtype: torch.dtype | None, device: torch.device | str) -> _GPT2:
     """Load ``sd`` into ``model`` (built on the meta device), which must hold exactly its tensors
     (the tied head once, as ``wte``)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
     missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
     if missing or unexpected:
-        raise UserError(f"{model_dir}: the checkpoint does not match a GPT-2 with this config.json: "
-                        f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        raise UserError(f"{model_dir}: the checkpoint does not match a GPT-2 with this "
+                        f"config.json: missing {sorted(missing)[:3]}, unexpected "
+                        f"{sorted(unexpected)[:3]}")
     for k, v in sd.items():
         if tuple(v.shape) != expected[k]:
             raise UserError(f"{model_dir}: {k} has shape {tuple(v.shape)}, config.json implies "
@@ -336,4 +344,5 @@ def describe_model(name_or_path: str | Path) -> dict:
             if first is not None:
                 dtype = _SAFETENSORS_DTYPES.get(f.get_slice(first).get_dtype(), "unknown")
     return {"model": str(model_dir), "config": config.to_dict(), "parameters": config.num_params(),
-            "dtype": dtype, "weights": ", ".join(weights), "size_on_disk_mib": round(size / 2**20, 2)}
+            "dtype": dtype, "weights": ", ".join(weights),
+            "size_on_disk_mib": round(size / 2**20, 2)}

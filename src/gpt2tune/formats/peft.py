@@ -12,11 +12,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.lora import (
     BLOCK_LINEARS,
     LoRAConfig,
+    LoRALinear,
     adapter_state_dict,
     apply_lora,
     check_adapter_tensors,
@@ -24,7 +26,7 @@ from gpt2tune.core.lora import (
     lora_modules,
 )
 from gpt2tune.core.model import GPT2
-from gpt2tune.core.multilora import install_adapters
+from gpt2tune.core.multilora import MultiLoRALinear, install_adapters
 from gpt2tune.errors import UserError
 from gpt2tune.formats.atomic import atomic_dir
 from gpt2tune.formats.hf import load_bin, load_classifier, load_model, load_safetensors
@@ -71,7 +73,7 @@ def save_adapter(model: GPT2, out_dir: str | Path, lora_cfg: LoRAConfig,
     ranks = {m.r for _, m in lora_modules(model)}
     if ranks != {lora_cfg.r}:
         raise ValueError(f"model's LoRA ranks {sorted(ranks)} differ from lora_cfg.r={lora_cfg.r}")
-    config = {
+    config: dict[str, object] = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path,
@@ -146,7 +148,7 @@ def _peft_targets_module(name: str, targets: str | list[str]) -> bool:
 
 
 def lora_config_from_peft(peft_cfg: dict, n_layer: int, where: str = ADAPTER_CONFIG) -> LoRAConfig:
-    """Our ``LoRAConfig`` for a peft ``adapter_config.json`` dict, for a model of ``n_layer`` blocks.
+    """The ``LoRAConfig`` of a peft ``adapter_config.json`` dict, for a model of ``n_layer`` blocks.
 
     Raises:
         UserError: not a LoRA adapter, an option we do not implement, or targets that are not a
@@ -207,7 +209,8 @@ def lora_config_from_peft(peft_cfg: dict, n_layer: int, where: str = ADAPTER_CON
         raise UserError(f"{where}: missing field 'r'; is this a LoRA adapter config?") from None
 
 
-def read_adapter(adapter_dir: str | Path, model: GPT2) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
+def read_adapter(adapter_dir: str | Path,
+                 model: GPT2) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
     """Read a peft LoRA adapter (saved by us or by peft) and check it fits ``model``.
 
     Args:
@@ -255,6 +258,10 @@ def read_adapter(adapter_dir: str | Path, model: GPT2) -> tuple[LoRAConfig, dict
     expected: dict[str, tuple[int, ...]] = {}
     for name in cfg.module_names(model.config.n_layer):
         base = model.get_submodule(name)
+        if isinstance(base, LoRALinear | MultiLoRALinear):  # adapters there already
+            base = base.base
+        if not isinstance(base, nn.Linear):  # pragma: no cover - GPT2's are Linear
+            raise TypeError(f"{name} is a {type(base).__name__}, expected nn.Linear")
         expected[f"{name}.lora_A.weight"] = (cfg.r, base.in_features)
         expected[f"{name}.lora_B.weight"] = (base.out_features, cfg.r)
         if cfg.use_dora:  # peft's key; a Conv1D's output features are its columns: same shape
@@ -283,7 +290,7 @@ def load_adapter(model: GPT2, adapter_dir: str | Path) -> LoRAConfig:
     head = sd.pop(HEAD_KEY, None)
     apply_lora(model, cfg)
     load_adapter_state_dict(model, sd, str(adapter_dir))
-    if head is not None:
+    if head is not None and isinstance(model, GPT2Classifier):  # (read_adapter checked it is)
         with torch.no_grad():
             model.score.weight.copy_(head.to(model.score.weight))
         model.score.weight.requires_grad_(True)  # it trains with the adapter

@@ -211,8 +211,8 @@ def rank_sweep(points: list[tuple[int, int, float]], others: list[tuple[str, int
     for i, (label, x, y) in enumerate(others):
         ax.plot([x], [y], "sD^v"[i % 4], color=_COLORS[2 + i % 4], ms=8, label=label)
     if full_ppl is not None:
-        ax.axhline(full_ppl, color=_COLORS[1], ls="--", lw=1.2,
-                   label=f"full fine-tuning ({_short(full_params)} trainable)")
+        size = f" ({_short(full_params)} trainable)" if full_params is not None else ""
+        ax.axhline(full_ppl, color=_COLORS[1], ls="--", lw=1.2, label=f"full fine-tuning{size}")
     if base_ppl is not None:
         ax.axhline(base_ppl, color="gray", ls=":", lw=1.2, label="base model (no training)")
     ax.set_xscale("log")
