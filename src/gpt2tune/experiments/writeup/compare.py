@@ -80,7 +80,7 @@ def summary(res: CompareResults) -> Section:
             Paragraph(
                 "Samples judged to be in your text's style by a classifier (held-out balanced "
                 f"accuracy {pct(exp.style.heldout.accuracy)}; chance {pct(CHANCE)}): "
-                + ", ".join(f"{m.label} {pct(m.style_share or 0)}" for m in scored)
+                + ", ".join(f"{m.label} {pct(m.style_share)}" for m in scored)
                 + "."
             )
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from gpt2tune.experiments.base import VAL_TOKENS_PER_DOC, BaseInfo
-from gpt2tune.experiments.results import DemoResults
+from gpt2tune.experiments.results import DemoResults, MethodResult
 from gpt2tune.experiments.writeup import shared
 from gpt2tune.experiments.writeup.demo_experiments import (
     capacity_experiment,
@@ -30,6 +30,7 @@ from gpt2tune.experiments.writeup.text import (
     doc_noun,
     fmt_bytes,
     fmt_int,
+    fmt_num,
     fmt_params,
     fmt_ppl,
     fmt_seconds,
@@ -66,29 +67,39 @@ def intro(res: DemoResults) -> list[Block]:
     ]
 
 
-def _voice_summary(res: DemoResults, r: DemoRuns) -> Paragraph:
-    name, clf = name_of(res), res.character.style
-    assert clf is not None  # experiment 2 always scores style
-    runs = [
+def _short_labels(r: DemoRuns) -> tuple[list[tuple[str, MethodResult]], ...]:
+    """Experiment 1's and 2's runs as the summary and its figure name them."""
+    news = [
+        ("base", r.news_base),
+        (f"LoRA r={r.news_lora.lora_rank}", r.news_lora),
+        ("full", r.news_full),
+    ]
+    voice = [
         ("base", r.char_base),
         ("priming", r.priming),
         (f"LoRA r={r.char_lora.lora_rank}", r.char_lora),
         ("full", r.char_full),
         ("LoRA + priming", r.lora_priming),
     ]
+    return news, voice
+
+
+def _voice_summary(res: DemoResults, runs: list[tuple[str, MethodResult]]) -> Paragraph:
+    """Experiment 2 in a paragraph: perplexities, style scores, and the classifier's rates."""
+    name, clf, noun = name_of(res), res.character.style, doc_noun(res.character.spec.dataset)
+    assert clf is not None  # experiment 2 always scores style
     return Paragraph(
-        f"**{name}'s voice.** Held-out perplexity on {name}'s test "
-        f"{doc_noun(res.character.spec.dataset)}: "
+        f"**{name}'s voice.** Held-out perplexity on {name}'s test {noun}: "
         + ", ".join(f"{label} {fmt_ppl(m.val_perplexity)}" for label, m in runs)
         + ". Samples judged in character by the style classifier (held-out balanced accuracy "
         f"{pct(clf.heldout.accuracy)}; chance {pct(CHANCE)}): "
-        + ", ".join(f"{label.split(' r=')[0]} {pct(m.style_share or 0)}" for label, m in runs)
-        + f"; real held-out {doc_noun(res.character.spec.dataset)} "
-        f"{pct(clf.heldout.in_character_rate)}."
+        + ", ".join(f"{label.split(' r=')[0]} {pct(m.style_share)}" for label, m in runs)
+        + f"; real held-out {noun} {pct(clf.heldout.in_character_rate)}."
     )
 
 
 def _capacity_summary(r: DemoRuns) -> Paragraph:
+    """Experiment 3 in a paragraph: the sweep's perplexities beside the variants' and full's."""
     sweep, best = r.sweep, r.best
     return Paragraph(
         f"**Capacity.** Across ranks {', '.join(str(m.lora_rank) for m in sweep)} the held-out "
@@ -104,50 +115,40 @@ def _capacity_summary(r: DemoRuns) -> Paragraph:
     )
 
 
+def _news_summary(res: DemoResults, r: DemoRuns) -> Paragraph:
+    """Experiment 1 in a paragraph: perplexities, and what each trained method costs."""
+    news, lora, full = res.news, r.news_lora, r.news_full
+    return Paragraph(
+        f"**News style.** Held-out perplexity on the {news.test_docs} test "
+        f"{doc_noun(news.spec.dataset)} of `{news.spec.dataset}`: base "
+        f"{fmt_ppl(r.news_base.val_perplexity)}, LoRA r={lora.lora_rank} "
+        f"{fmt_ppl(lora.val_perplexity)} ({fmt_params(lora.trainable_params)} trainable "
+        f"parameters, {fmt_bytes(lora.saved_bytes)} saved), full fine-tuning "
+        f"{fmt_ppl(full.val_perplexity)} ({fmt_params(full.trainable_params)} trainable, "
+        f"{fmt_bytes(full.saved_bytes)} saved)."
+    )
+
+
 def summary(res: DemoResults) -> Section:
     """Each experiment's result in a paragraph, and the perplexities in one figure."""
-    r, b, news = DemoRuns.of(res), res.base, res.news
-    lora, full = r.news_lora, r.news_full
+    r, b = DemoRuns.of(res), res.base
+    news, voice = _short_labels(r)
     s = Section(SECTIONS[0])
-    s.add(
-        Paragraph(
-            f"**News style.** Held-out perplexity on the {news.test_docs} test "
-            f"{doc_noun(news.spec.dataset)} of `{news.spec.dataset}`: base "
-            f"{fmt_ppl(r.news_base.val_perplexity)}, LoRA r={lora.lora_rank} "
-            f"{fmt_ppl(lora.val_perplexity)} ({fmt_params(lora.trainable_params)} trainable "
-            f"parameters, {fmt_bytes(lora.saved_bytes or 0)} saved), full fine-tuning "
-            f"{fmt_ppl(full.val_perplexity)} ({fmt_params(full.trainable_params)} trainable, "
-            f"{fmt_bytes(full.saved_bytes or 0)} saved)."
-        )
+    s.add(_news_summary(res, r), _voice_summary(res, voice), _capacity_summary(r))
+    png = figures.perplexity_by_method(
+        {label: m.val_perplexity for label, m in news},
+        {label: m.val_perplexity for label, m in voice},
+        name_of(res),
     )
-    s.add(_voice_summary(res, r), _capacity_summary(r))
     s.add(
-        Figure(
-            figures.perplexity_by_method(
-                {
-                    "base": r.news_base.val_perplexity,
-                    f"LoRA r={lora.lora_rank}": lora.val_perplexity,
-                    "full": full.val_perplexity,
-                },
-                {
-                    "base": r.char_base.val_perplexity,
-                    "priming": r.priming.val_perplexity,
-                    f"LoRA r={r.char_lora.lora_rank}": r.char_lora.val_perplexity,
-                    "full": r.char_full.val_perplexity,
-                    "LoRA + priming": r.lora_priming.val_perplexity,
-                },
-                name_of(res),
-            ),
-            "perplexity_by_method.png",
-            "Held-out perplexity by method (lower is better).",
-        )
+        Figure(png, "perplexity_by_method.png", "Held-out perplexity by method (lower is better).")
     )
     if b.embedded:
         s.add(
             Paragraph(
                 "**Read these numbers as a demonstration of the method, not of GPT-2.** The base "
                 f"here is a {fmt_params(b.parameters)}-parameter model pretrained for "
-                f"{fmt_seconds(b.train_wall_s or 0)}; with a real GPT-2 (`--base gpt2` or a local "
+                f"{fmt_seconds(b.train_wall_s)}; with a real GPT-2 (`--base gpt2` or a local "
                 "copy) perplexities are far lower and the samples are fluent, so the size of each "
                 "effect differs."
             )
@@ -155,10 +156,15 @@ def summary(res: DemoResults) -> Section:
     return s
 
 
+def _perplexity(loss: float | None) -> str:
+    """exp(loss) as a perplexity; a dash where the loss was not measured."""
+    return "–" if loss is None else fmt_ppl(math.exp(loss))
+
+
 def _unigram_note(b: BaseInfo) -> list[Block]:
     """The base's held-out loss against word frequencies alone, where that was measured."""
-    uni, loss = b.unigram_val_loss, b.val_loss or 0
-    if uni is None:
+    uni, loss = b.unigram_val_loss, b.val_loss
+    if uni is None or loss is None:
         return []
     if abs(loss - uni) < SAME_AS_UNIGRAM:
         verdict = "about what"
@@ -181,7 +187,7 @@ def _embedded_base(res: DemoResults) -> list[Block]:
     b, cfg = res.base, res.base.config
     corpus = data_name(PRETRAIN_DATA).removeprefix("builtin:")
     built = (
-        f"this run built it in {b.build_s or 0:.0f} s."
+        f"this run built it in {fmt_num(b.build_s, '.0f')} s."
         if b.built_now
         else ("this run found it in the cache.")
     )
@@ -193,10 +199,10 @@ def _embedded_base(res: DemoResults) -> list[Block]:
             f"token embedding that GPT-2's {cfg['vocab_size']:,}-token vocabulary needs), "
             f"pretrained from scratch on {data_with_note(PRETRAIN_DATA)} with gpt2tune's own "
             f"trainer: {fmt_int(b.steps)} steps, {fmt_int(b.tokens_seen)} tokens seen, "
-            f"{b.train_wall_s or 0:.0f} s of training. Validation loss on the held-out {corpus} "
-            f"{doc_noun(PRETRAIN_DATA)} (first {VAL_TOKENS_PER_DOC:,} tokens of each, "
-            f"{fmt_int(b.val_tokens)} tokens): **{b.val_loss:.3f}** "
-            f"(perplexity {fmt_ppl(math.exp(b.val_loss or 0))})."
+            f"{fmt_num(b.train_wall_s, '.0f')} s of training. Validation loss on the held-out "
+            f"{corpus} {doc_noun(PRETRAIN_DATA)} (first {VAL_TOKENS_PER_DOC:,} tokens of each, "
+            f"{fmt_int(b.val_tokens)} tokens): **{fmt_num(b.val_loss, '.3f')}** "
+            f"(perplexity {_perplexity(b.val_loss)})."
         ),
         *_unigram_note(b),
         Paragraph(f"It is cached in `{b.path}` and reused; {built}"),

@@ -24,6 +24,7 @@ from gpt2tune.experiments.writeup.text import (
     data_with_note,
     doc_noun,
     every,
+    fmt_num,
     joined,
     pct,
     run_length,
@@ -65,7 +66,7 @@ def _memory_note(res: DemoResults, lora: MethodResult, full: MethodResult) -> Pa
     peaks = [m.peak_memory_mib or 0.0 for m in (lora, full)]
     text = (
         "Peak RSS is the demo process's resident memory during the run (Python, torch, the "
-        f"base model and the data account for about {lora.rss_before_mib or 0:,.0f} MiB of "
+        f"base model and the data account for about {fmt_num(lora.rss_before_mib, ',.0f')} MiB of "
         "it)"
         + (
             ""

@@ -88,8 +88,10 @@ def fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else f"{n:,}"
 
 
-def fmt_bytes(n: int) -> str:
-    """``12.4 MiB`` or ``39 KiB``."""
+def fmt_bytes(n: int | None) -> str:
+    """``12.4 MiB`` or ``39 KiB``; a dash for a missing size."""
+    if n is None:
+        return "–"
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
@@ -98,14 +100,21 @@ def fmt_ppl(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
 
 
-def fmt_seconds(s: float) -> str:
-    """``41 s`` under two minutes, ``2.5 minutes`` from there."""
+def fmt_seconds(s: float | None) -> str:
+    """``41 s`` under two minutes, ``2.5 minutes`` from there; a dash for a missing time."""
+    if s is None:
+        return "–"
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} minutes"
 
 
-def pct(x: float) -> str:
-    """``42%``."""
-    return f"{100 * x:.0f}%"
+def pct(x: float | None) -> str:
+    """``42%``; a dash for a missing share."""
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def fmt_num(x: float | None, spec: str) -> str:
+    """``x`` formatted with ``spec`` (``.3f``); a dash where it was not measured."""
+    return "–" if x is None else format(x, spec)
 
 
 def epochs(n: float | None) -> str:
