@@ -7,6 +7,7 @@ and the experiment specs in them, and each verdict is chosen from the measured v
 from __future__ import annotations
 
 from gpt2tune.experiments.hparams import GPT2_N_EMBD
+from gpt2tune.experiments.methods import DEFAULT_RANK
 from gpt2tune.experiments.results import DemoResults, ExperimentResult, MethodResult
 from gpt2tune.experiments.spec import Method
 from gpt2tune.experiments.writeup import shared
@@ -44,8 +45,8 @@ PROMPTS_SHOWN = 3
 """Character prompts whose samples the report shows (the rest are in ``results.json``)."""
 FEATURES_SHOWN = 8
 """The classifier's strongest n-grams the report lists."""
-SEED_SETTING = (4, ("c_attn",))
-"""The seed project's LoRA: rank 4 on ``c_attn`` (``spec.DEFAULT_RANK``)."""
+SEED_SETTING = (DEFAULT_RANK, ("c_attn",))
+"""The seed project's LoRA: its rank (compare's default) on ``c_attn``."""
 VARIANT_NOTES = {
     "dora": "DoRA (Liu et al. 2024: a trainable magnitude per output feature over the "
     "LoRA-updated direction)",
