@@ -140,3 +140,25 @@ def test_the_checker_sees_imports_inside_functions():
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                      "    from gpt2tune.cli.main import main\n")
     assert not _imports(tree)
+
+
+# A newcomer reads a module whole: none is over MAX_LINES lines, and none outside the CLI (which
+# wires every command to its library call) reaches into more than MAX_IMPORTS of the package's
+# modules. Package __init__ files (empty, or the lazy public API) are not counted as imports.
+MAX_LINES = 500
+MAX_IMPORTS = 15
+PACKAGES = {_module_name(p.parent) for p in (SRC / "gpt2tune").rglob("__init__.py")}
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_modules_stay_short(module):
+    path = SRC / (module.replace(".", "/") + ("/__init__.py" if module in PACKAGES else ".py"))
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{module} has {lines} lines; split it by responsibility"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if m not in ENTRY_POINTS
+                                          and not m.startswith("gpt2tune.cli")))
+def test_no_module_reaches_into_most_of_the_package(module):
+    used = sorted(GRAPH[module] - PACKAGES)
+    assert len(used) <= MAX_IMPORTS, f"{module} imports {len(used)} modules: {used}"

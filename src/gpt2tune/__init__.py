@@ -45,7 +45,7 @@ _API = {
     "fine_tune": "gpt2tune.finetune.recipe",
     "RunOptions": "gpt2tune.finetune.recipe",
     "ModelOptions": "gpt2tune.finetune.recipe",
-    "DataOptions": "gpt2tune.finetune.recipe",
+    "DataOptions": "gpt2tune.data.options",
     "UserError": "gpt2tune.errors",
 }
 __all__ = [*_API, "__version__"]
@@ -63,11 +63,11 @@ if TYPE_CHECKING:
     from gpt2tune.core.model import GPT2 as GPT2, GPT2Config as GPT2Config, KVCache as KVCache
     from gpt2tune.core.multilora import install_adapters as install_adapters
     from gpt2tune.core.tokenizer import Tokenizer as Tokenizer
+    from gpt2tune.data.options import DataOptions as DataOptions
     from gpt2tune.data.sources import read_documents as read_documents
     from gpt2tune.errors import UserError as UserError
     from gpt2tune.finetune.config import TrainConfig as TrainConfig, TrainResult as TrainResult
     from gpt2tune.finetune.recipe import (
-        DataOptions as DataOptions,
         ModelOptions as ModelOptions,
         RunOptions as RunOptions,
         fine_tune as fine_tune,

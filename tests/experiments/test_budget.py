@@ -5,8 +5,8 @@ import torch
 from gpt2tune.data.rows import Rows
 from gpt2tune.experiments.base import BaseInfo
 from gpt2tune.experiments.hparams import hyperparams_for
-from gpt2tune.experiments.runner import fit_to_budget, planned_steps
-from gpt2tune.experiments.spec import FULL_PLAN, demo_experiments
+from gpt2tune.experiments.budget import fit_to_budget, planned_steps
+from gpt2tune.experiments.demo_plan import FULL_PLAN, demo_experiments
 
 EMBEDDED = BaseInfo(path="base", embedded=True, parameters=7_259_008,
                     config={"n_embd": 128, "n_layer": 4, "n_head": 4, "n_positions": 256})

@@ -14,11 +14,9 @@ import pytest
 
 from gpt2tune.cli.main import main
 from gpt2tune.experiments.results import COMPARE_RUN_KEYS
-from gpt2tune.experiments.spec import (
-    CompareOptions,
-    compare_experiment,
-    compare_methods,
-)
+from gpt2tune.data.options import DataOptions
+from gpt2tune.experiments.methods import compare_experiment, compare_methods
+from gpt2tune.experiments.options import CompareOptions
 from gpt2tune.experiments.writeup import COMPARE_SECTIONS
 
 WORDS = ["captain", "sailor", "harbour", "storm", "anchor", "gull", "lantern", "rope"]
@@ -136,7 +134,7 @@ def test_methods_with_settings_and_sweeps():
     from gpt2tune.experiments.hparams import Hyperparams
 
     hp = Hyperparams(recipe="t", lr_lora=1e-3, lr_full=1e-4, alpha_per_rank=2.0, why="")
-    opts = CompareOptions(data="x", methods="base,lora:r=16:alpha=32:targets=all-linear,"
+    opts = CompareOptions(data=DataOptions(data="x"), methods="base,lora:r=16:alpha=32:targets=all-linear,"
                           "full:lr=5e-5,lora+prime", lora_ranks="1,16",
                           lora_targets=["mlp.c_fc"])
     methods, k = compare_methods(opts, hp)
@@ -157,10 +155,10 @@ def test_methods_that_differ_in_any_setting_are_separate_runs():
     """Settings beyond rank and modules name the run too: none replaces another, and each
     setting reaches the run's options."""
     from gpt2tune.experiments.hparams import Hyperparams
-    from gpt2tune.experiments.runner import run_options
+    from gpt2tune.experiments.setup import run_options
 
     hp = Hyperparams(recipe="t", lr_lora=1e-3, lr_full=1e-4, alpha_per_rank=2.0, why="")
-    opts = CompareOptions(data="x", methods="lora,lora:lr=2e-3,lora:dropout=0.1,lora+,"
+    opts = CompareOptions(data=DataOptions(data="x"), methods="lora,lora:lr=2e-3,lora:dropout=0.1,lora+,"
                           "lora+:ratio=4,dora,dora:alpha=4,lora")
     methods, _ = compare_methods(opts, hp)
     by = {m.name: m for m in methods}

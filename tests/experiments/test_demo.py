@@ -12,11 +12,12 @@ from gpt2tune.core.lora import LoRAConfig
 from gpt2tune.core.model import GPT2, GPT2Config
 from gpt2tune.experiments.base import PretrainConfig, ensure_base
 from gpt2tune.experiments.commands import train_command
-from gpt2tune.experiments.runner import primed_evaluate
+from gpt2tune.experiments.scoring import primed_evaluate
 from gpt2tune.experiments.style import train_style_classifier
 from gpt2tune.experiments.writeup import SECTIONS
 from gpt2tune.finetune.config import TrainConfig
-from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions
+from gpt2tune.data.options import DataOptions
+from gpt2tune.finetune.recipe import ModelOptions, RunOptions
 from gpt2tune.inference.evaluate import evaluate
 
 

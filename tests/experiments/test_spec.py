@@ -11,7 +11,7 @@ import pytest
 
 from gpt2tune.experiments.base import BaseInfo
 from gpt2tune.experiments.hparams import hyperparams_for
-from gpt2tune.experiments.spec import FULL_PLAN, QUICK_PLAN, DemoPlan, demo_experiments
+from gpt2tune.experiments.demo_plan import FULL_PLAN, QUICK_PLAN, DemoPlan, demo_experiments
 
 EMBEDDED = BaseInfo(path="base", embedded=True, parameters=7_259_008,
                     config={"n_embd": 128, "n_layer": 4, "n_head": 4, "n_positions": 256})
@@ -21,7 +21,10 @@ EMBEDDED = BaseInfo(path="base", embedded=True, parameters=7_259_008,
 def test_demo_experiments_are_consistent(plan: DemoPlan):
     hp = hyperparams_for(EMBEDDED)
     news, char = demo_experiments(plan, "Falstaff", hp)
-    assert char.data == "builtin:shakespeare:Falstaff" and char.style_of == "FALSTAFF"
+    assert char.dataset == "builtin:shakespeare:Falstaff" and char.style_of == "FALSTAFF"
+    # a built-in dataset trains on its train split and is held out on its test split
+    assert char.data.val_data == char.data.data and not char.data.val_split
+    assert news.data.val_data == news.data.data == "builtin:news"
     for exp in (news, char):
         names = [m.name for m in exp.methods]
         assert len(set(names)) == len(names)
@@ -59,8 +62,9 @@ def test_demo_experiments_are_consistent(plan: DemoPlan):
     assert dora.use_dora and plus.loraplus_ratio == plan.loraplus_ratio
 
 
-def test_spec_imports_no_torch():
-    code = ("import sys, gpt2tune.experiments.spec; "
+def test_options_plans_and_specs_import_no_torch():
+    code = ("import sys, gpt2tune.experiments.spec, gpt2tune.experiments.options, "
+            "gpt2tune.experiments.demo_plan, gpt2tune.experiments.methods, gpt2tune.data.options; "
             "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

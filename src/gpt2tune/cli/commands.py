@@ -13,17 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from gpt2tune.cli.options import Append, add_dataclass_args, collect
+from gpt2tune.data.options import DataOptions
 from gpt2tune.errors import UserError
 from gpt2tune.runtime import autocast_dtype, resolve_device
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # runtime.PRECISIONS (a test checks)
 
+STUDY_CHOICES = {"precision": {"choices": ["auto", "fp32", "bf16"]},
+                 "report_to": {"choices": ["none", "tensorboard"]}}
 PROGRESS = {"default": None,  # None: decided at run time
             "help": "Show progress on stderr (default: when stderr is a terminal)."}
 
@@ -42,7 +46,8 @@ def _log_to_stderr() -> None:
     logger = logging.getLogger("gpt2tune")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         logger.addHandler(_StderrHandler())
-    logger.setLevel(logging.INFO)
+    # under torchrun one rank talks (torchrun sets RANK); the library never sets log levels
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     logger.propagate = False
 
 
@@ -175,30 +180,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
 class EvalOptions:
     """What to score, and how."""
 
-    data: str
-    """Text file (documents separated by blank lines), .jsonl/.json/.csv, a directory of .txt
-    files, or builtin:NAME (its test split)."""
-    doc_sep: Literal["blank", "line"] = "blank"
-    """Documents are separated by blank lines or one per line."""
-    text_field: str = "text"
-    """JSON field / CSV column with the text."""
     stride: int | None = None
     """Sliding-window step for documents longer than the context (default: half the context)."""
     batch_size: int = 8
     """Windows scored at a time."""
     json: bool = False
     """Print {loss, perplexity, tokens} as JSON (with --task classify: the scores)."""
-    task: Literal["lm", "classify"] = "lm"
-    """``lm``: loss and perplexity; ``classify``: accuracy, macro-F1, per-class precision and
-    recall and the confusion matrix of a classifier on labelled data."""
-    label_field: str = "label"
-    """With --task classify: the JSON field / CSV column with each text's label."""
     out: str | None = None
     """With --task classify: write confusion_matrix.png into this directory."""
 
 
+EVAL_DATA_HELP = {
+    "data": {"required": True,
+             "help": "Text file (documents separated by blank lines), .jsonl/.json/.csv, a "
+                     "directory of .txt files, or builtin:NAME (its test split) (required)"},
+    "task": {"help": "lm: loss and perplexity; classify: accuracy, macro-F1, per-class "
+                     "precision and recall and the confusion matrix of a classifier on "
+                     "labelled data (default: lm)"}}
+
+
 def eval_options(p: argparse.ArgumentParser) -> None:
     add_dataclass_args(p, LoadOptions, "load")
+    add_dataclass_args(p, DataOptions, "data", overrides=EVAL_DATA_HELP,
+                       skip=("val_data", "val_split", "block_size", "pack"))
     add_dataclass_args(p, EvalOptions, "eval")
     p.set_defaults(func=cmd_eval)
 
@@ -208,9 +212,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gpt2tune.inference.evaluate import evaluate
 
     opts = collect(args, "eval", EvalOptions)
-    if opts.task == "classify":
-        return _eval_classifier(opts, collect(args, "load", LoadOptions))
-    texts = read_documents(opts.data, opts.doc_sep, opts.text_field, split="test")
+    data = collect(args, "data", DataOptions)
+    if data.task == "classify":
+        return _eval_classifier(opts, data, collect(args, "load", LoadOptions))
+    texts = read_documents(data.data, data.doc_sep, data.text_field, split="test")
     load = collect(args, "load", LoadOptions)
     model, tok, device = _load(load)
     docs = [ids + [tok.eot_id] for ids in tok.encode_batch(texts)]
@@ -227,7 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_classifier(opts: EvalOptions, load: LoadOptions) -> int:
+def _eval_classifier(opts: EvalOptions, data_opts: DataOptions, load: LoadOptions) -> int:
     from gpt2tune.core.tokenizer import Tokenizer
     from gpt2tune.data.labeled import encode_labeled, read_labeled
     from gpt2tune.formats.atomic import atomic_file
@@ -235,7 +240,8 @@ def _eval_classifier(opts: EvalOptions, load: LoadOptions) -> int:
     from gpt2tune.inference.classify import score
 
     device = resolve_device(load.device)
-    data = read_labeled(opts.data, opts.text_field, opts.label_field, split="test")
+    data = read_labeled(data_opts.data, data_opts.text_field, data_opts.label_field,
+                        split="test")
     model = load_classifier_with_adapter(load.model, load.adapter, device=device)
     tok = Tokenizer(model.source_dir)
     rows, cut = encode_labeled(data, tok, model.labels, model.config.n_positions,
@@ -382,12 +388,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 def train_options(p: argparse.ArgumentParser) -> None:
     from gpt2tune.core.lora import LoRAConfig
     from gpt2tune.finetune.config import TrainConfig
-    from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions
+    from gpt2tune.finetune.recipe import ModelOptions, RunOptions
 
     add_dataclass_args(p, RunOptions, "run", skip=("model", "data", "lora", "train"))
     add_dataclass_args(p, ModelOptions, "model")
-    add_dataclass_args(p, DataOptions, "data",
-                       overrides={"task": {"choices": ["lm", "classify"]}})
+    add_dataclass_args(p, DataOptions, "data")
     add_dataclass_args(p, TrainConfig, "train", overrides={"progress": PROGRESS})
     add_dataclass_args(p, LoRAConfig, "lora", prefix="lora-")
     p.set_defaults(func=cmd_train)
@@ -396,12 +401,7 @@ def train_options(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from gpt2tune.core.lora import LoRAConfig
     from gpt2tune.finetune.config import TrainConfig
-    from gpt2tune.finetune.recipe import (
-        DataOptions,
-        ModelOptions,
-        RunOptions,
-        fine_tune,
-    )
+    from gpt2tune.finetune.recipe import ModelOptions, RunOptions, fine_tune
 
     _log_to_stderr()
     opts = RunOptions(out=args.run__out, resume=args.run__resume, overwrite=args.run__overwrite,
@@ -524,7 +524,7 @@ class PretrainOptions:
 
 
 def pretrain_options(p: argparse.ArgumentParser) -> None:
-    from gpt2tune.experiments.spec import PretrainConfig
+    from gpt2tune.experiments.options import PretrainConfig
 
     add_dataclass_args(p, PretrainOptions, "run")
     add_dataclass_args(p, PretrainConfig, "pretrain")
@@ -533,7 +533,7 @@ def pretrain_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from gpt2tune.experiments.base import pretrain
-    from gpt2tune.experiments.spec import PretrainConfig
+    from gpt2tune.experiments.options import PretrainConfig
 
     _log_to_stderr()
     opts = collect(args, "run", PretrainOptions)
@@ -546,15 +546,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def demo_options(p: argparse.ArgumentParser) -> None:
-    from gpt2tune.experiments.spec import DemoOptions
+    from gpt2tune.experiments.options import DemoOptions
 
-    add_dataclass_args(p, DemoOptions, "demo", overrides={"progress": PROGRESS})
+    add_dataclass_args(p, DemoOptions, "demo", overrides={"progress": PROGRESS, **STUDY_CHOICES})
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gpt2tune.experiments.runner import run_demo
-    from gpt2tune.experiments.spec import DemoOptions
+    from gpt2tune.experiments.demo import run_demo
+    from gpt2tune.experiments.options import DemoOptions
 
     _log_to_stderr()
     opts = collect(args, "demo", DemoOptions)
@@ -565,22 +565,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def compare_options(p: argparse.ArgumentParser) -> None:
-    from gpt2tune.experiments.spec import CompareOptions
+    from gpt2tune.experiments.options import CompareOptions
 
-    add_dataclass_args(p, CompareOptions, "compare",
-                       overrides={"progress": PROGRESS,
-                                  "doc_sep": {"choices": ["blank", "line"]},
-                                  "precision": {"choices": ["fp32", "bf16"]},
-                                  "report_to": {"choices": ["none", "tensorboard"]}})
+    add_dataclass_args(p, CompareOptions, "compare", skip=("data",),
+                       overrides={"progress": PROGRESS, **STUDY_CHOICES})
+    add_dataclass_args(p, DataOptions, "data", skip=("task", "label_field"), overrides={
+        "data": {"required": True, "help": "Your training text: .txt (documents separated by "
+                 "blank lines), .jsonl/.json/.csv, a directory of .txt files, or builtin:NAME "
+                 "(required)"},
+        "val_split": {"help": "Hold out this fraction of --data, by document, seeded (default "
+                      "0.1 without --val-data; a builtin: dataset's own test split)"}})
     p.set_defaults(func=cmd_compare)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from gpt2tune.experiments.compare import format_plan, plan_compare, run_compare
-    from gpt2tune.experiments.spec import CompareOptions
+    from gpt2tune.experiments.options import CompareOptions
 
     _log_to_stderr()
-    opts = collect(args, "compare", CompareOptions)
+    opts = replace(collect(args, "compare", CompareOptions), data=collect(args, "data", DataOptions))
     opts.progress = _progress(opts.progress)
     if opts.plan:
         plan, _ = plan_compare(opts)

@@ -28,14 +28,17 @@ from gpt2tune.errors import UserError
 
 
 def field_docs(cls) -> dict[str, str]:
-    """The docstring written under each field of a dataclass (the one source of help text)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
+    """The docstring written under each field of a dataclass (the one source of help text); a
+    field a subclass declares again takes the subclass's docstring."""
     docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs
 
 
@@ -107,7 +110,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, group: str, prefix:
             kw["metavar"] = f.name.upper()
             parser.add_argument(dest, **{k: v for k, v in kw.items() if k != "default"})
         else:
-            parser.add_argument("--" + prefix + f.name.replace("_", "-"), required=required, **kw)
+            kw.setdefault("required", required)
+            parser.add_argument("--" + prefix + f.name.replace("_", "-"), **kw)
 
 
 def collect(args: argparse.Namespace, group: str, cls):

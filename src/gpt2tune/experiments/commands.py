@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpt2tune.experiments.spec import PretrainConfig
+from gpt2tune.experiments.options import PretrainConfig
 
 if TYPE_CHECKING:
     from gpt2tune.finetune.recipe import RunOptions

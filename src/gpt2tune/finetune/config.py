@@ -104,6 +104,19 @@ class TrainConfig:
 
 
 @dataclass
+class Resolved:
+    """What a run chose where its options left the choice open (``fine_tune`` returns it rather
+    than writing it back into the caller's options)."""
+
+    device: str
+    """Where it trained (``cpu``, ``cuda:0``)."""
+    block_size: int
+    """Tokens per training row."""
+    precision: str
+    """The matmul precision it trained in (``fp32``, ``bf16``, ``fp16``)."""
+
+
+@dataclass
 class TrainResult:
     """What a run did."""
 
@@ -121,6 +134,8 @@ class TrainResult:
     stopped_early: bool = False
     interrupted: bool = False
     history: list[dict] = field(default_factory=list)
+    resolved: Resolved | None = None
+    """The device, block size and precision ``fine_tune`` resolved (None from ``train``)."""
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -10,7 +10,7 @@ import math
 
 from gpt2tune.experiments.base import VAL_TOKENS_PER_DOC, BaseInfo
 from gpt2tune.experiments.results import DemoResults, MethodResult
-from gpt2tune.experiments.writeup import shared
+import gpt2tune.experiments.writeup.shared as shared
 from gpt2tune.experiments.writeup.demo_experiments import (
     capacity_experiment,
     news_experiment,

@@ -10,7 +10,7 @@ from gpt2tune.experiments.hparams import GPT2_N_EMBD
 from gpt2tune.experiments.methods import DEFAULT_RANK
 from gpt2tune.experiments.results import DemoResults, ExperimentResult, MethodResult
 from gpt2tune.experiments.spec import Method
-from gpt2tune.experiments.writeup import shared
+import gpt2tune.experiments.writeup.shared as shared
 from gpt2tune.experiments.writeup.demo_runs import (
     DemoRuns,
     experiment_number,

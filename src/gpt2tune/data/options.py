@@ -1,0 +1,62 @@
+"""What to train or score on, declared once: ``DataOptions`` is a field of the options of
+``train``, ``eval``, ``compare`` and of every experiment of the demo, and ``check`` is the one
+place its values are checked. Nothing here imports torch (the CLI builds its flags from it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gpt2tune.errors import UserError
+
+TASKS = ("lm", "classify")
+DOC_SEPS = ("blank", "line")
+
+
+@dataclass
+class DataOptions:
+    """What to train on, what to hold out, and how to cut it into rows."""
+
+    data: str | None = None
+    """Training text: a .txt/.jsonl/.json/.csv file, a directory of .txt files, or builtin:NAME."""
+    val_data: str | None = None
+    """Validation text (same formats); builtin names use their test split."""
+    val_split: float | None = None
+    """Hold out this fraction of the training documents (seeded, by document) for validation."""
+    doc_sep: Literal["blank", "line"] = "blank"
+    """In .txt files documents are separated by blank lines (``blank``) or lines (``line``)."""
+    text_field: str = "text"
+    """The JSON field or CSV column holding the text."""
+    block_size: int | None = None
+    """Tokens per training row; default min(512, the model's context)."""
+    pack: bool = True
+    """Pack documents into full rows (default); --no-pack gives one padded document per row."""
+    task: Literal["lm", "classify"] = "lm"
+    """``lm`` (language modelling: continue text) or ``classify`` (a score head over each text,
+    trained on --label-field; .jsonl/.csv data or builtin:speakers)."""
+    label_field: str = "label"
+    """With --task classify: the JSON field or CSV column holding each text's label."""
+
+    def check(self) -> None:
+        """Every check that needs neither the files nor a model, so bad options fail before
+        anything is read or written.
+
+        Raises:
+            UserError: the first problem found, naming its field.
+        """
+        if not self.data:
+            what = ("a .jsonl/.csv file with text and label fields, or builtin:speakers"
+                    if self.task == "classify"
+                    else "a text file, a directory of .txt files, or builtin:NAME")
+            raise UserError(f"`data` is required: {what}")
+        if self.val_data and self.val_split:
+            raise UserError("give either `val_data` or `val_split`, not both")
+        if self.val_split is not None and self.val_split != 0 and not 0 < self.val_split < 1:
+            raise UserError(f"`val_split` must be between 0 and 1, got {self.val_split}")
+        if self.doc_sep not in DOC_SEPS:
+            raise UserError(f"`doc_sep` {self.doc_sep!r}: use {' or '.join(DOC_SEPS)}")
+        if self.task not in TASKS:
+            raise UserError(f"unknown `task` {self.task!r}; use {' or '.join(TASKS)}")
+        if self.block_size is not None and self.block_size < 2:
+            raise UserError(f"`block_size` must be at least 2, got {self.block_size}")

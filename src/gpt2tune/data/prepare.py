@@ -1,0 +1,121 @@
+"""Data preparation for a run: ``DataOptions`` -> documents -> tokenized rows, as typed values.
+
+``read_texts`` is the one place a run's training and held-out documents are chosen (the trainer,
+the demo and ``compare`` all split through it, so they hold out the same documents for a seed);
+``load_data`` cuts them into rows for language modelling, ``load_labeled_data`` for a classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.data.labeled import Labeled, encode_labeled, label_names, read_labeled
+from gpt2tune.data.options import DataOptions
+from gpt2tune.data.rows import Rows, make_rows, tokenize_documents
+from gpt2tune.data.sources import read_documents
+from gpt2tune.data.split import split_train_val
+from gpt2tune.errors import UserError
+
+log = logging.getLogger("gpt2tune")
+
+
+@dataclass(frozen=True)
+class Texts:
+    """A run's documents, as text."""
+
+    train: list[str]
+    """Training documents."""
+    heldout: list[str]
+    """Validation (held-out) documents; empty without ``val_data`` or ``val_split``."""
+
+
+@dataclass(frozen=True)
+class LMData:
+    """A language-modelling run's data, tokenized."""
+
+    rows: Rows
+    """Training rows (packed, or one padded document per row)."""
+    val_docs: list[list[int]] | None
+    """Token ids of each validation document (ending with <|endoftext|>); None: none."""
+    documents: int
+    """Training documents the rows were cut from."""
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per row: ``block_size`` as resolved against the model's context."""
+        return self.rows.inputs.size(1)
+
+
+@dataclass(frozen=True)
+class LabeledData:
+    """A classifier's data, tokenized."""
+
+    labels: list[str]
+    """Class names, in the score head's order."""
+    rows: Rows
+    """Training rows: each text with its label as the target."""
+    val_rows: Rows | None
+    """Validation rows; None: none."""
+    documents: int
+    """Training texts."""
+
+
+def block_size(opts: DataOptions, n_positions: int, default: int) -> int:
+    """``block_size`` (or ``default``), checked against the model's context."""
+    block = opts.block_size or default
+    if not 2 <= block <= n_positions:
+        raise UserError(f"`block_size` {block} is outside 2..{n_positions} (the model's "
+                        f"context); use at most {n_positions}")
+    return block
+
+
+def read_texts(opts: DataOptions, seed: int) -> Texts:
+    """Training and validation documents per the options: ``val_data`` (a built-in name reads
+    its test split), or ``val_split`` of the training documents seeded by ``seed``, or none."""
+    opts.check()
+    docs = read_documents(opts.data, opts.doc_sep, opts.text_field, split="train")
+    if opts.val_data:
+        return Texts(docs, read_documents(opts.val_data, opts.doc_sep, opts.text_field,
+                                          split="test"))
+    if opts.val_split:
+        return Texts(*split_train_val(docs, opts.val_split, seed))
+    return Texts(docs, [])
+
+
+def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int) -> LMData:
+    """Training rows and validation documents (token ids) per the options."""
+    texts = read_texts(opts, seed)
+    block = block_size(opts, n_positions, default=min(512, n_positions))
+    rows = make_rows(tokenize_documents(texts.train, tokenizer), block, tokenizer.eot_id,
+                     pack=opts.pack)
+    val = ([ids.tolist() for ids in tokenize_documents(texts.heldout, tokenizer)]
+           if texts.heldout else None)
+    return LMData(rows=rows, val_docs=val, documents=len(texts.train))
+
+
+def load_labeled_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int,
+                      seed: int) -> LabeledData:
+    """For ``task="classify"``: labels and rows, each text truncated from the left to the block
+    size (default the model's context)."""
+    opts.check()
+    data = read_labeled(opts.data, opts.text_field, opts.label_field, split="train")
+    val = None
+    if opts.val_data:
+        val = read_labeled(opts.val_data, opts.text_field, opts.label_field, split="test")
+    elif opts.val_split:
+        keep, held = split_train_val(list(range(len(data))), opts.val_split, seed)
+        val = Labeled([data.texts[i] for i in held], [data.labels[i] for i in held])
+        data = Labeled([data.texts[i] for i in keep], [data.labels[i] for i in keep])
+    labels = label_names(data)
+    block = block_size(opts, n_positions, default=n_positions)
+    rows, cut = encode_labeled(data, tokenizer, labels, block, tokenizer.eot_id)
+    val_rows = None
+    if val is not None:
+        val_rows, val_cut = encode_labeled(val, tokenizer, labels, block, tokenizer.eot_id)
+        cut += val_cut
+    if cut:
+        log.warning(f"{cut} texts are longer than {block} tokens: their beginnings were cut (the "
+                    "classifier reads each text's end)")
+    return LabeledData(labels=labels, rows=rows, val_rows=val_rows, documents=len(data))

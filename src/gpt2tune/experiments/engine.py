@@ -1,0 +1,216 @@
+"""The experiment engine: runs one ``Experiment`` (data) on a ``Setup`` and returns plain results.
+
+In order: the style classifier and the priming text (where the experiment asks for them); the
+methods that use the base model as it is; the training runs, each the ordinary
+``finetune.recipe.fine_tune`` with the options ``gpt2tune train`` would get (the results keep
+that command); then the methods that use a trained model, and the samples with their style
+scores. The demo and ``compare`` both run their experiments here; neither has a loop of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+from gpt2tune.core.model import GPT2
+from gpt2tune.data.prepare import read_texts
+from gpt2tune.data.rows import tokenize_documents
+from gpt2tune.experiments.commands import eval_command, generate_command, train_command
+from gpt2tune.experiments.results import ExperimentResult, MethodResult, Prime, StyleCheck
+from gpt2tune.experiments.scoring import (
+    draw_samples,
+    pick_prime,
+    sampling,
+    score,
+    style_classifier,
+)
+from gpt2tune.experiments.setup import Setup, model_files, run_options
+from gpt2tune.experiments.spec import Experiment, Method
+from gpt2tune.finetune.recipe import fine_tune
+from gpt2tune.finetune.state import CHECKPOINT, PREVIOUS
+from gpt2tune.formats import hf, peft
+from gpt2tune.formats.atomic import write_text
+from gpt2tune.formats.peft import load_model_with_adapter
+from gpt2tune.inference.evaluate import EvalResult, evaluate
+from gpt2tune.runtime import restart_peak_memory, rss_mib
+
+log = logging.getLogger("gpt2tune")
+
+PRIME_FILE = "prime.txt"
+SAVED_FILES = {"lora": peft.SAVED_FILES, "full": hf.SAVED_FILES}
+"""What a run saves as its result, per training method (checkpoints and logs aside)."""
+
+
+class Stages:
+    """Times named stages of a study, logging their start and end."""
+
+    def __init__(self, prefix: str = "", command: str = "demo") -> None:
+        self.prefix, self.command = prefix, command
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        name = self.prefix + name
+        log.info(f"{self.command}: {name} ...")
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        log.info(f"{self.command}: {name} done in {self.timings[name]:.0f}s")
+
+
+def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
+    """Run every method of ``spec`` on the base of ``setup`` and measure it.
+
+    Args:
+        spec: the experiment.
+        setup: the base model and the settings shared by every experiment.
+
+    Returns:
+        Every measurement, with the commands that redo them.
+    """
+    stage = Stages(prefix="" if spec.name == setup.command else f"{spec.name}: ",
+                   command=setup.command)
+    texts = read_texts(spec.data, setup.seed)  # the held-out split every training run makes
+    docs = [d.tolist() for d in tokenize_documents(texts.heldout, setup.tokenizer)]
+    results: dict[str, MethodResult] = {}
+
+    classifier = None
+    if spec.style_of or spec.style_contrast:
+        with stage("style classifier"):
+            classifier = style_classifier(spec, texts.train, texts.heldout, setup.seed)
+    prime = prime_ids = None
+    if any(m.prime for m in spec.methods):
+        text = pick_prime(texts.train, setup.tokenizer, spec.prime_speeches, setup.seed)
+        prime_ids = setup.tokenizer.encode(text)
+        prime = Prime(text=text, file=str(setup.out / spec.name / PRIME_FILE),
+                      tokens=len(prime_ids))
+        write_text(prime.file, text)
+
+    on_base = [m for m in spec.methods if not m.train and not m.uses]
+    with stage(" and ".join(m.short for m in on_base)):
+        for m in on_base:
+            heldout = score(setup.model, docs, prime_ids if m.prime else None, setup.amp)
+            results[m.name] = _untrained(m, m.kind or ("priming" if m.prime else "base"),
+                                         heldout, setup)
+
+    trained = [m for m in spec.methods if m.train]
+    for m in trained:
+        with stage(m.label):
+            results[m.name] = _train(spec, m, setup, docs)
+
+    derived = [m for m in spec.methods if m.uses]
+    sampled = [m for m in spec.methods if m.sample]
+    done = [m.short for m in derived] + ["samples"] + (["style scores"] if classifier else [])
+    with stage(", ".join(done)):
+        # each model once, however many methods use it
+        models = {name: _load(results[name].method, results[name].out, setup)
+                  for name in dict.fromkeys(m.uses or m.name for m in (*derived, *sampled))}
+        for m in derived:
+            used = results[m.uses]  # type: ignore[index]  (derived methods name one)
+            heldout = score(models[used.name], docs, prime_ids if m.prime else None, setup.amp)
+            kind = m.kind or used.method + ("+priming" if m.prime else "")
+            results[m.name] = _untrained(m, kind, heldout, setup, used)
+        for m in sampled:
+            r = results[m.name]
+            r.samples = draw_samples(spec, models[m.uses or m.name], setup.tokenizer,
+                                     prime.text if m.prime and prime else None, setup.seed,
+                                     setup.amp)
+            if classifier:
+                r.style_share = classifier.share_in_character(r.samples)
+                probs = classifier.probabilities(r.samples)
+                r.style_probability = sum(probs) / max(1, len(probs))
+
+    style = None
+    if classifier:
+        style = StyleCheck(character=classifier.character, heldout=classifier.heldout,
+                           train_sizes=classifier.train_sizes,
+                           max_chars=classifier.config.max_chars,
+                           min_chars=classifier.config.min_chars,
+                           top_features=classifier.top_features)
+    commands = [(f"{spec.name}: {m.label}", results[m.name].command or "") for m in trained]
+    return ExperimentResult(spec=spec, train_docs=len(texts.train), test_docs=len(docs),
+                            methods=[results[m.name] for m in spec.methods], prime=prime,
+                            style=style, timings=stage.timings,
+                            commands=commands + _rerun_commands(spec, results, prime, setup))
+
+
+def _load(method: str, out: str | None, setup: Setup) -> GPT2:
+    """The model a method's training run saved in ``out`` (an adapter for the base, or a whole
+    model); the base model already loaded where ``out`` is None."""
+    if out is None:
+        return setup.model
+    return load_model_with_adapter(*model_files(method, out, setup.base.path),
+                                   device=setup.torch_device)
+
+
+def _train(spec: Experiment, m: Method, setup: Setup, docs: list[list[int]]) -> MethodResult:
+    """Fine-tune per ``m``, then measure held-out loss and saved size; drop the checkpoints."""
+    out = setup.out / spec.name / m.out_name
+    opts = run_options(spec, m, out, setup)
+    t0 = time.perf_counter()
+    own_peak = restart_peak_memory()
+    rss_before = rss_mib()
+    res = fine_tune(opts, resumable=False)  # the demo and compare start over instead
+    if res.interrupted:
+        raise KeyboardInterrupt
+    assert res.resolved is not None  # fine_tune always says what it resolved
+    method = m.kind or m.train or ""
+    model = _load(m.train or "", str(out), setup)
+    heldout = evaluate(model, docs, autocast_dtype=setup.amp)
+    saved = sum((out / n).stat().st_size for n in SAVED_FILES[m.train or "full"]
+                if (out / n).is_file())
+    # the resume checkpoint and the best-so-far copy duplicate the result (a full model's
+    # checkpoint holds 3x its weights); the demo keeps the result and the logs
+    for extra in (CHECKPOINT, PREVIOUS, "best"):
+        shutil.rmtree(out / extra, ignore_errors=True)
+    lora = m.train == "lora"
+    ran = replace(opts, data=replace(opts.data, block_size=res.resolved.block_size))
+    return MethodResult(
+        name=m.name, label=m.label, method=method, trainable_params=res.trainable_params,
+        val_loss=heldout.loss, val_perplexity=heldout.perplexity, train_seconds=res.wall_s,
+        peak_memory_mib=res.peak_memory_mib, saved_bytes=saved, style_share=None,
+        command=train_command(ran), total_params=res.total_params, val_tokens=heldout.tokens,
+        lora_rank=m.rank if lora else None, lora_targets=m.targets if lora else None,
+        out=str(out), block_size=res.resolved.block_size, steps=res.steps,
+        tokens_seen=res.tokens_seen, final_train_loss=res.final_loss,
+        total_seconds=round(time.perf_counter() - t0, 1), rss_before_mib=rss_before,
+        peak_memory_own=own_peak, history=res.history)
+
+
+def _untrained(m: Method, kind: str, heldout: EvalResult, setup: Setup,
+               used: MethodResult | None = None) -> MethodResult:
+    """The result of a method that trains nothing itself: it uses the base model, or the model
+    a trained method (``used``) produced, whose parameter counts it reports."""
+    return MethodResult(
+        name=m.name, label=m.label, method=kind,
+        trainable_params=used.trainable_params if used else 0, val_loss=heldout.loss,
+        val_perplexity=heldout.perplexity, train_seconds=None, peak_memory_mib=None,
+        saved_bytes=None, style_share=None, command=None,
+        total_params=used.total_params if used else setup.base.parameters,
+        val_tokens=heldout.tokens)
+
+
+def _rerun_commands(spec: Experiment, results: dict[str, MethodResult], prime: Prime | None,
+                    setup: Setup) -> list[tuple[str, str]]:
+    """The ``gpt2tune eval`` and ``generate`` commands that redo each sampled method's held-out
+    loss (unprimed methods: ``eval`` takes no prime) and its samples of the first prompt."""
+    commands = []
+    suffix = " (first prompt)" if len(spec.prompts) > 1 else ""
+    for m in spec.methods:
+        if not m.sample:
+            continue
+        r = results[m.uses or m.name]
+        model, adapter = model_files(r.method, r.out, setup.base.path)
+        if not m.prime:
+            commands.append((f"{spec.name}: evaluate {m.short}",
+                             eval_command(model, adapter, spec.dataset, setup.precision)))
+        commands.append((f"{spec.name}: samples of {m.short}{suffix}",
+                         generate_command(model, adapter, spec.prompts[0],
+                                          prime.file if m.prime and prime else None,
+                                          sampling(spec, setup.seed), spec.samples_per_prompt,
+                                          setup.precision)))
+    return commands
