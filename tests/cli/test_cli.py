@@ -105,6 +105,27 @@ def test_bad_input_is_one_clear_line(capsys, tiny_hf, argv, message):
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv, flag", [
+    # LoRAConfig's r and dropout are --lora-r and --lora-dropout in train (a prefixed group)
+    (["train", "--lora-r", "0"], "--lora-r"),
+    (["train", "--lora-dropout", "1.5"], "--lora-dropout"),
+    (["train", "--val-split", "1.5"], "--val-split"),
+    (["train", "--val-split", "0.2", "--val-data", "DATA"], "--val-data"),
+    (["compare", "--val-split", "0.2", "--val-data", "DATA", "--plan"], "--val-data"),
+    (["compare", "--methods", "nope", "--plan"], "--methods"),
+])
+def test_library_errors_name_this_commands_flags(capsys, tiny_hf, tmp_path, argv, flag):
+    """The library names the field (`r`); each command spells it as its own flag."""
+    data = tmp_path / "d.txt"
+    data.write_text("one document\n\nanother one\n\na third")
+    base = ["--model" if argv[0] == "train" else "--base", str(tiny_hf[0]), "--data", str(data),
+            "--out", str(tmp_path / "out")]
+    code, _, err = run(capsys, argv[0], *base, *[str(data) if a == "DATA" else a
+                                                  for a in argv[1:]])
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert flag in err and "`" not in err, err
+
+
 def test_not_a_gpt2_directory(capsys, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     code, _, err = run(capsys, "info", "--model", str(tmp_path))

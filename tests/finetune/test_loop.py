@@ -38,6 +38,29 @@ def test_overfits_one_batch(tiny_hf, tmp_path):
     assert res.final_loss < 1.0
 
 
+def test_fine_tune_returns_what_it_resolved_and_leaves_its_options_as_given(tiny_hf, corpus,
+                                                                            tmp_path):
+    """The block size, device and precision left open are resolved in the result, never written
+    back into the caller's options; the library leaves the logger's level alone."""
+    import copy
+    import logging
+
+    opts = options(tiny_hf[0], corpus, tmp_path / "run", max_steps=2)
+    opts.data.block_size = None  # default: min(512, the model's context)
+    opts.model.device = "auto"
+    given = copy.deepcopy(opts)
+    level = logging.getLogger("gpt2tune").level
+    res = fine_tune(opts)
+    assert opts == given
+    assert logging.getLogger("gpt2tune").level == level
+    context = tiny_hf[1].config.n_positions
+    assert res.resolved is not None
+    assert res.resolved.block_size == min(512, context)
+    assert res.resolved.device == "cpu" and res.resolved.precision == "fp32"
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert saved["identity"]["block_size"] == min(512, context)  # a resume must match it
+
+
 def test_lora_lowers_validation_loss_and_writes_outputs(tiny_hf, corpus, tmp_path):
     out = tmp_path / "run"
     res = fine_tune(options(tiny_hf[0], corpus, out, max_steps=12, eval_every=4))

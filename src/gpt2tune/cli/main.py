@@ -35,7 +35,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (callable from tests)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser, _ = build_parser()
+    parser, commands = build_parser()
     try:
         try:
             args = parser.parse_args(argv)
@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
         return args.func(args)
     except UserError as e:
-        print(f"gpt2tune: error: {e.phrased(as_flag)}", file=sys.stderr)
+        # the chosen command spells each field as its own flag (LoRAConfig's r is --lora-r)
+        command = commands.get(argv[0]) if argv else None
+        spell = command.spell if isinstance(command, CommandParser) else as_flag
+        print(f"gpt2tune: error: {e.phrased(spell)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("gpt2tune: interrupted", file=sys.stderr)

@@ -22,7 +22,7 @@ import types
 import typing
 from collections.abc import Callable
 
-from gpt2tune.errors import UserError
+from gpt2tune.errors import UserError, as_flag
 
 # ----------------------------------------------------------------------------- dataclass -> flags
 
@@ -111,7 +111,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, group: str, prefix:
             parser.add_argument(dest, **{k: v for k, v in kw.items() if k != "default"})
         else:
             kw.setdefault("required", required)
-            parser.add_argument("--" + prefix + f.name.replace("_", "-"), **kw)
+            flag = "--" + prefix + f.name.replace("_", "-")
+            parser.add_argument(flag, **kw)
+            if isinstance(parser, CommandParser):
+                parser.field_flags.setdefault(f.name, flag)
 
 
 def collect(args: argparse.Namespace, group: str, cls):
@@ -233,6 +236,9 @@ class CommandParser(argparse.ArgumentParser):
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._build = build
+        self.field_flags: dict[str, str] = {}
+        """The flag of each options field (``r`` -> ``--lora-r``), to spell a library error's
+        field as this command's flag (``spell``)."""
 
     def ensure_built(self) -> None:
         """Add the command's options now (once)."""
@@ -256,6 +262,11 @@ class CommandParser(argparse.ArgumentParser):
     def format_help(self) -> str:
         self.ensure_built()
         return super().format_help()
+
+    def spell(self, field: str) -> str:
+        """A field named by a library error, as this command's flag (``--lora-r`` for LoRAConfig's
+        ``r`` in ``train``); a field the command has no flag for, as ``--`` + its name."""
+        return self.field_flags.get(field) or as_flag(field)
 
     def error(self, message: str) -> typing.NoReturn:
         raise UserError(f"{message}; see `{self.prog} --help`")

@@ -1,0 +1,375 @@
+"""Commands that use a model: generate, eval, classify, info, merge, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from gpt2tune.cli.common import (
+    AUTO_PRECISION_HELP,
+    LoadOptions,
+    load_model,
+    log_to_stderr,
+)
+from gpt2tune.cli.options import Append, add_dataclass_args, collect
+from gpt2tune.data.options import DataOptions
+from gpt2tune.errors import UserError
+from gpt2tune.runtime import autocast_dtype, resolve_device
+
+
+@dataclass
+class GenerateOptions:
+    """What to continue, and how to print the samples."""
+
+    prompt: str | None = None
+    """Text to continue."""
+    prime: str | None = None
+    """Text placed before the prompt (priming)."""
+    prime_file: str | None = None
+    """File whose text is placed before the prompt."""
+    num_samples: int = 1
+    """Samples to generate from the prompt."""
+    json: bool = False
+    """Print one JSON object per sample per line: text, token_ids."""
+    stream: bool | None = None
+    """Print tokens as they come (default: when printing one sample to a terminal)."""
+
+
+def generate_options(p: argparse.ArgumentParser) -> None:
+    from gpt2tune.inference.generate import SamplingConfig
+
+    # decoding defaults to bf16 where the machine runs it natively (auto): 2-3x the tokens/s
+    # of fp32 measured on CPUs with AVX-512 BF16 or AMX (benchmarks/README.md); eval keeps fp32
+    add_dataclass_args(p, LoadOptions, "load",
+                       overrides={"precision": {"default": "auto", "help": AUTO_PRECISION_HELP}})
+    add_dataclass_args(p, GenerateOptions, "generate")
+    # stop_at_eot has never been a flag: a sample always ends at <|endoftext|>
+    add_dataclass_args(p, SamplingConfig, "sampling", skip=("stop_at_eot",),
+                       overrides={"stop": {"action": Append, "nargs": None,
+                                           "help": "String that ends a sample; the text is cut "
+                                                   "before it (repeatable)."}})
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from gpt2tune.core.model import cast_for_inference
+    from gpt2tune.core.tokenizer import Tokenizer
+    from gpt2tune.formats.peft import (
+        is_dora_adapter,
+        load_model_with_adapter,
+        load_model_with_adapters,
+    )
+    from gpt2tune.inference.generate import SamplingConfig, generate
+
+    opts = collect(args, "generate", GenerateOptions)
+    prime = opts.prime
+    if opts.prime_file:
+        from gpt2tune.data.sources import read_text
+
+        prime = read_text(Path(opts.prime_file))
+    if opts.prompt is None and not prime:
+        raise UserError("nothing to condition on: give --prompt TEXT (and/or --prime/--prime-file)")
+    load = collect(args, "load", LoadOptions)
+    device = resolve_device(load.device)
+    # the adapter stays unmerged, as `gpt2tune serve` runs it: both give the same tokens
+    # (a DoRA adapter, which cannot be mixed per row, runs as the model's own layers)
+    dora = bool(load.adapter) and is_dora_adapter(load.adapter)
+    adapters = {"adapter": load.adapter} if load.adapter and not dora else {}
+    model = (load_model_with_adapter(load.model, load.adapter, device=device) if dora
+             else load_model_with_adapters(load.model, adapters, device=device))
+    amp = autocast_dtype(load.precision, device)
+    if amp is not None:
+        cast_for_inference(model, amp)  # once, not at every step
+    tok = Tokenizer(model.source_dir)
+    stream = opts.stream
+    if stream is None:
+        stream = not opts.json and opts.num_samples == 1 and sys.stdout.isatty()
+    on_text = None
+    if stream:
+        print(opts.prompt or "", end="", flush=True)
+
+        def on_text(_row: int, text: str) -> None:
+            print(text, end="", flush=True)
+
+    samples = generate(model, tok, opts.prompt or "", collect(args, "sampling", SamplingConfig),
+                       prime=prime, num_samples=opts.num_samples,
+                       adapter="adapter" if adapters else None, autocast_dtype=amp,
+                       on_text=on_text)
+    if stream:
+        print()
+        return 0
+    for i, s in enumerate(samples):
+        if opts.json:
+            print(json.dumps({"sample": i, "text": s.text, "token_ids": s.token_ids}))
+        else:
+            if opts.num_samples > 1:
+                print(f"=== sample {i + 1} ===")
+            print((opts.prompt or "") + s.text)
+    return 0
+
+
+@dataclass
+class EvalOptions:
+    """What to score, and how."""
+
+    stride: int | None = None
+    """Sliding-window step for documents longer than the context (default: half the context)."""
+    batch_size: int = 8
+    """Windows scored at a time."""
+    json: bool = False
+    """Print {loss, perplexity, tokens} as JSON (with --task classify: the scores)."""
+    out: str | None = None
+    """With --task classify: write confusion_matrix.png into this directory."""
+
+
+EVAL_DATA_HELP = {
+    "data": {"required": True,
+             "help": "Text file (documents separated by blank lines), .jsonl/.json/.csv, a "
+                     "directory of .txt files, or builtin:NAME (its test split) (required)"},
+    "task": {"help": "lm: loss and perplexity; classify: accuracy, macro-F1, per-class "
+                     "precision and recall and the confusion matrix of a classifier on "
+                     "labelled data (default: lm)"}}
+
+
+def eval_options(p: argparse.ArgumentParser) -> None:
+    add_dataclass_args(p, LoadOptions, "load")
+    add_dataclass_args(p, DataOptions, "data", overrides=EVAL_DATA_HELP,
+                       skip=("val_data", "val_split", "block_size", "pack"))
+    add_dataclass_args(p, EvalOptions, "eval")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from gpt2tune.data.sources import read_documents
+    from gpt2tune.inference.evaluate import evaluate
+
+    opts = collect(args, "eval", EvalOptions)
+    data = collect(args, "data", DataOptions)
+    if data.task == "classify":
+        return _eval_classifier(opts, data, collect(args, "load", LoadOptions))
+    texts = read_documents(data.data, data.doc_sep, data.text_field, split="test")
+    load = collect(args, "load", LoadOptions)
+    model, tok, device = load_model(load)
+    docs = [ids + [tok.eot_id] for ids in tok.encode_batch(texts)]
+    n_ctx = model.config.n_positions
+    if opts.stride is not None and not 0 < opts.stride <= n_ctx:
+        raise UserError(f"--stride must be between 1 and the context ({n_ctx}), got {opts.stride}")
+    res = evaluate(model, docs, stride=opts.stride, batch_size=opts.batch_size,
+                   autocast_dtype=autocast_dtype(load.precision, device))
+    if opts.json:
+        print(json.dumps(res.to_dict()))
+    else:
+        print(f"documents: {len(docs)}  tokens scored: {res.tokens:,}")
+        print(f"loss: {res.loss:.4f}  perplexity: {res.perplexity:.3f}")
+    return 0
+
+
+def _eval_classifier(opts: EvalOptions, data_opts: DataOptions, load: LoadOptions) -> int:
+    from gpt2tune.core.tokenizer import Tokenizer
+    from gpt2tune.data.labeled import encode_labeled, read_labeled
+    from gpt2tune.formats.atomic import atomic_file
+    from gpt2tune.formats.peft import load_classifier_with_adapter
+    from gpt2tune.inference.classify import score
+
+    device = resolve_device(load.device)
+    data = read_labeled(data_opts.data, data_opts.text_field, data_opts.label_field,
+                        split="test")
+    model = load_classifier_with_adapter(load.model, load.adapter, device=device)
+    tok = Tokenizer(model.source_dir)
+    rows, cut = encode_labeled(data, tok, model.labels, model.config.n_positions,
+                               model.pad_token_id)
+    res = score(model, rows, batch_size=opts.batch_size,
+                autocast_dtype=autocast_dtype(load.precision, device))
+    if opts.out:
+        from gpt2tune.report.figures import confusion_matrix
+
+        with atomic_file(Path(opts.out) / "confusion_matrix.png") as f:  # makes the folder
+            f.write_bytes(confusion_matrix(res.confusion, res.labels))
+    if opts.json:
+        print(json.dumps(res.to_dict() | {"truncated": cut}))
+        return 0
+    print(f"texts: {res.texts}  accuracy: {res.accuracy:.4f}  macro-F1: {res.macro_f1:.4f}")
+    for name, c in res.per_class.items():
+        print(f"  {name}: precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
+              f"f1 {c['f1']:.3f}  ({c['support']} texts)")
+    if cut:
+        print(f"({cut} texts were longer than the context: their beginnings were cut)")
+    return 0
+
+
+@dataclass
+class ClassifyOptions:
+    """What to classify, and how to print it."""
+
+    text: list[str] = field(default_factory=list)
+    """A text to classify (repeatable)."""
+    file: str | None = None
+    """Classify every document of this file (.txt one per line or blank-line separated by
+    --doc-sep, .jsonl/.json/.csv with --text-field)."""
+    doc_sep: Literal["blank", "line"] = "line"
+    """For a .txt --file: one text per line, or texts separated by blank lines."""
+    text_field: str = "text"
+    """For a .jsonl/.json/.csv --file: the field holding the text."""
+    json: bool = False
+    """Print one JSON object per text: text, label, probabilities."""
+
+
+def classify_options(p: argparse.ArgumentParser) -> None:
+    add_dataclass_args(p, LoadOptions, "load")
+    add_dataclass_args(p, ClassifyOptions, "classify",
+                       overrides={"text": {"action": Append, "nargs": None}})
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from gpt2tune.core.tokenizer import Tokenizer
+    from gpt2tune.data.sources import read_documents
+    from gpt2tune.formats.peft import load_classifier_with_adapter
+    from gpt2tune.inference.classify import classify_texts
+
+    opts = collect(args, "classify", ClassifyOptions)
+    texts = list(opts.text)
+    if opts.file:
+        texts += read_documents(opts.file, opts.doc_sep, opts.text_field, split="test")
+    if not texts:
+        raise UserError("nothing to classify: give --text TEXT (repeatable) or --file FILE")
+    load = collect(args, "load", LoadOptions)
+    device = resolve_device(load.device)
+    model = load_classifier_with_adapter(load.model, load.adapter, device=device)
+    results = classify_texts(model, Tokenizer(model.source_dir), texts,
+                             autocast_dtype=autocast_dtype(load.precision, device))
+    for text, r in zip(texts, results):
+        if opts.json:
+            print(json.dumps({"text": text} | r))
+        else:
+            best = r["probabilities"][r["label"]]
+            print(f"{r['label']}\t{best:.3f}\t{text[:70]}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- info
+
+
+@dataclass
+class InfoOptions:
+    """Which model or architecture to describe."""
+
+    model: str | None = None
+    """HF-format GPT-2 directory or hub id."""
+    preset: str | None = None
+    """An architecture preset instead of a model (nothing allocated)."""
+    lora_r: int = 0
+    """With --preset: report the LoRA parameters of this rank (0: none)."""
+    lora_targets: list[str] = field(default_factory=lambda: ["c_attn"])
+    """With --preset and --lora-r: the modules LoRA adapts."""
+    json: bool = False
+    """Print one JSON object."""
+
+
+def info_options(p: argparse.ArgumentParser) -> None:
+    from gpt2tune.core.lora import TARGETS
+
+    add_dataclass_args(p, InfoOptions, "info", overrides={"lora_targets": {"choices": list(TARGETS)}})
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    opts = collect(args, "info", InfoOptions)
+    if opts.preset:
+        from gpt2tune.core.lora import (
+            LoRAConfig,
+            format_parameter_report,
+            lora_parameter_count,
+        )
+        from gpt2tune.core.model import GPT2Config
+
+        try:
+            config = GPT2Config.from_preset(opts.preset)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        info = {"preset": opts.preset, "config": config.to_dict(), "parameters": config.num_params()}
+        if opts.lora_r:
+            lora = LoRAConfig(r=opts.lora_r, targets=opts.lora_targets)
+            trainable = lora_parameter_count(config, lora)
+            total = config.num_params() + trainable
+            info.update(lora_trainable=trainable, report=format_parameter_report(trainable, total))
+    elif opts.model:
+        from gpt2tune.formats.hf import describe_model
+
+        info = describe_model(opts.model)
+    else:
+        raise UserError("give --model DIR (a saved model) or --preset NAME (an architecture)")
+    if opts.json:
+        print(json.dumps(info))
+        return 0
+    for k, v in info.items():
+        if k == "report":
+            print(v)
+        elif isinstance(v, dict):
+            print(f"{k}:")
+            for kk, vv in v.items():
+                print(f"  {kk}: {vv}")
+        else:
+            print(f"{k}: {f'{v:,}' if isinstance(v, int) else v}")
+    return 0
+
+
+
+@dataclass
+class MergeOptions:
+    """Which adapter to merge into which base, and where the result goes."""
+
+    model: str
+    """The base model (HF-format directory or hub id)."""
+    adapter: str
+    """peft-format LoRA adapter directory."""
+    out: str
+    """Directory for the merged model."""
+    overwrite: bool = False
+    """Replace a non-empty --out."""
+
+
+def merge_options(p: argparse.ArgumentParser) -> None:
+    add_dataclass_args(p, MergeOptions, "merge")
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from gpt2tune.core.lora import merge_and_unload
+    from gpt2tune.formats.hf import save_model
+    from gpt2tune.formats.outdir import prepare_output_dir
+    from gpt2tune.formats.peft import load_model_with_adapter
+
+    opts = collect(args, "merge", MergeOptions)
+    merged = merge_and_unload(load_model_with_adapter(opts.model, opts.adapter))
+    # Guarded after loading: --overwrite empties --out, which a bad --adapter must not cost.
+    out = prepare_output_dir(opts.out, what="merged model", overwrite=opts.overwrite)
+    save_model(merged, out)
+    print(f"merged model saved to {out}")
+    return 0
+
+
+
+def serve_options(p: argparse.ArgumentParser) -> None:
+    from gpt2tune.serve.server import ServeConfig
+
+    repeat = {"action": Append, "nargs": None}
+    add_dataclass_args(p, ServeConfig, "serve",
+                       overrides={"adapter": {**repeat, "metavar": "NAME=DIR"},
+                                  "variant": {**repeat, "metavar": "NAME=DIR"}})
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gpt2tune.serve.server import ServeConfig, serve
+
+    log_to_stderr()
+    serve(collect(args, "serve", ServeConfig))
+    return 0
+
+
+# name, one-line help, description (None: the help), options
