@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from gpt2tune.cli.main import main
 from gpt2tune.core.lora import LoRAConfig
-from gpt2tune.errors import UserError
+from gpt2tune.errors import UserError, as_flag
 from gpt2tune.finetune.config import TrainConfig
 from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine_tune
 from gpt2tune.finetune.state import load_checkpoint
@@ -475,8 +475,10 @@ def test_loraplus_gives_b_r_times_the_learning_rate_and_r_1_is_plain_lora():
     one, _, _ = run(1.0)
     for a, b in zip(plain.parameters(), one.parameters()):
         assert torch.equal(a, b)
-    with pytest.raises(UserError, match="--loraplus-lr-ratio"):
+    with pytest.raises(UserError, match="loraplus_lr_ratio sets") as e:
         TrainConfig(method="full", loraplus_lr_ratio=4.0).validate()
+    assert e.value.field == "loraplus_lr_ratio"
+    assert e.value.phrased(as_flag).endswith("use it with --method lora")
 
 
 @pytest.mark.parametrize("variant", ["dora", "loraplus"])

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from gpt2tune.errors import UserError
+from gpt2tune.errors import UserError, as_flag
 from gpt2tune.finetune.state import (
     CHECKPOINT,
     MANIFEST,
@@ -99,5 +99,6 @@ def test_nothing_undamaged_is_one_line(tmp_path):
         load_checkpoint(tmp_path, lambda c: c)
     msg = str(e.value)
     assert "checkpoint is damaged (train_state.pt has 0 bytes" in msg
-    assert "no earlier complete checkpoint; start again with --overwrite" in msg
+    assert "no earlier complete checkpoint; start again with overwrite" in msg
+    assert e.value.field == "resume" and e.value.phrased(as_flag).endswith("with --overwrite")
     assert "\n" not in msg

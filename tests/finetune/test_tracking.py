@@ -190,8 +190,9 @@ def test_report_to_tensorboard_without_the_package_is_one_line(capsys, tiny_hf, 
 
 
 def test_unknown_report_to_is_refused(capsys, tiny_hf, corpus, tmp_path):
-    with pytest.raises(UserError, match="unknown --report-to 'wandb'"):
+    with pytest.raises(UserError, match="unknown report_to 'wandb'") as e:
         TrainConfig(report_to="wandb").validate()
+    assert e.value.field == "report_to"
     code = main(["train", "--model", str(tiny_hf[0]), "--data", str(corpus), "--out",
                  str(tmp_path / "run"), "--report-to", "wandb"])
     err = capsys.readouterr().err

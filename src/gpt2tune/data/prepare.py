@@ -75,6 +75,7 @@ def read_texts(opts: DataOptions, seed: int) -> Texts:
     """Training and validation documents per the options: ``val_data`` (a built-in name reads
     its test split), or ``val_split`` of the training documents seeded by ``seed``, or none."""
     opts.check()
+    assert opts.data is not None  # check() requires it
     docs = read_documents(opts.data, opts.doc_sep, opts.text_field, split="train")
     if opts.val_data:
         return Texts(docs, read_documents(opts.val_data, opts.doc_sep, opts.text_field,
@@ -100,14 +101,17 @@ def load_labeled_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int,
     """For ``task="classify"``: labels and rows, each text truncated from the left to the block
     size (default the model's context)."""
     opts.check()
+    assert opts.data is not None  # check() requires it
     data = read_labeled(opts.data, opts.text_field, opts.label_field, split="train")
     val = None
     if opts.val_data:
         val = read_labeled(opts.val_data, opts.text_field, opts.label_field, split="test")
     elif opts.val_split:
-        keep, held = split_train_val(list(range(len(data))), opts.val_split, seed)
-        val = Labeled([data.texts[i] for i in held], [data.labels[i] for i in held])
-        data = Labeled([data.texts[i] for i in keep], [data.labels[i] for i in keep])
+        # the two splits pick the same positions: a split depends only on the count and the seed
+        train_texts, val_texts = split_train_val(data.texts, opts.val_split, seed)
+        train_labels, val_labels = split_train_val(data.labels, opts.val_split, seed)
+        val = Labeled(val_texts, val_labels)
+        data = Labeled(train_texts, train_labels)
     labels = label_names(data)
     block = block_size(opts, n_positions, default=n_positions)
     rows, cut = encode_labeled(data, tokenizer, labels, block, tokenizer.eot_id)

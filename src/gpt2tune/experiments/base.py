@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.data.options import DataOptions
 from gpt2tune.data.rows import tokenize_documents
 from gpt2tune.data.sources import read_documents
 from gpt2tune.experiments.options import PretrainConfig
 from gpt2tune.finetune.config import TrainConfig
-from gpt2tune.data.options import DataOptions
 from gpt2tune.finetune.recipe import ModelOptions, RunOptions, fine_tune
 from gpt2tune.finetune.state import CHECKPOINT, PREVIOUS
 from gpt2tune.formats.atomic import staged_dir, write_text

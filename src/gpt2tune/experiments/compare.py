@@ -31,7 +31,7 @@ from gpt2tune.experiments.options import CompareOptions
 from gpt2tune.experiments.results import CompareResults, ExperimentResult, compare_results_json
 from gpt2tune.experiments.setup import Setup, run_options
 from gpt2tune.experiments.spec import Experiment
-from gpt2tune.experiments.study import Facts, Planned, StudyOutput, run_study
+from gpt2tune.experiments.study import Facts, Planned, StudyOutput, run_study, study_dir
 from gpt2tune.experiments.writeup import build_compare_report
 
 log = logging.getLogger("gpt2tune")
@@ -179,11 +179,6 @@ def run_compare(opts: CompareOptions) -> CompareResult:
     """
     opts.check()
 
-    def plan(out: Path) -> Planned:
-        p, setup = plan_compare(opts, out=out)
-        return Planned(setup=setup, experiments=[p.spec], hyperparams=p.hyperparams,
-                       budget_note=p.budget_note)
-
     def results(planned: Planned, done: list[ExperimentResult], facts: Facts) -> CompareResults:
         (result,) = done
         return CompareResults(options=opts, base=planned.setup.base,
@@ -192,6 +187,11 @@ def run_compare(opts: CompareOptions) -> CompareResult:
                               machine=facts.machine, finished=facts.finished,
                               timings=dict(result.timings))
 
-    return run_study(opts, command="compare", marker=COMPARE_MARKER, what="comparison",
-                     plan=plan, results=results, document=build_compare_report,
-                     as_json=compare_results_json)
+    where = dict(command="compare", marker=COMPARE_MARKER, what="comparison")
+    with study_dir(opts, **where) as place:
+        # bad options, data or methods fail here, before anything is written
+        plan, setup = plan_compare(opts, out=place.out)
+        planned = Planned(setup=setup, experiments=[plan.spec], hyperparams=plan.hyperparams,
+                          budget_note=plan.budget_note)
+        return run_study(opts, place, planned, **where, results=results,
+                         document=build_compare_report, as_json=compare_results_json)

@@ -30,7 +30,7 @@ from gpt2tune.experiments.hparams import hyperparams_for
 from gpt2tune.experiments.options import DemoOptions, PretrainConfig
 from gpt2tune.experiments.results import DemoResults, ExperimentResult, results_json
 from gpt2tune.experiments.setup import Setup
-from gpt2tune.experiments.study import Facts, Planned, StudyOutput, run_study
+from gpt2tune.experiments.study import Facts, Planned, StudyOutput, run_study, study_dir
 from gpt2tune.experiments.writeup import build_report
 from gpt2tune.runtime import fp32_or_bf16, resolve_device
 
@@ -58,26 +58,6 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
     # options stay as given); a bad --device fails here, before --out is touched
     opts = replace(opts, precision=fp32_or_bf16(opts.precision, resolve_device(opts.device)))
 
-    def plan_demo(out: Path) -> Planned:
-        stage = Stages()
-        with stage("base model"):
-            cfg = replace(sizes.base_recipe(opts.precision), device=opts.device, seed=opts.seed)
-            base = resolve_base(opts.base, cfg, progress=opts.progress)
-            setup = Setup.load(out, base, device=opts.device, precision=opts.precision,
-                               seed=opts.seed, progress=opts.progress, report_to=opts.report_to)
-        hp = hyperparams_for(base)
-        news, character = demo_experiments(sizes, opts.character, hp)
-        note = ""
-        if opts.max_minutes is not None:
-            with stage("time budget"):
-                runs = [(spec, load_data(spec.data, setup.tokenizer,
-                                         setup.model.config.n_positions, opts.seed).rows)
-                        for spec in (news, character)]
-                (news, character), note = fit_to_budget(runs, time_steps_per_kind(runs, setup),
-                                                        opts.max_minutes)
-        return Planned(setup=setup, experiments=[news, character], hyperparams=hp,
-                       budget_note=note, timings=stage.timings)
-
     def results(planned: Planned, done: list[ExperimentResult], facts: Facts) -> DemoResults:
         news, character = done
         base = planned.setup.base
@@ -92,5 +72,30 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
                            load_at_start=facts.load_at_start, budget_note=planned.budget_note,
                            finished=facts.finished)
 
-    return run_study(opts, command="demo", marker=DEMO_MARKER, what="demo", plan=plan_demo,
-                     results=results, document=build_report, as_json=results_json)
+    where = dict(command="demo", marker=DEMO_MARKER, what="demo")
+    with study_dir(opts, **where) as place:
+        planned = plan_demo(opts, sizes, place.out)
+        return run_study(opts, place, planned, **where, results=results, document=build_report,
+                         as_json=results_json)
+
+
+def plan_demo(opts: DemoOptions, sizes: DemoPlan, out: Path) -> Planned:
+    """The demo's two experiments on its base (built or found), fitted to ``--max-minutes``."""
+    stage = Stages()
+    with stage("base model"):
+        cfg = replace(sizes.base_recipe(opts.precision), device=opts.device, seed=opts.seed)
+        base = resolve_base(opts.base, cfg, progress=opts.progress)
+        setup = Setup.load(out, base, device=opts.device, precision=opts.precision,
+                           seed=opts.seed, progress=opts.progress, report_to=opts.report_to)
+    hp = hyperparams_for(base)
+    news, character = demo_experiments(sizes, opts.character, hp)
+    note = ""
+    if opts.max_minutes is not None:
+        with stage("time budget"):
+            runs = [(spec, load_data(spec.data, setup.tokenizer,
+                                     setup.model.config.n_positions, opts.seed).rows)
+                    for spec in (news, character)]
+            (news, character), note = fit_to_budget(runs, time_steps_per_kind(runs, setup),
+                                                    opts.max_minutes)
+    return Planned(setup=setup, experiments=[news, character], hyperparams=hp,
+                   budget_note=note, timings=stage.timings)

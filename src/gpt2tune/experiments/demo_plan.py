@@ -120,13 +120,15 @@ def demo_experiments(plan: DemoPlan, character: str,
     common = {"batch_size": plan.batch_size, "max_new_tokens": plan.max_new_tokens,
               "temperature": plan.temperature, "top_k": plan.top_k}
     news = Experiment(
-        "news", _builtin("builtin:news"), (base, lora_method(hp, plan.news_rank, name="lora"), full),
+        "news", _builtin("builtin:news"),
+        (base, lora_method(hp, plan.news_rank, name="lora"), full),
         epochs=plan.news_epochs, max_steps=plan.news_max_steps, eval_every=plan.news_eval_every,
         prompts=(NEWS_PROMPT,), samples_per_prompt=plan.news_samples, **common)
 
     # Experiment 2's LoRA run is also the sweep's point at its rank, so it runs once, first.
     lora = lora_method(hp, plan.char_rank, name="lora", directory=f"lora-r{plan.char_rank}")
-    sweep = [lora_method(hp, r, sample=False) for r in dict.fromkeys(plan.ranks) if r != plan.char_rank]
+    sweep = [lora_method(hp, r, sample=False)
+             for r in dict.fromkeys(plan.ranks) if r != plan.char_rank]
     wide = lora_method(hp, plan.wide_rank, plan.wide_targets, sample=False,
                  name=f"lora-r{plan.wide_rank}-{'-'.join(plan.wide_targets)}")
     dora = dora_of(lora, f"dora-r{lora.rank}", sample=False)

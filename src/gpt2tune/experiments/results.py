@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpt2tune.experiments.base import BaseInfo
-from gpt2tune.experiments.hparams import Hyperparams
 from gpt2tune.experiments.demo_plan import DemoPlan
+from gpt2tune.experiments.hparams import Hyperparams
 from gpt2tune.experiments.options import CompareOptions, DemoOptions
 from gpt2tune.experiments.spec import Experiment
 from gpt2tune.experiments.style import HeldOut

@@ -1,6 +1,7 @@
-"""One flow for every study (the demo, ``compare``): lock ``--out``, plan (every check and the
-base model, before anything is written), run each experiment through the engine, write the
-report and ``results.json``. The demo and ``compare`` differ only in their plan and write-up.
+"""One flow for every study (the demo, ``compare``): lock ``--out`` (``study_dir``), plan (the
+caller: every check and the base model, before anything is written), then ``run_study``: each
+experiment through the engine, the report and ``results.json``. The demo and ``compare`` differ
+only in their plan and write-up.
 """
 
 from __future__ import annotations
@@ -84,51 +85,76 @@ class StudyOutput(Generic[R]):
     """The measurements (``results.json`` holds them as JSON)."""
 
 
-def run_study(opts: StudyOptions, *, command: str, marker: str, what: str,
-              plan: Callable[[Path], Planned],
+@dataclass(frozen=True)
+class StudyDir:
+    """A study's output directory, locked, with when the study started."""
+
+    out: Path
+    """``--out``."""
+    started: float
+    """``time.perf_counter()`` at the start."""
+    load_at_start: tuple[float, float, float] | None
+    """The system's load averages at the start (None where unknown)."""
+
+
+@contextmanager
+def study_dir(opts: StudyOptions, *, command: str, marker: str,
+              what: str) -> Iterator[StudyDir]:
+    """Lock ``opts.out`` for the whole study and refuse, before the slow part, an ``--out`` that
+    the options do not allow replacing. Nothing is written to it yet: the caller plans (every
+    check, the base model) and then hands the plan to ``run_study``.
+
+    Args:
+        opts: the options (``out``, ``overwrite``).
+        command: ``demo`` or ``compare``, for the lock and messages.
+        marker: the file that marks ``--out`` as this command's (an earlier one is replaced).
+        what: how messages name the study (``comparison``).
+    """
+    started, load_at_start = time.perf_counter(), _loadavg()
+    out = Path(opts.out)
+    program = f"gpt2tune {command}"
+    with OutputLock(out, program), starting_over(program):  # held until the report is written
+        prepare_output_dir(out, marker=marker, what=what, overwrite=opts.overwrite,
+                           replace_own=True, check_only=True)
+        yield StudyDir(out, started, load_at_start)
+
+
+def run_study(opts: StudyOptions, where: StudyDir, planned: Planned, *, command: str,
+              marker: str, what: str,
               results: Callable[[Planned, list[ExperimentResult], Facts], R],
               document: Callable[[R], Report],
               as_json: Callable[[R], dict]) -> StudyOutput[R]:
-    """Run a study and write ``report.md``, ``report.html`` and ``results.json`` in ``opts.out``.
+    """Run a planned study and write ``report.md``, ``report.html`` and ``results.json``.
 
     Args:
-        opts: the options (``out``, ``overwrite`` and the marker file's record).
-        command: ``demo`` or ``compare``, for locks, logs and messages.
-        marker: the file that marks ``--out`` as this command's (an earlier one is replaced).
-        what: how messages name the study (``comparison``).
-        plan: works out the study for the output directory; every check runs here, before
-            anything is written to it.
+        opts: the options (recorded in the marker file).
+        where: the locked output directory (``study_dir``).
+        planned: what to run, on what.
+        command: ``demo`` or ``compare``, for logs.
+        marker: the file that marks ``--out`` as this command's.
+        what: how messages name the study.
         results: the study's results from its plan, experiments and facts.
         document: the report of the results.
         as_json: ``results.json``'s content.
 
     Raises:
-        UserError: bad options or data (found before ``--out`` is touched), or ``--out`` holds
-            something the options do not allow replacing.
+        UserError: ``--out`` holds something the options do not allow replacing.
     """
-    t0 = time.perf_counter()
-    load_at_start = _loadavg()
-    out = Path(opts.out)
-    program = f"gpt2tune {command}"
-    with OutputLock(out, program), starting_over(program):  # held until the report is written
-        guard = dict(marker=marker, what=what, overwrite=opts.overwrite, replace_own=True)
-        prepare_output_dir(out, **guard, check_only=True)  # refuse before the slow part
-        planned = plan(out)
-        prepare_output_dir(out, **guard)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / marker, json.dumps({"options": asdict(opts)}, indent=2) + "\n")
-        done = [run_experiment(spec, planned.setup) for spec in planned.experiments]
-        facts = Facts(device=str(planned.setup.torch_device), machine=machine_info(),
-                      load_at_start=load_at_start, finished=time.strftime("%Y-%m-%d %H:%M"),
-                      seconds=round(time.perf_counter() - t0, 1))
-        res = results(planned, done, facts)
-        stage = Stages(command=command)
-        with stage("report"):
-            md, page = write_report(document(res), out)
-        wall = round(time.perf_counter() - t0, 1)
-        res.timings.update(report=stage.timings["report"], total=wall)
-        write_text(out / "results.json",
-                   json.dumps(as_json(res), indent=2, default=str) + "\n")
+    out = where.out
+    prepare_output_dir(out, marker=marker, what=what, overwrite=opts.overwrite, replace_own=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / marker, json.dumps({"options": asdict(opts)}, indent=2) + "\n")
+    done = [run_experiment(spec, planned.setup) for spec in planned.experiments]
+    facts = Facts(device=str(planned.setup.torch_device), machine=machine_info(),
+                  load_at_start=where.load_at_start, finished=time.strftime("%Y-%m-%d %H:%M"),
+                  seconds=round(time.perf_counter() - where.started, 1))
+    res = results(planned, done, facts)
+    stage = Stages(command=command)
+    with stage("report"):
+        md, page = write_report(document(res), out)
+    wall = round(time.perf_counter() - where.started, 1)
+    res.timings.update(report=stage.timings["report"], total=wall)
+    write_text(out / "results.json", json.dumps(as_json(res), indent=2, default=str) + "\n")
     return StudyOutput(report_md=md, report_html=page, wall_s=wall, results=res)
 
 

@@ -149,7 +149,7 @@ def fit_style_classifier(name: str, train: list[str], heldout: list[str], others
         raise UserError(f"too little text for a style classifier of {name} ({len(pos_train)} "
                         f"training and {len(pos_test)} held-out texts of at least "
                         f"{cfg.min_chars} characters, {len(others)} contrast texts); give more "
-                        "data or a larger --contrast, or pass --no-style")
+                        "data or a larger `contrast`, or turn `style` off")
 
     pipeline = make_pipeline(
         TfidfVectorizer(analyzer="char", ngram_range=cfg.ngram_range, sublinear_tf=True, min_df=2),

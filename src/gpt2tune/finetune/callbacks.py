@@ -88,7 +88,7 @@ def tensorboard_writer() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise UserError(f"--report-to tensorboard needs the tensorboard package ({first_line(e)}); "
+        raise UserError(f"`report_to` tensorboard needs the tensorboard package ({first_line(e)}); "
                         "install it with: pip install 'gpt2tune[tensorboard]'") from None
     return SummaryWriter
 

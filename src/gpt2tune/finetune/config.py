@@ -75,27 +75,27 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.method not in METHODS:
-            raise UserError(f"unknown --method {self.method!r}; use lora or full")
+            raise UserError(f"unknown `method` {self.method!r}; use lora or full")
         if self.loraplus_lr_ratio is not None:
             if self.method != "lora":
-                raise UserError("--loraplus-lr-ratio sets the LR of LoRA's B matrices; use it "
-                                "with --method lora")
+                raise UserError("`loraplus_lr_ratio` sets the LR of LoRA's B matrices; use it "
+                                "with `method` lora")
             if not self.loraplus_lr_ratio > 0:
-                raise UserError(f"--loraplus-lr-ratio must be > 0 (e.g. 16), got "
+                raise UserError(f"`loraplus_lr_ratio` must be > 0 (e.g. 16), got "
                                 f"{self.loraplus_lr_ratio}")
         if self.schedule not in SCHEDULES:
-            raise UserError(f"unknown --schedule {self.schedule!r}; use {', '.join(SCHEDULES)}")
+            raise UserError(f"unknown `schedule` {self.schedule!r}; use {', '.join(SCHEDULES)}")
         for name in ("batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
-            raise UserError("--max-steps must be >= 1")
+            raise UserError("`max_steps` must be >= 1")
         if self.max_steps is None and self.epochs <= 0:
-            raise UserError("--epochs must be > 0")
+            raise UserError("`epochs` must be > 0")
         if self.lr is not None and self.lr <= 0:
-            raise UserError("--lr must be > 0")
+            raise UserError("`lr` must be > 0")
         if self.report_to not in get_args(ReportTo):
-            raise UserError(f"unknown --report-to {self.report_to!r}; use "
+            raise UserError(f"unknown `report_to` {self.report_to!r}; use "
                             f"{' or '.join(get_args(ReportTo))}")
 
     @property

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- pieces
 
 def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the peak LR at optimizer step ``step`` (0-based): linear warm-up, then decay."""
+    """Multiplier of the peak LR at optimizer step ``step`` (0-based): linear warm-up, then
+    decay."""
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * total_steps))
 
     def f(step: int) -> float:
@@ -94,7 +95,7 @@ def trainable_setup(model: GPT2, method: str) -> None:
             p.requires_grad_(False)
         params = list(lora_parameters(model))
         if not params:
-            raise UserError("--method lora but the model has no LoRA adapters; apply LoRA first")
+            raise UserError("`method` lora but the model has no LoRA adapters; apply LoRA first")
         if isinstance(model, GPT2Classifier):
             params.append(model.score.weight)  # a new head trains with the adapter (peft's
             # modules_to_save), and is saved with it
@@ -121,8 +122,8 @@ class LossNotFinite(UserError):
     """The loss became NaN or infinite: the run diverged."""
 
     def __init__(self, value: float, step: int) -> None:
-        super().__init__(f"loss became {value} at step {step}: training diverged; lower --lr or "
-                         "use --precision fp32, then --resume")
+        super().__init__(f"loss became {value} at step {step}: training diverged; lower `lr` or "
+                         "use `precision` fp32, then `resume`")
         self.value, self.step = value, step
 
 
@@ -244,7 +245,7 @@ class Trainer:
         else:
             saved_world = resume_state.get("world_size", 1)
             if saved_world != par.world:
-                raise UserError(f"--resume: the checkpoint was written by {saved_world} rank(s), "
+                raise UserError(f"`resume`: the checkpoint was written by {saved_world} rank(s), "
                                 f"this run has {par.world}; resume with the same number")
             par.load_optimizer_state(self.wrapped, self.optimizer, resume_state["optimizer"])
             self.scheduler.load_state_dict(resume_state["scheduler"])
@@ -424,7 +425,8 @@ class Trainer:
                         stats.val_loss = val_loss = self.validation_loss(val_docs, context)
                         if val_loss is not None:
                             if prog.best_val is None or val_loss < prog.best_val:
-                                prog.best_val, prog.best_step, prog.bad_evals = val_loss, prog.step, 0
+                                prog.best_val, prog.best_step = val_loss, prog.step
+                                prog.bad_evals = 0
                                 stats.improved = True
                             else:
                                 prog.bad_evals += 1

@@ -26,7 +26,8 @@ class ModelOptions:
     init: str = "pretrained"
     """``pretrained`` (load --model) or ``scratch`` (random weights of --preset)."""
     preset: str = "gpt2"
-    """Architecture for ``--init scratch``: gpt2, gpt2-medium, gpt2-large, gpt2-xl, gpt2-nano, ..."""
+    """Architecture for ``--init scratch``: gpt2, gpt2-medium, gpt2-large, gpt2-xl, gpt2-nano,
+    ..."""
     device: str = "auto"
     """``auto``, ``cpu`` or ``cuda[:N]``."""
 

@@ -40,7 +40,7 @@ def init_from_env(device_name: str = "auto", timeout_s: int = DEFAULT_TIMEOUT_S)
     use_cuda = (torch.cuda.is_available() and device_name in ("auto", "cuda")
                 or device_name.startswith("cuda"))
     if use_cuda and not torch.cuda.is_available():
-        raise UserError("--device cuda under torchrun, but no CUDA GPU is available")
+        raise UserError("`device` cuda under torchrun, but no CUDA GPU is available")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -267,6 +267,6 @@ def from_env(fsdp: bool = False) -> SingleProcess:
     if dist.is_available() and dist.is_initialized():
         return FullyShardedDataParallel() if fsdp else DataParallel()
     if fsdp:
-        raise UserError("--fsdp shards over several processes: launch with torchrun "
+        raise UserError("`fsdp` shards over several processes: launch with torchrun "
                         "--nproc_per_node N -m gpt2tune train ...")
     return SingleProcess()

@@ -182,8 +182,8 @@ def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
                  f"of {rows.inputs.size(1)} tokens per step")
     out.mkdir(parents=True, exist_ok=True)
     if not opts.resume and parallel.is_main:
-        write_text(out / RUN_FILE, json.dumps({"identity": opts.identity(), "options": asdict(opts)},
-                                               indent=2) + "\n")
+        record = {"identity": opts.identity(), "options": asdict(opts)}
+        write_text(out / RUN_FILE, json.dumps(record, indent=2) + "\n")
     base_name = opts.model.model or f"scratch:{opts.model.preset}"
     stopping = sigterm_raises() if parallel.world > 1 else nullcontext()
     try:

@@ -192,7 +192,7 @@ def load_checkpoint(out_dir: Path, load_weights: Callable[[Path], T]) -> tuple[d
             _verify(ckpt)
             state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
             weights = load_weights(ckpt)
-        except Exception as e:  # noqa: BLE001 - any failure to read it means it is damaged
+        except Exception as e:
             damaged.append(f"{ckpt.name} is damaged ({first_line(e)})")
             continue
         if damaged:
@@ -201,5 +201,6 @@ def load_checkpoint(out_dir: Path, load_weights: Callable[[Path], T]) -> tuple[d
         return state, weights, ckpt
     if damaged:
         raise UserError(f"cannot resume {out_dir}: {'; '.join(damaged)}, and there is no "
-                        "earlier complete checkpoint; start again with --overwrite")
-    raise UserError(f"--resume: {out_dir} has no checkpoint yet; start again with --overwrite")
+                        "earlier complete checkpoint; start again with `overwrite`",
+                        field="resume")
+    raise UserError(f"`resume`: {out_dir} has no checkpoint yet; start again with `overwrite`")

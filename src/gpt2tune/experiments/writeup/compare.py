@@ -6,8 +6,8 @@ Every section reads only the ``CompareResults`` it is given.
 
 from __future__ import annotations
 
-from gpt2tune.experiments.results import CompareResults, MethodResult
 import gpt2tune.experiments.writeup.shared as shared
+from gpt2tune.experiments.results import CompareResults, MethodResult
 from gpt2tune.experiments.writeup.text import CHANCE, fmt_params, fmt_ppl, pct
 from gpt2tune.experiments.writeup.verdicts import LORA_VARIANTS
 from gpt2tune.report import figures

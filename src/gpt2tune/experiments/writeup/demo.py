@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 
+import gpt2tune.experiments.writeup.shared as shared
 from gpt2tune.experiments.base import VAL_TOKENS_PER_DOC, BaseInfo
 from gpt2tune.experiments.results import DemoResults, MethodResult
-import gpt2tune.experiments.writeup.shared as shared
 from gpt2tune.experiments.writeup.demo_experiments import (
     capacity_experiment,
     news_experiment,

@@ -6,11 +6,11 @@ and the experiment specs in them, and each verdict is chosen from the measured v
 
 from __future__ import annotations
 
+import gpt2tune.experiments.writeup.shared as shared
 from gpt2tune.experiments.hparams import GPT2_N_EMBD
 from gpt2tune.experiments.methods import DEFAULT_RANK
 from gpt2tune.experiments.results import DemoResults, ExperimentResult, MethodResult
 from gpt2tune.experiments.spec import Method
-import gpt2tune.experiments.writeup.shared as shared
 from gpt2tune.experiments.writeup.demo_runs import (
     DemoRuns,
     experiment_number,
