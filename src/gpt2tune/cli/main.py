@@ -7,7 +7,6 @@ chosen command's options are built, so ``gpt2tune --help`` and ``--version`` imp
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from gpt2tune.cli.commands import COMMANDS
@@ -16,7 +15,7 @@ from gpt2tune.errors import UserError, as_flag
 from gpt2tune.runtime import keep_freed_memory
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+def build_parser() -> tuple[CommandParser, dict[str, CommandParser]]:
     """The ``gpt2tune`` parser and each command's parser by name.
 
     A command's options are added the first time it parses (or prints its help).

@@ -126,7 +126,7 @@ class EvalOptions:
     """With --task classify: write confusion_matrix.png into this directory."""
 
 
-EVAL_DATA_HELP = {
+EVAL_DATA_HELP: dict[str, dict] = {
     "data": {"required": True,
              "help": "Text file (documents separated by blank lines), .jsonl/.json/.csv, a "
                      "directory of .txt files, or builtin:NAME (its test split) (required)"},
@@ -176,6 +176,8 @@ def _eval_classifier(opts: EvalOptions, data_opts: DataOptions, load: LoadOption
     from gpt2tune.inference.classify import score
 
     device = resolve_device(load.device)
+    data_opts.check()
+    assert data_opts.data is not None  # checked
     data = read_labeled(data_opts.data, data_opts.text_field, data_opts.label_field,
                         split="test")
     model = load_classifier_with_adapter(load.model, load.adapter, device=device)

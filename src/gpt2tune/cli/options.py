@@ -27,18 +27,20 @@ from gpt2tune.errors import UserError, as_flag
 # ----------------------------------------------------------------------------- dataclass -> flags
 
 
-def field_docs(cls) -> dict[str, str]:
+def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each field of a dataclass (the one source of help text); a
     field a subclass declares again takes the subclass's docstring."""
     docs = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
-        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
-        for node, nxt in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        node = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]
+        assert isinstance(node, ast.ClassDef)  # a dataclass's source is its class statement
+        body = node.body
+        for stmt, nxt in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
                     and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+                docs[stmt.target.id] = " ".join(str(nxt.value.value).split())
     return docs
 
 
@@ -49,7 +51,8 @@ class Append(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         current = getattr(namespace, self.dest, None)
         fresh = current is None or current is self.default  # still the default or the config's
-        setattr(namespace, self.dest, ([] if fresh else list(current)) + [values])
+        setattr(namespace, self.dest, ([] if fresh or current is None else list(current))
+                + [values])
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, group: str, prefix: str = "",
@@ -78,8 +81,12 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, group: str, prefix:
             continue
         tp = hints[f.name]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = (None if required else f.default if f.default is not dataclasses.MISSING
-                   else f.default_factory())
+        if required:
+            default = None
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory()  # type: ignore[operator]  # not MISSING: checked above
         kw: dict = {"dest": f"{group}__{f.name}", "default": default, "help": docs.get(f.name, "")}
         if isinstance(tp, types.UnionType):  # X | None
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
@@ -171,7 +178,8 @@ def _checked(action: argparse.Action, value, where: str):
         raise UserError(f"{where} should be a list, got {value!r}")
     if counted and len(value) != action.nargs:
         raise UserError(f"{where} should be a list of {action.nargs} values, got {value!r}")
-    expected = bool if isinstance(action, argparse.BooleanOptionalAction) else action.type or str
+    expected: type = (bool if isinstance(action, argparse.BooleanOptionalAction)
+                      else action.type if isinstance(action.type, type) else str)
     checked = []
     for v in value if many else [value]:
         if expected is float and type(v) is int:

@@ -61,8 +61,11 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
     def results(planned: Planned, done: list[ExperimentResult], facts: Facts) -> DemoResults:
         news, character = done
         base = planned.setup.base
-        commands = ([("the embedded base model", pretrain_command(PretrainConfig(**base.pretrain)))]
-                    if base.embedded else [])
+        commands = []
+        if base.embedded:
+            assert base.pretrain is not None  # the embedded base records its recipe
+            commands.append(("the embedded base model",
+                             pretrain_command(PretrainConfig(**base.pretrain))))
         timings = {**planned.timings, **news.timings, **character.timings,
                    "total before the report": facts.seconds}
         return DemoResults(options=opts, plan=sizes, base=base, hyperparams=planned.hyperparams,
