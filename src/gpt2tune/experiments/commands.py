@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from gpt2tune.experiments.options import PretrainConfig
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from gpt2tune.finetune.recipe import RunOptions
     from gpt2tune.inference.generate import SamplingConfig
 
@@ -29,7 +31,7 @@ def _flag_value(value: object) -> str:
     return shlex.quote(str(value))
 
 
-def _flags(obj: object, prefix: str = "", skip: tuple[str, ...] = ()) -> list[str]:
+def _flags(obj: DataclassInstance, prefix: str = "", skip: tuple[str, ...] = ()) -> list[str]:
     """``--name value`` for each field of dataclass ``obj`` that differs from its default."""
     default = type(obj)()
     out = []

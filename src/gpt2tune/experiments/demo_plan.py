@@ -6,6 +6,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 from gpt2tune.data.options import DataOptions
 from gpt2tune.experiments.options import PretrainConfig
@@ -117,13 +118,14 @@ def demo_experiments(plan: DemoPlan, character: str,
     """
     base = Method("base", "base model", "base model")
     full = Method("full", "full fine-tuning", "full", train="full", lr=hp.lr_full)
-    common = {"batch_size": plan.batch_size, "max_new_tokens": plan.max_new_tokens,
-              "temperature": plan.temperature, "top_k": plan.top_k}
-    news = Experiment(
+    experiment = partial(Experiment, batch_size=plan.batch_size,
+                         max_new_tokens=plan.max_new_tokens, temperature=plan.temperature,
+                         top_k=plan.top_k)
+    news = experiment(
         "news", _builtin("builtin:news"),
         (base, lora_method(hp, plan.news_rank, name="lora"), full),
         epochs=plan.news_epochs, max_steps=plan.news_max_steps, eval_every=plan.news_eval_every,
-        prompts=(NEWS_PROMPT,), samples_per_prompt=plan.news_samples, **common)
+        prompts=(NEWS_PROMPT,), samples_per_prompt=plan.news_samples)
 
     # Experiment 2's LoRA run is also the sweep's point at its rank, so it runs once, first.
     lora = lora_method(hp, plan.char_rank, name="lora", directory=f"lora-r{plan.char_rank}")
@@ -137,11 +139,11 @@ def demo_experiments(plan: DemoPlan, character: str,
                dora, loraplus, full,
                Method("lora+priming", f"{lora.label} + priming", "LoRA + priming", uses="lora",
                       prime=True))
-    char = Experiment(
+    char = experiment(
         "character", _builtin(f"builtin:shakespeare:{character}"), methods,
         epochs=plan.char_epochs, max_steps=plan.char_max_steps, eval_every=plan.char_eval_every,
         prompts=plan.char_prompts, samples_per_prompt=plan.samples_per_prompt,
-        prime_speeches=plan.prime_speeches, style_of=character.upper(), **common)
+        prime_speeches=plan.prime_speeches, style_of=character.upper())
     return news, char
 
 

@@ -110,7 +110,8 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
         models = {name: _load(results[name].method, results[name].out, setup)
                   for name in dict.fromkeys(m.uses or m.name for m in (*derived, *sampled))}
         for m in derived:
-            used = results[m.uses]  # type: ignore[index]  (derived methods name one)
+            assert m.uses is not None  # (derived methods name one)
+            used = results[m.uses]
             heldout = score(models[used.name], docs, prime_ids if m.prime else None, setup.amp)
             kind = m.kind or used.method + ("+priming" if m.prime else "")
             results[m.name] = _untrained(m, kind, heldout, setup, used)
@@ -126,6 +127,7 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
 
     style = None
     if classifier:
+        assert classifier.heldout is not None  # measured as it was trained
         style = StyleCheck(character=classifier.character, heldout=classifier.heldout,
                            train_sizes=classifier.train_sizes,
                            max_chars=classifier.config.max_chars,

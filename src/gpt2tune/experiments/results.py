@@ -199,7 +199,8 @@ def results_json(res: DemoResults) -> dict:
                 "trainable_params": m.trainable_params, "total_params": m.total_params,
                 "steps": m.steps, "tokens_seen": m.tokens_seen, "train_wall_s": m.train_seconds,
                 "total_s": m.total_seconds, "peak_rss_mib": m.peak_memory_mib,
-                "rss_before_mib": round(m.rss_before_mib, 1),
+                "rss_before_mib": (round(m.rss_before_mib, 1)
+                                   if m.rss_before_mib is not None else None),
                 "final_train_loss": m.final_train_loss, "heldout_loss": m.val_loss,
                 "heldout_perplexity": m.val_perplexity, "saved_bytes": m.saved_bytes,
                 "command": m.command}
@@ -219,8 +220,8 @@ def results_json(res: DemoResults) -> dict:
                                                    "perplexity": m.val_perplexity,
                                                    "tokens": m.val_tokens}
                       for e in experiments for m in e.methods if not m.trained},
-            "runs": {f"{e.spec.name}/{Path(m.out).name}": run_dict(m)
-                     for e in experiments for m in e.methods if m.trained},
+            "runs": {f"{e.spec.name}/{Path(m.out).name}": run_dict(m)  # the trained methods
+                     for e in experiments for m in e.methods if m.out is not None},
             "style": style,
             "samples": {e.spec.name: {m.name: m.samples for m in e.sampled} for e in experiments},
             "timings": res.timings, "commands": res.commands}

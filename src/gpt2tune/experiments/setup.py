@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -14,7 +15,7 @@ from gpt2tune.core.model import GPT2
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.experiments.base import BaseInfo
 from gpt2tune.experiments.spec import Experiment, Method
-from gpt2tune.finetune.config import TrainConfig
+from gpt2tune.finetune.config import ReportTo, TrainConfig
 from gpt2tune.finetune.recipe import ModelOptions, RunOptions
 from gpt2tune.formats.peft import load_model_with_adapter
 from gpt2tune.runtime import autocast_dtype, fp32_or_bf16, resolve_device
@@ -66,31 +67,34 @@ class Setup:
                    progress=progress, report_to=report_to, command=command)
 
 
-def _length(spec: Experiment, m: Method) -> dict:
-    """How long method ``m`` trains, as ``TrainConfig`` fields: its own steps (``--max-minutes``),
-    else the experiment's steps, else its epochs."""
-    if m.max_steps is not None:
-        return {"max_steps": m.max_steps}
-    if spec.max_steps is not None:
-        return {"max_steps": spec.max_steps}
-    return {"epochs": spec.epochs}
-
-
 def train_config(spec: Experiment, m: Method, setup: Setup | None = None) -> TrainConfig:
     """The training settings of method ``m`` of ``spec`` (``setup``: precision, seed and
     tracking; None: the defaults, for counting steps)."""
-    shared = ({"precision": setup.precision, "seed": setup.seed, "progress": setup.progress,
-               "report_to": setup.report_to} if setup is not None else {})
-    return TrainConfig(method=m.train or "lora", batch_size=spec.batch_size, lr=m.lr,
-                       eval_every=spec.eval_every, loraplus_lr_ratio=m.loraplus_ratio,
-                       **shared, **_length(spec, m))
+    cfg = TrainConfig(method=m.train or "lora", batch_size=spec.batch_size, lr=m.lr,
+                      eval_every=spec.eval_every, loraplus_lr_ratio=m.loraplus_ratio)
+    # how long: the method's own steps (``--max-minutes``), else the experiment's, else its epochs
+    if m.max_steps is not None:
+        cfg.max_steps = m.max_steps
+    elif spec.max_steps is not None:
+        cfg.max_steps = spec.max_steps
+    else:
+        assert spec.epochs is not None, "an experiment gives its steps or its epochs"
+        cfg.epochs = spec.epochs
+    if setup is not None:
+        cfg.precision, cfg.seed, cfg.progress = setup.precision, setup.seed, setup.progress
+        # StudyOptions.check let only ReportTo's values through
+        cfg.report_to = cast(ReportTo, setup.report_to)
+    return cfg
 
 
 def run_options(spec: Experiment, m: Method, out: Path, setup: Setup) -> RunOptions:
     """The ``gpt2tune train`` options of method ``m`` of ``spec``."""
-    lora = (LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets), dropout=m.dropout,
-                       use_dora=m.use_dora)
-            if m.train == "lora" else LoRAConfig())
+    lora = LoRAConfig()
+    if m.train == "lora":
+        # spec.lora_method and compare's methods give every LoRA method its rank and alpha
+        assert m.rank is not None and m.alpha is not None, m.name
+        lora = LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets), dropout=m.dropout,
+                          use_dora=m.use_dora)
     return RunOptions(out=str(out), overwrite=True,
                       model=ModelOptions(model=setup.base.path, device=setup.device),
                       data=replace(spec.data), lora=lora, train=train_config(spec, m, setup))

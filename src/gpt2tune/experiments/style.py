@@ -16,6 +16,7 @@ instead of style.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gpt2tune.data.builtin import (
     DEFAULT_CHARACTER,
@@ -23,6 +24,9 @@ from gpt2tune.data.builtin import (
     shakespeare_other_speeches,
 )
 from gpt2tune.errors import UserError
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 
 @dataclass
@@ -67,7 +71,7 @@ class StyleClassifier:
 
     character: str
     config: StyleConfig
-    pipeline: object
+    pipeline: Pipeline
     """The fitted scikit-learn pipeline (vectorizer + logistic regression)."""
     train_sizes: tuple[int, int] = (0, 0)
     """(character's speeches, other speeches) it was trained on."""

@@ -12,12 +12,17 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpt2tune.core.lora import LoRAConfig
 from gpt2tune.errors import UserError, first_line
 from gpt2tune.finetune.loop import Callback, StepStats, Trainer
 from gpt2tune.finetune.state import rng_state, save_checkpoint, save_weights
 from gpt2tune.formats.atomic import atomic_file, reporting_write_errors, write_text
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ def _exp(loss: float) -> float:
     return math.exp(min(loss, 700))
 
 
-def tensorboard_writer() -> type:
+def tensorboard_writer() -> type[SummaryWriter]:
     """TensorBoard's event-file writer (torch's ``SummaryWriter``, which needs the tensorboard
     package), imported only when asked for.
 
@@ -120,7 +125,8 @@ class TensorBoard(Callback):
     def __init__(self, log_dir: Path, metrics: Metrics) -> None:
         self.writer_class = tensorboard_writer()
         self.log_dir, self.metrics = log_dir, metrics
-        self.writer = None
+        self.writer: SummaryWriter | None = None
+        """Open from ``on_start`` on."""
         self._written = 0
 
     def on_start(self, trainer: Trainer) -> None:
@@ -129,22 +135,23 @@ class TensorBoard(Callback):
         self.writer = self.writer_class(str(self.log_dir), purge_step=trainer.progress.step + 1)
         self._written = len(self.metrics.rows)  # rows kept from before a resume are on disk
 
-    def _write_new_rows(self) -> None:
+    def _write_new_rows(self, writer: SummaryWriter) -> None:
         rows = self.metrics.rows[self._written:]
         self._written = len(self.metrics.rows)
         for row in rows:
             for key, tag in TENSORBOARD_TAGS.items():
                 if row.get(key) is not None:
-                    self.writer.add_scalar(tag, row[key], global_step=row["step"])
+                    writer.add_scalar(tag, row[key], global_step=row["step"])
         if rows:
-            self.writer.flush()  # as current as metrics.jsonl, and on disk before a checkpoint
+            writer.flush()  # as current as metrics.jsonl, and on disk before a checkpoint
 
     def on_step(self, trainer: Trainer, stats: StepStats) -> None:
-        self._write_new_rows()
+        if self.writer is not None:
+            self._write_new_rows(self.writer)
 
     def close(self) -> None:
         if self.writer is not None:
-            self._write_new_rows()  # a row whose on_step a Ctrl-C cut short
+            self._write_new_rows(self.writer)  # a row whose on_step a Ctrl-C cut short
             self.writer.close()
 
 
@@ -164,7 +171,8 @@ class ProgressBar(Callback):
     """A tqdm bar on stderr with the loss and tokens per second."""
 
     def __init__(self) -> None:
-        self.bar = None
+        self.bar: tqdm | None = None
+        """Open from ``on_start`` on."""
         self._t, self._tokens = 0.0, 0
 
     def on_start(self, trainer: Trainer) -> None:
@@ -178,8 +186,9 @@ class ProgressBar(Callback):
         self._tokens += stats.tokens
         tps = self._tokens / max(stats.time - self._t, 1e-9)
         self._t, self._tokens = stats.time, 0
-        self.bar.set_postfix(loss=f"{stats.loss:.3f}", tok_s=f"{tps:,.0f}")
-        self.bar.update(1)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{stats.loss:.3f}", tok_s=f"{tps:,.0f}")
+            self.bar.update(1)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -238,7 +247,7 @@ class FinalWeights(Callback):
 def _save_result(trainer: Trainer, path: Path, lora_cfg: LoRAConfig | None,
                  base_name: str) -> None:
     whole = trainer.full_model()  # a collective under FSDP: every rank calls it
-    if trainer.parallel.is_main:
+    if whole is not None:  # rank 0
         save_weights(whole, path, trainer.cfg.method, lora_cfg, base_name)
 
 
@@ -265,7 +274,7 @@ class Checkpoints(Callback):
         rngs = par.gather(rng) if collective and par.world > 1 else [rng] * par.world
         whole = trainer.full_model()
         state = trainer.train_state(rngs)
-        if par.is_main:
+        if whole is not None:  # rank 0
             save_checkpoint(self.out_dir, whole, state, trainer.cfg.method, self.lora_cfg,
                             self.base_name)
 

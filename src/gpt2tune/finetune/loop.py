@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,9 @@ from gpt2tune.finetune.parallel import SingleProcess, from_env
 from gpt2tune.finetune.state import Progress, rng_state, set_rng_state
 from gpt2tune.inference.evaluate import evaluate
 from gpt2tune.runtime import autocast, autocast_dtype, peak_rss_mib
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +95,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 def trainable_setup(model: GPT2, method: str) -> None:
     """Mark what trains: LoRA adapters only, or every parameter."""
     if method == "lora":
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model.requires_grad_(False)
         params = list(lora_parameters(model))
         if not params:
             raise UserError("`method` lora but the model has no LoRA adapters; apply LoRA first")
@@ -102,8 +105,7 @@ def trainable_setup(model: GPT2, method: str) -> None:
         for p in params:
             p.requires_grad_(True)
     else:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        model.requires_grad_(True)
 
 
 def steps_per_epoch(n_rows: int, cfg: TrainConfig, rank: int = 0, world: int = 1) -> int:
@@ -306,7 +308,7 @@ class Trainer:
             [p for p in self.model.parameters() if p.requires_grad],
             self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
         if par.shards_weights:
-            grad_norm = grad_norm.full_tensor()
+            grad_norm = cast("DTensor", grad_norm).full_tensor()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -327,13 +329,16 @@ class Trainer:
             return None
         if isinstance(val_docs, Rows):  # labelled rows of a classifier
             return self._rows_loss(val_docs)
-        par, kw = self.parallel, dict(autocast_dtype=self.amp_dtype, context=context,
-                                      batch_size=self.cfg.batch_size)
+        par, bs, amp = self.parallel, self.cfg.batch_size, self.amp_dtype
         if par.shards_weights:
-            res = evaluate(self.wrapped, val_docs, **kw)
+            # evaluate only calls the model, and the wrapper's forward(x) returns the logits (FSDP
+            # gathers the shards in its hooks); it reads no GPT2 attribute, `context` being given
+            res = evaluate(self.wrapped, val_docs,  # type: ignore[arg-type]
+                           batch_size=bs, autocast_dtype=amp, context=context)
             self.model.train()
             return res.loss
-        res = evaluate(self.model, val_docs[par.rank::par.world], **kw)
+        res = evaluate(self.model, val_docs[par.rank::par.world], batch_size=bs,
+                       autocast_dtype=amp, context=context)
         loss_sum, count = par.all_sum(res.loss * res.tokens, res.tokens)
         self.model.train()
         return loss_sum / max(count, 1)
@@ -357,7 +362,7 @@ class Trainer:
 
     # --------------------------------------------------------------- the loop
 
-    def fit(self, rows: Rows, val_docs: list[list[int]] | None = None,
+    def fit(self, rows: Rows, val_docs: list[list[int]] | Rows | None = None,
             callbacks: Sequence[Callback] = ()) -> TrainResult:
         """Train until ``total_steps`` (or early stopping), from ``self.progress`` on.
 
@@ -384,7 +389,7 @@ class Trainer:
             restore_frozen_linears(self.low_precision_base)
             self.low_precision_base = []
 
-    def _fit(self, rows: Rows, val_docs: list[list[int]] | None,
+    def _fit(self, rows: Rows, val_docs: list[list[int]] | Rows | None,
              callbacks: Sequence[Callback]) -> TrainResult:
         """``fit``'s loop.
 

@@ -14,6 +14,7 @@ import re
 import signal
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,9 @@ from torch import Tensor, nn
 from gpt2tune.core.lora import LoRALinear, lora_modules
 from gpt2tune.core.model import GPT2, empty_init
 from gpt2tune.errors import UserError, first_line
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
 
 DEFAULT_TIMEOUT_S = 600
 
@@ -170,7 +174,7 @@ class DataParallel(SingleProcess):
         return model if self.is_main else None
 
     def no_sync(self, wrapped: nn.Module) -> AbstractContextManager:
-        return wrapped.no_sync()
+        return cast("DistributedDataParallel", wrapped).no_sync()  # what ``wrap`` returned
 
     def all_sum(self, *values: float) -> tuple:
         device = "cuda" if dist.get_backend() == "nccl" else "cpu"
@@ -226,8 +230,10 @@ class FullyShardedDataParallel(DataParallel):
             copy = GPT2(model.config, init_weights=False, source_dir=model.source_dir)
         for name, mod in lora_modules(model):  # same adapters, same places
             parent, _, attr = name.rpartition(".")
+            base = copy.get_submodule(name)
+            assert isinstance(base, nn.Linear), name  # the copy has no adapters yet
             with empty_init():
-                wrapper = LoRALinear(copy.get_submodule(name), mod.r, mod.scaling * mod.r)
+                wrapper = LoRALinear(base, mod.r, mod.scaling * mod.r)
             setattr(copy.get_submodule(parent), attr, wrapper)
         copy.load_state_dict({k.removeprefix("model."): v for k, v in sd.items()},
                              strict=True, assign=True)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, *,
-          val_docs: list[list[int]] | None = None, lora_cfg: LoRAConfig | None = None,
+          val_docs: list[list[int]] | Rows | None = None, lora_cfg: LoRAConfig | None = None,
           base_name: str = "", resume_state: dict | None = None,
           on_step: Callable[[int, float], None] | None = None,
           parallel: SingleProcess | None = None) -> TrainResult:
@@ -46,7 +46,8 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
         cfg: training settings.
         out_dir: where the result, checkpoints, ``metrics.jsonl``, ``loss_curve.png`` and
             (``cfg.report_to="tensorboard"``) ``tensorboard/`` go.
-        val_docs: token ids of validation documents (each ending with <|endoftext|>).
+        val_docs: token ids of validation documents (each ending with <|endoftext|>), or a
+            classifier's labelled validation rows.
         lora_cfg: the adapters' config (saved with them).
         base_name: the base model's name or path, recorded in the adapter config.
         resume_state: a checkpoint's train state (``load_checkpoint``), weights already loaded.

@@ -80,6 +80,7 @@ def save_weights(model: GPT2, out_dir: Path, method: str, lora_cfg: LoRAConfig |
                  base_name: str) -> None:
     """The user-facing result: a peft adapter (LoRA) or an HF-format model (full)."""
     if method == "lora":
+        assert lora_cfg is not None, "a LoRA run's adapter is saved with its LoRAConfig"
         save_adapter(model, out_dir, lora_cfg, base_name)
     else:
         save_model(model, out_dir)
