@@ -107,6 +107,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
 
 # ----------------------------------------------------------------------------- memory
 
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, in MiB."""
     import resource
@@ -154,8 +155,9 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = _libc()
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-                    and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 31))
+        return bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 31)
+        )
     except (OSError, AttributeError):
         return False
 
@@ -185,6 +187,7 @@ def restart_peak_memory() -> bool:
 
 
 # ----------------------------------------------------------------------------- cache
+
 
 def cache_dir() -> Path:
     """Where gpt2tune caches tokenized data and built models (``$GPT2TUNE_CACHE`` overrides)."""

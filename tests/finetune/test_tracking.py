@@ -90,7 +90,7 @@ def test_metrics_grad_norm_is_the_global_norm_before_clipping(tmp_path, method, 
 def test_no_clipping_leaves_the_step_untouched():
     """grad_clip=0 measures the norm but changes no gradient: the weights equal, bit for bit, those
     of the same step written out by hand without clipping."""
-    from gpt2tune.finetune.loop import make_optimizer
+    from gpt2tune.finetune.optim import make_optimizer
 
     ours, ref = _model(), _model()
     g = torch.Generator().manual_seed(2)

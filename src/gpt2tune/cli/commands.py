@@ -26,26 +26,50 @@ COMMANDS = [
     ("generate", "generate text, optionally primed with example text", None, generate_options),
     ("eval", "loss and perplexity over a text file", None, eval_options),
     ("info", "config, parameter count, dtype and size of a model or preset", None, info_options),
-    ("classify", "label texts with a classifier (a GPT2ForSequenceClassification model, or a "
-     "base plus a classification adapter)", None, classify_options),
-    ("train", "fine-tune with LoRA or fully (or train from scratch)",
-     "Fine-tune GPT-2 with LoRA or fully; every option can also be set in a --config FILE.toml "
-     "(keys are option names).", train_options),
+    (
+        "classify",
+        "label texts with a classifier (a GPT2ForSequenceClassification model, or a "
+        "base plus a classification adapter)",
+        None,
+        classify_options,
+    ),
+    (
+        "train",
+        "fine-tune with LoRA or fully (or train from scratch)",
+        "Fine-tune GPT-2 with LoRA or fully; every option can also be set in a --config FILE.toml "
+        "(keys are option names).",
+        train_options,
+    ),
     ("merge", "merge a LoRA adapter into its base, saved as an HF model", None, merge_options),
     ("data", "list and inspect the built-in datasets", None, data_options),
-    ("pretrain", "pretrain the demo's small base GPT-2 from scratch on builtin:wiki", None,
-     pretrain_options),
-    ("demo", "rerun the seed project's experiments and write a report",
-     "News style and a Shakespeare character's voice: base model, priming, LoRA and full "
-     "fine-tuning, a LoRA rank sweep; writes report.md and report.html to --out.", demo_options),
-    ("compare", "compare base, priming, LoRA and full fine-tuning on your own text",
-     "The demo's question asked of your text: held-out perplexity, samples, a style score, "
-     "cost; writes report.md, report.html and results.json to --out (--plan: print the runs "
-     "and exit).", compare_options),
-    ("serve", "serve the base, its adapters and variants over an OpenAI-compatible HTTP API",
-     "An OpenAI-compatible server (completions, chat, models) for the base model, any number of "
-     "LoRA adapters over one copy of its weights (--adapter NAME=DIR, chosen per request by "
-     "'model') and full fine-tuned variants (--variant NAME=DIR), with continuous batching and "
-     "a browser playground at /.", serve_options),
+    (
+        "pretrain",
+        "pretrain the demo's small base GPT-2 from scratch on builtin:wiki",
+        None,
+        pretrain_options,
+    ),
+    (
+        "demo",
+        "rerun the seed project's experiments and write a report",
+        "News style and a Shakespeare character's voice: base model, priming, LoRA and full "
+        "fine-tuning, a LoRA rank sweep; writes report.md and report.html to --out.",
+        demo_options,
+    ),
+    (
+        "compare",
+        "compare base, priming, LoRA and full fine-tuning on your own text",
+        "The demo's question asked of your text: held-out perplexity, samples, a style score, "
+        "cost; writes report.md, report.html and results.json to --out (--plan: print the runs "
+        "and exit).",
+        compare_options,
+    ),
+    (
+        "serve",
+        "serve the base, its adapters and variants over an OpenAI-compatible HTTP API",
+        "An OpenAI-compatible server (completions, chat, models) for the base model, any number of "
+        "LoRA adapters over one copy of its weights (--adapter NAME=DIR, chosen per request by "
+        "'model') and full fine-tuned variants (--variant NAME=DIR), with continuous batching and "
+        "a browser playground at /.",
+        serve_options,
+    ),
 ]
-

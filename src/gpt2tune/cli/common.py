@@ -12,10 +12,14 @@ from gpt2tune.runtime import resolve_device
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # runtime.PRECISIONS (a test checks)
 
-STUDY_CHOICES = {"precision": {"choices": ["auto", "fp32", "bf16"]},
-                 "report_to": {"choices": ["none", "tensorboard"]}}
-PROGRESS = {"default": None,  # None: decided at run time
-            "help": "Show progress on stderr (default: when stderr is a terminal)."}
+STUDY_CHOICES = {
+    "precision": {"choices": ["auto", "fp32", "bf16"]},
+    "report_to": {"choices": ["none", "tensorboard"]},
+}
+PROGRESS = {
+    "default": None,  # None: decided at run time
+    "help": "Show progress on stderr (default: when stderr is a terminal).",
+}
 
 
 # ----------------------------------------------------------------------------- process
@@ -58,8 +62,10 @@ class LoadOptions:
     """Matmul precision via autocast."""
 
 
-AUTO_PRECISION_HELP = ("Matmul precision via autocast; auto: bf16 where the CPU (AVX-512 BF16, "
-                       "AMX) or GPU runs it natively, else fp32 (default: auto)")
+AUTO_PRECISION_HELP = (
+    "Matmul precision via autocast; auto: bf16 where the CPU (AVX-512 BF16, "
+    "AMX) or GPU runs it natively, else fp32 (default: auto)"
+)
 
 
 def load_model(opts: LoadOptions):
@@ -69,5 +75,3 @@ def load_model(opts: LoadOptions):
     device = resolve_device(opts.device)
     model = load_model_with_adapter(opts.model, opts.adapter, device=device)
     return model, Tokenizer(model.source_dir), device
-
-

@@ -25,9 +25,10 @@ def build_parser() -> tuple[CommandParser, dict[str, CommandParser]]:
     parser = CommandParser(prog="gpt2tune", description=gpt2tune.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"gpt2tune {gpt2tune.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = {name: sub.add_parser(name, help=help, description=description or help,
-                                     build=options)
-                for name, help, description, options in COMMANDS}
+    commands = {
+        name: sub.add_parser(name, help=help, description=description or help, build=options)
+        for name, help, description, options in COMMANDS
+    }
     return parser, commands
 
 

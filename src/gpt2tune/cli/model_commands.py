@@ -44,14 +44,27 @@ def generate_options(p: argparse.ArgumentParser) -> None:
 
     # decoding defaults to bf16 where the machine runs it natively (auto): 2-3x the tokens/s
     # of fp32 measured on CPUs with AVX-512 BF16 or AMX (benchmarks/README.md); eval keeps fp32
-    add_dataclass_args(p, LoadOptions, "load",
-                       overrides={"precision": {"default": "auto", "help": AUTO_PRECISION_HELP}})
+    add_dataclass_args(
+        p,
+        LoadOptions,
+        "load",
+        overrides={"precision": {"default": "auto", "help": AUTO_PRECISION_HELP}},
+    )
     add_dataclass_args(p, GenerateOptions, "generate")
     # stop_at_eot has never been a flag: a sample always ends at <|endoftext|>
-    add_dataclass_args(p, SamplingConfig, "sampling", skip=("stop_at_eot",),
-                       overrides={"stop": {"action": Append, "nargs": None,
-                                           "help": "String that ends a sample; the text is cut "
-                                                   "before it (repeatable)."}})
+    add_dataclass_args(
+        p,
+        SamplingConfig,
+        "sampling",
+        skip=("stop_at_eot",),
+        overrides={
+            "stop": {
+                "action": Append,
+                "nargs": None,
+                "help": "String that ends a sample; the text is cut before it (repeatable).",
+            }
+        },
+    )
     p.set_defaults(func=cmd_generate)
 
 
@@ -79,8 +92,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # (a DoRA adapter, which cannot be mixed per row, runs as the model's own layers)
     dora = bool(load.adapter) and is_dora_adapter(load.adapter)
     adapters = {"adapter": load.adapter} if load.adapter and not dora else {}
-    model = (load_model_with_adapter(load.model, load.adapter, device=device) if dora
-             else load_model_with_adapters(load.model, adapters, device=device))
+    model = (
+        load_model_with_adapter(load.model, load.adapter, device=device)
+        if dora
+        else load_model_with_adapters(load.model, adapters, device=device)
+    )
     amp = autocast_dtype(load.precision, device)
     if amp is not None:
         cast_for_inference(model, amp)  # once, not at every step
@@ -95,10 +111,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
         def on_text(_row: int, text: str) -> None:
             print(text, end="", flush=True)
 
-    samples = generate(model, tok, opts.prompt or "", collect(args, "sampling", SamplingConfig),
-                       prime=prime, num_samples=opts.num_samples,
-                       adapter="adapter" if adapters else None, autocast_dtype=amp,
-                       on_text=on_text)
+    samples = generate(
+        model,
+        tok,
+        opts.prompt or "",
+        collect(args, "sampling", SamplingConfig),
+        prime=prime,
+        num_samples=opts.num_samples,
+        adapter="adapter" if adapters else None,
+        autocast_dtype=amp,
+        on_text=on_text,
+    )
     if stream:
         print()
         return 0
@@ -127,18 +150,28 @@ class EvalOptions:
 
 
 EVAL_DATA_HELP: dict[str, dict] = {
-    "data": {"required": True,
-             "help": "Text file (documents separated by blank lines), .jsonl/.json/.csv, a "
-                     "directory of .txt files, or builtin:NAME (its test split) (required)"},
-    "task": {"help": "lm: loss and perplexity; classify: accuracy, macro-F1, per-class "
-                     "precision and recall and the confusion matrix of a classifier on "
-                     "labelled data (default: lm)"}}
+    "data": {
+        "required": True,
+        "help": "Text file (documents separated by blank lines), .jsonl/.json/.csv, a "
+        "directory of .txt files, or builtin:NAME (its test split) (required)",
+    },
+    "task": {
+        "help": "lm: loss and perplexity; classify: accuracy, macro-F1, per-class "
+        "precision and recall and the confusion matrix of a classifier on "
+        "labelled data (default: lm)"
+    },
+}
 
 
 def eval_options(p: argparse.ArgumentParser) -> None:
     add_dataclass_args(p, LoadOptions, "load")
-    add_dataclass_args(p, DataOptions, "data", overrides=EVAL_DATA_HELP,
-                       skip=("val_data", "val_split", "block_size", "pack"))
+    add_dataclass_args(
+        p,
+        DataOptions,
+        "data",
+        overrides=EVAL_DATA_HELP,
+        skip=("val_data", "val_split", "block_size", "pack"),
+    )
     add_dataclass_args(p, EvalOptions, "eval")
     p.set_defaults(func=cmd_eval)
 
@@ -158,8 +191,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     n_ctx = model.config.n_positions
     if opts.stride is not None and not 0 < opts.stride <= n_ctx:
         raise UserError(f"--stride must be between 1 and the context ({n_ctx}), got {opts.stride}")
-    res = evaluate(model, docs, stride=opts.stride, batch_size=opts.batch_size,
-                   autocast_dtype=autocast_dtype(load.precision, device))
+    res = evaluate(
+        model,
+        docs,
+        stride=opts.stride,
+        batch_size=opts.batch_size,
+        autocast_dtype=autocast_dtype(load.precision, device),
+    )
     if opts.json:
         print(json.dumps(res.to_dict()))
     else:
@@ -178,14 +216,18 @@ def _eval_classifier(opts: EvalOptions, data_opts: DataOptions, load: LoadOption
     device = resolve_device(load.device)
     data_opts.check()
     assert data_opts.data is not None  # checked
-    data = read_labeled(data_opts.data, data_opts.text_field, data_opts.label_field,
-                        split="test")
+    data = read_labeled(data_opts.data, data_opts.text_field, data_opts.label_field, split="test")
     model = load_classifier_with_adapter(load.model, load.adapter, device=device)
     tok = Tokenizer(model.source_dir)
-    rows, cut = encode_labeled(data, tok, model.labels, model.config.n_positions,
-                               model.pad_token_id)
-    res = score(model, rows, batch_size=opts.batch_size,
-                autocast_dtype=autocast_dtype(load.precision, device))
+    rows, cut = encode_labeled(
+        data, tok, model.labels, model.config.n_positions, model.pad_token_id
+    )
+    res = score(
+        model,
+        rows,
+        batch_size=opts.batch_size,
+        autocast_dtype=autocast_dtype(load.precision, device),
+    )
     if opts.out:
         from gpt2tune.report.figures import confusion_matrix
 
@@ -196,8 +238,10 @@ def _eval_classifier(opts: EvalOptions, data_opts: DataOptions, load: LoadOption
         return 0
     print(f"texts: {res.texts}  accuracy: {res.accuracy:.4f}  macro-F1: {res.macro_f1:.4f}")
     for name, c in res.per_class.items():
-        print(f"  {name}: precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
-              f"f1 {c['f1']:.3f}  ({c['support']} texts)")
+        print(
+            f"  {name}: precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
+            f"f1 {c['f1']:.3f}  ({c['support']} texts)"
+        )
     if cut:
         print(f"({cut} texts were longer than the context: their beginnings were cut)")
     return 0
@@ -222,8 +266,9 @@ class ClassifyOptions:
 
 def classify_options(p: argparse.ArgumentParser) -> None:
     add_dataclass_args(p, LoadOptions, "load")
-    add_dataclass_args(p, ClassifyOptions, "classify",
-                       overrides={"text": {"action": Append, "nargs": None}})
+    add_dataclass_args(
+        p, ClassifyOptions, "classify", overrides={"text": {"action": Append, "nargs": None}}
+    )
     p.set_defaults(func=cmd_classify)
 
 
@@ -242,8 +287,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
     load = collect(args, "load", LoadOptions)
     device = resolve_device(load.device)
     model = load_classifier_with_adapter(load.model, load.adapter, device=device)
-    results = classify_texts(model, Tokenizer(model.source_dir), texts,
-                             autocast_dtype=autocast_dtype(load.precision, device))
+    results = classify_texts(
+        model,
+        Tokenizer(model.source_dir),
+        texts,
+        autocast_dtype=autocast_dtype(load.precision, device),
+    )
     for text, r in zip(texts, results):
         if opts.json:
             print(json.dumps({"text": text} | r))
@@ -275,7 +324,9 @@ class InfoOptions:
 def info_options(p: argparse.ArgumentParser) -> None:
     from gpt2tune.core.lora import TARGETS
 
-    add_dataclass_args(p, InfoOptions, "info", overrides={"lora_targets": {"choices": list(TARGETS)}})
+    add_dataclass_args(
+        p, InfoOptions, "info", overrides={"lora_targets": {"choices": list(TARGETS)}}
+    )
     p.set_defaults(func=cmd_info)
 
 
@@ -293,7 +344,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             config = GPT2Config.from_preset(opts.preset)
         except ValueError as e:
             raise UserError(str(e)) from None
-        info = {"preset": opts.preset, "config": config.to_dict(), "parameters": config.num_params()}
+        info = {
+            "preset": opts.preset,
+            "config": config.to_dict(),
+            "parameters": config.num_params(),
+        }
         if opts.lora_r:
             lora = LoRAConfig(r=opts.lora_r, targets=opts.lora_targets)
             trainable = lora_parameter_count(config, lora)
@@ -318,7 +373,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             print(f"{k}: {f'{v:,}' if isinstance(v, int) else v}")
     return 0
-
 
 
 @dataclass
@@ -355,14 +409,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def serve_options(p: argparse.ArgumentParser) -> None:
     from gpt2tune.serve.server import ServeConfig
 
     repeat = {"action": Append, "nargs": None}
-    add_dataclass_args(p, ServeConfig, "serve",
-                       overrides={"adapter": {**repeat, "metavar": "NAME=DIR"},
-                                  "variant": {**repeat, "metavar": "NAME=DIR"}})
+    add_dataclass_args(
+        p,
+        ServeConfig,
+        "serve",
+        overrides={
+            "adapter": {**repeat, "metavar": "NAME=DIR"},
+            "variant": {**repeat, "metavar": "NAME=DIR"},
+        },
+    )
     p.set_defaults(func=cmd_serve)
 
 

@@ -38,8 +38,12 @@ def field_docs(cls: type) -> dict[str, str]:
         assert isinstance(node, ast.ClassDef)  # a dataclass's source is its class statement
         body = node.body
         for stmt, nxt in zip(body, body[1:]):
-            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+            ):
                 docs[stmt.target.id] = " ".join(str(nxt.value.value).split())
     return docs
 
@@ -51,13 +55,20 @@ class Append(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         current = getattr(namespace, self.dest, None)
         fresh = current is None or current is self.default  # still the default or the config's
-        setattr(namespace, self.dest, ([] if fresh or current is None else list(current))
-                + [values])
+        setattr(
+            namespace, self.dest, ([] if fresh or current is None else list(current)) + [values]
+        )
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, group: str, prefix: str = "",
-                       skip: tuple[str, ...] = (), positional: tuple[str, ...] = (),
-                       overrides: dict[str, dict] | None = None) -> None:
+def add_dataclass_args(
+    parser: argparse.ArgumentParser,
+    cls,
+    group: str,
+    prefix: str = "",
+    skip: tuple[str, ...] = (),
+    positional: tuple[str, ...] = (),
+    overrides: dict[str, dict] | None = None,
+) -> None:
     """Add one option per field of dataclass ``cls`` to ``parser``.
 
     Args:
@@ -106,7 +117,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, group: str, prefix:
             if required:
                 kw["help"] += " (required)"
             elif default not in (None, [], ""):
-                shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+                shown = (
+                    " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+                )
                 kw["help"] += f" (default: {shown})"
         kw.update((overrides or {}).get(f.name, {}))
         if kw.get("choices") is not None:
@@ -166,7 +179,8 @@ def read_config_file(path: str) -> dict:
 
 def _type_name(tp) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _checked(action: argparse.Action, value, where: str):
@@ -178,8 +192,13 @@ def _checked(action: argparse.Action, value, where: str):
         raise UserError(f"{where} should be a list, got {value!r}")
     if counted and len(value) != action.nargs:
         raise UserError(f"{where} should be a list of {action.nargs} values, got {value!r}")
-    expected: type = (bool if isinstance(action, argparse.BooleanOptionalAction)
-                      else action.type if isinstance(action.type, type) else str)
+    expected: type = (
+        bool
+        if isinstance(action, argparse.BooleanOptionalAction)
+        else action.type
+        if isinstance(action.type, type)
+        else str
+    )
     checked = []
     for v in value if many else [value]:
         if expected is float and type(v) is int:
@@ -187,8 +206,9 @@ def _checked(action: argparse.Action, value, where: str):
         if not isinstance(v, expected) or (expected is not bool and isinstance(v, bool)):
             raise UserError(f"{where} should be {_type_name(expected)}, got {v!r}")
         if action.choices is not None and v not in action.choices:
-            raise UserError(f"{where} should be one of {', '.join(map(str, action.choices))}; "
-                            f"got {v!r}")
+            raise UserError(
+                f"{where} should be one of {', '.join(map(str, action.choices))}; got {v!r}"
+            )
         checked.append(v)
     return checked if many else checked[0]
 
@@ -199,15 +219,21 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
     The values are checked as the same options would be on the command line, and an option the
     file gives is no longer required there; options on the command line still win.
     """
-    by_flag = {opt.removeprefix("--"): a for a in parser._actions for opt in a.option_strings
-               if opt.startswith("--") and not opt.startswith("--no-")}
+    by_flag = {
+        opt.removeprefix("--"): a
+        for a in parser._actions
+        for opt in a.option_strings
+        if opt.startswith("--") and not opt.startswith("--no-")
+    }
     defaults = {}
     for key, value in read_config_file(path).items():
         name = key.replace("_", "-")
         action = by_flag.get(name)
         if action is None or name in ("config", "help"):
-            raise UserError(f"--config {path}: unknown option {key!r}; use the names of "
-                            f"`{parser.prog} --help` without the dashes")
+            raise UserError(
+                f"--config {path}: unknown option {key!r}; use the names of "
+                f"`{parser.prog} --help` without the dashes"
+            )
         defaults[action.dest] = _checked(action, value, f"--config {path}: {key}")
         action.required = False
     parser.set_defaults(**defaults)
@@ -240,8 +266,9 @@ class CommandParser(argparse.ArgumentParser):
     - A usage error raises ``UserError`` (one line from ``main``) instead of printing the usage.
     """
 
-    def __init__(self, *args, build: Callable[[argparse.ArgumentParser], None] | None = None,
-                 **kwargs) -> None:
+    def __init__(
+        self, *args, build: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._build = build
         self.field_flags: dict[str, str] = {}
@@ -255,9 +282,12 @@ class CommandParser(argparse.ArgumentParser):
             build(self)
             if self._subparsers is not None:
                 return  # --config belongs to the commands below (data list, data show)
-            self.add_argument("--config", metavar="FILE.toml",
-                              help="TOML file of options (keys are option names; [lora] r = 4 "
-                                   "means lora-r = 4); command-line options win")
+            self.add_argument(
+                "--config",
+                metavar="FILE.toml",
+                help="TOML file of options (keys are option names; [lora] r = 4 "
+                "means lora-r = 4); command-line options win",
+            )
 
     def parse_known_args(self, args=None, namespace=None):
         self.ensure_built()

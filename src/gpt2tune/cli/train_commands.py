@@ -33,23 +33,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gpt2tune.finetune.recipe import ModelOptions, RunOptions, fine_tune
 
     log_to_stderr()
-    opts = RunOptions(out=args.run__out, resume=args.run__resume, overwrite=args.run__overwrite,
-                      model=collect(args, "model", ModelOptions), data=collect(args, "data", DataOptions),
-                      lora=collect(args, "lora", LoRAConfig), train=collect(args, "train", TrainConfig))
+    opts = RunOptions(
+        out=args.run__out,
+        resume=args.run__resume,
+        overwrite=args.run__overwrite,
+        model=collect(args, "model", ModelOptions),
+        data=collect(args, "data", DataOptions),
+        lora=collect(args, "lora", LoRAConfig),
+        train=collect(args, "train", TrainConfig),
+    )
     opts.train.progress = show_progress(opts.train.progress)
     res = fine_tune(opts)
     if res.interrupted:
-        print(f"interrupted at step {res.steps}; checkpoint saved: continue with the same command "
-              "plus --resume", file=sys.stderr)
+        print(
+            f"interrupted at step {res.steps}; checkpoint saved: continue with the same command "
+            "plus --resume",
+            file=sys.stderr,
+        )
         return 130
     what = "adapter" if opts.train.method == "lora" else "model"
     val = f", val loss {res.val_loss:.4f}" if res.val_loss is not None else ""
     seen = "texts" if opts.data.task == "classify" else "tokens"  # a text has one target
     loss = f"final loss {res.final_loss:.4f}" if res.final_loss is not None else "no loss"
-    print(f"done: {res.steps} steps, {res.tokens_seen:,} {seen} in {res.wall_s:.1f}s, "
-          f"{loss}{val}; {what} saved to {opts.out}")
+    print(
+        f"done: {res.steps} steps, {res.tokens_seen:,} {seen} in {res.wall_s:.1f}s, "
+        f"{loss}{val}; {what} saved to {opts.out}"
+    )
     return 0
-
 
 
 # ----------------------------------------------------------------------------- data
@@ -68,8 +78,11 @@ class DataShowOptions:
 def data_options(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     sub.add_parser("list", help="the builtin: names", build=data_list_options)
-    sub.add_parser("show", help="documents, tokens and a sample of one built-in dataset",
-                   build=data_show_options)
+    sub.add_parser(
+        "show",
+        help="documents, tokens and a sample of one built-in dataset",
+        build=data_show_options,
+    )
 
 
 def data_list_options(p: argparse.ArgumentParser) -> None:
@@ -133,11 +146,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     log_to_stderr()
     opts = collect(args, "run", PretrainOptions)
-    info = pretrain(opts.out, collect(args, "pretrain", PretrainConfig), overwrite=opts.overwrite,
-                    progress=show_progress(opts.progress))
-    print(f"done: {info.parameters:,} parameters, {info.steps} steps, {info.tokens_seen:,} tokens "
-          f"in {info.train_wall_s:.1f}s; held-out wiki loss {info.val_loss:.4f}; model saved to "
-          f"{opts.out}")
+    info = pretrain(
+        opts.out,
+        collect(args, "pretrain", PretrainConfig),
+        overwrite=opts.overwrite,
+        progress=show_progress(opts.progress),
+    )
+    print(
+        f"done: {info.parameters:,} parameters, {info.steps} steps, {info.tokens_seen:,} tokens "
+        f"in {info.train_wall_s:.1f}s; held-out wiki loss {info.val_loss:.4f}; model saved to "
+        f"{opts.out}"
+    )
     return 0
-
-

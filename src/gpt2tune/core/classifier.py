@@ -28,14 +28,21 @@ class GPT2Classifier(GPT2):
     the same body can still generate.
     """
 
-    def __init__(self, config: GPT2Config, labels: list[str], *, init_weights: bool = True,
-                 source_dir: Path | None = None, pad_token_id: int = PAD_TOKEN_ID) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        labels: list[str],
+        *,
+        init_weights: bool = True,
+        source_dir: Path | None = None,
+        pad_token_id: int = PAD_TOKEN_ID,
+    ) -> None:
         """Args:
-            config: the architecture.
-            labels: the class names, by id; one name means regression.
-            init_weights: draw GPT-2's random initialisation (the head too).
-            source_dir: where the weights came from (see ``GPT2``).
-            pad_token_id: the token that marks padding.
+        config: the architecture.
+        labels: the class names, by id; one name means regression.
+        init_weights: draw GPT-2's random initialisation (the head too).
+        source_dir: where the weights came from (see ``GPT2``).
+        pad_token_id: the token that marks padding.
         """
         super().__init__(config, init_weights=init_weights, source_dir=source_dir)
         if not labels:
@@ -60,8 +67,13 @@ class GPT2Classifier(GPT2):
         index = torch.arange(input_ids.size(1), device=input_ids.device, dtype=torch.int32)
         return (index * real).argmax(-1)
 
-    def classify(self, input_ids: Tensor, *, attention_mask: Tensor | None = None,
-                 position_ids: Tensor | None = None) -> Tensor:
+    def classify(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
         """(B, num_labels) logits (for regression: the predicted values).
 
         Args:
@@ -69,22 +81,28 @@ class GPT2Classifier(GPT2):
             attention_mask: (B, T) 1 for real tokens; left padding also needs it for positions.
             position_ids: (B, T) explicit positions (as for ``GPT2.hidden_states``).
         """
-        h = self.hidden_states(input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids)
+        h = self.hidden_states(input_ids, attention_mask=attention_mask, position_ids=position_ids)
         rows = torch.arange(h.size(0), device=h.device)
         pooled = h[rows, self.last_real_token(input_ids)]  # (B, n_embd)
         return self.score(pooled)
 
-    def classification_loss(self, input_ids: Tensor, labels: Tensor, *,
-                            attention_mask: Tensor | None = None) -> Tensor:
+    def classification_loss(
+        self, input_ids: Tensor, labels: Tensor, *, attention_mask: Tensor | None = None
+    ) -> Tensor:
         """Mean cross-entropy against class ids, or mean squared error for regression."""
         logits = self.classify(input_ids, attention_mask=attention_mask)
         if self.regression:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
         return F.cross_entropy(logits.float(), labels)
 
-    def loss(self, input_ids: Tensor, targets: Tensor, *, attention_mask: Tensor | None = None,
-             chunk_size: int = 0) -> Tensor:
+    def loss(
+        self,
+        input_ids: Tensor,
+        targets: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        chunk_size: int = 0,
+    ) -> Tensor:
         """The trainer's loss for this model: ``classification_loss`` (``targets``: one label per
         row). Rows padded on the right need no attention mask: causal attention keeps every real
         token from seeing the padding after it."""
@@ -98,8 +116,9 @@ class GPT2Classifier(GPT2):
         clf.transformer = model.transformer
         clf.lm_head = model.lm_head
         weight = model.lm_head.weight
-        clf.score = nn.Linear(model.config.n_embd, len(labels), bias=False,
-                              device=weight.device, dtype=weight.dtype)
+        clf.score = nn.Linear(
+            model.config.n_embd, len(labels), bias=False, device=weight.device, dtype=weight.dtype
+        )
         nn.init.normal_(clf.score.weight, mean=0.0, std=0.02)
         clf.train(model.training)
         return clf

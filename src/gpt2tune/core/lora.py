@@ -77,8 +77,9 @@ class LoRAConfig:
             raise UserError(f"no LoRA `targets` given; choose from: {', '.join(TARGETS)}")
         for t in self.targets:
             if t not in TARGETS:
-                raise UserError(f"unknown LoRA target {t!r} in `targets`; choose from: "
-                                f"{', '.join(TARGETS)}")
+                raise UserError(
+                    f"unknown LoRA target {t!r} in `targets`; choose from: {', '.join(TARGETS)}"
+                )
 
     @property
     def scaling(self) -> float:
@@ -105,14 +106,19 @@ class LoRAConfig:
             return list(range(n_layer))
         bad = [i for i in self.layers if not 0 <= i < n_layer]
         if bad:
-            raise UserError(f"`layers`: LoRA layer {bad[0]} does not exist; this model has "
-                            f"blocks 0..{n_layer - 1}")
+            raise UserError(
+                f"`layers`: LoRA layer {bad[0]} does not exist; this model has "
+                f"blocks 0..{n_layer - 1}"
+            )
         return sorted(set(self.layers))
 
     def module_names(self, n_layer: int) -> list[str]:
         """Full module paths (``transformer.h.N.attn.c_attn``, ...) that get an adapter."""
-        return [f"transformer.h.{i}.{name}" for i in self.layer_indices(n_layer)
-                for name in self.block_linears()]
+        return [
+            f"transformer.h.{i}.{name}"
+            for i in self.layer_indices(n_layer)
+            for name in self.block_linears()
+        ]
 
 
 class LoRALinear(nn.Module):
@@ -121,8 +127,15 @@ class LoRALinear(nn.Module):
     The base layer is kept as ``self.base`` (frozen) so that ``merge_and_unload`` can hand it back.
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
-                 use_rslora: bool = False, use_dora: bool = False) -> None:
+    def __init__(
+        self,
+        base: nn.Linear,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+    ) -> None:
         super().__init__()
         self.base = base
         for p in base.parameters():
@@ -140,7 +153,9 @@ class LoRALinear(nn.Module):
         # DoRA: the magnitude of each output feature's weight row (peft's name, and its layout)
         self.lora_magnitude_vector = (
             nn.Parameter(torch.empty(base.out_features, device=device, dtype=dtype))
-            if use_dora else None)
+            if use_dora
+            else None
+        )
         self._merged_norm: Tensor | None = None
         self.reset_lora_parameters()
 
@@ -235,6 +250,7 @@ class LoRALinear(nn.Module):
 
 # ------------------------------------------------------------------------ putting LoRA in place
 
+
 def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     """``(module path, layer)`` for every ``LoRALinear`` in ``model``, in module order."""
     for name, module in model.named_modules():
@@ -278,8 +294,11 @@ def apply_lora(model: _GPT2, cfg: LoRAConfig) -> _GPT2:
         base = model.get_submodule(name)
         if not isinstance(base, nn.Linear):  # pragma: no cover - GPT2 always has nn.Linear here
             raise TypeError(f"{name} is a {type(base).__name__}, expected nn.Linear")
-        _set_submodule(model, name, LoRALinear(base, cfg.r, cfg.alpha, cfg.dropout, cfg.use_rslora,
-                                               cfg.use_dora))
+        _set_submodule(
+            model,
+            name,
+            LoRALinear(base, cfg.r, cfg.alpha, cfg.dropout, cfg.use_rslora, cfg.use_dora),
+        )
     return model
 
 
@@ -343,9 +362,12 @@ def store_frozen_linears(model: nn.Module, dtype: torch.dtype) -> list[nn.Linear
     head = getattr(model, "lm_head", None)
     changed = []
     for module in model.modules():
-        if (isinstance(module, nn.Linear) and module is not head
-                and module.weight.dtype != dtype
-                and not any(p.requires_grad for p in module.parameters())):
+        if (
+            isinstance(module, nn.Linear)
+            and module is not head
+            and module.weight.dtype != dtype
+            and not any(p.requires_grad for p in module.parameters())
+        ):
             module.to(dtype)
             changed.append(module)
     return changed
@@ -359,6 +381,7 @@ def restore_frozen_linears(modules: list[nn.Linear], dtype: torch.dtype = torch.
 
 # ----------------------------------------------------------------------------- parameter counts
 
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts; the tied LM head is counted once, like peft."""
     params = list(model.parameters())  # parameters() yields a shared tensor only once
@@ -368,20 +391,29 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def lora_parameter_count(config: GPT2Config, cfg: LoRAConfig) -> int:
     """Number of adapter parameters ``apply_lora`` would add, without building the model."""
     d, h = config.n_embd, config.mlp_hidden
-    shapes = {"attn.c_attn": (d, 3 * d), "attn.c_proj": (d, d), "mlp.c_fc": (d, h),
-              "mlp.c_proj": (h, d)}  # (in, out)
-    per_block = sum(cfg.r * sum(shapes[name]) + (shapes[name][1] if cfg.use_dora else 0)
-                    for name in cfg.block_linears())
+    shapes = {
+        "attn.c_attn": (d, 3 * d),
+        "attn.c_proj": (d, d),
+        "mlp.c_fc": (d, h),
+        "mlp.c_proj": (h, d),
+    }  # (in, out)
+    per_block = sum(
+        cfg.r * sum(shapes[name]) + (shapes[name][1] if cfg.use_dora else 0)
+        for name in cfg.block_linears()
+    )
     return per_block * len(cfg.layer_indices(config.n_layer))
 
 
 def format_parameter_report(trainable: int, total: int) -> str:
     """The line peft's ``print_trainable_parameters`` prints, so numbers compare at a glance."""
-    return (f"trainable params: {trainable:,d} || all params: {total:,d} || "
-            f"trainable%: {100 * trainable / total:.4f}")
+    return (
+        f"trainable params: {trainable:,d} || all params: {total:,d} || "
+        f"trainable%: {100 * trainable / total:.4f}"
+    )
 
 
 # ----------------------------------------------------------------------------- adapter weights
+
 
 def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """Adapter weights by module path: ``{"transformer.h.0.attn.c_attn.lora_A.weight": A, ...}``.
@@ -397,8 +429,9 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return sd
 
 
-def check_adapter_tensors(expected: dict[str, tuple[int, ...]], sd: dict[str, Tensor],
-                          where: str = "adapter") -> None:
+def check_adapter_tensors(
+    expected: dict[str, tuple[int, ...]], sd: dict[str, Tensor], where: str = "adapter"
+) -> None:
     """Raise ``UserError`` unless ``sd`` has exactly the keys of ``expected``, with those shapes.
 
     Args:
@@ -409,31 +442,44 @@ def check_adapter_tensors(expected: dict[str, tuple[int, ...]], sd: dict[str, Te
     missing = sorted(expected.keys() - sd.keys())
     unexpected = sorted(sd.keys() - expected.keys())
     if missing:
-        raise UserError(f"{where} has no weight for {missing[0]} ({len(missing)} missing); it was "
-                        "trained with other LoRA targets or layers — use the matching adapter")
+        raise UserError(
+            f"{where} has no weight for {missing[0]} ({len(missing)} missing); it was "
+            "trained with other LoRA targets or layers — use the matching adapter"
+        )
     if unexpected:
-        raise UserError(f"{where} has a weight for {unexpected[0]}, which this model has no "
-                        f"adapter for ({len(unexpected)} unexpected); it belongs to another "
-                        "model or LoRA config")
+        raise UserError(
+            f"{where} has a weight for {unexpected[0]}, which this model has no "
+            f"adapter for ({len(unexpected)} unexpected); it belongs to another "
+            "model or LoRA config"
+        )
     for key, shape in expected.items():
         if tuple(sd[key].shape) != tuple(shape):
-            raise UserError(f"{where}: {key} has shape {tuple(sd[key].shape)}, this model needs "
-                            f"{tuple(shape)}; the adapter was trained for a different base model "
-                            "or rank")
+            raise UserError(
+                f"{where}: {key} has shape {tuple(sd[key].shape)}, this model needs "
+                f"{tuple(shape)}; the adapter was trained for a different base model "
+                "or rank"
+            )
 
 
 @torch.no_grad()
-def load_adapter_state_dict(model: nn.Module, sd: dict[str, Tensor],
-                            where: str = "adapter") -> None:
+def load_adapter_state_dict(
+    model: nn.Module, sd: dict[str, Tensor], where: str = "adapter"
+) -> None:
     """Copy adapter weights (keys as ``adapter_state_dict`` makes them) into ``model``.
 
     Raises:
         UserError: the key set or a shape differs from the model's adapters.
     """
-    params = {f"{name}.lora_{ab}.weight": getattr(module, f"lora_{ab}").weight
-              for name, module in lora_modules(model) for ab in ("A", "B")}
-    params |= {f"{name}.lora_magnitude_vector": module.lora_magnitude_vector
-               for name, module in lora_modules(model) if module.lora_magnitude_vector is not None}
+    params = {
+        f"{name}.lora_{ab}.weight": getattr(module, f"lora_{ab}").weight
+        for name, module in lora_modules(model)
+        for ab in ("A", "B")
+    }
+    params |= {
+        f"{name}.lora_magnitude_vector": module.lora_magnitude_vector
+        for name, module in lora_modules(model)
+        if module.lora_magnitude_vector is not None
+    }
     check_adapter_tensors({k: tuple(p.shape) for k, p in params.items()}, sd, where)
     for key, p in params.items():
         p.copy_(sd[key].to(device=p.device, dtype=p.dtype))

@@ -68,10 +68,14 @@ class GPT2Config:
         d, h, L = self.n_embd, self.mlp_hidden, self.n_layer
         per_block = (
             2 * 2 * d  # ln_1, ln_2
-            + d * 3 * d + 3 * d  # c_attn
-            + d * d + d  # attn.c_proj
-            + d * h + h  # c_fc
-            + h * d + d  # mlp.c_proj
+            + d * 3 * d
+            + 3 * d  # c_attn
+            + d * d
+            + d  # attn.c_proj
+            + d * h
+            + h  # c_fc
+            + h * d
+            + d  # mlp.c_proj
         )
         return self.vocab_size * d + self.n_positions * d + L * per_block + 2 * d
 
@@ -98,8 +102,14 @@ class KVCache:
     (continuous batching); ``rows(start, stop)`` is a view of some slots sharing the storage.
     """
 
-    def __init__(self, config: GPT2Config, batch_size: int, max_len: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         hs = config.n_embd // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
@@ -266,25 +276,28 @@ class GPT2(nn.Module):
     computes the next-token cross-entropy without materialising every logit at once.
     """
 
-    def __init__(self, config: GPT2Config, *, init_weights: bool = True,
-                 source_dir: Path | None = None) -> None:
+    def __init__(
+        self, config: GPT2Config, *, init_weights: bool = True, source_dir: Path | None = None
+    ) -> None:
         """Args:
-            config: the architecture.
-            init_weights: draw GPT-2's random initialisation; pass False when the weights are
-                about to be loaded (e.g. on the meta device, where initialising is wasted work).
-            source_dir: the directory the weights were loaded from (its tokenizer files go with
-                the model); ``None`` for a model built in memory (the bundled GPT-2 vocabulary).
+        config: the architecture.
+        init_weights: draw GPT-2's random initialisation; pass False when the weights are
+            about to be loaded (e.g. on the meta device, where initialising is wasted work).
+        source_dir: the directory the weights were loaded from (its tokenizer files go with
+            the model); ``None`` for a model built in memory (the bundled GPT-2 vocabulary).
         """
         super().__init__()
         self.config = config
         self.source_dir = source_dir
-        self.transformer = Transformer(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.n_positions, config.n_embd),
-            drop=Dropout(config.embd_pdrop),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
-        ))
+        self.transformer = Transformer(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.n_positions, config.n_embd),
+                drop=Dropout(config.embd_pdrop),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+            )
+        )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the output projection is the token embedding matrix (saves 38M params
         # in the 124M model, and is how GPT-2 was trained).
@@ -312,8 +325,14 @@ class GPT2(nn.Module):
         """Number of parameters, the tied head counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def hidden_states(self, input_ids: Tensor, *, attention_mask: Tensor | None = None,
-                      position_ids: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
         """Final-LayerNorm hidden states (B, T, n_embd).
 
         Args:
@@ -343,8 +362,10 @@ class GPT2(nn.Module):
                 else:
                     position_ids = torch.arange(past, S, device=device).unsqueeze(0)
         if last > self.config.n_positions:
-            raise ValueError(f"sequence of {last} positions exceeds the "
-                             f"model's context of {self.config.n_positions}")
+            raise ValueError(
+                f"sequence of {last} positions exceeds the "
+                f"model's context of {self.config.n_positions}"
+            )
         if attention_mask is not None:
             # Boolean (B, 1, T, S) mask: causal, and no attending to padding. Each query may always
             # see itself, so a padding row is never fully masked (which would give NaN).
@@ -363,15 +384,27 @@ class GPT2(nn.Module):
             cache.advance(T)
         return self.transformer.ln_f(x)
 
-    def forward(self, input_ids: Tensor, *, attention_mask: Tensor | None = None,
-                position_ids: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
         """Logits (B, T, vocab_size). Arguments as for ``hidden_states``."""
-        h = self.hidden_states(input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids, cache=cache)
+        h = self.hidden_states(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache
+        )
         return self.lm_head(h)
 
-    def next_token_logits(self, input_ids: Tensor, *, attention_mask: Tensor | None = None,
-                          cache: KVCache | None = None) -> Tensor:
+    def next_token_logits(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
         """Logits (B, vocab_size) of the last position only, for decoding. Arguments as for
         ``hidden_states``."""
         h = self.hidden_states(input_ids, attention_mask=attention_mask, cache=cache)[:, -1]
@@ -380,8 +413,14 @@ class GPT2(nn.Module):
         # (batch 8: 37 vs 53 ms for GPT-2's head on 2 CPU cores).
         return (w @ h.t().to(w.dtype)).t()
 
-    def loss(self, input_ids: Tensor, targets: Tensor, *, attention_mask: Tensor | None = None,
-             chunk_size: int = 0) -> Tensor:
+    def loss(
+        self,
+        input_ids: Tensor,
+        targets: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        chunk_size: int = 0,
+    ) -> Tensor:
         """Mean next-token cross-entropy over targets that are not -100.
 
         Args:

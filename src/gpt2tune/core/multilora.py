@@ -61,12 +61,15 @@ class AdapterBank:
             if name is not None:
                 order.setdefault(self.index(name), []).append(row)
         everyone = len(adapters)
-        self.groups = [(a, None if len(rows) == everyone
-                        else torch.tensor(rows, device=device)) for a, rows in order.items()]
+        self.groups = [
+            (a, None if len(rows) == everyone else torch.tensor(rows, device=device))
+            for a, rows in order.items()
+        ]
         if order and not (len(self.groups) == 1 and self.groups[0][1] is None):
             base = len(self.names)
-            self.slots = torch.tensor([base if n is None else self.index(n) for n in adapters],
-                                      device=device)
+            self.slots = torch.tensor(
+                [base if n is None else self.index(n) for n in adapters], device=device
+            )
         try:
             yield
         finally:
@@ -98,8 +101,8 @@ class MultiLoRALinear(nn.Module):
             B_all = torch.zeros(n + 1, self.base.out_features, r, device=device, dtype=dtype)
             scaling = torch.zeros(n + 1, device=device, dtype=dtype)
             for i, (A, B, s) in self.updates.items():
-                A_all[i, :A.size(0)] = A
-                B_all[i, :, :B.size(1)] = B
+                A_all[i, : A.size(0)] = A
+                B_all[i, :, : B.size(1)] = B
                 scaling[i] = s
             self._stacked = (n, A_all, B_all, scaling)
         return self._stacked[1:]
@@ -112,8 +115,9 @@ class MultiLoRALinear(nn.Module):
             A_all, B_all, scaling = self.stacked()
             xs = x.to(A_all.dtype)
             xs3 = xs if xs.dim() == 3 else xs.unsqueeze(1)  # (B, T, in)
-            delta = torch.bmm(torch.bmm(xs3, A_all[slots].transpose(1, 2)),
-                              B_all[slots].transpose(1, 2))  # (B, T, out)
+            delta = torch.bmm(
+                torch.bmm(xs3, A_all[slots].transpose(1, 2)), B_all[slots].transpose(1, 2)
+            )  # (B, T, out)
             delta = delta * scaling[slots].view(-1, 1, 1)
             return out + delta.view(out.shape).to(out.dtype)
         for index, rows in self.bank.groups:
@@ -139,8 +143,9 @@ def adapter_bank(model: nn.Module) -> AdapterBank | None:
 
 
 @torch.no_grad()
-def install_adapters(model: GPT2,
-                     adapters: dict[str, tuple[LoRAConfig, dict[str, Tensor]]]) -> AdapterBank:
+def install_adapters(
+    model: GPT2, adapters: dict[str, tuple[LoRAConfig, dict[str, Tensor]]]
+) -> AdapterBank:
     """Put several LoRA adapters into ``model`` side by side, unmerged, in place.
 
     Args:
@@ -153,15 +158,19 @@ def install_adapters(model: GPT2,
         The bank: ``with bank.select(names_per_row, device): model(...)``.
     """
     if next(lora_modules(model), None) is not None:
-        raise UserError("model already has a LoRA adapter applied; load the base model alone "
-                        "to serve several adapters")
+        raise UserError(
+            "model already has a LoRA adapter applied; load the base model alone "
+            "to serve several adapters"
+        )
     bank = AdapterBank()
     n_layer = len(model.transformer.h)
     for index, (name, (cfg, sd)) in enumerate(adapters.items()):
         if cfg.use_dora:
-            raise UserError(f"adapter {name!r} is a DoRA adapter, which cannot be mixed per row "
-                            "yet; merge it (gpt2tune merge) and serve or generate with the "
-                            "merged model")
+            raise UserError(
+                f"adapter {name!r} is a DoRA adapter, which cannot be mixed per row "
+                "yet; merge it (gpt2tune merge) and serve or generate with the "
+                "merged model"
+            )
         bank.names.append(name)
         for path in cfg.module_names(n_layer):
             module = model.get_submodule(path)

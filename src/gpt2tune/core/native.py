@@ -63,19 +63,28 @@ def load() -> bool:
         directory = build_dir()
         directory.mkdir(parents=True, exist_ok=True)
         if not (directory / "gpt2tune_fused.so").exists():
-            log.info("building gpt2tune's CPU kernels for this machine (once, about 10 s) in %s",
-                     directory)
+            log.info(
+                "building gpt2tune's CPU kernels for this machine (once, about 10 s) in %s",
+                directory,
+            )
         with _build_lock(directory):
             # -fopenmp for at::parallel_for's pragmas only: the OpenMP runtime is torch's own,
             # already loaded (linking the system libgomp as well would start a second one)
-            cpp_extension.load(name="gpt2tune_fused", sources=[str(SOURCE)],
-                               extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                               build_directory=str(directory), is_python_module=False,
-                               verbose=False)
+            cpp_extension.load(
+                name="gpt2tune_fused",
+                sources=[str(SOURCE)],
+                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                build_directory=str(directory),
+                is_python_module=False,
+                verbose=False,
+            )
     except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch paths still work
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        log.warning("gpt2tune's CPU kernels could not be built (%s); using the slower PyTorch "
-                    "paths (set GPT2TUNE_NATIVE=0 to skip the attempt)", first)
+        log.warning(
+            "gpt2tune's CPU kernels could not be built (%s); using the slower PyTorch "
+            "paths (set GPT2TUNE_NATIVE=0 to skip the attempt)",
+            first,
+        )
         return False
     _register_fakes()
     return True
@@ -120,11 +129,13 @@ def _register_fakes() -> None:
 
     contiguous = torch.contiguous_format
     fakes: dict[str, Callable[..., object]] = {
-        "attn_softmax_dropout": attn, "attn_softmax_dropout_backward": attn_backward,
+        "attn_softmax_dropout": attn,
+        "attn_softmax_dropout_backward": attn_backward,
         "dropout_philox": lambda x, p, seed: torch.empty_like(x, memory_format=contiguous),
         "cross_entropy_grad_": cross_entropy,
         "gelu_tanh": lambda x: torch.empty_like(x, memory_format=contiguous),
-        "gelu_tanh_backward": lambda grad, x: torch.empty_like(x, memory_format=contiguous)}
+        "gelu_tanh_backward": lambda grad, x: torch.empty_like(x, memory_format=contiguous),
+    }
     for name, fn in fakes.items():
         torch.library.register_fake(lib + name, fn)
 

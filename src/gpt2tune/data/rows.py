@@ -24,6 +24,7 @@ IGNORE = -100
 
 # ----------------------------------------------------------------------------- tokenizing
 
+
 def tokenize_documents(docs: list[str], tokenizer, use_cache: bool = True) -> list[np.ndarray]:
     """Token ids of each document followed by ``<|endoftext|>``, cached on disk by content and
     tokenizer so a second run starts at once."""
@@ -41,12 +42,16 @@ def tokenize_documents(docs: list[str], tokenizer, use_cache: bool = True) -> li
     ids = [np.array(t + [tokenizer.eot_id], dtype=np.int64) for t in tokenizer.encode_batch(docs)]
     if use_cache:
         with atomic_file(path) as tmp:
-            np.savez(tmp, tokens=np.concatenate(ids).astype(np.uint32),
-                     lengths=np.array([len(x) for x in ids]))
+            np.savez(
+                tmp,
+                tokens=np.concatenate(ids).astype(np.uint32),
+                lengths=np.array([len(x) for x in ids]),
+            )
     return ids
 
 
 # ----------------------------------------------------------------------------- rows
+
 
 def pack_rows(docs: list[np.ndarray], block_size: int, pad_id: int) -> tuple[Tensor, Tensor]:
     """Concatenate documents into one stream and cut it into rows of ``block_size`` predictions.
@@ -60,9 +65,9 @@ def pack_rows(docs: list[np.ndarray], block_size: int, pad_id: int) -> tuple[Ten
     inputs = np.full((n_rows, block_size), pad_id, dtype=np.int64)
     targets = np.full((n_rows, block_size), IGNORE, dtype=np.int64)
     for r in range(n_rows):
-        chunk = stream[r * block_size: r * block_size + block_size + 1]
-        inputs[r, :len(chunk) - 1] = chunk[:-1]
-        targets[r, :len(chunk) - 1] = chunk[1:]
+        chunk = stream[r * block_size : r * block_size + block_size + 1]
+        inputs[r, : len(chunk) - 1] = chunk[:-1]
+        targets[r, : len(chunk) - 1] = chunk[1:]
     return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
@@ -72,13 +77,13 @@ def document_rows(docs: list[np.ndarray], block_size: int, pad_id: int) -> tuple
     rows_in, rows_tgt = [], []
     for doc in docs:
         for start in range(0, max(1, len(doc) - 1), block_size):
-            chunk = doc[start:start + block_size + 1]
+            chunk = doc[start : start + block_size + 1]
             if len(chunk) < 2:
                 continue
             inp = np.full(block_size, pad_id, dtype=np.int64)
             tgt = np.full(block_size, IGNORE, dtype=np.int64)
-            inp[:len(chunk) - 1] = chunk[:-1]
-            tgt[:len(chunk) - 1] = chunk[1:]
+            inp[: len(chunk) - 1] = chunk[:-1]
+            tgt[: len(chunk) - 1] = chunk[1:]
             rows_in.append(inp)
             rows_tgt.append(tgt)
     if not rows_in:
@@ -114,8 +119,9 @@ def epoch_order(n_rows: int, epoch: int, seed: int) -> list[int]:
     return torch.randperm(n_rows, generator=g).tolist()
 
 
-def batch_indices(n_rows: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
-                  world_size: int = 1) -> list[list[int]]:
+def batch_indices(
+    n_rows: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
     """Row indices of each batch of ``epoch`` for this rank.
 
     The epoch's permutation is cut into global batches of ``batch_size * world_size`` rows; rank r
@@ -126,7 +132,7 @@ def batch_indices(n_rows: int, batch_size: int, epoch: int, seed: int, rank: int
     g = batch_size * world_size
     batches = []
     for start in range(0, n_rows, g):
-        chunk = order[start:start + g]
+        chunk = order[start : start + g]
         mine = chunk[rank::world_size]
         batches.append(mine)
     return batches

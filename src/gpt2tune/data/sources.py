@@ -16,6 +16,7 @@ DOC_SEPS = ("blank", "line")
 
 # ----------------------------------------------------------------------------- reading text
 
+
 def read_text(path: Path) -> str:
     """The UTF-8 text of a file (a BOM is dropped).
 
@@ -29,9 +30,10 @@ def read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise UserError(f"{path} is not UTF-8 text (bad byte at line {line}); convert it with "
-                        "iconv -t utf-8") from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path} is not UTF-8 text (bad byte at line {line}); convert it with iconv -t utf-8"
+        ) from None
 
 
 def split_documents(text: str, doc_sep: str = "blank") -> list[str]:
@@ -48,8 +50,9 @@ def _field(record: object, field: str, where: str) -> str:
         raise UserError(f"{where}: expected a JSON object with a {field!r} field")
     if field not in record:
         has = ", ".join(map(str, record)) or "none"
-        raise UserError(f"{where}: no {field!r} field (it has: {has}); choose one with "
-                        "`text_field`")
+        raise UserError(
+            f"{where}: no {field!r} field (it has: {has}); choose one with `text_field`"
+        )
     value = record[field]
     if not isinstance(value, str):
         raise UserError(f"{where}: field {field!r} is not a string")
@@ -73,8 +76,9 @@ def read_records(path: Path) -> list[tuple[int, object]]:
         try:
             records.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove "
-                            "it") from None
+            raise UserError(
+                f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove it"
+            ) from None
     return records
 
 
@@ -91,20 +95,25 @@ def _read_json(path: Path, field: str) -> list[str]:
         data = [data]
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a list of objects with a {field!r} field")
-    return [item if isinstance(item, str) else _field(item, field, f"{path}: item {i}")
-            for i, item in enumerate(data)]
+    return [
+        item if isinstance(item, str) else _field(item, field, f"{path}: item {i}")
+        for i, item in enumerate(data)
+    ]
 
 
 def _read_csv(path: Path, field: str) -> list[str]:
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     if reader.fieldnames is None or field not in reader.fieldnames:
-        raise UserError(f"{path}: no {field!r} column (columns: "
-                        f"{', '.join(reader.fieldnames or [])}); choose one with `text_field`")
+        raise UserError(
+            f"{path}: no {field!r} column (columns: "
+            f"{', '.join(reader.fieldnames or [])}); choose one with `text_field`"
+        )
     return [row[field] or "" for row in reader]
 
 
-def read_documents(spec: str | Path, doc_sep: str = "blank", text_field: str = "text",
-                   split: str = "train") -> list[str]:
+def read_documents(
+    spec: str | Path, doc_sep: str = "blank", text_field: str = "text", split: str = "train"
+) -> list[str]:
     """Documents named by ``spec``: a built-in dataset, a file, or a directory of ``.txt`` files.
 
     Args:
@@ -124,13 +133,16 @@ def read_documents(spec: str | Path, doc_sep: str = "blank", text_field: str = "
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise UserError(f"data {path} does not exist; check the path (or use a builtin: name, "
-                            "see `gpt2tune data list`)")
+            raise UserError(
+                f"data {path} does not exist; check the path (or use a builtin: name, "
+                "see `gpt2tune data list`)"
+            )
         if path.is_dir():
             files = sorted(path.glob("*.txt"))
             if not files:
-                raise UserError(f"directory {path} has no .txt files; put one document per .txt "
-                                "file")
+                raise UserError(
+                    f"directory {path} has no .txt files; put one document per .txt file"
+                )
             docs = [read_text(f).strip() for f in files]
         elif path.suffix == ".jsonl":
             docs = _read_jsonl(path, text_field)

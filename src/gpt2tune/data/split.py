@@ -21,9 +21,11 @@ def seeded_split(docs: Sequence[T], n_held_out: int, seed: int) -> tuple[list[T]
     """
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
-    held = set(order[len(docs) - n_held_out:]) if n_held_out > 0 else set()
-    return ([d for i, d in enumerate(docs) if i not in held],
-            [d for i, d in enumerate(docs) if i in held])
+    held = set(order[len(docs) - n_held_out :]) if n_held_out > 0 else set()
+    return (
+        [d for i, d in enumerate(docs) if i not in held],
+        [d for i, d in enumerate(docs) if i in held],
+    )
 
 
 def split_train_val(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:

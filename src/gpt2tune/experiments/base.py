@@ -32,9 +32,21 @@ from gpt2tune.formats.hf import describe_model, load_model
 from gpt2tune.inference.evaluate import evaluate
 from gpt2tune.runtime import autocast_dtype, cache_dir, resolve_device
 
-__all__ = ["AUTO", "EMBEDDED", "GPT2_HUB_IDS", "BaseInfo", "PretrainConfig", "cache_name",
-           "ensure_base", "external_base", "find_cached_gpt2", "hub_cache_dir", "pretrain",
-           "resolve_base", "unigram_loss"]
+__all__ = [
+    "AUTO",
+    "EMBEDDED",
+    "GPT2_HUB_IDS",
+    "BaseInfo",
+    "PretrainConfig",
+    "cache_name",
+    "ensure_base",
+    "external_base",
+    "find_cached_gpt2",
+    "hub_cache_dir",
+    "pretrain",
+    "resolve_base",
+    "unigram_loss",
+]
 
 log = logging.getLogger("gpt2tune")
 
@@ -95,12 +107,15 @@ class BaseInfo:
 def cache_name(cfg: PretrainConfig) -> str:
     """Directory name of the base ``cfg`` builds in the cache: every setting that changes the
     weights, and the recipe's version."""
-    return (f"wiki-{cfg.preset}-{cfg.max_steps}x{cfg.batch_size}x{cfg.block_size}"
-            f"-lr{cfg.lr:g}-{cfg.precision}-seed{cfg.seed}-v{RECIPE_VERSION}")
+    return (
+        f"wiki-{cfg.preset}-{cfg.max_steps}x{cfg.batch_size}x{cfg.block_size}"
+        f"-lr{cfg.lr:g}-{cfg.precision}-seed{cfg.seed}-v{RECIPE_VERSION}"
+    )
 
 
-def pretrain(out: str | Path, cfg: PretrainConfig, *, overwrite: bool = False,
-             progress: bool = False) -> BaseInfo:
+def pretrain(
+    out: str | Path, cfg: PretrainConfig, *, overwrite: bool = False, progress: bool = False
+) -> BaseInfo:
     """Pretrain a GPT-2 from scratch on ``builtin:wiki`` with the ordinary trainer.
 
     This is ``gpt2tune train --init scratch --method full --data builtin:wiki`` (which guards
@@ -120,29 +135,45 @@ def pretrain(out: str | Path, cfg: PretrainConfig, *, overwrite: bool = False,
         KeyboardInterrupt: the training run was interrupted.
     """
     t0 = time.perf_counter()
-    res = fine_tune(_pretrain_options(out, cfg, overwrite, progress),
-                    command="gpt2tune pretrain", resumable=False)
+    res = fine_tune(
+        _pretrain_options(out, cfg, overwrite, progress),
+        command="gpt2tune pretrain",
+        resumable=False,
+    )
     if res.interrupted:
         raise KeyboardInterrupt
     device = resolve_device(cfg.device)
     model = load_model(out, device=device)
     tok = Tokenizer(model.source_dir)
-    val_docs = [ids.tolist()[:VAL_TOKENS_PER_DOC] for ids in
-                tokenize_documents(read_documents("builtin:wiki", split="test"), tok)]
+    val_docs = [
+        ids.tolist()[:VAL_TOKENS_PER_DOC]
+        for ids in tokenize_documents(read_documents("builtin:wiki", split="test"), tok)
+    ]
     val = evaluate(model, val_docs, autocast_dtype=autocast_dtype(cfg.precision, device))
     train_ids = tokenize_documents(read_documents("builtin:wiki", split="train"), tok)
-    info = BaseInfo(path=str(Path(out).resolve()), embedded=True, parameters=model.num_params(),
-                    config=model.config.to_dict(), pretrain=asdict(cfg),
-                    tokens_seen=res.tokens_seen, steps=res.steps, train_wall_s=res.wall_s,
-                    final_train_loss=res.final_loss, val_loss=val.loss, val_tokens=val.tokens,
-                    unigram_val_loss=unigram_loss(train_ids, val_docs, model.config.vocab_size),
-                    built_now=True, build_s=round(time.perf_counter() - t0, 1))
+    info = BaseInfo(
+        path=str(Path(out).resolve()),
+        embedded=True,
+        parameters=model.num_params(),
+        config=model.config.to_dict(),
+        pretrain=asdict(cfg),
+        tokens_seen=res.tokens_seen,
+        steps=res.steps,
+        train_wall_s=res.wall_s,
+        final_train_loss=res.final_loss,
+        val_loss=val.loss,
+        val_tokens=val.tokens,
+        unigram_val_loss=unigram_loss(train_ids, val_docs, model.config.vocab_size),
+        built_now=True,
+        build_s=round(time.perf_counter() - t0, 1),
+    )
     _write_info(Path(out), info)
     return info
 
 
-def unigram_loss(train_docs: list, val_docs: list[list[int]], vocab_size: int,
-                 k: float = 0.1) -> float:
+def unigram_loss(
+    train_docs: list, val_docs: list[list[int]], vocab_size: int, k: float = 0.1
+) -> float:
     """Loss of the unigram model of ``train_docs`` on the tokens ``evaluate`` scores in
     ``val_docs``: what knowing only which tokens are common is worth, a yardstick for a weak
     language model.
@@ -156,22 +187,33 @@ def unigram_loss(train_docs: list, val_docs: list[list[int]], vocab_size: int,
     Returns:
         Mean loss in nats per scored token.
     """
-    counts = np.bincount(np.concatenate([np.asarray(d) for d in train_docs]),
-                         minlength=vocab_size).astype(np.float64)
+    counts = np.bincount(
+        np.concatenate([np.asarray(d) for d in train_docs]), minlength=vocab_size
+    ).astype(np.float64)
     logp = np.log((counts + k) / (counts.sum() + k * vocab_size))
     scored = np.concatenate([np.asarray(d[1:], dtype=np.int64) for d in val_docs])
     return float(-logp[scored].mean())
 
 
-def _pretrain_options(out: str | Path, cfg: PretrainConfig, overwrite: bool,
-                      progress: bool) -> RunOptions:
+def _pretrain_options(
+    out: str | Path, cfg: PretrainConfig, overwrite: bool, progress: bool
+) -> RunOptions:
     return RunOptions(
-        out=str(out), overwrite=overwrite,
+        out=str(out),
+        overwrite=overwrite,
         model=ModelOptions(init="scratch", preset=cfg.preset, device=cfg.device),
         data=DataOptions(data="builtin:wiki", block_size=cfg.block_size),
-        train=TrainConfig(method="full", max_steps=cfg.max_steps, batch_size=cfg.batch_size,
-                          lr=cfg.lr, precision=cfg.precision, seed=cfg.seed, log_every=5,
-                          progress=progress))
+        train=TrainConfig(
+            method="full",
+            max_steps=cfg.max_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            precision=cfg.precision,
+            seed=cfg.seed,
+            log_every=5,
+            progress=progress,
+        ),
+    )
 
 
 def _write_info(out: Path, info: BaseInfo) -> None:
@@ -257,8 +299,10 @@ def find_cached_gpt2() -> str | None:
         config = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache)
         if not isinstance(config, str):  # None, or the cached fact that it does not exist
             continue
-        if any(isinstance(try_to_load_from_cache(repo_id, w, cache_dir=cache), str)
-               for w in GPT2_WEIGHTS):
+        if any(
+            isinstance(try_to_load_from_cache(repo_id, w, cache_dir=cache), str)
+            for w in GPT2_WEIGHTS
+        ):
             return str(Path(config).parent)
     return None
 
@@ -284,8 +328,10 @@ def resolve_base(name: str, pretrain: PretrainConfig, *, progress: bool = False)
             info.reason = f"GPT-2 found in the local Hugging Face cache ({found})"
             return info
         info = ensure_base(pretrain, progress=progress)
-        info.reason = (f"no GPT-2 in the local Hugging Face cache ({hub_cache_dir()}), so the "
-                       "embedded default base")
+        info.reason = (
+            f"no GPT-2 in the local Hugging Face cache ({hub_cache_dir()}), so the "
+            "embedded default base"
+        )
         return info
     if name == EMBEDDED:
         info = ensure_base(pretrain, progress=progress)

@@ -85,9 +85,15 @@ def eval_command(model: str, adapter: str | Path | None, data: str, precision: s
     return " ".join(parts)
 
 
-def generate_command(model: str, adapter: str | Path | None, prompt: str,
-                     prime_file: str | Path | None, cfg: SamplingConfig, num_samples: int,
-                     precision: str) -> str:
+def generate_command(
+    model: str,
+    adapter: str | Path | None,
+    prompt: str,
+    prime_file: str | Path | None,
+    cfg: SamplingConfig,
+    num_samples: int,
+    precision: str,
+) -> str:
     """The ``gpt2tune generate`` command line that draws the same samples.
 
     Args:
@@ -102,9 +108,14 @@ def generate_command(model: str, adapter: str | Path | None, prompt: str,
     parts = ["gpt2tune generate", *_model_flags(model, adapter)]
     if prime_file is not None:
         parts.append(f"--prime-file {shlex.quote(str(prime_file))}")
-    parts += [f"--prompt {shlex.quote(prompt)}", f"--max-new-tokens {cfg.max_new_tokens}",
-              f"--temperature {cfg.temperature!r}", f"--top-k {cfg.top_k}",
-              f"--num-samples {num_samples}", f"--seed {cfg.seed}"]
+    parts += [
+        f"--prompt {shlex.quote(prompt)}",
+        f"--max-new-tokens {cfg.max_new_tokens}",
+        f"--temperature {cfg.temperature!r}",
+        f"--top-k {cfg.top_k}",
+        f"--num-samples {num_samples}",
+        f"--seed {cfg.seed}",
+    ]
     if precision != "fp32":
         parts.append(f"--precision {precision}")
     return " ".join(parts)
@@ -117,5 +128,6 @@ def pretrain_command(cfg: PretrainConfig, out: str = "runs/demo-base") -> str:
         cfg: the recipe; its device is left out (``auto`` picks one where the command runs).
         out: the directory the command writes to.
     """
-    return " ".join(["gpt2tune pretrain", f"--out {shlex.quote(out)}",
-                     *_flags(replace(cfg, device="auto"))])
+    return " ".join(
+        ["gpt2tune pretrain", f"--out {shlex.quote(out)}", *_flags(replace(cfg, device="auto"))]
+    )

@@ -97,8 +97,9 @@ def _prompts(opts: CompareOptions, heldout: list[str]) -> tuple[str, ...]:
     return tuple(" ".join(d.split()[:PROMPT_WORDS]) for d in heldout[:3])
 
 
-def plan_compare(opts: CompareOptions, *, time_steps: bool | None = None,
-                 out: Path | None = None) -> tuple[ComparePlan, Setup]:
+def plan_compare(
+    opts: CompareOptions, *, time_steps: bool | None = None, out: Path | None = None
+) -> tuple[ComparePlan, Setup]:
     """Work out every run of ``opts`` without training.
 
     Args:
@@ -116,9 +117,16 @@ def plan_compare(opts: CompareOptions, *, time_steps: bool | None = None,
     recipe = replace(FULL_PLAN.base_recipe(_precision(opts)), device=opts.device, seed=opts.seed)
     base = resolve_base(opts.base, recipe, progress=opts.progress)
     hp = hyperparams_for(base)
-    setup = Setup.load(out or Path(opts.out), base, device=opts.device, precision=opts.precision,
-                       seed=opts.seed, progress=opts.progress, report_to=opts.report_to,
-                       command="compare")
+    setup = Setup.load(
+        out or Path(opts.out),
+        base,
+        device=opts.device,
+        precision=opts.precision,
+        seed=opts.seed,
+        progress=opts.progress,
+        report_to=opts.report_to,
+        command="compare",
+    )
     probe = compare_experiment(opts, hp, prompts=("",))  # checks the methods before any data
     texts = read_texts(probe.data, opts.seed)
     spec = replace(probe, prompts=_prompts(opts, texts.heldout))
@@ -133,14 +141,28 @@ def plan_compare(opts: CompareOptions, *, time_steps: bool | None = None,
     for m in (m for m in spec.methods if m.train):
         ropts = run_options(spec, m, setup.out / spec.name / m.out_name, setup)
         ropts = replace(ropts, data=replace(ropts.data, block_size=data.block_size))
-        runs.append(PlannedRun(
-            name=m.name, label=m.label, command=train_command(ropts), steps=steps[m.name],
-            tokens=steps[m.name] * spec.batch_size * data.block_size,
-            est_seconds=(steps[m.name] * step_seconds[m.train] if m.train in step_seconds
-                         else None)))
-    return ComparePlan(base=base, hyperparams=hp, spec=spec, runs=runs, step_seconds=step_seconds,
-                       budget_note=note, train_docs=len(texts.train),
-                       heldout_docs=len(texts.heldout)), setup
+        runs.append(
+            PlannedRun(
+                name=m.name,
+                label=m.label,
+                command=train_command(ropts),
+                steps=steps[m.name],
+                tokens=steps[m.name] * spec.batch_size * data.block_size,
+                est_seconds=(
+                    steps[m.name] * step_seconds[m.train] if m.train in step_seconds else None
+                ),
+            )
+        )
+    return ComparePlan(
+        base=base,
+        hyperparams=hp,
+        spec=spec,
+        runs=runs,
+        step_seconds=step_seconds,
+        budget_note=note,
+        train_docs=len(texts.train),
+        heldout_docs=len(texts.heldout),
+    ), setup
 
 
 def _precision(opts: CompareOptions) -> str:
@@ -152,12 +174,14 @@ def _precision(opts: CompareOptions) -> str:
 
 def format_plan(plan: ComparePlan) -> str:
     """The plan as the ``--plan`` printout."""
-    lines = [f"base: {plan.base.path} ({plan.base.parameters:,} parameters) — {plan.base.reason}",
-             f"hyperparameters: {plan.hyperparams.recipe}: LoRA lr {plan.hyperparams.lr_lora:g}, "
-             f"alpha = {plan.hyperparams.alpha_per_rank:g} r; full lr "
-             f"{plan.hyperparams.lr_full:g}. {plan.hyperparams.why}",
-             f"data: {plan.train_docs} training documents, {plan.heldout_docs} held out",
-             "methods: " + ", ".join(m.name for m in plan.spec.methods)]
+    lines = [
+        f"base: {plan.base.path} ({plan.base.parameters:,} parameters) — {plan.base.reason}",
+        f"hyperparameters: {plan.hyperparams.recipe}: LoRA lr {plan.hyperparams.lr_lora:g}, "
+        f"alpha = {plan.hyperparams.alpha_per_rank:g} r; full lr "
+        f"{plan.hyperparams.lr_full:g}. {plan.hyperparams.why}",
+        f"data: {plan.train_docs} training documents, {plan.heldout_docs} held out",
+        "methods: " + ", ".join(m.name for m in plan.spec.methods),
+    ]
     if plan.budget_note:
         lines.append(plan.budget_note)
     total = 0.0
@@ -166,8 +190,10 @@ def format_plan(plan: ComparePlan) -> str:
         total += r.est_seconds or 0.0
         lines += [f"\n{r.name}: {r.steps} steps, {r.tokens:,} tokens, {est}", f"  {r.command}"]
     if plan.step_seconds:
-        lines.append(f"\ntraining in all: ~{total / 60:.1f} minutes on this machine "
-                     "(evaluation and samples come on top)")
+        lines.append(
+            f"\ntraining in all: ~{total / 60:.1f} minutes on this machine "
+            "(evaluation and samples come on top)"
+        )
     return "\n".join(lines)
 
 
@@ -181,17 +207,34 @@ def run_compare(opts: CompareOptions) -> CompareResult:
 
     def results(planned: Planned, done: list[ExperimentResult], facts: Facts) -> CompareResults:
         (result,) = done
-        return CompareResults(options=opts, base=planned.setup.base,
-                              hyperparams=planned.hyperparams, experiment=result,
-                              budget_note=planned.budget_note, device=facts.device,
-                              machine=facts.machine, finished=facts.finished,
-                              timings=dict(result.timings))
+        return CompareResults(
+            options=opts,
+            base=planned.setup.base,
+            hyperparams=planned.hyperparams,
+            experiment=result,
+            budget_note=planned.budget_note,
+            device=facts.device,
+            machine=facts.machine,
+            finished=facts.finished,
+            timings=dict(result.timings),
+        )
 
     where = dict(command="compare", marker=COMPARE_MARKER, what="comparison")
     with study_dir(opts, **where) as place:
         # bad options, data or methods fail here, before anything is written
         plan, setup = plan_compare(opts, out=place.out)
-        planned = Planned(setup=setup, experiments=[plan.spec], hyperparams=plan.hyperparams,
-                          budget_note=plan.budget_note)
-        return run_study(opts, place, planned, **where, results=results,
-                         document=build_compare_report, as_json=compare_results_json)
+        planned = Planned(
+            setup=setup,
+            experiments=[plan.spec],
+            hyperparams=plan.hyperparams,
+            budget_note=plan.budget_note,
+        )
+        return run_study(
+            opts,
+            place,
+            planned,
+            **where,
+            results=results,
+            document=build_compare_report,
+            as_json=compare_results_json,
+        )

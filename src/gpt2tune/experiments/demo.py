@@ -64,22 +64,43 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
         commands = []
         if base.embedded:
             assert base.pretrain is not None  # the embedded base records its recipe
-            commands.append(("the embedded base model",
-                             pretrain_command(PretrainConfig(**base.pretrain))))
-        timings = {**planned.timings, **news.timings, **character.timings,
-                   "total before the report": facts.seconds}
-        return DemoResults(options=opts, plan=sizes, base=base, hyperparams=planned.hyperparams,
-                           news=news, character=character, timings=timings,
-                           commands=commands + news.commands + character.commands,
-                           device=facts.device, machine=facts.machine,
-                           load_at_start=facts.load_at_start, budget_note=planned.budget_note,
-                           finished=facts.finished)
+            commands.append(
+                ("the embedded base model", pretrain_command(PretrainConfig(**base.pretrain)))
+            )
+        timings = {
+            **planned.timings,
+            **news.timings,
+            **character.timings,
+            "total before the report": facts.seconds,
+        }
+        return DemoResults(
+            options=opts,
+            plan=sizes,
+            base=base,
+            hyperparams=planned.hyperparams,
+            news=news,
+            character=character,
+            timings=timings,
+            commands=commands + news.commands + character.commands,
+            device=facts.device,
+            machine=facts.machine,
+            load_at_start=facts.load_at_start,
+            budget_note=planned.budget_note,
+            finished=facts.finished,
+        )
 
     where = dict(command="demo", marker=DEMO_MARKER, what="demo")
     with study_dir(opts, **where) as place:
         planned = plan_demo(opts, sizes, place.out)
-        return run_study(opts, place, planned, **where, results=results, document=build_report,
-                         as_json=results_json)
+        return run_study(
+            opts,
+            place,
+            planned,
+            **where,
+            results=results,
+            document=build_report,
+            as_json=results_json,
+        )
 
 
 def plan_demo(opts: DemoOptions, sizes: DemoPlan, out: Path) -> Planned:
@@ -88,17 +109,36 @@ def plan_demo(opts: DemoOptions, sizes: DemoPlan, out: Path) -> Planned:
     with stage("base model"):
         cfg = replace(sizes.base_recipe(opts.precision), device=opts.device, seed=opts.seed)
         base = resolve_base(opts.base, cfg, progress=opts.progress)
-        setup = Setup.load(out, base, device=opts.device, precision=opts.precision,
-                           seed=opts.seed, progress=opts.progress, report_to=opts.report_to)
+        setup = Setup.load(
+            out,
+            base,
+            device=opts.device,
+            precision=opts.precision,
+            seed=opts.seed,
+            progress=opts.progress,
+            report_to=opts.report_to,
+        )
     hp = hyperparams_for(base)
     news, character = demo_experiments(sizes, opts.character, hp)
     note = ""
     if opts.max_minutes is not None:
         with stage("time budget"):
-            runs = [(spec, load_data(spec.data, setup.tokenizer,
-                                     setup.model.config.n_positions, opts.seed).rows)
-                    for spec in (news, character)]
-            (news, character), note = fit_to_budget(runs, time_steps_per_kind(runs, setup),
-                                                    opts.max_minutes)
-    return Planned(setup=setup, experiments=[news, character], hyperparams=hp,
-                   budget_note=note, timings=stage.timings)
+            runs = [
+                (
+                    spec,
+                    load_data(
+                        spec.data, setup.tokenizer, setup.model.config.n_positions, opts.seed
+                    ).rows,
+                )
+                for spec in (news, character)
+            ]
+            (news, character), note = fit_to_budget(
+                runs, time_steps_per_kind(runs, setup), opts.max_minutes
+            )
+    return Planned(
+        setup=setup,
+        experiments=[news, character],
+        hyperparams=hp,
+        budget_note=note,
+        timings=stage.timings,
+    )

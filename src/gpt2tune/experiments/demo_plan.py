@@ -75,7 +75,6 @@ class DemoPlan:
     top_k: int = 40
     """Sample among this many most likely tokens."""
 
-
     def base_recipe(self, precision: str) -> PretrainConfig:
         """The embedded base's recipe for the demo's precision (``fp32`` or ``bf16``)."""
         if precision == "bf16":
@@ -87,16 +86,24 @@ class DemoPlan:
 # with AMX, fused kernels; held-out wiki loss, wall time of `gpt2tune pretrain`): fp32 360 x 4
 # 7.65 in 143 s, 620 x 8 7.01 in 309 s; bf16 360 x 4 7.66 in 86 s, 620 x 8 7.02 in 178 s. More
 # steps overfit the wiki sample's 0.53M tokens.
-FULL_PLAN = DemoPlan(pretrain=PretrainConfig(),
-                     pretrain_bf16=PretrainConfig(max_steps=620, batch_size=8, precision="bf16"))
+FULL_PLAN = DemoPlan(
+    pretrain=PretrainConfig(),
+    pretrain_bf16=PretrainConfig(max_steps=620, batch_size=8, precision="bf16"),
+)
 QUICK_PLAN = DemoPlan(
     pretrain=PretrainConfig(preset="gpt2-nano", max_steps=60, batch_size=2, lr=1e-2),
-    news_epochs=None, news_max_steps=20, news_eval_every=10,
-    char_epochs=None, char_max_steps=6, char_eval_every=3,
-    ranks=(1, 4, 16), char_prompts=CHARACTER_PROMPTS[:3], samples_per_prompt=3,
-    news_samples=2, max_new_tokens=40)
-
-
+    news_epochs=None,
+    news_max_steps=20,
+    news_eval_every=10,
+    char_epochs=None,
+    char_max_steps=6,
+    char_eval_every=3,
+    ranks=(1, 4, 16),
+    char_prompts=CHARACTER_PROMPTS[:3],
+    samples_per_prompt=3,
+    news_samples=2,
+    max_new_tokens=40,
+)
 
 
 def _builtin(name: str) -> DataOptions:
@@ -104,8 +111,9 @@ def _builtin(name: str) -> DataOptions:
     return DataOptions(data=name, val_data=name)
 
 
-def demo_experiments(plan: DemoPlan, character: str,
-                     hp: Hyperparams) -> tuple[Experiment, Experiment]:
+def demo_experiments(
+    plan: DemoPlan, character: str, hp: Hyperparams
+) -> tuple[Experiment, Experiment]:
     """The demo's two experiments for ``plan``.
 
     Args:
@@ -118,32 +126,61 @@ def demo_experiments(plan: DemoPlan, character: str,
     """
     base = Method("base", "base model", "base model")
     full = Method("full", "full fine-tuning", "full", train="full", lr=hp.lr_full)
-    experiment = partial(Experiment, batch_size=plan.batch_size,
-                         max_new_tokens=plan.max_new_tokens, temperature=plan.temperature,
-                         top_k=plan.top_k)
+    experiment = partial(
+        Experiment,
+        batch_size=plan.batch_size,
+        max_new_tokens=plan.max_new_tokens,
+        temperature=plan.temperature,
+        top_k=plan.top_k,
+    )
     news = experiment(
-        "news", _builtin("builtin:news"),
+        "news",
+        _builtin("builtin:news"),
         (base, lora_method(hp, plan.news_rank, name="lora"), full),
-        epochs=plan.news_epochs, max_steps=plan.news_max_steps, eval_every=plan.news_eval_every,
-        prompts=(NEWS_PROMPT,), samples_per_prompt=plan.news_samples)
+        epochs=plan.news_epochs,
+        max_steps=plan.news_max_steps,
+        eval_every=plan.news_eval_every,
+        prompts=(NEWS_PROMPT,),
+        samples_per_prompt=plan.news_samples,
+    )
 
     # Experiment 2's LoRA run is also the sweep's point at its rank, so it runs once, first.
     lora = lora_method(hp, plan.char_rank, name="lora", directory=f"lora-r{plan.char_rank}")
-    sweep = [lora_method(hp, r, sample=False)
-             for r in dict.fromkeys(plan.ranks) if r != plan.char_rank]
-    wide = lora_method(hp, plan.wide_rank, plan.wide_targets, sample=False,
-                 name=f"lora-r{plan.wide_rank}-{'-'.join(plan.wide_targets)}")
+    sweep = [
+        lora_method(hp, r, sample=False) for r in dict.fromkeys(plan.ranks) if r != plan.char_rank
+    ]
+    wide = lora_method(
+        hp,
+        plan.wide_rank,
+        plan.wide_targets,
+        sample=False,
+        name=f"lora-r{plan.wide_rank}-{'-'.join(plan.wide_targets)}",
+    )
     dora = dora_of(lora, f"dora-r{lora.rank}", sample=False)
     loraplus = loraplus_of(lora, plan.loraplus_ratio, f"loraplus-r{lora.rank}", sample=False)
-    methods = (base, Method("priming", "priming only", "priming", prime=True), lora, *sweep, wide,
-               dora, loraplus, full,
-               Method("lora+priming", f"{lora.label} + priming", "LoRA + priming", uses="lora",
-                      prime=True))
+    methods = (
+        base,
+        Method("priming", "priming only", "priming", prime=True),
+        lora,
+        *sweep,
+        wide,
+        dora,
+        loraplus,
+        full,
+        Method(
+            "lora+priming", f"{lora.label} + priming", "LoRA + priming", uses="lora", prime=True
+        ),
+    )
     char = experiment(
-        "character", _builtin(f"builtin:shakespeare:{character}"), methods,
-        epochs=plan.char_epochs, max_steps=plan.char_max_steps, eval_every=plan.char_eval_every,
-        prompts=plan.char_prompts, samples_per_prompt=plan.samples_per_prompt,
-        prime_speeches=plan.prime_speeches, style_of=character.upper())
+        "character",
+        _builtin(f"builtin:shakespeare:{character}"),
+        methods,
+        epochs=plan.char_epochs,
+        max_steps=plan.char_max_steps,
+        eval_every=plan.char_eval_every,
+        prompts=plan.char_prompts,
+        samples_per_prompt=plan.samples_per_prompt,
+        prime_speeches=plan.prime_speeches,
+        style_of=character.upper(),
+    )
     return news, char
-
-

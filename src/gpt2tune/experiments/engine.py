@@ -72,8 +72,9 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
     Returns:
         Every measurement, with the commands that redo them.
     """
-    stage = Stages(prefix="" if spec.name == setup.command else f"{spec.name}: ",
-                   command=setup.command)
+    stage = Stages(
+        prefix="" if spec.name == setup.command else f"{spec.name}: ", command=setup.command
+    )
     texts = read_texts(spec.data, setup.seed)  # the held-out split every training run makes
     docs = [d.tolist() for d in tokenize_documents(texts.heldout, setup.tokenizer)]
     results: dict[str, MethodResult] = {}
@@ -86,16 +87,18 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
     if any(m.prime for m in spec.methods):
         text = pick_prime(texts.train, setup.tokenizer, spec.prime_speeches, setup.seed)
         prime_ids = setup.tokenizer.encode(text)
-        prime = Prime(text=text, file=str(setup.out / spec.name / PRIME_FILE),
-                      tokens=len(prime_ids))
+        prime = Prime(
+            text=text, file=str(setup.out / spec.name / PRIME_FILE), tokens=len(prime_ids)
+        )
         write_text(prime.file, text)
 
     on_base = [m for m in spec.methods if not m.train and not m.uses]
     with stage(" and ".join(m.short for m in on_base)):
         for m in on_base:
             heldout = score(setup.model, docs, prime_ids if m.prime else None, setup.amp)
-            results[m.name] = _untrained(m, m.kind or ("priming" if m.prime else "base"),
-                                         heldout, setup)
+            results[m.name] = _untrained(
+                m, m.kind or ("priming" if m.prime else "base"), heldout, setup
+            )
 
     trained = [m for m in spec.methods if m.train]
     for m in trained:
@@ -107,8 +110,10 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
     done = [m.short for m in derived] + ["samples"] + (["style scores"] if classifier else [])
     with stage(", ".join(done)):
         # each model once, however many methods use it
-        models = {name: _load(results[name].method, results[name].out, setup)
-                  for name in dict.fromkeys(m.uses or m.name for m in (*derived, *sampled))}
+        models = {
+            name: _load(results[name].method, results[name].out, setup)
+            for name in dict.fromkeys(m.uses or m.name for m in (*derived, *sampled))
+        }
         for m in derived:
             assert m.uses is not None  # (derived methods name one)
             used = results[m.uses]
@@ -117,9 +122,14 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
             results[m.name] = _untrained(m, kind, heldout, setup, used)
         for m in sampled:
             r = results[m.name]
-            r.samples = draw_samples(spec, models[m.uses or m.name], setup.tokenizer,
-                                     prime.text if m.prime and prime else None, setup.seed,
-                                     setup.amp)
+            r.samples = draw_samples(
+                spec,
+                models[m.uses or m.name],
+                setup.tokenizer,
+                prime.text if m.prime and prime else None,
+                setup.seed,
+                setup.amp,
+            )
             if classifier:
                 r.style_share = classifier.share_in_character(r.samples)
                 probs = classifier.probabilities(r.samples)
@@ -128,16 +138,25 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
     style = None
     if classifier:
         assert classifier.heldout is not None  # measured as it was trained
-        style = StyleCheck(character=classifier.character, heldout=classifier.heldout,
-                           train_sizes=classifier.train_sizes,
-                           max_chars=classifier.config.max_chars,
-                           min_chars=classifier.config.min_chars,
-                           top_features=classifier.top_features)
+        style = StyleCheck(
+            character=classifier.character,
+            heldout=classifier.heldout,
+            train_sizes=classifier.train_sizes,
+            max_chars=classifier.config.max_chars,
+            min_chars=classifier.config.min_chars,
+            top_features=classifier.top_features,
+        )
     commands = [(f"{spec.name}: {m.label}", results[m.name].command or "") for m in trained]
-    return ExperimentResult(spec=spec, train_docs=len(texts.train), test_docs=len(docs),
-                            methods=[results[m.name] for m in spec.methods], prime=prime,
-                            style=style, timings=stage.timings,
-                            commands=commands + _rerun_commands(spec, results, prime, setup))
+    return ExperimentResult(
+        spec=spec,
+        train_docs=len(texts.train),
+        test_docs=len(docs),
+        methods=[results[m.name] for m in spec.methods],
+        prime=prime,
+        style=style,
+        timings=stage.timings,
+        commands=commands + _rerun_commands(spec, results, prime, setup),
+    )
 
 
 def _load(method: str, out: str | None, setup: Setup) -> GPT2:
@@ -145,8 +164,9 @@ def _load(method: str, out: str | None, setup: Setup) -> GPT2:
     model); the base model already loaded where ``out`` is None."""
     if out is None:
         return setup.model
-    return load_model_with_adapter(*model_files(method, out, setup.base.path),
-                                   device=setup.torch_device)
+    return load_model_with_adapter(
+        *model_files(method, out, setup.base.path), device=setup.torch_device
+    )
 
 
 def _train(spec: Experiment, m: Method, setup: Setup, docs: list[list[int]]) -> MethodResult:
@@ -163,8 +183,9 @@ def _train(spec: Experiment, m: Method, setup: Setup, docs: list[list[int]]) -> 
     method = m.kind or m.train or ""
     model = _load(m.train or "", str(out), setup)
     heldout = evaluate(model, docs, autocast_dtype=setup.amp)
-    saved = sum((out / n).stat().st_size for n in SAVED_FILES[m.train or "full"]
-                if (out / n).is_file())
+    saved = sum(
+        (out / n).stat().st_size for n in SAVED_FILES[m.train or "full"] if (out / n).is_file()
+    )
     # the resume checkpoint and the best-so-far copy duplicate the result (a full model's
     # checkpoint holds 3x its weights); the demo keeps the result and the logs
     for extra in (CHECKPOINT, PREVIOUS, "best"):
@@ -172,32 +193,58 @@ def _train(spec: Experiment, m: Method, setup: Setup, docs: list[list[int]]) -> 
     lora = m.train == "lora"
     ran = replace(opts, data=replace(opts.data, block_size=res.resolved.block_size))
     return MethodResult(
-        name=m.name, label=m.label, method=method, trainable_params=res.trainable_params,
-        val_loss=heldout.loss, val_perplexity=heldout.perplexity, train_seconds=res.wall_s,
-        peak_memory_mib=res.peak_memory_mib, saved_bytes=saved, style_share=None,
-        command=train_command(ran), total_params=res.total_params, val_tokens=heldout.tokens,
-        lora_rank=m.rank if lora else None, lora_targets=m.targets if lora else None,
-        out=str(out), block_size=res.resolved.block_size, steps=res.steps,
-        tokens_seen=res.tokens_seen, final_train_loss=res.final_loss,
-        total_seconds=round(time.perf_counter() - t0, 1), rss_before_mib=rss_before,
-        peak_memory_own=own_peak, history=res.history)
+        name=m.name,
+        label=m.label,
+        method=method,
+        trainable_params=res.trainable_params,
+        val_loss=heldout.loss,
+        val_perplexity=heldout.perplexity,
+        train_seconds=res.wall_s,
+        peak_memory_mib=res.peak_memory_mib,
+        saved_bytes=saved,
+        style_share=None,
+        command=train_command(ran),
+        total_params=res.total_params,
+        val_tokens=heldout.tokens,
+        lora_rank=m.rank if lora else None,
+        lora_targets=m.targets if lora else None,
+        out=str(out),
+        block_size=res.resolved.block_size,
+        steps=res.steps,
+        tokens_seen=res.tokens_seen,
+        final_train_loss=res.final_loss,
+        total_seconds=round(time.perf_counter() - t0, 1),
+        rss_before_mib=rss_before,
+        peak_memory_own=own_peak,
+        history=res.history,
+    )
 
 
-def _untrained(m: Method, kind: str, heldout: EvalResult, setup: Setup,
-               used: MethodResult | None = None) -> MethodResult:
+def _untrained(
+    m: Method, kind: str, heldout: EvalResult, setup: Setup, used: MethodResult | None = None
+) -> MethodResult:
     """The result of a method that trains nothing itself: it uses the base model, or the model
     a trained method (``used``) produced, whose parameter counts it reports."""
     return MethodResult(
-        name=m.name, label=m.label, method=kind,
-        trainable_params=used.trainable_params if used else 0, val_loss=heldout.loss,
-        val_perplexity=heldout.perplexity, train_seconds=None, peak_memory_mib=None,
-        saved_bytes=None, style_share=None, command=None,
+        name=m.name,
+        label=m.label,
+        method=kind,
+        trainable_params=used.trainable_params if used else 0,
+        val_loss=heldout.loss,
+        val_perplexity=heldout.perplexity,
+        train_seconds=None,
+        peak_memory_mib=None,
+        saved_bytes=None,
+        style_share=None,
+        command=None,
         total_params=used.total_params if used else setup.base.parameters,
-        val_tokens=heldout.tokens)
+        val_tokens=heldout.tokens,
+    )
 
 
-def _rerun_commands(spec: Experiment, results: dict[str, MethodResult], prime: Prime | None,
-                    setup: Setup) -> list[tuple[str, str]]:
+def _rerun_commands(
+    spec: Experiment, results: dict[str, MethodResult], prime: Prime | None, setup: Setup
+) -> list[tuple[str, str]]:
     """The ``gpt2tune eval`` and ``generate`` commands that redo each sampled method's held-out
     loss (unprimed methods: ``eval`` takes no prime) and its samples of the first prompt."""
     commands = []
@@ -208,11 +255,24 @@ def _rerun_commands(spec: Experiment, results: dict[str, MethodResult], prime: P
         r = results[m.uses or m.name]
         model, adapter = model_files(r.method, r.out, setup.base.path)
         if not m.prime:
-            commands.append((f"{spec.name}: evaluate {m.short}",
-                             eval_command(model, adapter, spec.dataset, setup.precision)))
-        commands.append((f"{spec.name}: samples of {m.short}{suffix}",
-                         generate_command(model, adapter, spec.prompts[0],
-                                          prime.file if m.prime and prime else None,
-                                          sampling(spec, setup.seed), spec.samples_per_prompt,
-                                          setup.precision)))
+            commands.append(
+                (
+                    f"{spec.name}: evaluate {m.short}",
+                    eval_command(model, adapter, spec.dataset, setup.precision),
+                )
+            )
+        commands.append(
+            (
+                f"{spec.name}: samples of {m.short}{suffix}",
+                generate_command(
+                    model,
+                    adapter,
+                    spec.prompts[0],
+                    prime.file if m.prime and prime else None,
+                    sampling(spec, setup.seed),
+                    spec.samples_per_prompt,
+                    setup.precision,
+                ),
+            )
+        )
     return commands

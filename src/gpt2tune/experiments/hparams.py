@@ -34,8 +34,7 @@ from gpt2tune.experiments.spec import Hyperparams
 if TYPE_CHECKING:
     from gpt2tune.experiments.base import BaseInfo
 
-__all__ = ["GPT2_N_EMBD", "PRETRAINED_GPT2", "SMALL_MODEL", "Hyperparams",
-           "hyperparams_for"]
+__all__ = ["GPT2_N_EMBD", "PRETRAINED_GPT2", "SMALL_MODEL", "Hyperparams", "hyperparams_for"]
 
 GPT2_N_EMBD = 768
 """Width of the smallest released GPT-2 (124M); a base at least this wide is GPT-2-sized."""
@@ -60,22 +59,34 @@ def hyperparams_for(base: BaseInfo) -> Hyperparams:
         with ``why`` saying the base is narrower than GPT-2.
     """
     if base.embedded:
-        return _small_model(why=(
-            f"The embedded base is a {SMALL_MODEL} (a tiny GPT-2 pretrained for minutes, far from "
-            "converged), so it keeps the demo's large steps: LoRA lr 1e-2 with alpha = 2 r, full "
-            "fine-tuning lr 1e-3."))
+        return _small_model(
+            why=(
+                f"The embedded base is a {SMALL_MODEL} (a tiny GPT-2 pretrained for minutes, far "
+                "from converged), so it keeps the demo's large steps: LoRA lr 1e-2 with alpha = "
+                "2 r, full fine-tuning lr 1e-3."
+            )
+        )
     n_embd = int(base.config["n_embd"])
     if n_embd >= GPT2_N_EMBD:
         return Hyperparams(
-            recipe=PRETRAINED_GPT2, lr_lora=2e-4, lr_full=5e-5, alpha_per_rank=8.0, why=(
+            recipe=PRETRAINED_GPT2,
+            lr_lora=2e-4,
+            lr_full=5e-5,
+            alpha_per_rank=8.0,
+            why=(
                 f"A {PRETRAINED_GPT2} (n_embd {n_embd}) gets the field's standard recipes: LoRA "
                 "lr 2e-4 with alpha = 8 r, as in the LoRA paper's GPT-2 runs (r = 4, alpha = 32), "
                 "and full fine-tuning lr 5e-5, the Hugging Face Trainer's default (its run_clm "
-                "examples). The embedded base's full lr of 1e-3 would wreck a converged GPT-2."))
-    return _small_model(why=(
-        f"This base is narrower than GPT-2 (n_embd {n_embd} < {GPT2_N_EMBD}), closer to a "
-        f"{SMALL_MODEL} than to a {PRETRAINED_GPT2}, so it gets the embedded base's recipe: "
-        "LoRA lr 1e-2 with alpha = 2 r, full fine-tuning lr 1e-3."))
+                "examples). The embedded base's full lr of 1e-3 would wreck a converged GPT-2."
+            ),
+        )
+    return _small_model(
+        why=(
+            f"This base is narrower than GPT-2 (n_embd {n_embd} < {GPT2_N_EMBD}), closer to a "
+            f"{SMALL_MODEL} than to a {PRETRAINED_GPT2}, so it gets the embedded base's recipe: "
+            "LoRA lr 1e-2 with alpha = 2 r, full fine-tuning lr 1e-3."
+        )
+    )
 
 
 def _small_model(why: str) -> Hyperparams:

@@ -19,13 +19,17 @@ from gpt2tune.experiments.spec import (
 )
 
 METHOD_NAMES = ("base", "prime", "lora", "dora", "lora+", "full", "lora+prime")
-METHOD_SETTINGS = {"base": (), "prime": ("k",), "lora": ("r", "alpha", "targets", "lr", "dropout"),
-                   "dora": ("r", "alpha", "targets", "lr", "dropout"),
-                   "lora+": ("r", "alpha", "targets", "lr", "dropout", "ratio"),
-                   "full": ("lr",), "lora+prime": ("r", "alpha", "targets", "lr", "k")}
+METHOD_SETTINGS = {
+    "base": (),
+    "prime": ("k",),
+    "lora": ("r", "alpha", "targets", "lr", "dropout"),
+    "dora": ("r", "alpha", "targets", "lr", "dropout"),
+    "lora+": ("r", "alpha", "targets", "lr", "dropout", "ratio"),
+    "full": ("lr",),
+    "lora+prime": ("r", "alpha", "targets", "lr", "k"),
+}
 DEFAULT_RANK = 4
 """LoRA rank where none is given (the seed project's)."""
-
 
 
 def _parse_number(method: str, key: str, value: str, kind: type):
@@ -45,8 +49,10 @@ def _targets(text: str, where: str) -> tuple[str, ...]:
     targets = tuple(t for t in text.split("+") if t)
     bad = [t for t in targets if t not in TARGETS]
     if not targets or bad:
-        raise UserError(f"{where}: unknown LoRA target {(bad or [text])[0]!r}; use "
-                        f"{', '.join(TARGETS)} (join several with +)")
+        raise UserError(
+            f"{where}: unknown LoRA target {(bad or [text])[0]!r}; use "
+            f"{', '.join(TARGETS)} (join several with +)"
+        )
     return targets
 
 
@@ -62,16 +68,20 @@ def parse_methods(text: str) -> list[tuple[str, dict]]:
             continue
         name, *settings = item.split(":")
         if name not in METHOD_NAMES:
-            raise UserError(f"`methods`: unknown method {name!r}; use {', '.join(METHOD_NAMES)} "
-                            "(settings after colons, e.g. lora:r=16)")
+            raise UserError(
+                f"`methods`: unknown method {name!r}; use {', '.join(METHOD_NAMES)} "
+                "(settings after colons, e.g. lora:r=16)"
+            )
         values: dict = {}
         for s in settings:
             key, eq, value = s.partition("=")
             if not eq or key not in METHOD_SETTINGS[name]:
                 allowed = ", ".join(METHOD_SETTINGS[name]) or "none"
-                raise UserError(f"`methods` {item}: unknown setting {s!r} for {name} "
-                                f"(settings: {allowed}); write key=value, e.g. {name}:"
-                                f"{(METHOD_SETTINGS[name] or ('r',))[0]}=4")
+                raise UserError(
+                    f"`methods` {item}: unknown setting {s!r} for {name} "
+                    f"(settings: {allowed}); write key=value, e.g. {name}:"
+                    f"{(METHOD_SETTINGS[name] or ('r',))[0]}=4"
+                )
             if key in ("r", "k"):
                 values[key] = _parse_number(item, key, value, int)
             elif key == "targets":
@@ -83,8 +93,9 @@ def parse_methods(text: str) -> list[tuple[str, dict]]:
                 except ValueError:
                     valid = False
                 if not valid:
-                    raise UserError(f"`methods` {item}: dropout must be a number in [0, 1), "
-                                    f"got {value!r}")
+                    raise UserError(
+                        f"`methods` {item}: dropout must be a number in [0, 1), got {value!r}"
+                    )
             else:
                 values[key] = _parse_number(item, key, value, float)
         out.append((name, values))
@@ -115,22 +126,46 @@ def compare_methods(opts: CompareOptions, hp: Hyperparams) -> tuple[tuple[Method
     Returns:
         (methods in run order, the priming documents k).
     """
-    def lora(r: int, targets: tuple[str, ...], alpha: float | None, lr: float | None,
-             name: str, sample: bool = True, dropout: float = 0.0) -> Method:
-        return Method(name=name, label=f"LoRA r={r} ({', '.join(targets)})", short="LoRA",
-                      train="lora", rank=r, alpha=alpha if alpha is not None else
-                      hp.alpha_per_rank * r, targets=targets, lr=lr or hp.lr_lora,
-                      sample=sample, dropout=dropout)
 
-    def lora_name(r: int, targets: tuple[str, ...], prefix: str = "lora", s: dict | None = None,
-                  ratio: float | None = None) -> str:
+    def lora(
+        r: int,
+        targets: tuple[str, ...],
+        alpha: float | None,
+        lr: float | None,
+        name: str,
+        sample: bool = True,
+        dropout: float = 0.0,
+    ) -> Method:
+        return Method(
+            name=name,
+            label=f"LoRA r={r} ({', '.join(targets)})",
+            short="LoRA",
+            train="lora",
+            rank=r,
+            alpha=alpha if alpha is not None else hp.alpha_per_rank * r,
+            targets=targets,
+            lr=lr or hp.lr_lora,
+            sample=sample,
+            dropout=dropout,
+        )
+
+    def lora_name(
+        r: int,
+        targets: tuple[str, ...],
+        prefix: str = "lora",
+        s: dict | None = None,
+        ratio: float | None = None,
+    ) -> str:
         # a setting that differs from its default is in the name too, so that lora and
         # lora:lr=1e-3 (or lora+ and lora+:ratio=4) are two runs, not one replacing the other
         default = {"alpha": hp.alpha_per_rank * r, "lr": hp.lr_lora, "dropout": 0.0}
         given = {k: v for k, v in (s or {}).items() if k in default and v != default[k]}
-        return (f"{prefix}-r{r}" + ("" if targets == ("c_attn",) else "-" + "-".join(targets))
-                + "".join(f"-{key}{value:g}" for key, value in given.items())
-                + (f"-x{ratio:g}" if ratio not in (None, LORAPLUS_RATIO) else ""))
+        return (
+            f"{prefix}-r{r}"
+            + ("" if targets == ("c_attn",) else "-" + "-".join(targets))
+            + "".join(f"-{key}{value:g}" for key, value in given.items())
+            + (f"-x{ratio:g}" if ratio not in (None, LORAPLUS_RATIO) else "")
+        )
 
     methods: dict[str, Method] = {}
     k = 3
@@ -142,8 +177,12 @@ def compare_methods(opts: CompareOptions, hp: Hyperparams) -> tuple[tuple[Method
             k = s.get("k", k)
             methods["prime"] = Method("prime", "priming", "priming", prime=True, kind="prime")
         elif name == "full":
-            methods.setdefault("full", Method("full", "full fine-tuning", "full", train="full",
-                                              lr=s.get("lr", hp.lr_full)))
+            methods.setdefault(
+                "full",
+                Method(
+                    "full", "full fine-tuning", "full", train="full", lr=s.get("lr", hp.lr_full)
+                ),
+            )
         elif name in ("dora", "lora+"):
             r, targets = s.get("r", DEFAULT_RANK), s.get("targets", ("c_attn",))
             m = lora(r, targets, s.get("alpha"), s.get("lr"), "", dropout=s.get("dropout", 0.0))
@@ -155,23 +194,40 @@ def compare_methods(opts: CompareOptions, hp: Hyperparams) -> tuple[tuple[Method
             methods[m.name] = m
         else:
             r, targets = s.get("r", DEFAULT_RANK), s.get("targets", ("c_attn",))
-            m = lora(r, targets, s.get("alpha"), s.get("lr"), lora_name(r, targets, s=s),
-                     dropout=s.get("dropout", 0.0))
+            m = lora(
+                r,
+                targets,
+                s.get("alpha"),
+                s.get("lr"),
+                lora_name(r, targets, s=s),
+                dropout=s.get("dropout", 0.0),
+            )
             if name == "lora+prime":
                 k = s.get("k", k)
                 methods.setdefault(m.name, replace(m, sample=False))  # the run it primes
-                derived.append(Method(f"{m.name}+prime", f"{m.label} + priming",
-                                      "LoRA + priming", uses=m.name, prime=True,
-                                      kind="lora+prime"))
+                derived.append(
+                    Method(
+                        f"{m.name}+prime",
+                        f"{m.label} + priming",
+                        "LoRA + priming",
+                        uses=m.name,
+                        prime=True,
+                        kind="lora+prime",
+                    )
+                )
             else:
                 methods[m.name] = m
     for r in parse_ranks(opts.lora_ranks):
-        methods.setdefault(lora_name(r, ("c_attn",)),
-                           lora(r, ("c_attn",), None, None, lora_name(r, ("c_attn",)), False))
+        methods.setdefault(
+            lora_name(r, ("c_attn",)),
+            lora(r, ("c_attn",), None, None, lora_name(r, ("c_attn",)), False),
+        )
     for text in opts.lora_targets or []:
         t = _targets(text, "`lora_targets`")
-        methods.setdefault(lora_name(DEFAULT_RANK, t),
-                           lora(DEFAULT_RANK, t, None, None, lora_name(DEFAULT_RANK, t), False))
+        methods.setdefault(
+            lora_name(DEFAULT_RANK, t),
+            lora(DEFAULT_RANK, t, None, None, lora_name(DEFAULT_RANK, t), False),
+        )
     if k < 1:
         raise UserError("`methods` prime:k= must be at least 1")
     return (*methods.values(), *derived), k
@@ -187,14 +243,28 @@ def heldout_of(data: DataOptions) -> DataOptions:
     return replace(data, val_split=0.1)
 
 
-def compare_experiment(opts: CompareOptions, hp: Hyperparams,
-                       prompts: tuple[str, ...]) -> Experiment:
+def compare_experiment(
+    opts: CompareOptions, hp: Hyperparams, prompts: tuple[str, ...]
+) -> Experiment:
     """The one experiment ``gpt2tune compare`` runs, as the engine takes it."""
     methods, k = compare_methods(opts, hp)
-    length = ({"epochs": None, "max_steps": opts.max_steps} if opts.max_steps
-              else {"epochs": opts.epochs or 1, "max_steps": None})
+    length = (
+        {"epochs": None, "max_steps": opts.max_steps}
+        if opts.max_steps
+        else {"epochs": opts.epochs or 1, "max_steps": None}
+    )
     return Experiment(
-        "compare", heldout_of(opts.data), methods, batch_size=opts.batch_size, eval_every=0,
-        prompts=prompts, samples_per_prompt=opts.samples_per_prompt,
-        max_new_tokens=opts.max_new_tokens, temperature=0.9, top_k=40, prime_speeches=k,
-        style_contrast=(opts.contrast or "builtin") if opts.style else None, **length)
+        "compare",
+        heldout_of(opts.data),
+        methods,
+        batch_size=opts.batch_size,
+        eval_every=0,
+        prompts=prompts,
+        samples_per_prompt=opts.samples_per_prompt,
+        max_new_tokens=opts.max_new_tokens,
+        temperature=0.9,
+        top_k=40,
+        prime_speeches=k,
+        style_contrast=(opts.contrast or "builtin") if opts.style else None,
+        **length,
+    )

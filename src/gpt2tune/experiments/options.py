@@ -76,8 +76,7 @@ class StudyOptions:
             UserError: the first problem found, naming its field.
         """
         if self.precision not in STUDY_PRECISIONS:
-            raise UserError(f"`precision` {self.precision!r}: use "
-                            f"{', '.join(STUDY_PRECISIONS)}")
+            raise UserError(f"`precision` {self.precision!r}: use {', '.join(STUDY_PRECISIONS)}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UserError(f"`max_minutes` must be > 0, got {self.max_minutes}")
         if self.report_to not in REPORT_TO:
@@ -147,17 +146,26 @@ class CompareOptions(StudyOptions):
         super().check()
         self.data.check()
         if self.data.task != "lm":
-            raise UserError("`task` classify trains a classifier (gpt2tune train); compare "
-                            "compares language models")
+            raise UserError(
+                "`task` classify trains a classifier (gpt2tune train); compare "
+                "compares language models"
+            )
         if self.prompt and self.prompts:
             raise UserError("give either `prompt` or `prompts`, not both")
         if self.prompts and not Path(self.prompts).is_file():
-            raise UserError(f"`prompts` file {self.prompts} does not exist; give a file with "
-                            "one prompt per line")
-        if self.contrast and not self.contrast.startswith("builtin:") \
-                and not Path(self.contrast).exists():
-            raise UserError(f"`contrast` {self.contrast} does not exist; give a text file (or "
-                            "leave it out for built-in text)")
+            raise UserError(
+                f"`prompts` file {self.prompts} does not exist; give a file with "
+                "one prompt per line"
+            )
+        if (
+            self.contrast
+            and not self.contrast.startswith("builtin:")
+            and not Path(self.contrast).exists()
+        ):
+            raise UserError(
+                f"`contrast` {self.contrast} does not exist; give a text file (or "
+                "leave it out for built-in text)"
+            )
         for name in ("batch_size", "samples_per_prompt", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"`{name}` must be >= 1")

@@ -195,36 +195,66 @@ def results_json(res: DemoResults) -> dict:
     experiments = (res.news, res.character)
 
     def run_dict(m: MethodResult) -> dict:
-        return {"label": m.label, "method": m.method, "out": m.out,
-                "trainable_params": m.trainable_params, "total_params": m.total_params,
-                "steps": m.steps, "tokens_seen": m.tokens_seen, "train_wall_s": m.train_seconds,
-                "total_s": m.total_seconds, "peak_rss_mib": m.peak_memory_mib,
-                "rss_before_mib": (round(m.rss_before_mib, 1)
-                                   if m.rss_before_mib is not None else None),
-                "final_train_loss": m.final_train_loss, "heldout_loss": m.val_loss,
-                "heldout_perplexity": m.val_perplexity, "saved_bytes": m.saved_bytes,
-                "command": m.command}
+        return {
+            "label": m.label,
+            "method": m.method,
+            "out": m.out,
+            "trainable_params": m.trainable_params,
+            "total_params": m.total_params,
+            "steps": m.steps,
+            "tokens_seen": m.tokens_seen,
+            "train_wall_s": m.train_seconds,
+            "total_s": m.total_seconds,
+            "peak_rss_mib": m.peak_memory_mib,
+            "rss_before_mib": (
+                round(m.rss_before_mib, 1) if m.rss_before_mib is not None else None
+            ),
+            "final_train_loss": m.final_train_loss,
+            "heldout_loss": m.val_loss,
+            "heldout_perplexity": m.val_perplexity,
+            "saved_bytes": m.saved_bytes,
+            "command": m.command,
+        }
 
     style = {}
     for e in experiments:
         if e.style:
             h = e.style.heldout
-            style = {"heldout_accuracy": h.accuracy,
-                     "heldout_in_character_rate": h.in_character_rate,
-                     "heldout_false_positive_rate": h.false_positive_rate,
-                     "heldout_positives": h.positives, "heldout_negatives": h.negatives,
-                     "share_in_character": {m.name: m.style_share for m in e.sampled}}
-    return {"options": asdict(res.options), "plan": asdict(res.plan), "base": asdict(res.base),
-            "hyperparameters": asdict(res.hyperparams), "budget": res.budget_note,
-            "evals": {f"{e.spec.name}/{m.name}": {"loss": m.val_loss,
-                                                   "perplexity": m.val_perplexity,
-                                                   "tokens": m.val_tokens}
-                      for e in experiments for m in e.methods if not m.trained},
-            "runs": {f"{e.spec.name}/{Path(m.out).name}": run_dict(m)  # the trained methods
-                     for e in experiments for m in e.methods if m.out is not None},
-            "style": style,
-            "samples": {e.spec.name: {m.name: m.samples for m in e.sampled} for e in experiments},
-            "timings": res.timings, "commands": res.commands}
+            style = {
+                "heldout_accuracy": h.accuracy,
+                "heldout_in_character_rate": h.in_character_rate,
+                "heldout_false_positive_rate": h.false_positive_rate,
+                "heldout_positives": h.positives,
+                "heldout_negatives": h.negatives,
+                "share_in_character": {m.name: m.style_share for m in e.sampled},
+            }
+    return {
+        "options": asdict(res.options),
+        "plan": asdict(res.plan),
+        "base": asdict(res.base),
+        "hyperparameters": asdict(res.hyperparams),
+        "budget": res.budget_note,
+        "evals": {
+            f"{e.spec.name}/{m.name}": {
+                "loss": m.val_loss,
+                "perplexity": m.val_perplexity,
+                "tokens": m.val_tokens,
+            }
+            for e in experiments
+            for m in e.methods
+            if not m.trained
+        },
+        "runs": {
+            f"{e.spec.name}/{Path(m.out).name}": run_dict(m)  # the trained methods
+            for e in experiments
+            for m in e.methods
+            if m.out is not None
+        },
+        "style": style,
+        "samples": {e.spec.name: {m.name: m.samples for m in e.sampled} for e in experiments},
+        "timings": res.timings,
+        "commands": res.commands,
+    }
 
 
 @dataclass
@@ -251,8 +281,18 @@ class CompareResults:
     """Wall time per stage, in seconds."""
 
 
-COMPARE_RUN_KEYS = ("name", "method", "trainable_params", "val_loss", "val_perplexity",
-                    "train_seconds", "peak_memory_mib", "saved_bytes", "style_share", "command")
+COMPARE_RUN_KEYS = (
+    "name",
+    "method",
+    "trainable_params",
+    "val_loss",
+    "val_perplexity",
+    "train_seconds",
+    "peak_memory_mib",
+    "saved_bytes",
+    "style_share",
+    "command",
+)
 """The keys of each run in compare's ``results.json`` (users' scripts read them)."""
 
 
@@ -265,18 +305,37 @@ def compare_results_json(res: CompareResults) -> dict:
     runs = []
     for m in exp.methods:
         row = {k: getattr(m, k) for k in COMPARE_RUN_KEYS}
-        row.update(label=m.label, total_params=m.total_params, val_tokens=m.val_tokens,
-                   lora_rank=m.lora_rank, lora_targets=m.lora_targets, out=m.out,
-                   steps=m.steps, tokens_seen=m.tokens_seen)
+        row.update(
+            label=m.label,
+            total_params=m.total_params,
+            val_tokens=m.val_tokens,
+            lora_rank=m.lora_rank,
+            lora_targets=m.lora_targets,
+            out=m.out,
+            steps=m.steps,
+            tokens_seen=m.tokens_seen,
+        )
         runs.append(row)
     style = None
     if exp.style:
         h = exp.style.heldout
-        style = {"heldout_accuracy": h.accuracy, "heldout_in_style_rate": h.in_character_rate,
-                 "heldout_false_positive_rate": h.false_positive_rate,
-                 "heldout_positives": h.positives, "heldout_negatives": h.negatives}
-    return {"base": asdict(res.base), "hyperparameters": asdict(res.hyperparams), "runs": runs,
-            "style": style, "samples": {m.name: m.samples for m in exp.sampled},
-            "prompts": list(exp.spec.prompts), "budget": res.budget_note,
-            "options": asdict(res.options), "timings": res.timings, "commands": exp.commands,
-            "device": res.device}
+        style = {
+            "heldout_accuracy": h.accuracy,
+            "heldout_in_style_rate": h.in_character_rate,
+            "heldout_false_positive_rate": h.false_positive_rate,
+            "heldout_positives": h.positives,
+            "heldout_negatives": h.negatives,
+        }
+    return {
+        "base": asdict(res.base),
+        "hyperparameters": asdict(res.hyperparams),
+        "runs": runs,
+        "style": style,
+        "samples": {m.name: m.samples for m in exp.sampled},
+        "prompts": list(exp.spec.prompts),
+        "budget": res.budget_note,
+        "options": asdict(res.options),
+        "timings": res.timings,
+        "commands": exp.commands,
+        "device": res.device,
+    }

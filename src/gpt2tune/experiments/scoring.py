@@ -23,8 +23,14 @@ from gpt2tune.inference.generate import SamplingConfig, generate
 
 
 @torch.no_grad()
-def primed_evaluate(model: GPT2, docs: list[list[int]], prime: list[int], *,
-                    batch_size: int = 8, amp_dtype: torch.dtype | None = None) -> EvalResult:
+def primed_evaluate(
+    model: GPT2,
+    docs: list[list[int]],
+    prime: list[int],
+    *,
+    batch_size: int = 8,
+    amp_dtype: torch.dtype | None = None,
+) -> EvalResult:
     """Held-out loss when each document is preceded by ``prime`` (priming).
 
     The scored tokens are exactly those ``evaluate`` scores (every token of a document after its
@@ -39,21 +45,29 @@ def primed_evaluate(model: GPT2, docs: list[list[int]], prime: list[int], *,
         amp_dtype: autocast dtype, e.g. ``torch.bfloat16``; ``None`` for float32.
     """
     context = model.config.n_positions
-    items = [w for doc in docs
-             for w in windows(prime + doc, context, context // 2, start=len(prime) + 1)]
+    items = [
+        w for doc in docs for w in windows(prime + doc, context, context // 2, start=len(prime) + 1)
+    ]
     return score_windows(model, items, batch_size=batch_size, autocast_dtype=amp_dtype)
 
 
-def score(model: GPT2, docs: list[list[int]], prime_ids: list[int] | None,
-          amp: torch.dtype | None) -> EvalResult:
+def score(
+    model: GPT2, docs: list[list[int]], prime_ids: list[int] | None, amp: torch.dtype | None
+) -> EvalResult:
     """Held-out loss of ``model`` on ``docs``, primed with ``prime_ids`` unless None."""
     if prime_ids is not None:
         return primed_evaluate(model, docs, prime_ids, amp_dtype=amp)
     return evaluate(model, docs, autocast_dtype=amp)
 
 
-def pick_prime(speeches: list[str], tokenizer: Tokenizer, n: int, seed: int,
-               min_tokens: int = 20, max_tokens: int = 50) -> str:
+def pick_prime(
+    speeches: list[str],
+    tokenizer: Tokenizer,
+    n: int,
+    seed: int,
+    min_tokens: int = 20,
+    max_tokens: int = 50,
+) -> str:
     """``n`` training speeches of moderate length, joined by blank lines: the priming text.
 
     Mid-length speeches show the voice without filling the small context.
@@ -70,8 +84,11 @@ def pick_prime(speeches: list[str], tokenizer: Tokenizer, n: int, seed: int,
     if len(fitting) < n:
         # documents longer than a prime should be (articles): their beginnings, cut at a line
         # break where one falls early enough, else at max_tokens tokens
-        fitting += [_beginning(s, tokenizer, max_tokens) for s in speeches
-                    if len(tokenizer.encode(s)) > max_tokens][:n - len(fitting)]
+        fitting += [
+            _beginning(s, tokenizer, max_tokens)
+            for s in speeches
+            if len(tokenizer.encode(s)) > max_tokens
+        ][: n - len(fitting)]
     chosen = sorted(random.Random(seed).sample(range(len(fitting)), min(n, len(fitting))))
     return "\n\n".join(fitting[i] for i in chosen) + "\n\n"
 
@@ -89,32 +106,51 @@ def _beginning(text: str, tokenizer: Tokenizer, max_tokens: int) -> str:
 
 def sampling(spec: Experiment, seed: int) -> SamplingConfig:
     """The sampling settings of ``spec``'s samples, with ``seed``."""
-    return SamplingConfig(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
-                          top_k=spec.top_k, seed=seed)
+    return SamplingConfig(
+        max_new_tokens=spec.max_new_tokens,
+        temperature=spec.temperature,
+        top_k=spec.top_k,
+        seed=seed,
+    )
 
 
-def draw_samples(spec: Experiment, model: GPT2, tokenizer: Tokenizer, prime: str | None,
-                 seed: int, amp: torch.dtype | None) -> list[str]:
+def draw_samples(
+    spec: Experiment,
+    model: GPT2,
+    tokenizer: Tokenizer,
+    prime: str | None,
+    seed: int,
+    amp: torch.dtype | None,
+) -> list[str]:
     """``spec.samples_per_prompt`` continuations of each prompt, in order; prompt i samples with
     seed ``seed + i``."""
     texts = []
     for i, prompt in enumerate(spec.prompts):
-        texts += [s.text for s in generate(model, tokenizer, prompt, sampling(spec, seed + i),
-                                           prime=prime, num_samples=spec.samples_per_prompt,
-                                           autocast_dtype=amp)]
+        texts += [
+            s.text
+            for s in generate(
+                model,
+                tokenizer,
+                prompt,
+                sampling(spec, seed + i),
+                prime=prime,
+                num_samples=spec.samples_per_prompt,
+                autocast_dtype=amp,
+            )
+        ]
     return texts
 
 
-def style_classifier(spec: Experiment, train_texts: list[str], test_texts: list[str],
-                     seed: int) -> StyleClassifier | None:
+def style_classifier(
+    spec: Experiment, train_texts: list[str], test_texts: list[str], seed: int
+) -> StyleClassifier | None:
     """The classifier that scores ``spec``'s samples: of a Shakespeare character
     (``style_of``), or of the experiment's own text against a contrast (``style_contrast``);
     None where the experiment scores no style."""
     if spec.style_of:
         return train_style_classifier(spec.style_of)
     if spec.style_contrast:
-        return fit_style_classifier("your text", train_texts, test_texts,
-                                    _contrast(spec, seed))
+        return fit_style_classifier("your text", train_texts, test_texts, _contrast(spec, seed))
     return None
 
 
@@ -123,7 +159,8 @@ def _contrast(spec: Experiment, seed: int) -> list[str]:
     if spec.style_contrast == "builtin":
         return builtin_contrast(spec.dataset, seed)
     assert spec.style_contrast is not None
-    texts = read_documents(spec.style_contrast, spec.data.doc_sep, spec.data.text_field,
-                           split="all")
+    texts = read_documents(
+        spec.style_contrast, spec.data.doc_sep, spec.data.text_field, split="all"
+    )
     random.Random(seed).shuffle(texts)  # a prefix trains, the rest checks: both a fair sample
     return texts

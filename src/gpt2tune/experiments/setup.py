@@ -54,24 +54,49 @@ class Setup:
     """The command running, for log lines (``demo``, ``compare``)."""
 
     @classmethod
-    def load(cls, out: Path, base: BaseInfo, *, device: str, precision: str, seed: int,
-             progress: bool, report_to: str = "none", command: str = "demo") -> Setup:
+    def load(
+        cls,
+        out: Path,
+        base: BaseInfo,
+        *,
+        device: str,
+        precision: str,
+        seed: int,
+        progress: bool,
+        report_to: str = "none",
+        command: str = "demo",
+    ) -> Setup:
         """Load ``base`` on ``device`` with its tokenizer; ``precision`` ``auto`` resolved to
         fp32 or bf16 (``runtime.fp32_or_bf16``); the other arguments as the fields."""
         torch_device = resolve_device(device)
         precision = fp32_or_bf16(precision, torch_device)
         model = load_model_with_adapter(base.path, device=torch_device)
-        return cls(out=out, base=base, model=model, tokenizer=Tokenizer(model.source_dir),
-                   device=device, torch_device=torch_device,
-                   amp=autocast_dtype(precision, torch_device), precision=precision, seed=seed,
-                   progress=progress, report_to=report_to, command=command)
+        return cls(
+            out=out,
+            base=base,
+            model=model,
+            tokenizer=Tokenizer(model.source_dir),
+            device=device,
+            torch_device=torch_device,
+            amp=autocast_dtype(precision, torch_device),
+            precision=precision,
+            seed=seed,
+            progress=progress,
+            report_to=report_to,
+            command=command,
+        )
 
 
 def train_config(spec: Experiment, m: Method, setup: Setup | None = None) -> TrainConfig:
     """The training settings of method ``m`` of ``spec`` (``setup``: precision, seed and
     tracking; None: the defaults, for counting steps)."""
-    cfg = TrainConfig(method=m.train or "lora", batch_size=spec.batch_size, lr=m.lr,
-                      eval_every=spec.eval_every, loraplus_lr_ratio=m.loraplus_ratio)
+    cfg = TrainConfig(
+        method=m.train or "lora",
+        batch_size=spec.batch_size,
+        lr=m.lr,
+        eval_every=spec.eval_every,
+        loraplus_lr_ratio=m.loraplus_ratio,
+    )
     # how long: the method's own steps (``--max-minutes``), else the experiment's, else its epochs
     if m.max_steps is not None:
         cfg.max_steps = m.max_steps
@@ -93,11 +118,17 @@ def run_options(spec: Experiment, m: Method, out: Path, setup: Setup) -> RunOpti
     if m.train == "lora":
         # spec.lora_method and compare's methods give every LoRA method its rank and alpha
         assert m.rank is not None and m.alpha is not None, m.name
-        lora = LoRAConfig(r=m.rank, alpha=m.alpha, targets=list(m.targets), dropout=m.dropout,
-                          use_dora=m.use_dora)
-    return RunOptions(out=str(out), overwrite=True,
-                      model=ModelOptions(model=setup.base.path, device=setup.device),
-                      data=replace(spec.data), lora=lora, train=train_config(spec, m, setup))
+        lora = LoRAConfig(
+            r=m.rank, alpha=m.alpha, targets=list(m.targets), dropout=m.dropout, use_dora=m.use_dora
+        )
+    return RunOptions(
+        out=str(out),
+        overwrite=True,
+        model=ModelOptions(model=setup.base.path, device=setup.device),
+        data=replace(spec.data),
+        lora=lora,
+        train=train_config(spec, m, setup),
+    )
 
 
 def model_files(method: str, out: str | None, base_path: str) -> tuple[str, str | None]:
@@ -108,4 +139,3 @@ def model_files(method: str, out: str | None, base_path: str) -> tuple[str, str 
     if method == "full" and out is not None:
         return out, None
     return base_path, None
-

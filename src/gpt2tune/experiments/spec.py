@@ -32,7 +32,6 @@ class Hyperparams:
     """One or two sentences for the report and ``--plan``: what was chosen and why."""
 
 
-
 @dataclass(frozen=True)
 class Method:
     """One way to get a model for an experiment's data, and how it is used.
@@ -83,7 +82,6 @@ class Method:
         return self.directory or self.name
 
 
-
 @dataclass(frozen=True)
 class Experiment:
     """A dataset, the methods compared on it, and what is measured.
@@ -132,26 +130,54 @@ class Experiment:
 
 # ----------------------------------------------------------------------------- method builders
 
-def lora_method(hp: Hyperparams, rank: int, targets: tuple[str, ...] = ("c_attn",), *,
-          name: str | None = None, directory: str | None = None,
-          sample: bool = True) -> Method:
+
+def lora_method(
+    hp: Hyperparams,
+    rank: int,
+    targets: tuple[str, ...] = ("c_attn",),
+    *,
+    name: str | None = None,
+    directory: str | None = None,
+    sample: bool = True,
+) -> Method:
     label = f"LoRA r={rank} ({', '.join(targets)})"
-    return Method(name=name or f"lora-r{rank}", label=label, short="LoRA", train="lora",
-                  rank=rank, alpha=hp.alpha_per_rank * rank, targets=targets,
-                  lr=hp.lr_lora, sample=sample, directory=directory)
+    return Method(
+        name=name or f"lora-r{rank}",
+        label=label,
+        short="LoRA",
+        train="lora",
+        rank=rank,
+        alpha=hp.alpha_per_rank * rank,
+        targets=targets,
+        lr=hp.lr_lora,
+        sample=sample,
+        directory=directory,
+    )
 
 
 def dora_of(lora: Method, name: str, sample: bool) -> Method:
     """``lora`` with DoRA's magnitude vector: the same rank, modules and learning rate."""
-    return replace(lora, name=name, label=lora.label.replace("LoRA", "DoRA", 1), short="DoRA",
-                   use_dora=True, kind="dora", sample=sample, directory=None)
+    return replace(
+        lora,
+        name=name,
+        label=lora.label.replace("LoRA", "DoRA", 1),
+        short="DoRA",
+        use_dora=True,
+        kind="dora",
+        sample=sample,
+        directory=None,
+    )
 
 
 def loraplus_of(lora: Method, ratio: float, name: str, sample: bool) -> Method:
     """``lora`` with B's learning rate ``ratio`` times A's (A keeps ``lora``'s)."""
-    return replace(lora, name=name,
-                   label=lora.label.replace("LoRA", "LoRA+", 1) + f" B/A lr x{ratio:g}",
-                   short="LoRA+", loraplus_ratio=ratio, kind="lora+", sample=sample,
-                   directory=None)
-
-
+    return replace(
+        lora,
+        name=name,
+        label=lora.label.replace("LoRA", "LoRA+", 1) + f" B/A lr x{ratio:g}",
+        short="LoRA+",
+        loraplus_ratio=ratio,
+        kind="lora+",
+        sample=sample,
+        directory=None,
+    )

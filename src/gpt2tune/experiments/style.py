@@ -99,8 +99,9 @@ def _usable(texts: list[str], cfg: StyleConfig) -> list[str]:
     return [t for t in texts if len(" ".join(t.split())) >= cfg.min_chars]
 
 
-def train_style_classifier(character: str = DEFAULT_CHARACTER,
-                           cfg: StyleConfig | None = None) -> StyleClassifier:
+def train_style_classifier(
+    character: str = DEFAULT_CHARACTER, cfg: StyleConfig | None = None
+) -> StyleClassifier:
     """Train a classifier of ``character``'s speeches against other characters', and measure it.
 
     The character's speeches come from the training split of ``builtin:shakespeare:CHARACTER``
@@ -117,12 +118,18 @@ def train_style_classifier(character: str = DEFAULT_CHARACTER,
     cfg = cfg or StyleConfig()
     name = f"builtin:shakespeare:{character}"
     others = shakespeare_other_speeches(character, seed=cfg.seed)
-    return fit_style_classifier(character.upper(), load_builtin(name, "train"),
-                                load_builtin(name, "test"), others, cfg)
+    return fit_style_classifier(
+        character.upper(), load_builtin(name, "train"), load_builtin(name, "test"), others, cfg
+    )
 
 
-def fit_style_classifier(name: str, train: list[str], heldout: list[str], others: list[str],
-                         cfg: StyleConfig | None = None) -> StyleClassifier:
+def fit_style_classifier(
+    name: str,
+    train: list[str],
+    heldout: list[str],
+    others: list[str],
+    cfg: StyleConfig | None = None,
+) -> StyleClassifier:
     """Train a classifier of ``train`` (the style) against ``others``, and measure it on
     ``heldout`` and on the ``others`` it did not train on.
 
@@ -148,26 +155,34 @@ def fit_style_classifier(name: str, train: list[str], heldout: list[str], others
     pos_train, pos_test, others = (_usable(t, cfg) for t in (train, heldout, others))
     n_neg = len(pos_train) * cfg.negatives_per_positive
     neg_train = others[:n_neg]
-    neg_test = others[n_neg:n_neg + len(pos_test) * cfg.heldout_negatives_per_positive]
+    neg_test = others[n_neg : n_neg + len(pos_test) * cfg.heldout_negatives_per_positive]
     if min(len(pos_train), len(neg_train)) < 2 or not pos_test or not neg_test:
-        raise UserError(f"too little text for a style classifier of {name} ({len(pos_train)} "
-                        f"training and {len(pos_test)} held-out texts of at least "
-                        f"{cfg.min_chars} characters, {len(others)} contrast texts); give more "
-                        "data or a larger `contrast`, or turn `style` off")
+        raise UserError(
+            f"too little text for a style classifier of {name} ({len(pos_train)} "
+            f"training and {len(pos_test)} held-out texts of at least "
+            f"{cfg.min_chars} characters, {len(others)} contrast texts); give more "
+            "data or a larger `contrast`, or turn `style` off"
+        )
 
     pipeline = make_pipeline(
         TfidfVectorizer(analyzer="char", ngram_range=cfg.ngram_range, sublinear_tf=True, min_df=2),
         # balanced weights: the classes are unequal on purpose (more variety among the others)
         LogisticRegression(C=cfg.C, max_iter=2000, class_weight="balanced"),
     )
-    clf = StyleClassifier(character=name, config=cfg, pipeline=pipeline,
-                          train_sizes=(len(pos_train), len(neg_train)))
+    clf = StyleClassifier(
+        character=name, config=cfg, pipeline=pipeline, train_sizes=(len(pos_train), len(neg_train))
+    )
     pipeline.fit(clf.prepare(pos_train + neg_train), [1] * len(pos_train) + [0] * len(neg_train))
 
     tpr = clf.share_in_character(pos_test)
     fpr = clf.share_in_character(neg_test)
-    clf.heldout = HeldOut(accuracy=(tpr + 1 - fpr) / 2, in_character_rate=tpr,
-                          false_positive_rate=fpr, positives=len(pos_test), negatives=len(neg_test))
+    clf.heldout = HeldOut(
+        accuracy=(tpr + 1 - fpr) / 2,
+        in_character_rate=tpr,
+        false_positive_rate=fpr,
+        positives=len(pos_test),
+        negatives=len(neg_test),
+    )
     vectorizer, logreg = pipeline.steps[0][1], pipeline.steps[1][1]
     names = vectorizer.get_feature_names_out()
     order = logreg.coef_[0].argsort()[::-1]

@@ -71,12 +71,25 @@ class Metrics(Callback):
             self._window_t, self._window_tokens = stats.time, 0
             # an overflowed gradient (fp16: the scaler skips that step) is null: JSON has no inf
             grad_norm = round(stats.grad_norm, 6) if math.isfinite(stats.grad_norm) else None
-            self._write({"step": stats.step, "epoch": round(stats.epoch, 4),
-                         "loss": round(stats.loss, 6), "lr": stats.lr, "grad_norm": grad_norm,
-                         "tokens_per_s": round(tps, 1), "elapsed_s": round(stats.elapsed_s, 2)})
+            self._write(
+                {
+                    "step": stats.step,
+                    "epoch": round(stats.epoch, 4),
+                    "loss": round(stats.loss, 6),
+                    "lr": stats.lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": round(tps, 1),
+                    "elapsed_s": round(stats.elapsed_s, 2),
+                }
+            )
         if stats.val_loss is not None:
-            self._write({"step": stats.step, "val_loss": round(stats.val_loss, 6),
-                         "val_perplexity": round(_exp(stats.val_loss), 4)})
+            self._write(
+                {
+                    "step": stats.step,
+                    "val_loss": round(stats.val_loss, 6),
+                    "val_perplexity": round(_exp(stats.val_loss), 4),
+                }
+            )
 
 
 def _exp(loss: float) -> float:
@@ -93,14 +106,21 @@ def tensorboard_writer() -> type[SummaryWriter]:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise UserError(f"`report_to` tensorboard needs the tensorboard package ({first_line(e)}); "
-                        "install it with: pip install 'gpt2tune[tensorboard]'") from None
+        raise UserError(
+            f"`report_to` tensorboard needs the tensorboard package ({first_line(e)}); "
+            "install it with: pip install 'gpt2tune[tensorboard]'"
+        ) from None
     return SummaryWriter
 
 
-TENSORBOARD_TAGS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
-                    "tokens_per_s": "train/tokens_per_s", "val_loss": "val/loss",
-                    "val_perplexity": "val/perplexity"}
+TENSORBOARD_TAGS = {
+    "loss": "train/loss",
+    "lr": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "tokens_per_s": "train/tokens_per_s",
+    "val_loss": "val/loss",
+    "val_perplexity": "val/perplexity",
+}
 """metrics.jsonl key -> TensorBoard tag."""
 
 
@@ -136,7 +156,7 @@ class TensorBoard(Callback):
         self._written = len(self.metrics.rows)  # rows kept from before a resume are on disk
 
     def _write_new_rows(self, writer: SummaryWriter) -> None:
-        rows = self.metrics.rows[self._written:]
+        rows = self.metrics.rows[self._written :]
         self._written = len(self.metrics.rows)
         for row in rows:
             for key, tag in TENSORBOARD_TAGS.items():
@@ -160,8 +180,11 @@ def _wait_for_a_later_event_file_name(log_dir: Path) -> None:
     (``events.out.tfevents.<seconds>.<host>.<pid>.<n>``). A resumed run's file must come after the
     interrupted run's, or the steps it purges come back; that needs a later second only when the
     run resumes within the second its predecessor started (the Python API, tests)."""
-    stamps = [int(s) for p in log_dir.glob("events.out.tfevents.*")
-              if (s := p.name.split(".")[3]).isdigit()]
+    stamps = [
+        int(s)
+        for p in log_dir.glob("events.out.tfevents.*")
+        if (s := p.name.split(".")[3]).isdigit()
+    ]
     wait = max(stamps, default=0) + 1 - time.time()
     if 0 < wait <= 1:  # (a name from a clock far ahead is not worth waiting for)
         time.sleep(wait)
@@ -178,8 +201,12 @@ class ProgressBar(Callback):
     def on_start(self, trainer: Trainer) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.progress.step, unit="step",
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=trainer.total_steps,
+            initial=trainer.progress.step,
+            unit="step",
+            dynamic_ncols=True,
+        )
         self._t = time.perf_counter()
 
     def on_step(self, trainer: Trainer, stats: StepStats) -> None:
@@ -244,8 +271,7 @@ class FinalWeights(Callback):
         _save_result(trainer, self.path, self.lora_cfg, self.base_name)
 
 
-def _save_result(trainer: Trainer, path: Path, lora_cfg: LoRAConfig | None,
-                 base_name: str) -> None:
+def _save_result(trainer: Trainer, path: Path, lora_cfg: LoRAConfig | None, base_name: str) -> None:
     whole = trainer.full_model()  # a collective under FSDP: every rank calls it
     if whole is not None:  # rank 0
         save_weights(whole, path, trainer.cfg.method, lora_cfg, base_name)
@@ -255,8 +281,9 @@ class Checkpoints(Callback):
     """Resumable checkpoints in ``out_dir/checkpoint``: every ``save_every`` steps, on Ctrl-C and
     at the end. Every rank's RNG states are saved, so dropout continues exactly on each."""
 
-    def __init__(self, out_dir: Path, lora_cfg: LoRAConfig | None, base_name: str,
-                 save_every: int = 0) -> None:
+    def __init__(
+        self, out_dir: Path, lora_cfg: LoRAConfig | None, base_name: str, save_every: int = 0
+    ) -> None:
         self.out_dir, self.lora_cfg, self.base_name = out_dir, lora_cfg, base_name
         self.save_every = save_every
         self._saved_step: int | None = None
@@ -275,8 +302,9 @@ class Checkpoints(Callback):
         whole = trainer.full_model()
         state = trainer.train_state(rngs)
         if whole is not None:  # rank 0
-            save_checkpoint(self.out_dir, whole, state, trainer.cfg.method, self.lora_cfg,
-                            self.base_name)
+            save_checkpoint(
+                self.out_dir, whole, state, trainer.cfg.method, self.lora_cfg, self.base_name
+            )
 
     def on_step(self, trainer: Trainer, stats: StepStats) -> None:
         if self.save_every and stats.step % self.save_every == 0:
@@ -284,8 +312,10 @@ class Checkpoints(Callback):
 
     def on_interrupt(self, trainer: Trainer) -> None:
         if trainer.parallel.shards_weights:
-            log.warning("interrupted: under --fsdp the shards cannot be gathered now; the last "
-                        "--save-every checkpoint is the one to --resume from")
+            log.warning(
+                "interrupted: under --fsdp the shards cannot be gathered now; the last "
+                "--save-every checkpoint is the one to --resume from"
+            )
         else:
             self.save(trainer, trainer.step_rng, collective=False)
 

@@ -78,11 +78,14 @@ class TrainConfig:
             raise UserError(f"unknown `method` {self.method!r}; use lora or full")
         if self.loraplus_lr_ratio is not None:
             if self.method != "lora":
-                raise UserError("`loraplus_lr_ratio` sets the LR of LoRA's B matrices; use it "
-                                "with `method` lora")
+                raise UserError(
+                    "`loraplus_lr_ratio` sets the LR of LoRA's B matrices; use it "
+                    "with `method` lora"
+                )
             if not self.loraplus_lr_ratio > 0:
-                raise UserError(f"`loraplus_lr_ratio` must be > 0 (e.g. 16), got "
-                                f"{self.loraplus_lr_ratio}")
+                raise UserError(
+                    f"`loraplus_lr_ratio` must be > 0 (e.g. 16), got {self.loraplus_lr_ratio}"
+                )
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown `schedule` {self.schedule!r}; use {', '.join(SCHEDULES)}")
         for name in ("batch_size", "grad_accum", "log_every"):
@@ -95,8 +98,9 @@ class TrainConfig:
         if self.lr is not None and self.lr <= 0:
             raise UserError("`lr` must be > 0")
         if self.report_to not in get_args(ReportTo):
-            raise UserError(f"unknown `report_to` {self.report_to!r}; use "
-                            f"{' or '.join(get_args(ReportTo))}")
+            raise UserError(
+                f"unknown `report_to` {self.report_to!r}; use {' or '.join(get_args(ReportTo))}"
+            )
 
     @property
     def peak_lr(self) -> float:
@@ -141,5 +145,3 @@ class TrainResult:
         d = asdict(self)
         d.pop("history")
         return d
-
-

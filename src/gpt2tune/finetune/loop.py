@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, cast
@@ -21,11 +21,8 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import Tensor, nn
 
-from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.lora import (
     count_parameters,
-    lora_modules,
-    lora_parameters,
     restore_frozen_linears,
     store_frozen_linears,
 )
@@ -33,6 +30,12 @@ from gpt2tune.core.model import GPT2
 from gpt2tune.data.rows import IGNORE, Rows, batch_indices
 from gpt2tune.errors import UserError
 from gpt2tune.finetune.config import TrainConfig, TrainResult
+from gpt2tune.finetune.optim import (
+    lr_lambda,
+    make_optimizer,
+    steps_per_epoch,
+    trainable_setup,
+)
 from gpt2tune.finetune.parallel import SingleProcess, from_env
 from gpt2tune.finetune.state import Progress, rng_state, set_rng_state
 from gpt2tune.inference.evaluate import evaluate
@@ -44,92 +47,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------- pieces
-
-def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the peak LR at optimizer step ``step`` (0-based): linear warm-up, then
-    decay."""
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(0.05 * total_steps))
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if cfg.schedule == "linear":
-            decay = 1.0 - progress
-        else:
-            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
-
-    return f
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; weight decay only on matrices (not biases or norms).
-
-    With ``cfg.loraplus_lr_ratio`` (LoRA+), the B matrices and the vectors train at that many
-    times the learning rate of the rest, as peft's ``create_loraplus_optimizer`` groups them.
-    The schedule scales every group alike, so the ratio holds at every step.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def decayed_or_not(ps: list[nn.Parameter], lr: float) -> list[dict]:
-        return [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": cfg.weight_decay,
-                 "lr": lr},
-                {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0, "lr": lr}]
-
-    ratio = cfg.loraplus_lr_ratio
-    if ratio is None:
-        groups = decayed_or_not(params, cfg.peak_lr)
-    else:
-        b = {id(m.lora_B.weight) for _, m in lora_modules(model)}  # by structure, not by name
-        fast = [p for p in params if id(p) in b or p.dim() < 2]
-        slow = [p for p in params if not (id(p) in b or p.dim() < 2)]
-        groups = decayed_or_not(slow, cfg.peak_lr) + decayed_or_not(fast, cfg.peak_lr * ratio)
-    # One fused kernel per step, on CPUs too: 0.15 s instead of 0.78 s for GPT-2 124M here.
-    return torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=cfg.betas, fused=True)
-
-
-def trainable_setup(model: GPT2, method: str) -> None:
-    """Mark what trains: LoRA adapters only, or every parameter."""
-    if method == "lora":
-        model.requires_grad_(False)
-        params = list(lora_parameters(model))
-        if not params:
-            raise UserError("`method` lora but the model has no LoRA adapters; apply LoRA first")
-        if isinstance(model, GPT2Classifier):
-            params.append(model.score.weight)  # a new head trains with the adapter (peft's
-            # modules_to_save), and is saved with it
-        for p in params:
-            p.requires_grad_(True)
-    else:
-        model.requires_grad_(True)
-
-
-def steps_per_epoch(n_rows: int, cfg: TrainConfig, rank: int = 0, world: int = 1) -> int:
-    """Optimizer steps in one pass over ``n_rows`` rows."""
-    n_micro = len(batch_indices(n_rows, cfg.batch_size, 0, cfg.seed, rank, world))
-    return max(1, math.ceil(n_micro / cfg.grad_accum))
-
-
-def total_steps(n_rows: int, cfg: TrainConfig, rank: int = 0, world: int = 1) -> int:
-    """A run's length in optimizer steps: ``cfg.max_steps``, else ``cfg.epochs`` passes over
-    ``n_rows`` rows."""
-    return cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch(n_rows, cfg, rank, world)))
-
-
 class LossNotFinite(UserError):
     """The loss became NaN or infinite: the run diverged."""
 
     def __init__(self, value: float, step: int) -> None:
-        super().__init__(f"loss became {value} at step {step}: training diverged; lower `lr` or "
-                         "use `precision` fp32, then `resume`")
+        super().__init__(
+            f"loss became {value} at step {step}: training diverged; lower `lr` or "
+            "use `precision` fp32, then `resume`"
+        )
         self.value, self.step = value, step
 
 
 # ----------------------------------------------------------------------------- the trainer
+
 
 @dataclass
 class StepStats:
@@ -179,7 +109,6 @@ class Callback:
         pass
 
 
-
 @dataclass
 class StepResult:
     """What one optimizer step did."""
@@ -208,8 +137,9 @@ class Trainer:
             runs under.
     """
 
-    def __init__(self, model: GPT2, cfg: TrainConfig, total_steps: int,
-                 parallel: SingleProcess | None = None) -> None:
+    def __init__(
+        self, model: GPT2, cfg: TrainConfig, total_steps: int, parallel: SingleProcess | None = None
+    ) -> None:
         cfg.validate()
         self.model = model
         self.cfg = cfg
@@ -221,17 +151,22 @@ class Trainer:
         # LoRA in bf16: the frozen base stored in bf16 once, instead of autocast casting it in
         # every forward and backward (GPT-2 124M: 553 -> 714 tokens/s), half the weight memory
         # (inside ``training()`` only: building a trainer leaves the caller's model as it is)
-        self.bf16_base = (cfg.method == "lora" and self.amp_dtype == torch.bfloat16
-                          and not self.parallel.shards_weights)
+        self.bf16_base = (
+            cfg.method == "lora"
+            and self.amp_dtype == torch.bfloat16
+            and not self.parallel.shards_weights
+        )
         self.low_precision_base: list[nn.Linear] = []
         model.gradient_checkpointing = cfg.grad_checkpointing
         self.trainable_params, self.total_params = count_parameters(model)
         self.wrapped = self.parallel.wrap(model)  # before the optimizer: FSDP swaps parameters
         self.optimizer = make_optimizer(model, cfg)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lr_lambda(cfg, total_steps))
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp_dtype == torch.float16)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg, total_steps)
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
         self.progress = Progress()
         self.step_rng = rng_state()
         """RNG states right after the last step: a Ctrl-C before the next one resumes from here."""
@@ -247,8 +182,10 @@ class Trainer:
         else:
             saved_world = resume_state.get("world_size", 1)
             if saved_world != par.world:
-                raise UserError(f"`resume`: the checkpoint was written by {saved_world} rank(s), "
-                                f"this run has {par.world}; resume with the same number")
+                raise UserError(
+                    f"`resume`: the checkpoint was written by {saved_world} rank(s), "
+                    f"this run has {par.world}; resume with the same number"
+                )
             par.load_optimizer_state(self.wrapped, self.optimizer, resume_state["optimizer"])
             self.scheduler.load_state_dict(resume_state["scheduler"])
             self.scaler.load_state_dict(resume_state["scaler"])
@@ -262,10 +199,15 @@ class Trainer:
         Args:
             rngs: every rank's RNG states, indexed by rank.
         """
-        return {"optimizer": self.parallel.optimizer_state(self.wrapped, self.optimizer),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "position": asdict(self.progress), "rng": rngs,
-                "total_steps": self.total_steps, "world_size": self.parallel.world}
+        return {
+            "optimizer": self.parallel.optimizer_state(self.wrapped, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "position": asdict(self.progress),
+            "rng": rngs,
+            "total_steps": self.total_steps,
+            "world_size": self.parallel.world,
+        }
 
     def full_model(self) -> GPT2 | None:
         """The model with whole weights on rank 0, None on other ranks (a collective)."""
@@ -306,7 +248,8 @@ class Trainer:
         # the shards into a replicated DTensor (full_tensor() then just unwraps it).
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad],
-            self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
+            self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf,
+        )
         if par.shards_weights:
             grad_norm = cast("DTensor", grad_norm).full_tensor()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -317,12 +260,17 @@ class Trainer:
         self.progress.step += 1
         self.progress.tokens_seen += n_tokens
         self.step_rng = rng_state()
-        return StepResult(loss=par.all_sum(loss_sum)[0] / max(n_tokens, 1), lr=lr,
-                          tokens=n_tokens, grad_norm=grad_norm.item())
+        return StepResult(
+            loss=par.all_sum(loss_sum)[0] / max(n_tokens, 1),
+            lr=lr,
+            tokens=n_tokens,
+            grad_norm=grad_norm.item(),
+        )
 
     @torch.no_grad()
-    def validation_loss(self, val_docs: list[list[int]] | Rows | None,
-                        context: int) -> float | None:
+    def validation_loss(
+        self, val_docs: list[list[int]] | Rows | None, context: int
+    ) -> float | None:
         """Mean loss over the validation documents (each rank scores its share; FSDP: all of
         them, since every forward gathers the shards). None without documents."""
         if val_docs is None or len(val_docs) == 0:
@@ -333,12 +281,22 @@ class Trainer:
         if par.shards_weights:
             # evaluate only calls the model, and the wrapper's forward(x) returns the logits (FSDP
             # gathers the shards in its hooks); it reads no GPT2 attribute, `context` being given
-            res = evaluate(self.wrapped, val_docs,  # type: ignore[arg-type]
-                           batch_size=bs, autocast_dtype=amp, context=context)
+            res = evaluate(
+                self.wrapped,  # type: ignore[arg-type]
+                val_docs,
+                batch_size=bs,
+                autocast_dtype=amp,
+                context=context,
+            )
             self.model.train()
             return res.loss
-        res = evaluate(self.model, val_docs[par.rank::par.world], batch_size=bs,
-                       autocast_dtype=amp, context=context)
+        res = evaluate(
+            self.model,
+            val_docs[par.rank :: par.world],
+            batch_size=bs,
+            autocast_dtype=amp,
+            context=context,
+        )
         loss_sum, count = par.all_sum(res.loss * res.tokens, res.tokens)
         self.model.train()
         return loss_sum / max(count, 1)
@@ -352,7 +310,7 @@ class Trainer:
         mine = list(range(par.rank, len(rows), par.world))
         with autocast(self.device, self.amp_dtype):
             for i in range(0, len(mine), bs):
-                idx = mine[i:i + bs]
+                idx = mine[i : i + bs]
                 x, y = rows.inputs[idx].to(self.device), rows.targets[idx].to(self.device)
                 total += self.model.loss(x, y).item() * len(idx)
                 count += len(idx)
@@ -362,8 +320,12 @@ class Trainer:
 
     # --------------------------------------------------------------- the loop
 
-    def fit(self, rows: Rows, val_docs: list[list[int]] | Rows | None = None,
-            callbacks: Sequence[Callback] = ()) -> TrainResult:
+    def fit(
+        self,
+        rows: Rows,
+        val_docs: list[list[int]] | Rows | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> TrainResult:
         """Train until ``total_steps`` (or early stopping), from ``self.progress`` on.
 
         A LoRA run in bf16 keeps its frozen base in bf16 while it trains; ``fit`` hands the model
@@ -389,8 +351,9 @@ class Trainer:
             restore_frozen_linears(self.low_precision_base)
             self.low_precision_base = []
 
-    def _fit(self, rows: Rows, val_docs: list[list[int]] | Rows | None,
-             callbacks: Sequence[Callback]) -> TrainResult:
+    def _fit(
+        self, rows: Rows, val_docs: list[list[int]] | Rows | None, callbacks: Sequence[Callback]
+    ) -> TrainResult:
         """``fit``'s loop.
 
         Each epoch visits the rows in an order fixed by (seed, epoch), so a resumed run continues
@@ -412,21 +375,34 @@ class Trainer:
         try:
             while prog.step < self.total_steps and not stopped_early:
                 epoch = prog.epoch
-                micro = batch_indices(len(rows), cfg.batch_size, epoch, cfg.seed, par.rank,
-                                      par.world)
-                steps = [micro[i:i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
+                micro = batch_indices(
+                    len(rows), cfg.batch_size, epoch, cfg.seed, par.rank, par.world
+                )
+                steps = [
+                    micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)
+                ]
                 while prog.step_in_epoch < len(steps) and prog.step < self.total_steps:
                     group = steps[prog.step_in_epoch]
                     res = self.step([(rows.inputs[idx], rows.targets[idx]) for idx in group])
                     prog.step_in_epoch += 1
                     last_loss = res.loss
                     now = time.perf_counter()
-                    stats = StepStats(step=prog.step, epoch=epoch + prog.step_in_epoch / len(steps),
-                                      loss=res.loss, lr=res.lr, tokens=res.tokens,
-                                      grad_norm=res.grad_norm, time=now, elapsed_s=now - t0)
+                    stats = StepStats(
+                        step=prog.step,
+                        epoch=epoch + prog.step_in_epoch / len(steps),
+                        loss=res.loss,
+                        lr=res.lr,
+                        tokens=res.tokens,
+                        grad_norm=res.grad_norm,
+                        time=now,
+                        elapsed_s=now - t0,
+                    )
                     end_of_epoch = prog.step_in_epoch == len(steps)
-                    if ((cfg.eval_every and prog.step % cfg.eval_every == 0) or end_of_epoch
-                            or prog.step == self.total_steps):
+                    if (
+                        (cfg.eval_every and prog.step % cfg.eval_every == 0)
+                        or end_of_epoch
+                        or prog.step == self.total_steps
+                    ):
                         stats.val_loss = val_loss = self.validation_loss(val_docs, context)
                         if val_loss is not None:
                             if prog.best_val is None or val_loss < prog.best_val:
@@ -435,8 +411,9 @@ class Trainer:
                                 stats.improved = True
                             else:
                                 prog.bad_evals += 1
-                                stopped_early = bool(cfg.early_stopping
-                                                     and prog.bad_evals >= cfg.early_stopping)
+                                stopped_early = bool(
+                                    cfg.early_stopping and prog.bad_evals >= cfg.early_stopping
+                                )
                     for cb in callbacks:
                         cb.on_step(self, stats)
                     if stopped_early:
@@ -455,12 +432,23 @@ class Trainer:
         finally:
             for cb in callbacks:
                 cb.close()
-        peak = (torch.cuda.max_memory_allocated(self.device) / 2**20
-                if self.device.type == "cuda" else peak_rss_mib())
+        peak = (
+            torch.cuda.max_memory_allocated(self.device) / 2**20
+            if self.device.type == "cuda"
+            else peak_rss_mib()
+        )
         return TrainResult(
-            steps=prog.step, epochs_done=round(prog.epoch + prog.step_in_epoch / n_steps_epoch, 4),
-            tokens_seen=prog.tokens_seen, wall_s=round(time.perf_counter() - t0, 2),
-            trainable_params=self.trainable_params, total_params=self.total_params,
-            peak_memory_mib=round(peak, 1), final_loss=last_loss, val_loss=val_loss,
-            best_val_loss=prog.best_val, best_step=prog.best_step, stopped_early=stopped_early,
-            interrupted=interrupted)
+            steps=prog.step,
+            epochs_done=round(prog.epoch + prog.step_in_epoch / n_steps_epoch, 4),
+            tokens_seen=prog.tokens_seen,
+            wall_s=round(time.perf_counter() - t0, 2),
+            trainable_params=self.trainable_params,
+            total_params=self.total_params,
+            peak_memory_mib=round(peak, 1),
+            final_loss=last_loss,
+            val_loss=val_loss,
+            best_val_loss=prog.best_val,
+            best_step=prog.best_step,
+            stopped_early=stopped_early,
+            interrupted=interrupted,
+        )

@@ -44,8 +44,9 @@ def build_model(opts: ModelOptions) -> GPT2:
             raise UserError(f"`preset`: {e}") from None
         return GPT2(config).to(device)
     if not opts.model:
-        raise UserError("`model` is required (or `init` scratch `preset` NAME to train from "
-                        "scratch)")
+        raise UserError(
+            "`model` is required (or `init` scratch `preset` NAME to train from scratch)"
+        )
     return load_model(opts.model, device=device)
 
 
@@ -55,7 +56,10 @@ def checkpoint_weights(model: GPT2, ckpt: Path, method: str) -> GPT2:
         load_adapter(model, ckpt)
         return model
     device = next(model.parameters()).device
-    resumed = (load_classifier(ckpt, model.labels, device=device)
-               if isinstance(model, GPT2Classifier) else load_model(ckpt, device=device))
+    resumed = (
+        load_classifier(ckpt, model.labels, device=device)
+        if isinstance(model, GPT2Classifier)
+        else load_model(ckpt, device=device)
+    )
     resumed.source_dir = model.source_dir  # the tokenizer stays the base model's
     return resumed

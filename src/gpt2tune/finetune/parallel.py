@@ -41,8 +41,11 @@ def init_from_env(device_name: str = "auto", timeout_s: int = DEFAULT_TIMEOUT_S)
     The timeout bounds every collective, so if a rank dies the others fail with a clear message
     instead of waiting forever (torchrun also stops the remaining workers).
     """
-    use_cuda = (torch.cuda.is_available() and device_name in ("auto", "cuda")
-                or device_name.startswith("cuda"))
+    use_cuda = (
+        torch.cuda.is_available()
+        and device_name in ("auto", "cuda")
+        or device_name.startswith("cuda")
+    )
     if use_cuda and not torch.cuda.is_available():
         raise UserError("`device` cuda under torchrun, but no CUDA GPU is available")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -52,8 +55,9 @@ def init_from_env(device_name: str = "auto", timeout_s: int = DEFAULT_TIMEOUT_S)
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
+        )
     return device
 
 
@@ -66,6 +70,7 @@ def sigterm_raises() -> Iterator[None]:
     """Within the block, SIGTERM raises ``Terminated`` (once; later ones are ignored while the
     rank winds down, as they are after any exception leaves the block) instead of ending the
     process without a word."""
+
     def handler(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated
@@ -81,8 +86,16 @@ def sigterm_raises() -> Iterator[None]:
     signal.signal(signal.SIGTERM, previous)
 
 
-PEER_FAILURES = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
-                 "Timed out", "timed out", "Timeout", "NCCL", "gloo")
+PEER_FAILURES = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "Timed out",
+    "timed out",
+    "Timeout",
+    "NCCL",
+    "gloo",
+)
 """What a collective's error says when another rank has gone (gloo and NCCL raise plain
 RuntimeErrors, with the transport's words in them)."""
 
@@ -90,8 +103,11 @@ RuntimeErrors, with the transport's words in them)."""
 def lost_peer(e: BaseException) -> str | None:
     """If ``e`` is a collective failing because another rank has gone (its connection closed,
     or silence past ``--dist-timeout``), the reason in a few words; otherwise None."""
-    if not (isinstance(e, getattr(dist, "DistError", ())) or isinstance(e, RuntimeError)
-            and any(s in str(e) for s in PEER_FAILURES)):
+    if not (
+        isinstance(e, getattr(dist, "DistError", ()))
+        or isinstance(e, RuntimeError)
+        and any(s in str(e) for s in PEER_FAILURES)
+    ):
         return None
     text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(e))  # the C++ source location
     return text.split(". ")[0].rstrip(".")
@@ -131,8 +147,9 @@ class SingleProcess:
         """The optimizer's whole state (a collective)."""
         return optimizer.state_dict()
 
-    def load_optimizer_state(self, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
-                             state: dict) -> None:
+    def load_optimizer_state(
+        self, wrapped: nn.Module, optimizer: torch.optim.Optimizer, state: dict
+    ) -> None:
         optimizer.load_state_dict(state)
 
     def no_sync(self, wrapped: nn.Module) -> AbstractContextManager:
@@ -222,8 +239,9 @@ class FullyShardedDataParallel(DataParallel):
             get_model_state_dict,
         )
 
-        sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True,
-                                                                    cpu_offload=True))
+        sd = get_model_state_dict(
+            wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         if not self.is_main:
             return None
         with empty_init():
@@ -235,8 +253,9 @@ class FullyShardedDataParallel(DataParallel):
             with empty_init():
                 wrapper = LoRALinear(base, mod.r, mod.scaling * mod.r)
             setattr(copy.get_submodule(parent), attr, wrapper)
-        copy.load_state_dict({k.removeprefix("model."): v for k, v in sd.items()},
-                             strict=True, assign=True)
+        copy.load_state_dict(
+            {k.removeprefix("model."): v for k, v in sd.items()}, strict=True, assign=True
+        )
         copy.lm_head.weight = copy.transformer.wte.weight
         return copy
 
@@ -246,18 +265,24 @@ class FullyShardedDataParallel(DataParallel):
             get_optimizer_state_dict,
         )
 
-        return get_optimizer_state_dict(wrapped, optimizer, options=StateDictOptions(
-            full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            wrapped, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
 
-    def load_optimizer_state(self, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
-                             state: dict) -> None:
+    def load_optimizer_state(
+        self, wrapped: nn.Module, optimizer: torch.optim.Optimizer, state: dict
+    ) -> None:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_optimizer_state_dict,
         )
 
-        set_optimizer_state_dict(wrapped, optimizer, optim_state_dict=state,
-                                 options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(
+            wrapped,
+            optimizer,
+            optim_state_dict=state,
+            options=StateDictOptions(full_state_dict=True),
+        )
 
     def no_sync(self, wrapped: nn.Module) -> AbstractContextManager:
         return nullcontext()  # FSDP2 reduce-scatters every backward
@@ -273,6 +298,8 @@ def from_env(fsdp: bool = False) -> SingleProcess:
     if dist.is_available() and dist.is_initialized():
         return FullyShardedDataParallel() if fsdp else DataParallel()
     if fsdp:
-        raise UserError("`fsdp` shards over several processes: launch with torchrun "
-                        "--nproc_per_node N -m gpt2tune train ...")
+        raise UserError(
+            "`fsdp` shards over several processes: launch with torchrun "
+            "--nproc_per_node N -m gpt2tune train ..."
+        )
     return SingleProcess()

@@ -66,16 +66,28 @@ class RunOptions:
     def identity(self) -> dict:
         """The options a resumed run must share with the original."""
         t = self.train
-        return {"method": t.method, "model": self.model.model, "init": self.model.init,
-                "preset": self.model.preset if self.model.init == "scratch" else None,
-                "data": self.data.data, "block_size": self.data.block_size, "pack": self.data.pack,
-                "task": self.data.task,
-                "batch_size": t.batch_size, "grad_accum": t.grad_accum, "seed": t.seed,
-                "lora": asdict(self.lora) if t.method == "lora" else None}
+        return {
+            "method": t.method,
+            "model": self.model.model,
+            "init": self.model.init,
+            "preset": self.model.preset if self.model.init == "scratch" else None,
+            "data": self.data.data,
+            "block_size": self.data.block_size,
+            "pack": self.data.pack,
+            "task": self.data.task,
+            "batch_size": t.batch_size,
+            "grad_accum": t.grad_accum,
+            "seed": t.seed,
+            "lora": asdict(self.lora) if t.method == "lora" else None,
+        }
 
 
-def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = None,
-              command: str = "gpt2tune train", resumable: bool = True) -> TrainResult:
+def fine_tune(
+    opts: RunOptions,
+    on_step: Callable[[int, float], None] | None = None,
+    command: str = "gpt2tune train",
+    resumable: bool = True,
+) -> TrainResult:
     """Run ``gpt2tune train``: fine-tune (LoRA or full) or train from scratch, or resume.
 
     ``opts.out`` is locked (``OutputLock``) for the whole run, before it is checked, so two runs
@@ -114,8 +126,9 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
         if lock is not None:
             try:
                 lock.acquire()
-                prepare_output_dir(out, marker=RUN_FILE, resume=opts.resume,
-                                   overwrite=opts.overwrite)
+                prepare_output_dir(
+                    out, marker=RUN_FILE, resume=opts.resume, overwrite=opts.overwrite
+                )
             except UserError as e:
                 problem = e.template
         # every rank stops on rank 0's refusal at once, rather than at the next collective's
@@ -129,8 +142,13 @@ def fine_tune(opts: RunOptions, on_step: Callable[[int, float], None] | None = N
             lock.release()
 
 
-def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
-               on_step: Callable[[int, float], None] | None, resumable: bool) -> TrainResult:
+def _fine_tune(
+    opts: RunOptions,
+    out: Path,
+    parallel: SingleProcess,
+    on_step: Callable[[int, float], None] | None,
+    resumable: bool,
+) -> TrainResult:
     """``fine_tune`` once ``out`` is locked and checked."""
     t = opts.train
     torch.manual_seed(t.seed)  # LoRA's initial A (and a new score head) come from here
@@ -149,8 +167,11 @@ def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
         opts = replace(opts, data=replace(opts.data, block_size=data.block_size))
     device = next(model.parameters()).device
     amp = autocast_dtype(t.precision, device)
-    resolved = Resolved(device=str(device), block_size=rows.inputs.size(1),
-                        precision={None: "fp32", torch.bfloat16: "bf16"}.get(amp, "fp16"))
+    resolved = Resolved(
+        device=str(device),
+        block_size=rows.inputs.size(1),
+        precision={None: "fp32", torch.bfloat16: "bf16"}.get(amp, "fp16"),
+    )
 
     resume_state = None
     if opts.resume:
@@ -158,12 +179,16 @@ def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
         now = opts.identity()
         diff = [k for k in now if saved["identity"].get(k) != now[k]]
         if diff:
-            raise UserError(f"`resume`: `{diff[0]}` differs from the run in {out} "
-                            f"({saved['identity'].get(diff[0])!r} vs {now[diff[0]]!r}); use the "
-                            "same options, or a new `out`", field=diff[0])
+            raise UserError(
+                f"`resume`: `{diff[0]}` differs from the run in {out} "
+                f"({saved['identity'].get(diff[0])!r} vs {now[diff[0]]!r}); use the "
+                "same options, or a new `out`",
+                field=diff[0],
+            )
         base = model
         resume_state, model, _ = load_checkpoint(
-            out, lambda ckpt: checkpoint_weights(base, ckpt, t.method))
+            out, lambda ckpt: checkpoint_weights(base, ckpt, t.method)
+        )
     elif t.method == "lora":
         apply_lora(model, opts.lora)
     if t.method == "lora":
@@ -172,14 +197,18 @@ def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
         trainable = total = sum(p.numel() for p in model.parameters())
     log.info(format_parameter_report(trainable, total))
     what = "texts" if opts.data.task == "classify" else "documents"
-    log.info(f"data: {n_docs} {what} -> {len(rows)} rows of {rows.inputs.size(1)} tokens "
-             f"({rows.num_targets:,} training targets); validation: "
-             f"{len(val) if val else 0} {what}")
+    log.info(
+        f"data: {n_docs} {what} -> {len(rows)} rows of {rows.inputs.size(1)} tokens "
+        f"({rows.num_targets:,} training targets); validation: "
+        f"{len(val) if val else 0} {what}"
+    )
     world = parallel.world
     if world > 1:
-        log.info(f"data parallel over {world} ranks: global batch {t.batch_size} x {world} ranks "
-                 f"x {t.grad_accum} accumulation = {t.batch_size * world * t.grad_accum} rows "
-                 f"of {rows.inputs.size(1)} tokens per step")
+        log.info(
+            f"data parallel over {world} ranks: global batch {t.batch_size} x {world} ranks "
+            f"x {t.grad_accum} accumulation = {t.batch_size * world * t.grad_accum} rows "
+            f"of {rows.inputs.size(1)} tokens per step"
+        )
     out.mkdir(parents=True, exist_ok=True)
     if not opts.resume and parallel.is_main:
         record = {"identity": opts.identity(), "options": asdict(opts)}
@@ -188,23 +217,34 @@ def _fine_tune(opts: RunOptions, out: Path, parallel: SingleProcess,
     stopping = sigterm_raises() if parallel.world > 1 else nullcontext()
     try:
         with stopping:
-            result = train(model, rows, t, out, val_docs=val,
-                           lora_cfg=opts.lora if t.method == "lora" else None,
-                           base_name=base_name, resume_state=resume_state, on_step=on_step,
-                           parallel=parallel)
+            result = train(
+                model,
+                rows,
+                t,
+                out,
+                val_docs=val,
+                lora_cfg=opts.lora if t.method == "lora" else None,
+                base_name=base_name,
+                resume_state=resume_state,
+                on_step=on_step,
+                parallel=parallel,
+            )
     except WriteError as e:
         if not resumable:
             raise
         raise WriteError(f"{e.template}; {_resume_hint(out, e.fix)}", e.reason) from None
     except Terminated:
-        raise RunAborted(f"rank {parallel.rank}: stopped by SIGTERM (torchrun stops every rank "
-                         f"when one fails); {_resume_hint(out)}") from None
+        raise RunAborted(
+            f"rank {parallel.rank}: stopped by SIGTERM (torchrun stops every rank "
+            f"when one fails); {_resume_hint(out)}"
+        ) from None
     except RuntimeError as e:
         lost = lost_peer(e) if parallel.world > 1 else None
         if lost is None:
             raise
-        raise RunAborted(f"rank {parallel.rank}: lost another rank of the run ({lost}); "
-                         f"{_resume_hint(out)}") from None
+        raise RunAborted(
+            f"rank {parallel.rank}: lost another rank of the run ({lost}); {_resume_hint(out)}"
+        ) from None
     parallel.close()
     result.resolved = resolved
     return result
@@ -219,5 +259,3 @@ def _resume_hint(out: Path, fix: str | None = None) -> str:
     if step is None:
         return f"no checkpoint was saved yet: {again} again with `overwrite`"
     return f"the checkpoint of step {step} is intact: {again} with `resume`"
-
-

@@ -23,7 +23,8 @@ from gpt2tune.finetune.callbacks import (
     tensorboard_writer,
 )
 from gpt2tune.finetune.config import TrainConfig, TrainResult
-from gpt2tune.finetune.loop import Callback, LossNotFinite, Trainer, total_steps
+from gpt2tune.finetune.loop import Callback, LossNotFinite, Trainer
+from gpt2tune.finetune.optim import total_steps
 from gpt2tune.finetune.parallel import SingleProcess, from_env
 from gpt2tune.finetune.state import CHECKPOINT
 from gpt2tune.formats.atomic import write_text
@@ -33,11 +34,19 @@ if TYPE_CHECKING:
     from gpt2tune.data.rows import Rows
 
 
-def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, *,
-          val_docs: list[list[int]] | Rows | None = None, lora_cfg: LoRAConfig | None = None,
-          base_name: str = "", resume_state: dict | None = None,
-          on_step: Callable[[int, float], None] | None = None,
-          parallel: SingleProcess | None = None) -> TrainResult:
+def train(
+    model: GPT2,
+    train_rows: Rows,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    val_docs: list[list[int]] | Rows | None = None,
+    lora_cfg: LoRAConfig | None = None,
+    base_name: str = "",
+    resume_state: dict | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    parallel: SingleProcess | None = None,
+) -> TrainResult:
     """Train ``model`` on ``train_rows`` and save the result in ``out_dir``.
 
     Args:
@@ -68,16 +77,21 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parallel = parallel if parallel is not None else from_env(cfg.fsdp)
-    trainer = Trainer(model, cfg, total_steps(len(train_rows), cfg, parallel.rank, parallel.world),
-                      parallel)
+    trainer = Trainer(
+        model, cfg, total_steps(len(train_rows), cfg, parallel.rank, parallel.world), parallel
+    )
     trainer.start(resume_state)
     main = parallel.is_main
-    metrics = Metrics(out_dir / "metrics.jsonl" if main else None, cfg.log_every,
-                      resume=resume_state is not None)
+    metrics = Metrics(
+        out_dir / "metrics.jsonl" if main else None, cfg.log_every, resume=resume_state is not None
+    )
     callbacks: list[Callback] = [
         metrics,
-        *([TensorBoard(out_dir / "tensorboard", metrics)]
-          if cfg.report_to == "tensorboard" and main else []),
+        *(
+            [TensorBoard(out_dir / "tensorboard", metrics)]
+            if cfg.report_to == "tensorboard" and main
+            else []
+        ),
         *([ProgressBar()] if cfg.progress and main else []),
         BestWeights(out_dir / "best", lora_cfg, base_name),
         *([LossPlot(out_dir / "loss_curve.png", metrics)] if main else []),
@@ -88,9 +102,11 @@ def train(model: GPT2, train_rows: Rows, cfg: TrainConfig, out_dir: str | Path, 
     try:
         result = trainer.fit(train_rows, val_docs, callbacks)
     except LossNotFinite as e:
-        raise UserError(f"loss became {e.value} at step {e.step}: training diverged; the last "
-                        f"good checkpoint in {out_dir / CHECKPOINT} is kept; lower `lr` or use "
-                        "`precision` fp32, then `resume`") from None
+        raise UserError(
+            f"loss became {e.value} at step {e.step}: training diverged; the last "
+            f"good checkpoint in {out_dir / CHECKPOINT} is kept; lower `lr` or use "
+            "`precision` fp32, then `resume`"
+        ) from None
     result.history = metrics.rows
     if result.final_loss is None:  # resumed with no step left (its final save had failed)
         losses = [row["loss"] for row in metrics.rows if "loss" in row]

@@ -76,8 +76,9 @@ MANIFEST = "manifest.json"
 """In each checkpoint: its step and each file's size and SHA-256, written last."""
 
 
-def save_weights(model: GPT2, out_dir: Path, method: str, lora_cfg: LoRAConfig | None,
-                 base_name: str) -> None:
+def save_weights(
+    model: GPT2, out_dir: Path, method: str, lora_cfg: LoRAConfig | None, base_name: str
+) -> None:
     """The user-facing result: a peft adapter (LoRA) or an HF-format model (full)."""
     if method == "lora":
         assert lora_cfg is not None, "a LoRA run's adapter is saved with its LoRAConfig"
@@ -102,8 +103,14 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def save_checkpoint(out_dir: Path, model: GPT2, state: dict, method: str,
-                    lora_cfg: LoRAConfig | None, base_name: str) -> Path:
+def save_checkpoint(
+    out_dir: Path,
+    model: GPT2,
+    state: dict,
+    method: str,
+    lora_cfg: LoRAConfig | None,
+    base_name: str,
+) -> Path:
     """Write a complete checkpoint to ``out_dir/checkpoint``: the weights as ``save_weights``
     writes them, ``train_state.pt``, and last ``manifest.json``.
 
@@ -117,15 +124,19 @@ def save_checkpoint(out_dir: Path, model: GPT2, state: dict, method: str,
     final, prev = out_dir / CHECKPOINT, out_dir / PREVIOUS
     if final.is_dir():
         shutil.rmtree(prev, ignore_errors=True)
-    weights = (adapter_state_dict(model) if method == "lora"
-               else {t.data_ptr(): t for t in model.state_dict().values()})  # tied once
+    weights = (
+        adapter_state_dict(model)
+        if method == "lora"
+        else {t.data_ptr(): t for t in model.state_dict().values()}
+    )  # tied once
     needs = _tensor_bytes(state) + _tensor_bytes(list(weights.values()))
     with staged_dir(final, keep=prev, needs=needs) as new:
         save_weights(model, new, method, lora_cfg, base_name)
         with (new / STATE_FILE).open("wb") as f:  # a file object: a failed write keeps its
             torch.save(state, f)  # OSError (errno) as the context of torch's RuntimeError
-        files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-                 for f in sorted(new.iterdir())}
+        files = {
+            f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(new.iterdir())
+        }
         step = state.get("position", {}).get("step")
         (new / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1) + "\n")
     return final
@@ -197,11 +208,15 @@ def load_checkpoint(out_dir: Path, load_weights: Callable[[Path], T]) -> tuple[d
             damaged.append(f"{ckpt.name} is damaged ({first_line(e)})")
             continue
         if damaged:
-            log.warning(f"{damaged[0]}; resuming from the checkpoint before it, {ckpt} (step "
-                        f"{state.get('position', {}).get('step')})")
+            log.warning(
+                f"{damaged[0]}; resuming from the checkpoint before it, {ckpt} (step "
+                f"{state.get('position', {}).get('step')})"
+            )
         return state, weights, ckpt
     if damaged:
-        raise UserError(f"cannot resume {out_dir}: {'; '.join(damaged)}, and there is no "
-                        "earlier complete checkpoint; start again with `overwrite`",
-                        field="resume")
+        raise UserError(
+            f"cannot resume {out_dir}: {'; '.join(damaged)}, and there is no "
+            "earlier complete checkpoint; start again with `overwrite`",
+            field="resume",
+        )
     raise UserError(f"`resume`: {out_dir} has no checkpoint yet; start again with `overwrite`")

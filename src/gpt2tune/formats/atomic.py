@@ -68,16 +68,21 @@ def _os_errno(e: BaseException) -> int | None:
     return None
 
 
-TORCH_WRITER_FAILURES = ("inline_container.cc", "PytorchStreamWriter", "iostream error",
-                         "file write failed")
+TORCH_WRITER_FAILURES = (
+    "inline_container.cc",
+    "PytorchStreamWriter",
+    "iostream error",
+    "file write failed",
+)
 """What torch.save's zip writer says when the file under it could not be written."""
 
 
 def _is_write_failure(e: BaseException) -> bool:
     return _os_errno(e) is not None or any(
-        isinstance(x, OSError) or (isinstance(x, RuntimeError)
-                                   and any(t in str(x) for t in TORCH_WRITER_FAILURES))
-        for x in _chain(e))
+        isinstance(x, OSError)
+        or (isinstance(x, RuntimeError) and any(t in str(x) for t in TORCH_WRITER_FAILURES))
+        for x in _chain(e)
+    )
 
 
 @contextmanager
@@ -97,21 +102,26 @@ def reporting_write_errors(final: str | Path, needs: int | None = None) -> Itera
         if not _is_write_failure(e):
             raise
         code = _os_errno(e)
-        raise _write_error(final, os.strerror(code) if code else "the write failed",
-                           needs) from None
+        raise _write_error(
+            final, os.strerror(code) if code else "the write failed", needs
+        ) from None
 
 
 def _write_error(final: Path, reason: str, needs: int | None) -> WriteError:
     no_space = os.strerror(errno.ENOSPC)
     free = _free_bytes(final)
     short = reason.startswith(no_space) or (
-        free is not None and (free < LOW_SPACE or (needs is not None and free < needs)))
+        free is not None and (free < LOW_SPACE or (needs is not None and free < needs))
+    )
     if not short:
         return WriteError(f"cannot save {final}: {reason}", reason)
     said = reason if reason.startswith(no_space) else f"{no_space} ({reason})"
     if free is not None:
-        said += (f"; the save needs about {_fmt_bytes(needs)}, {_fmt_bytes(free)} is free"
-                 if needs else f"; {_fmt_bytes(free)} is free")
+        said += (
+            f"; the save needs about {_fmt_bytes(needs)}, {_fmt_bytes(free)} is free"
+            if needs
+            else f"; {_fmt_bytes(free)} is free"
+        )
     return WriteError(f"cannot save {final}: {said}", no_space)
 
 
@@ -169,8 +179,13 @@ def previous_dir(final: Path) -> Path:
 
 
 @contextmanager
-def staged_dir(final: str | Path, *, replace: bool = True, keep: str | Path | None = None,
-               needs: int | None = None) -> Iterator[Path]:
+def staged_dir(
+    final: str | Path,
+    *,
+    replace: bool = True,
+    keep: str | Path | None = None,
+    needs: int | None = None,
+) -> Iterator[Path]:
     """Yield a new empty directory beside ``final`` to build its contents in; on success it
     takes ``final``'s place by rename, so ``final`` is always either complete or absent.
 

@@ -24,17 +24,36 @@ from gpt2tune.formats.atomic import atomic_dir
 _GPT2 = TypeVar("_GPT2", bound=GPT2)
 
 CONV1D_SUFFIXES = (
-    "attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-SAVED_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt",
-               "tokenizer_config.json")
+    "attn.c_attn.weight",
+    "attn.c_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+SAVED_FILES = (
+    "config.json",
+    "model.safetensors",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+)
 """What ``save_model`` writes: an HF model directory with its tokenizer files."""
-HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "vocab.json",
-                "merges.txt"]
+HUB_PATTERNS = [
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "vocab.json",
+    "merges.txt",
+]
 
 
 # ----------------------------------------------------------------------------- locating models
+
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:
     """A local directory for ``name_or_path``: the directory itself, or a hub id's cached snapshot.
@@ -45,8 +64,10 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise UserError(f"{path} is a file; `model` takes a directory holding config.json "
-                            "and model weights (or a hub id such as gpt2)")
+            raise UserError(
+                f"{path} is a file; `model` takes a directory holding config.json "
+                "and model weights (or a hub id such as gpt2)"
+            )
         return path
     name = str(name_or_path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -65,34 +86,49 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
         raise UserError(
             f"model {name!r} is not a local directory and could not be fetched from the Hugging "
             f"Face hub ({type(e).__name__}); when offline, pass `model` /path/to/dir with an "
-            "HF-format GPT-2 (config.json + model.safetensors)") from None
+            "HF-format GPT-2 (config.json + model.safetensors)"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- config
 
-_UNSUPPORTED = {"scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-                "scale_attn_weights": True, "add_cross_attention": False}
+_UNSUPPORTED = {
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "scale_attn_weights": True,
+    "add_cross_attention": False,
+}
 
 
 def config_from_hf(hf: dict, where: str = "config.json") -> GPT2Config:
     """Our ``GPT2Config`` from a Hugging Face GPT-2 ``config.json`` dict."""
     if hf.get("model_type") != "gpt2":
-        raise UserError(f"{where}: model_type is {hf.get('model_type')!r}, not 'gpt2'; "
-                        "gpt2tune loads GPT-2 checkpoints only")
+        raise UserError(
+            f"{where}: model_type is {hf.get('model_type')!r}, not 'gpt2'; "
+            "gpt2tune loads GPT-2 checkpoints only"
+        )
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise UserError(f"{where}: activation_function {act!r} is not GPT-2's tanh GELU; "
-                        "only gelu_new / gelu_pytorch_tanh checkpoints are supported")
+        raise UserError(
+            f"{where}: activation_function {act!r} is not GPT-2's tanh GELU; "
+            "only gelu_new / gelu_pytorch_tanh checkpoints are supported"
+        )
     for key, expected in _UNSUPPORTED.items():
         if hf.get(key, expected) != expected:
             raise UserError(f"{where}: {key}={hf[key]} is not supported (GPT-2 uses {expected})")
     try:
         return GPT2Config(
-            n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-            n_positions=hf.get("n_positions", 1024), vocab_size=hf.get("vocab_size", 50257),
-            n_inner=hf.get("n_inner"), embd_pdrop=hf.get("embd_pdrop", 0.1),
-            attn_pdrop=hf.get("attn_pdrop", 0.1), resid_pdrop=hf.get("resid_pdrop", 0.1),
-            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+            n_layer=hf["n_layer"],
+            n_head=hf["n_head"],
+            n_embd=hf["n_embd"],
+            n_positions=hf.get("n_positions", 1024),
+            vocab_size=hf.get("vocab_size", 50257),
+            n_inner=hf.get("n_inner"),
+            embd_pdrop=hf.get("embd_pdrop", 0.1),
+            attn_pdrop=hf.get("attn_pdrop", 0.1),
+            resid_pdrop=hf.get("resid_pdrop", 0.1),
+            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        )
     except KeyError as e:
         raise UserError(f"{where}: missing field {e.args[0]!r}; is this a GPT-2 config?") from None
     except ValueError as e:
@@ -102,16 +138,28 @@ def config_from_hf(hf: dict, where: str = "config.json") -> GPT2Config:
 def config_to_hf(config: GPT2Config) -> dict:
     """A ``config.json`` dict that ``transformers.GPT2LMHeadModel`` reads as this model."""
     return {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-        "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
-        "n_positions": config.n_positions, "n_ctx": config.n_positions,
-        "vocab_size": config.vocab_size, "n_inner": config.n_inner,
-        "activation_function": "gelu_new", "embd_pdrop": config.embd_pdrop,
-        "attn_pdrop": config.attn_pdrop, "resid_pdrop": config.resid_pdrop,
-        "layer_norm_epsilon": config.layer_norm_epsilon, "initializer_range": 0.02,
-        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False, "tie_word_embeddings": True,
-        "bos_token_id": 50256, "eos_token_id": 50256, "use_cache": True,
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_embd": config.n_embd,
+        "n_positions": config.n_positions,
+        "n_ctx": config.n_positions,
+        "vocab_size": config.vocab_size,
+        "n_inner": config.n_inner,
+        "activation_function": "gelu_new",
+        "embd_pdrop": config.embd_pdrop,
+        "attn_pdrop": config.attn_pdrop,
+        "resid_pdrop": config.resid_pdrop,
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "use_cache": True,
     }
 
 
@@ -123,8 +171,9 @@ def read_hf_config(model_dir: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); restore it or re-save the "
-                        "model") from None
+        raise UserError(
+            f"{path} is not valid JSON ({e}); restore it or re-save the model"
+        ) from None
 
 
 def load_config(model_dir: Path) -> GPT2Config:
@@ -133,27 +182,32 @@ def load_config(model_dir: Path) -> GPT2Config:
 
 # ----------------------------------------------------------------------------- weights
 
+
 def load_bin(path: Path) -> dict[str, Tensor]:
     try:
         # weights_only: never unpickle arbitrary objects from a checkpoint.
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"cannot load {path} as a weights-only PyTorch checkpoint: "
-                        f"{first_line(e)}") from None
+        raise UserError(
+            f"cannot load {path} as a weights-only PyTorch checkpoint: {first_line(e)}"
+        ) from None
 
 
 def load_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:
-        raise UserError(f"{path} is not a readable safetensors file ({e}); re-save the "
-                        "model") from None
+        raise UserError(
+            f"{path} is not a readable safetensors file ({e}); re-save the model"
+        ) from None
 
 
 def load_hf_state_dict(model_dir: Path) -> dict[str, Tensor]:
     """Raw tensors of an HF checkpoint: single or sharded safetensors, else pytorch_model.bin."""
-    for index_name, loader in (("model.safetensors.index.json", load_safetensors),
-                               ("pytorch_model.bin.index.json", load_bin)):
+    for index_name, loader in (
+        ("model.safetensors.index.json", load_safetensors),
+        ("pytorch_model.bin.index.json", load_bin),
+    ):
         index = model_dir / index_name
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -167,8 +221,9 @@ def load_hf_state_dict(model_dir: Path) -> dict[str, Tensor]:
         return load_safetensors(model_dir / "model.safetensors")
     if (model_dir / "pytorch_model.bin").is_file():
         return load_bin(model_dir / "pytorch_model.bin")
-    raise UserError(f"{model_dir} has no model weights (expected one of: "
-                    f"{', '.join(WEIGHT_FILES)})")
+    raise UserError(
+        f"{model_dir} has no model weights (expected one of: {', '.join(WEIGHT_FILES)})"
+    )
 
 
 def hf_to_ours(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -199,8 +254,12 @@ def ours_to_hf(model: GPT2) -> dict[str, Tensor]:
     return out
 
 
-def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = None,
-               device: torch.device | str = "cpu") -> GPT2:
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+) -> GPT2:
     """Load an HF-format GPT-2 (local directory or hub id) as our ``GPT2``, in eval mode.
 
     Args:
@@ -215,20 +274,29 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = None,
     return _load_weights(_empty_gpt2(config, model_dir), sd, model_dir, dtype, device)
 
 
-def _load_weights(model: _GPT2, sd: dict[str, Tensor], model_dir: Path,
-                  dtype: torch.dtype | None, device: torch.device | str) -> _GPT2:
+def _load_weights(
+    model: _GPT2,
+    sd: dict[str, Tensor],
+    model_dir: Path,
+    dtype: torch.dtype | None,
+    device: torch.device | str,
+) -> _GPT2:
     """Load ``sd`` into ``model`` (built on the meta device), which must hold exactly its tensors
     (the tied head once, as ``wte``)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
     missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
     if missing or unexpected:
-        raise UserError(f"{model_dir}: the checkpoint does not match a GPT-2 with this "
-                        f"config.json: missing {sorted(missing)[:3]}, unexpected "
-                        f"{sorted(unexpected)[:3]}")
+        raise UserError(
+            f"{model_dir}: the checkpoint does not match a GPT-2 with this "
+            f"config.json: missing {sorted(missing)[:3]}, unexpected "
+            f"{sorted(unexpected)[:3]}"
+        )
     for k, v in sd.items():
         if tuple(v.shape) != expected[k]:
-            raise UserError(f"{model_dir}: {k} has shape {tuple(v.shape)}, config.json implies "
-                            f"{expected[k]}; the weights do not belong to this config")
+            raise UserError(
+                f"{model_dir}: {k} has shape {tuple(v.shape)}, config.json implies "
+                f"{expected[k]}; the weights do not belong to this config"
+            )
     sd = {k: v.float() for k, v in sd.items()}
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
     model.load_state_dict(sd, strict=True, assign=True)
@@ -240,8 +308,9 @@ def _load_weights(model: _GPT2, sd: dict[str, Tensor], model_dir: Path,
 CLASSIFIER_ARCH = "GPT2ForSequenceClassification"
 
 
-def load_classifier(name_or_path: str | Path, labels: list[str] | None = None, *,
-                    device: torch.device | str = "cpu") -> GPT2Classifier:
+def load_classifier(
+    name_or_path: str | Path, labels: list[str] | None = None, *, device: torch.device | str = "cpu"
+) -> GPT2Classifier:
     """Load a ``GPT2ForSequenceClassification`` directory, or start a classifier from a plain
     GPT-2 checkpoint with a fresh ``score`` head.
 
@@ -261,22 +330,35 @@ def load_classifier(name_or_path: str | Path, labels: list[str] | None = None, *
     sd = hf_to_ours(load_hf_state_dict(model_dir))
     if CLASSIFIER_ARCH not in (hf.get("architectures") or []):
         if not labels:
-            raise UserError(f"{model_dir} is a plain GPT-2, not a classifier: give the labels "
-                            "(e.g. `label_field`) so a fresh score head can be made")
+            raise UserError(
+                f"{model_dir} is a plain GPT-2, not a classifier: give the labels "
+                "(e.g. `label_field`) so a fresh score head can be made"
+            )
         body = _load_weights(_empty_gpt2(config, model_dir), sd, model_dir, None, device)
         return GPT2Classifier.from_language_model(body, labels).eval()
     id2label = hf.get("id2label") or {}
-    saved = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))
-             for i in range(int(hf.get("num_labels", len(id2label) or 2)))]
+    saved = [
+        id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))
+        for i in range(int(hf.get("num_labels", len(id2label) or 2)))
+    ]
     if labels is not None and list(labels) != saved:
-        raise UserError(f"{model_dir} classifies {saved}, not {list(labels)}; use data with the "
-                        "checkpoint's labels or start from a plain GPT-2")
+        raise UserError(
+            f"{model_dir} classifies {saved}, not {list(labels)}; use data with the "
+            "checkpoint's labels or start from a plain GPT-2"
+        )
     if "score.weight" not in sd:
-        raise UserError(f"{model_dir}: config.json says {CLASSIFIER_ARCH} but there is no "
-                        "score.weight; re-save the model")
+        raise UserError(
+            f"{model_dir}: config.json says {CLASSIFIER_ARCH} but there is no "
+            "score.weight; re-save the model"
+        )
     with empty_init():
-        model = GPT2Classifier(config, saved, init_weights=False, source_dir=model_dir,
-                               pad_token_id=hf.get("pad_token_id", PAD_TOKEN_ID))
+        model = GPT2Classifier(
+            config,
+            saved,
+            init_weights=False,
+            source_dir=model_dir,
+            pad_token_id=hf.get("pad_token_id", PAD_TOKEN_ID),
+        )
     # the same exact key and shape check as the body's (score.weight: labels x n_embd)
     return _load_weights(model, sd, model_dir, None, device)
 
@@ -288,15 +370,26 @@ def _empty_gpt2(config: GPT2Config, model_dir: Path) -> GPT2:
 
 # ----------------------------------------------------------------------------- saving
 
+
 def write_tokenizer_files(out_dir: Path, source_dir: Path | None) -> None:
     """Copy the vocabulary (``vocab.json``, ``merges.txt``) so ``out_dir`` is self-contained."""
     vocab, merges = vocab_files(source_dir)
     shutil.copyfile(vocab, out_dir / "vocab.json")
     shutil.copyfile(merges, out_dir / "merges.txt")
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "bos_token": "<|endoftext|>",
-        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "add_prefix_space": False,
-    }, indent=2) + "\n")
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "GPT2Tokenizer",
+                "model_max_length": 1024,
+                "bos_token": "<|endoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "add_prefix_space": False,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def save_model(model: GPT2, out_dir: str | Path, *, dtype: torch.dtype | None = None) -> Path:
@@ -312,11 +405,13 @@ def save_model(model: GPT2, out_dir: str | Path, *, dtype: torch.dtype | None = 
     config = config_to_hf(model.config)
     if isinstance(model, GPT2Classifier):
         # what transformers' GPT2ForSequenceClassification reads: the labels define num_labels
-        config.update(architectures=[CLASSIFIER_ARCH], pad_token_id=model.pad_token_id,
-                      id2label={str(i): name for i, name in enumerate(model.labels)},
-                      label2id={name: i for i, name in enumerate(model.labels)},
-                      problem_type="regression" if model.regression
-                      else "single_label_classification")
+        config.update(
+            architectures=[CLASSIFIER_ARCH],
+            pad_token_id=model.pad_token_id,
+            id2label={str(i): name for i, name in enumerate(model.labels)},
+            label2id={name: i for i, name in enumerate(model.labels)},
+            problem_type="regression" if model.regression else "single_label_classification",
+        )
     with atomic_dir(out_dir) as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -343,6 +438,11 @@ def describe_model(name_or_path: str | Path) -> dict:
             first = next(iter(f.keys()), None)
             if first is not None:
                 dtype = _SAFETENSORS_DTYPES.get(f.get_slice(first).get_dtype(), "unknown")
-    return {"model": str(model_dir), "config": config.to_dict(), "parameters": config.num_params(),
-            "dtype": dtype, "weights": ", ".join(weights),
-            "size_on_disk_mib": round(size / 2**20, 2)}
+    return {
+        "model": str(model_dir),
+        "config": config.to_dict(),
+        "parameters": config.num_params(),
+        "dtype": dtype,
+        "weights": ", ".join(weights),
+        "size_on_disk_mib": round(size / 2**20, 2),
+    }

@@ -16,9 +16,16 @@ LOCK_FILE = ".gpt2tune.lock"
 """The file in an output directory that a running command holds an exclusive lock on."""
 
 
-def prepare_output_dir(out: str | Path, *, marker: str | None = None, what: str = "run",
-                       resume: bool = False, overwrite: bool = False,
-                       replace_own: bool = False, check_only: bool = False) -> Path:
+def prepare_output_dir(
+    out: str | Path,
+    *,
+    marker: str | None = None,
+    what: str = "run",
+    resume: bool = False,
+    overwrite: bool = False,
+    replace_own: bool = False,
+    check_only: bool = False,
+) -> Path:
     """Check ``out`` before writing to it, and empty it where that is what the user asked for.
 
     Args:
@@ -53,8 +60,11 @@ def prepare_output_dir(out: str | Path, *, marker: str | None = None, what: str 
         return out
     if busy and not (overwrite or (replace_own and ours)):
         held = f"a previous {what}" if ours else "other files"
-        fix = ("pass `resume` to continue it or `overwrite` to replace it" if what == "run"
-               else "pass `overwrite` to replace it, or choose another `out`")
+        fix = (
+            "pass `resume` to continue it or `overwrite` to replace it"
+            if what == "run"
+            else "pass `overwrite` to replace it, or choose another `out`"
+        )
         raise UserError(f"`out` {out} already holds {held}; {fix}")
     if busy and not check_only:
         # empty it rather than remove it: a lock held on it (its LOCK_FILE) stays where it is
@@ -104,23 +114,28 @@ class OutputLock:
             self._created = [d for d in (self.out, *self.out.parents) if not d.exists()]
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot create `out` {self.out}: {e.strerror}; choose a directory "
-                            "you can write to") from None
+            raise UserError(
+                f"cannot create `out` {self.out}: {e.strerror}; choose a directory you can write to"
+            ) from None
         path = self.out / LOCK_FILE
         while True:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
                 self._cleanup_dir()
-                raise UserError(f"cannot write to `out` {self.out}: {e.strerror}; choose a "
-                                "directory you can write to") from None
+                raise UserError(
+                    f"cannot write to `out` {self.out}: {e.strerror}; choose a "
+                    "directory you can write to"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 self._cleanup_dir()
-                raise UserError(f"`out` {self.out} is in use by {_holder(path)}; wait for it to "
-                                "finish, or choose another `out`") from None
+                raise UserError(
+                    f"`out` {self.out} is in use by {_holder(path)}; wait for it to "
+                    "finish, or choose another `out`"
+                ) from None
             # the holder before us may have removed the file between our open and our lock:
             # then we hold a lock on a file no one else will open, so take the one on the path
             try:
@@ -136,8 +151,10 @@ class OutputLock:
             os.write(fd, f"{os.getpid()} {self.command}\n".encode())
         except OSError as e:
             self.release()
-            raise UserError(f"cannot write to `out` {self.out}: {e.strerror}; choose a "
-                            "directory you can write to") from None
+            raise UserError(
+                f"cannot write to `out` {self.out}: {e.strerror}; choose a "
+                "directory you can write to"
+            ) from None
         return self
 
     def release(self) -> None:

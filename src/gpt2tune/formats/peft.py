@@ -44,15 +44,24 @@ HEAD_KEY = "score.weight"
 
 # adapter_config.json fields that change what the adapter computes, and the one value we support.
 _PEFT_UNSUPPORTED: dict[str, object] = {
-    "bias": "none", "lora_bias": False, "modules_to_save": None,
-    "rank_pattern": {}, "alpha_pattern": {}, "layer_replication": None, "target_parameters": None,
-    "trainable_token_indices": None, "exclude_modules": None, "alora_invocation_tokens": None,
-    "use_qalora": False, "use_bdlora": None,
+    "bias": "none",
+    "lora_bias": False,
+    "modules_to_save": None,
+    "rank_pattern": {},
+    "alpha_pattern": {},
+    "layer_replication": None,
+    "target_parameters": None,
+    "trainable_token_indices": None,
+    "exclude_modules": None,
+    "alora_invocation_tokens": None,
+    "use_qalora": False,
+    "use_bdlora": None,
 }
 
 
-def save_adapter(model: GPT2, out_dir: str | Path, lora_cfg: LoRAConfig,
-                 base_model_name_or_path: str) -> Path:
+def save_adapter(
+    model: GPT2, out_dir: str | Path, lora_cfg: LoRAConfig, base_model_name_or_path: str
+) -> Path:
     """Save the LoRA adapters of ``model`` as a peft adapter directory.
 
     Args:
@@ -68,8 +77,10 @@ def save_adapter(model: GPT2, out_dir: str | Path, lora_cfg: LoRAConfig,
     expected = lora_cfg.module_names(model.config.n_layer)
     present = [name for name, _ in lora_modules(model)]
     if sorted(present) != sorted(expected):
-        raise ValueError(f"model's LoRA modules {present[:2]}... do not match lora_cfg "
-                         f"{expected[:2]}...; pass the LoRAConfig given to apply_lora")
+        raise ValueError(
+            f"model's LoRA modules {present[:2]}... do not match lora_cfg "
+            f"{expected[:2]}...; pass the LoRAConfig given to apply_lora"
+        )
     ranks = {m.r for _, m in lora_modules(model)}
     if ranks != {lora_cfg.r}:
         raise ValueError(f"model's LoRA ranks {sorted(ranks)} differ from lora_cfg.r={lora_cfg.r}")
@@ -84,7 +95,8 @@ def save_adapter(model: GPT2, out_dir: str | Path, lora_cfg: LoRAConfig,
         "lora_dropout": lora_cfg.dropout,
         # Module-name suffixes; peft matches a module whose name ends with "." + one of them.
         "target_modules": lora_cfg.canonical_targets(),
-        "layers_to_transform": None if lora_cfg.layers is None
+        "layers_to_transform": None
+        if lora_cfg.layers is None
         else lora_cfg.layer_indices(model.config.n_layer),
         "layers_pattern": None if lora_cfg.layers is None else "h",
         # HF's GPT-2 stores these projections as Conv1D (in, out). For peft this only changes
@@ -109,8 +121,9 @@ def save_adapter(model: GPT2, out_dir: str | Path, lora_cfg: LoRAConfig,
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if isinstance(model, GPT2Classifier):
             # peft keeps no label names; a plain GPT-2 base needs them to rebuild the head
-            (tmp / LABELS_FILE).write_text(json.dumps(
-                {"id2label": dict(enumerate(model.labels))}, indent=2) + "\n")
+            (tmp / LABELS_FILE).write_text(
+                json.dumps({"id2label": dict(enumerate(model.labels))}, indent=2) + "\n"
+            )
     return out_dir
 
 
@@ -123,8 +136,9 @@ def adapter_labels(adapter_dir: str | Path) -> list[str] | None:
     return [id2label[str(i)] for i in range(len(id2label))]
 
 
-def load_classifier_with_adapter(model: str | Path, adapter: str | Path | None = None, *,
-                                 device: torch.device | str = "cpu") -> GPT2Classifier:
+def load_classifier_with_adapter(
+    model: str | Path, adapter: str | Path | None = None, *, device: torch.device | str = "cpu"
+) -> GPT2Classifier:
     """A classifier: a ``GPT2ForSequenceClassification`` checkpoint, or a base plus a
     classification adapter (whose ``labels.json`` names the classes for a plain base).
 
@@ -155,21 +169,27 @@ def lora_config_from_peft(peft_cfg: dict, n_layer: int, where: str = ADAPTER_CON
             set of block projections in a set of layers.
     """
     if peft_cfg.get("peft_type") != "LORA":
-        raise UserError(f"{where}: peft_type is {peft_cfg.get('peft_type')!r}; gpt2tune loads LoRA "
-                        "adapters only (peft_type LORA)")
+        raise UserError(
+            f"{where}: peft_type is {peft_cfg.get('peft_type')!r}; gpt2tune loads LoRA "
+            "adapters only (peft_type LORA)"
+        )
     saved_modules = peft_cfg.get("modules_to_save") or []
     if set(saved_modules) - set(SEQ_CLS_HEADS):
-        raise UserError(f"{where}: modules_to_save={saved_modules!r}: gpt2tune saves and loads "
-                        "only a classifier's score head with an adapter; retrain without the "
-                        "others")
+        raise UserError(
+            f"{where}: modules_to_save={saved_modules!r}: gpt2tune saves and loads "
+            "only a classifier's score head with an adapter; retrain without the "
+            "others"
+        )
     for key, supported in _PEFT_UNSUPPORTED.items():
         if key == "modules_to_save":
             continue  # checked above
         value = peft_cfg.get(key, supported)
         # Where the supported value is "off" (False, None, {}), any other "off" spelling is too.
         if value != supported and (supported or value):
-            raise UserError(f"{where}: {key}={value!r} is not supported by gpt2tune (only "
-                            f"{supported!r}); retrain the adapter without it")
+            raise UserError(
+                f"{where}: {key}={value!r} is not supported by gpt2tune (only "
+                f"{supported!r}); retrain the adapter without it"
+            )
     targets = peft_cfg.get("target_modules")
     if not targets:
         raise UserError(f"{where}: target_modules is empty; this is not a LoRA adapter for GPT-2")
@@ -178,39 +198,58 @@ def lora_config_from_peft(peft_cfg: dict, n_layer: int, where: str = ADAPTER_CON
         layers = [layers]
     pattern = peft_cfg.get("layers_pattern")
     if layers and pattern not in (None, "", "h", ["h"], []):
-        raise UserError(f"{where}: layers_pattern {pattern!r} does not name GPT-2's blocks "
-                        "(transformer.h); the adapter is for another architecture")
+        raise UserError(
+            f"{where}: layers_pattern {pattern!r} does not name GPT-2's blocks "
+            "(transformer.h); the adapter is for another architecture"
+        )
     if layers and any(not 0 <= i < n_layer for i in layers):
-        raise UserError(f"{where}: layers_to_transform {layers} goes beyond this model's "
-                        f"{n_layer} blocks; the adapter belongs to a deeper base model")
+        raise UserError(
+            f"{where}: layers_to_transform {layers} goes beyond this model's "
+            f"{n_layer} blocks; the adapter belongs to a deeper base model"
+        )
     if _peft_targets_module("lm_head", targets):
-        raise UserError(f"{where}: the adapter targets lm_head, which GPT-2 ties to the token "
-                        "embedding; gpt2tune does not support adapting it")
+        raise UserError(
+            f"{where}: the adapter targets lm_head, which GPT-2 ties to the token "
+            "embedding; gpt2tune does not support adapting it"
+        )
     # Which (layer, projection) pairs the adapter covers, by peft's matching rules.
-    chosen = {(i, proj) for i in range(n_layer) for proj in BLOCK_LINEARS
-              if _peft_targets_module(f"transformer.h.{i}.{proj}", targets)
-              and (not layers or i in layers)}
+    chosen = {
+        (i, proj)
+        for i in range(n_layer)
+        for proj in BLOCK_LINEARS
+        if _peft_targets_module(f"transformer.h.{i}.{proj}", targets)
+        and (not layers or i in layers)
+    }
     if not chosen:
-        raise UserError(f"{where}: target_modules {targets!r} match no GPT-2 projection "
-                        f"({', '.join(BLOCK_LINEARS)}); the adapter is for another architecture")
+        raise UserError(
+            f"{where}: target_modules {targets!r} match no GPT-2 projection "
+            f"({', '.join(BLOCK_LINEARS)}); the adapter is for another architecture"
+        )
     projs = [p for p in BLOCK_LINEARS if any(p == q for _, q in chosen)]
     idx = sorted({i for i, _ in chosen})
     if len(chosen) != len(projs) * len(idx):
-        raise UserError(f"{where}: the adapter adapts different projections in different layers, "
-                        "which gpt2tune cannot represent; retrain it with one target list")
+        raise UserError(
+            f"{where}: the adapter adapts different projections in different layers, "
+            "which gpt2tune cannot represent; retrain it with one target list"
+        )
     targets_ours = ["c_attn" if p == "attn.c_attn" else p for p in projs]
     try:
-        return LoRAConfig(r=int(peft_cfg["r"]), alpha=peft_cfg.get("lora_alpha", 8),
-                          dropout=float(peft_cfg.get("lora_dropout", 0.0)), targets=targets_ours,
-                          layers=None if len(idx) == n_layer else idx,
-                          use_rslora=bool(peft_cfg.get("use_rslora", False)),
-                          use_dora=bool(peft_cfg.get("use_dora", False)))
+        return LoRAConfig(
+            r=int(peft_cfg["r"]),
+            alpha=peft_cfg.get("lora_alpha", 8),
+            dropout=float(peft_cfg.get("lora_dropout", 0.0)),
+            targets=targets_ours,
+            layers=None if len(idx) == n_layer else idx,
+            use_rslora=bool(peft_cfg.get("use_rslora", False)),
+            use_dora=bool(peft_cfg.get("use_dora", False)),
+        )
     except KeyError:
         raise UserError(f"{where}: missing field 'r'; is this a LoRA adapter config?") from None
 
 
-def read_adapter(adapter_dir: str | Path,
-                 model: GPT2) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
+def read_adapter(
+    adapter_dir: str | Path, model: GPT2
+) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
     """Read a peft LoRA adapter (saved by us or by peft) and check it fits ``model``.
 
     Args:
@@ -231,8 +270,10 @@ def read_adapter(adapter_dir: str | Path,
     if not adapter_dir.is_dir():
         raise UserError(f"adapter directory {adapter_dir} does not exist; check the path")
     if not config_path.is_file():
-        raise UserError(f"{adapter_dir} has no {ADAPTER_CONFIG}; it is not a peft adapter "
-                        "directory (save one with save_adapter or peft's save_pretrained)")
+        raise UserError(
+            f"{adapter_dir} has no {ADAPTER_CONFIG}; it is not a peft adapter "
+            "directory (save one with save_adapter or peft's save_pretrained)"
+        )
     try:
         peft_cfg = json.loads(config_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -243,18 +284,24 @@ def read_adapter(adapter_dir: str | Path,
     elif (adapter_dir / "adapter_model.bin").is_file():
         raw = load_bin(adapter_dir / "adapter_model.bin")
     else:
-        raise UserError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}; the adapter was not saved "
-                        "completely — save it again")
+        raise UserError(
+            f"{adapter_dir} has no {ADAPTER_WEIGHTS}; the adapter was not saved "
+            "completely — save it again"
+        )
     sd = {k.removeprefix(PEFT_PREFIX): v for k, v in raw.items()}
     head = sd.pop(HEAD_KEY, None)
     if head is not None:
         if not isinstance(model, GPT2Classifier):
-            raise UserError(f"{adapter_dir} is a classification adapter (it carries a score "
-                            "head); load it onto a classifier (gpt2tune classify / `task` "
-                            "classify)")
+            raise UserError(
+                f"{adapter_dir} is a classification adapter (it carries a score "
+                "head); load it onto a classifier (gpt2tune classify / `task` "
+                "classify)"
+            )
         if tuple(head.shape) != tuple(model.score.weight.shape):
-            raise UserError(f"{adapter_dir}: its score head has shape {tuple(head.shape)}, this "
-                            f"classifier's is {tuple(model.score.weight.shape)}; the labels differ")
+            raise UserError(
+                f"{adapter_dir}: its score head has shape {tuple(head.shape)}, this "
+                f"classifier's is {tuple(model.score.weight.shape)}; the labels differ"
+            )
     expected: dict[str, tuple[int, ...]] = {}
     for name in cfg.module_names(model.config.n_layer):
         base = model.get_submodule(name)
@@ -297,8 +344,9 @@ def load_adapter(model: GPT2, adapter_dir: str | Path) -> LoRAConfig:
     return cfg
 
 
-def load_model_with_adapter(model: str | Path, adapter: str | Path | None = None, *,
-                            device: torch.device | str = "cpu") -> GPT2:
+def load_model_with_adapter(
+    model: str | Path, adapter: str | Path | None = None, *, device: torch.device | str = "cpu"
+) -> GPT2:
     """A base model with an optional LoRA adapter on it (the ``model`` and ``adapter`` options).
 
     Args:
@@ -312,8 +360,9 @@ def load_model_with_adapter(model: str | Path, adapter: str | Path | None = None
     return loaded
 
 
-def load_model_with_adapters(model: str | Path, adapters: dict[str, str | Path], *,
-                             device: torch.device | str = "cpu") -> GPT2:
+def load_model_with_adapters(
+    model: str | Path, adapters: dict[str, str | Path], *, device: torch.device | str = "cpu"
+) -> GPT2:
     """A base model with several adapters side by side, unmerged, each chosen per row of a batch
     (``core.multilora``): what ``gpt2tune serve`` and ``gpt2tune generate`` decode with.
 

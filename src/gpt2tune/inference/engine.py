@@ -83,19 +83,26 @@ class _Running:
 class Engine:
     """Decodes the rows of many requests together, one token per row per ``step()``."""
 
-    def __init__(self, model: GPT2, *, eot_id: int, max_batch: int = 8,
-                 autocast_dtype: torch.dtype | None = None, use_cache: bool = True,
-                 max_len: int | None = None) -> None:
+    def __init__(
+        self,
+        model: GPT2,
+        *,
+        eot_id: int,
+        max_batch: int = 8,
+        autocast_dtype: torch.dtype | None = None,
+        use_cache: bool = True,
+        max_len: int | None = None,
+    ) -> None:
         """Args:
-            model: the language model (eval mode), with adapters installed by
-                ``core.multilora.install_adapters`` if requests name adapters.
-            eot_id: the end-of-text token.
-            max_batch: rows decoded together at most (a request waits for free slots).
-            autocast_dtype: e.g. ``torch.bfloat16`` to run matmuls in bf16.
-            use_cache: decode with a KV cache (False recomputes every row's whole sequence each
-                step: the reference the cache is tested against).
-            max_len: the longest prompt + new tokens any request will need (the KV cache's
-                length per row); default: the model's context.
+        model: the language model (eval mode), with adapters installed by
+            ``core.multilora.install_adapters`` if requests name adapters.
+        eot_id: the end-of-text token.
+        max_batch: rows decoded together at most (a request waits for free slots).
+        autocast_dtype: e.g. ``torch.bfloat16`` to run matmuls in bf16.
+        use_cache: decode with a KV cache (False recomputes every row's whole sequence each
+            step: the reference the cache is tested against).
+        max_len: the longest prompt + new tokens any request will need (the KV cache's
+            length per row); default: the model's context.
         """
         if max_batch < 1:
             raise UserError(f"`max_batch` must be >= 1, got {max_batch}")
@@ -134,21 +141,31 @@ class Engine:
         if request.n > self.max_batch:
             # the batch is the engine's (the server's) setting, not the request's: the field to
             # change is the request's sample count, so the message names no setting to raise
-            raise UserError(f"{request.n} samples of one prompt are more than the "
-                            f"{self.max_batch} rows decoded at once; ask for at most "
-                            f"{self.max_batch} samples", field="n")
+            raise UserError(
+                f"{request.n} samples of one prompt are more than the "
+                f"{self.max_batch} rows decoded at once; ask for at most "
+                f"{self.max_batch} samples",
+                field="n",
+            )
         total = len(request.prompt) + request.sampling.max_new_tokens
         if total > n_positions:
-            raise UserError(f"prompt ({len(request.prompt)} tokens) + `max_new_tokens` "
-                            f"({request.sampling.max_new_tokens}) exceeds the context of "
-                            f"{n_positions}; shorten either")
+            raise UserError(
+                f"prompt ({len(request.prompt)} tokens) + `max_new_tokens` "
+                f"({request.sampling.max_new_tokens}) exceeds the context of "
+                f"{n_positions}; shorten either"
+            )
         if total > self.max_len:
-            raise UserError(f"prompt ({len(request.prompt)} tokens) + `max_new_tokens` "
-                            f"({request.sampling.max_new_tokens}) exceeds this engine's "
-                            f"max_len of {self.max_len}")
+            raise UserError(
+                f"prompt ({len(request.prompt)} tokens) + `max_new_tokens` "
+                f"({request.sampling.max_new_tokens}) exceeds this engine's "
+                f"max_len of {self.max_len}"
+            )
         if request.adapter is not None and request.adapter not in self.adapters:
-            raise UserError(f"unknown adapter {request.adapter!r}; this model has: "
-                            f"{', '.join(self.adapters) or 'none'}", field="adapter")
+            raise UserError(
+                f"unknown adapter {request.adapter!r}; this model has: "
+                f"{', '.join(self.adapters) or 'none'}",
+                field="adapter",
+            )
         if request.logprobs is not None and request.logprobs < 0:
             raise UserError(f"`logprobs` must be >= 0, got {request.logprobs}")
 
@@ -209,8 +226,13 @@ class Engine:
             if rid in self.waiting and row is None:
                 self.waiting.remove(rid)
                 del self.running[rid]
-        self._retire([i for i, r in enumerate(self.rows)
-                      if (r.request, None) in cancelled or (r.request, r.index) in cancelled])
+        self._retire(
+            [
+                i
+                for i, r in enumerate(self.rows)
+                if (r.request, None) in cancelled or (r.request, r.index) in cancelled
+            ]
+        )
 
     def _admit(self) -> None:
         """Move the waiting requests that fit (in order) into the batch, prefilling them
@@ -244,8 +266,11 @@ class Engine:
     def _forward(self, adapters: list[str | None]):
         # grad mode and autocast only around the forward: they are thread-wide settings, and a
         # consumer's code runs between the steps
-        select = (self.bank.select(adapters, self.device) if self.bank is not None
-                  else contextlib.nullcontext())
+        select = (
+            self.bank.select(adapters, self.device)
+            if self.bank is not None
+            else contextlib.nullcontext()
+        )
         with torch.no_grad(), autocast(self.device, self.autocast_dtype), select:
             yield
 
@@ -256,18 +281,20 @@ class Engine:
         so the padding's keys are never attended to later and get overwritten."""
         if self.cache is None:
             dtype = self.autocast_dtype or next(self.model.parameters()).dtype
-            self.cache = KVCache(self.model.config, self.max_batch, self.max_len, self.device,
-                                 dtype)
+            self.cache = KVCache(
+                self.model.config, self.max_batch, self.max_len, self.device, dtype
+            )
         width = max(len(ids) for ids, _ in prompts)
         for j in range(len(prompts)):
             self.cache.lengths[first + j] = 0
         if width > 0:
             x = torch.full((len(prompts), width), self.eot_id, dtype=torch.long)
             for j, (ids, _) in enumerate(prompts):
-                x[j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                x[j, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             with self._forward([adapter for _, adapter in prompts]):
-                self.model.hidden_states(x.to(self.device),
-                                         cache=self.cache.rows(first, first + len(prompts)))
+                self.model.hidden_states(
+                    x.to(self.device), cache=self.cache.rows(first, first + len(prompts))
+                )
         for j, (ids, _) in enumerate(prompts):
             self.cache.lengths[first + j] = len(ids)
 
@@ -308,7 +335,7 @@ class Engine:
                 width = max(len(self.rows[i].tokens) for i in slots)
                 context = torch.full((len(slots), width), -1, dtype=torch.long, device=self.device)
                 for j, i in enumerate(slots):
-                    context[j, :len(self.rows[i].tokens)] = torch.tensor(self.rows[i].tokens)
+                    context[j, : len(self.rows[i].tokens)] = torch.tensor(self.rows[i].tokens)
             processed = process_logits(raw, context, cfg)
             start = 0
             for rid in rids:
@@ -319,13 +346,15 @@ class Engine:
         # in slot order, so the caller can find each row's token
         return [t for _, t in sorted(out, key=lambda it: it[0])]
 
-    def _take(self, rid: int, slots: list[int], raw: Tensor,
-              processed: Tensor) -> list[tuple[int, Token]]:
+    def _take(
+        self, rid: int, slots: list[int], raw: Tensor, processed: Tensor
+    ) -> list[tuple[int, Token]]:
         """Pick the next token of each of a request's rows, and note it."""
         req = self.running[rid].request
         cfg = req.sampling
-        chosen = (processed.argmax(-1) if cfg.greedy
-                  else draw(processed, self.running[rid].generator)).tolist()
+        chosen = (
+            processed.argmax(-1) if cfg.greedy else draw(processed, self.running[rid].generator)
+        ).tolist()
         logp = raw.log_softmax(-1) if req.logprobs is not None else None
         if logp is not None and req.logprobs:
             top_lp, top_ids = logp.topk(req.logprobs, dim=-1)
@@ -338,8 +367,11 @@ class Engine:
             t = Token(rid, row.index, token)
             if logp is not None:
                 t.logprob = float(logp[j, token])
-                t.top = ([(int(a), float(b)) for a, b in zip(top_ids[j], top_lp[j])]
-                         if req.logprobs else [])
+                t.top = (
+                    [(int(a), float(b)) for a, b in zip(top_ids[j], top_lp[j])]
+                    if req.logprobs
+                    else []
+                )
             if token == self.eot_id and cfg.stop_at_eot:
                 t.finish = "stop"
             elif row.generated >= cfg.max_new_tokens:
@@ -369,4 +401,3 @@ class Engine:
     def finished(self, request: int) -> bool:
         """Every row of the request has ended (or it was cancelled)."""
         return request not in self.running
-

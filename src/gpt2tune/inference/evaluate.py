@@ -25,8 +25,9 @@ class EvalResult:
         return {"loss": self.loss, "perplexity": self.perplexity, "tokens": self.tokens}
 
 
-def windows(doc: list[int], context: int, stride: int,
-            start: int = 1) -> list[tuple[list[int], list[int]]]:
+def windows(
+    doc: list[int], context: int, stride: int, start: int = 1
+) -> list[tuple[list[int], list[int]]]:
     """Split one document into (input ids, targets) windows for scoring.
 
     Every token from position ``start`` on is predicted exactly once (``start=1``: every token
@@ -54,9 +55,15 @@ def windows(doc: list[int], context: int, stride: int,
 
 
 @torch.no_grad()
-def evaluate(model: GPT2, docs: list[list[int]], *, stride: int | None = None,
-             batch_size: int = 8, autocast_dtype: torch.dtype | None = None,
-             context: int | None = None) -> EvalResult:
+def evaluate(
+    model: GPT2,
+    docs: list[list[int]],
+    *,
+    stride: int | None = None,
+    batch_size: int = 8,
+    autocast_dtype: torch.dtype | None = None,
+    context: int | None = None,
+) -> EvalResult:
     """Mean next-token loss and perplexity over documents, each scored on its own.
 
     Args:
@@ -76,8 +83,13 @@ def evaluate(model: GPT2, docs: list[list[int]], *, stride: int | None = None,
 
 
 @torch.no_grad()
-def score_windows(model, items: list[tuple[list[int], list[int]]], *, batch_size: int = 8,
-                  autocast_dtype: torch.dtype | None = None) -> EvalResult:
+def score_windows(
+    model,
+    items: list[tuple[list[int], list[int]]],
+    *,
+    batch_size: int = 8,
+    autocast_dtype: torch.dtype | None = None,
+) -> EvalResult:
     """Mean loss over the non-ignored targets of (input ids, targets) windows (see ``windows``).
 
     ``model`` is anything that maps (B, T) ids to (B, T, V) logits (a ``GPT2``, or a wrapper).
@@ -89,14 +101,15 @@ def score_windows(model, items: list[tuple[list[int], list[int]]], *, batch_size
     total, count = 0.0, 0
     with autocast(device, autocast_dtype):
         for b in range(0, len(items), batch_size):
-            batch = items[b:b + batch_size]
+            batch = items[b : b + batch_size]
             T = max(len(x) for x, _ in batch)
             # right padding needs no attention mask: causal attention never looks ahead
             inp = torch.tensor([x + [0] * (T - len(x)) for x, _ in batch], device=device)
             tgt = torch.tensor([y + [-100] * (T - len(y)) for _, y in batch], device=device)
             logits = model(inp).float()
-            total += F.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1),
-                                     ignore_index=-100, reduction="sum").item()
+            total += F.cross_entropy(
+                logits.view(-1, logits.size(-1)), tgt.view(-1), ignore_index=-100, reduction="sum"
+            ).item()
             count += int((tgt != -100).sum())
     model.train(was_training)
     loss = total / max(count, 1)

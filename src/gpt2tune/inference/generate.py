@@ -17,13 +17,29 @@ from gpt2tune.errors import UserError
 from gpt2tune.inference.engine import Engine, GenerationRequest
 from gpt2tune.inference.sampling import SamplingConfig, process_logits
 
-__all__ = ["SamplingConfig", "process_logits", "decode", "generate_ids", "generate", "Sample",
-           "build_context", "cut_at_stop", "TextRow"]
+__all__ = [
+    "SamplingConfig",
+    "process_logits",
+    "decode",
+    "generate_ids",
+    "generate",
+    "Sample",
+    "build_context",
+    "cut_at_stop",
+    "TextRow",
+]
 
 
-def decode(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id: int,
-           use_cache: bool = True, adapter: str | None = None,
-           autocast_dtype: torch.dtype | None = None) -> Iterator[list[int | None]]:
+def decode(
+    model: GPT2,
+    prompts: list[list[int]],
+    cfg: SamplingConfig,
+    *,
+    eot_id: int,
+    use_cache: bool = True,
+    adapter: str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> Iterator[list[int | None]]:
     """Continue every prompt together, one token per row per step, as an iterator.
 
     Yields, after each decoding step, the token each row drew (None for a row that had already
@@ -44,10 +60,17 @@ def decode(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id
     if not prompts:
         raise UserError("no prompts to continue: give at least one")
     # a cache as long as this call needs, not the whole context; the engine checks each request
-    engine = Engine(model, eot_id=eot_id, max_batch=len(prompts), autocast_dtype=autocast_dtype,
-                    use_cache=use_cache, max_len=max(map(len, prompts)) + cfg.max_new_tokens)
-    row_of = {engine.submit(GenerationRequest(p, cfg, adapter=adapter)): i
-              for i, p in enumerate(prompts)}
+    engine = Engine(
+        model,
+        eot_id=eot_id,
+        max_batch=len(prompts),
+        autocast_dtype=autocast_dtype,
+        use_cache=use_cache,
+        max_len=max(map(len, prompts)) + cfg.max_new_tokens,
+    )
+    row_of = {
+        engine.submit(GenerationRequest(p, cfg, adapter=adapter)): i for i, p in enumerate(prompts)
+    }
     while not engine.idle:
         step: list[int | None] = [None] * len(prompts)
         for t in engine.step():
@@ -55,10 +78,17 @@ def decode(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id
         yield step
 
 
-def generate_ids(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, eot_id: int,
-                 use_cache: bool = True, adapter: str | None = None,
-                 autocast_dtype: torch.dtype | None = None,
-                 on_step: Callable[[list[list[int]]], bool] | None = None) -> list[list[int]]:
+def generate_ids(
+    model: GPT2,
+    prompts: list[list[int]],
+    cfg: SamplingConfig,
+    *,
+    eot_id: int,
+    use_cache: bool = True,
+    adapter: str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    on_step: Callable[[list[list[int]]], bool] | None = None,
+) -> list[list[int]]:
     """Continue each prompt (a list of token ids); return only the new ids of each row
     (``decode`` collected, without the final ``<|endoftext|>``).
 
@@ -66,8 +96,15 @@ def generate_ids(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, 
     rows done.
     """
     new: list[list[int]] = [[] for _ in prompts]
-    for step in decode(model, prompts, cfg, eot_id=eot_id, use_cache=use_cache, adapter=adapter,
-                       autocast_dtype=autocast_dtype):
+    for step in decode(
+        model,
+        prompts,
+        cfg,
+        eot_id=eot_id,
+        use_cache=use_cache,
+        adapter=adapter,
+        autocast_dtype=autocast_dtype,
+    ):
         for row, token in zip(new, step):
             if token is not None:
                 row.append(token)
@@ -76,6 +113,7 @@ def generate_ids(model: GPT2, prompts: list[list[int]], cfg: SamplingConfig, *, 
     if cfg.stop_at_eot:
         new = [row[:-1] if row and row[-1] == eot_id else row for row in new]
     return new
+
 
 @dataclass
 class Sample:
@@ -87,16 +125,18 @@ class Sample:
     """Length in tokens of what the model was conditioned on (prime + prompt, after trimming)."""
 
 
-def build_context(tokenizer: Tokenizer, prompt: str, prime: str | None, max_new_tokens: int,
-                  n_positions: int) -> tuple[list[int], int]:
+def build_context(
+    tokenizer: Tokenizer, prompt: str, prime: str | None, max_new_tokens: int, n_positions: int
+) -> tuple[list[int], int]:
     """Token ids of prime + prompt, trimmed from the left to leave room for the new tokens.
 
     The prime is joined to the prompt with a newline unless it already ends in whitespace.
     Returns (ids, number of tokens trimmed).
     """
     if max_new_tokens >= n_positions:
-        raise UserError(f"`max_new_tokens` ({max_new_tokens}) must be below the model's context "
-                        f"({n_positions})")
+        raise UserError(
+            f"`max_new_tokens` ({max_new_tokens}) must be below the model's context ({n_positions})"
+        )
     text = prompt
     if prime:
         text = prime + ("" if prime[-1:].isspace() or not prompt else "\n") + prompt
@@ -106,8 +146,9 @@ def build_context(tokenizer: Tokenizer, prompt: str, prime: str | None, max_new_
     return ids[trimmed:], trimmed
 
 
-def cut_at_stop(tokenizer: Tokenizer, ids: list[int],
-                stops: list[str]) -> tuple[str, list[int], bool]:
+def cut_at_stop(
+    tokenizer: Tokenizer, ids: list[int], stops: list[str]
+) -> tuple[str, list[int], bool]:
     """Decode ``ids``; if a stop string occurs, cut the text before it and the ids after the token
     that completes it. Returns (text, ids, stopped)."""
     text = tokenizer.decode(ids)
@@ -159,12 +200,12 @@ class TextRow:
         safe = min(len(self.text.rstrip("\ufffd")), len(self.text) - self.hold)
         if safe <= self.released:
             return ""
-        piece, self.released = self.text[self.released:safe], safe
+        piece, self.released = self.text[self.released : safe], safe
         return piece
 
     def flush(self) -> str:
         """The sample ended: return whatever text is still held back."""
-        piece, self.released = self.text[self.released:], len(self.text)
+        piece, self.released = self.text[self.released :], len(self.text)
         return piece
 
     def take(self, token: int, finish: str | None) -> tuple[str, str | None]:
@@ -180,10 +221,18 @@ class TextRow:
         return piece, finish
 
 
-def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig, *,
-             prime: str | None = None, num_samples: int = 1, adapter: str | None = None,
-             autocast_dtype: torch.dtype | None = None,
-             on_text: Callable[[int, str], None] | None = None) -> list[Sample]:
+def generate(
+    model: GPT2,
+    tokenizer: Tokenizer,
+    prompt: str,
+    cfg: SamplingConfig,
+    *,
+    prime: str | None = None,
+    num_samples: int = 1,
+    adapter: str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[Sample]:
     """Generate ``num_samples`` continuations of ``prime + prompt``, prefilled once and decoded
     as one batch.
 
@@ -205,11 +254,18 @@ def generate(model: GPT2, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig
         raise UserError(f"`num_samples` must be >= 1, got {num_samples}")
     cfg.validate()
     ctx, _ = build_context(tokenizer, prompt, prime, cfg.max_new_tokens, model.config.n_positions)
-    engine = Engine(model, eot_id=tokenizer.eot_id, max_batch=num_samples,
-                    autocast_dtype=autocast_dtype, max_len=len(ctx) + cfg.max_new_tokens)
+    engine = Engine(
+        model,
+        eot_id=tokenizer.eot_id,
+        max_batch=num_samples,
+        autocast_dtype=autocast_dtype,
+        max_len=len(ctx) + cfg.max_new_tokens,
+    )
     rid = engine.submit(GenerationRequest(ctx, cfg, n=num_samples, adapter=adapter))
-    rows = [TextRow(tokenizer, cfg.stop, tokenizer.eot_id if cfg.stop_at_eot else None)
-            for _ in range(num_samples)]
+    rows = [
+        TextRow(tokenizer, cfg.stop, tokenizer.eot_id if cfg.stop_at_eot else None)
+        for _ in range(num_samples)
+    ]
     while not engine.idle:
         for t in engine.step():
             piece, _ = rows[t.row].take(t.token, t.finish)

@@ -38,8 +38,9 @@ class SamplingConfig:
         if self.max_new_tokens < 1:
             raise UserError(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}")
         if self.temperature <= 0 and not self.greedy:
-            raise UserError(f"`temperature` must be > 0 (use `greedy` for argmax), got "
-                            f"{self.temperature}")
+            raise UserError(
+                f"`temperature` must be > 0 (use `greedy` for argmax), got {self.temperature}"
+            )
         if self.top_k < 0:
             raise UserError(f"`top_k` must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -91,7 +92,6 @@ def draw(logits: Tensor, generator: torch.Generator) -> Tensor:
     """
     probs = logits.softmax(-1)
     cdf = probs.cumsum(-1)
-    u = torch.rand((probs.size(0), 1), generator=generator, device=probs.device,
-                   dtype=cdf.dtype)
+    u = torch.rand((probs.size(0), 1), generator=generator, device=probs.device, dtype=cdf.dtype)
     picked = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     return picked.clamp_(max=probs.size(-1) - 1).squeeze(-1)

@@ -109,6 +109,7 @@ class Report:
 
 # ----------------------------------------------------------------------------- Markdown
 
+
 def _md_cell(text: str) -> str:
     # A Markdown table cell is one line; GitHub renders <br> inside cells.
     return text.replace("|", "\\|").replace("\n", "<br>")
@@ -119,8 +120,10 @@ def _md_block(block: Block) -> str:
         return block.text
     if isinstance(block, Table):
         numeric = block.numeric or [i > 0 for i in range(len(block.header))]
-        lines = ["| " + " | ".join(_md_cell(h) for h in block.header) + " |",
-                 "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
+        lines = [
+            "| " + " | ".join(_md_cell(h) for h in block.header) + " |",
+            "|" + "|".join("---:" if n else ":---" for n in numeric) + "|",
+        ]
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
         if block.caption:
             lines = [f"*{block.caption}*", ""] + lines
@@ -192,30 +195,41 @@ def _html_block(block: Block) -> str:
         cap = f"<caption>{_inline(block.caption)}</caption>" if block.caption else ""
         head = "".join(f"<th>{_inline(h)}</th>" for h in block.header)
         body = "".join(
-            "<tr>" + "".join(f'<td{" class=num" if n else ""}>'
-                             f"{_inline(c).replace(chr(10), '<br>')}</td>"
-                             for c, n in zip(row, numeric)) + "</tr>"
-            for row in block.rows)
+            "<tr>"
+            + "".join(
+                f"<td{' class=num' if n else ''}>{_inline(c).replace(chr(10), '<br>')}</td>"
+                for c, n in zip(row, numeric)
+            )
+            + "</tr>"
+            for row in block.rows
+        )
         return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     if isinstance(block, Figure):
         data = base64.b64encode(block.png).decode("ascii")
-        return (f'<figure><img alt="{html.escape(block.caption)}" '
-                f'src="data:image/png;base64,{data}">'
-                f"<figcaption>{_inline(block.caption)}</figcaption></figure>")
+        return (
+            f'<figure><img alt="{html.escape(block.caption)}" '
+            f'src="data:image/png;base64,{data}">'
+            f"<figcaption>{_inline(block.caption)}</figcaption></figure>"
+        )
     if isinstance(block, Code):
         return f"<pre>{html.escape(block.text.rstrip())}</pre>"
     if isinstance(block, Columns):
-        cols = "".join(f"<div><h4>{_inline(h)}</h4>{html.escape(t)}</div>"
-                       for h, t in zip(block.headings, block.texts))
+        cols = "".join(
+            f"<div><h4>{_inline(h)}</h4>{html.escape(t)}</div>"
+            for h, t in zip(block.headings, block.texts)
+        )
         return f'<div class="columns">{cols}</div>'
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 
 def render_html(report: Report) -> str:
     """The report as one HTML page with its figures embedded (no external files)."""
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head><body>",
-           f"<h1>{_inline(report.title)}</h1>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_inline(report.title)}</h1>",
+    ]
     out += [_html_block(b) for b in report.intro]
     for s in report.sections:
         level = min(6, s.level)

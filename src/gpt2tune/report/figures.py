@@ -85,8 +85,13 @@ def loss_curves(panels: list[tuple[str, list[tuple[str, list[dict]]]]]) -> bytes
             if train:
                 steps, losses = zip(*train)
                 ax.plot(steps, losses, color=color, alpha=0.15, lw=0.8)
-                ax.plot(steps, _smooth(list(losses), max(1, len(losses) // 10)), color=color,
-                        lw=1.2, label=f"{label}: train")
+                ax.plot(
+                    steps,
+                    _smooth(list(losses), max(1, len(losses) // 10)),
+                    color=color,
+                    lw=1.2,
+                    label=f"{label}: train",
+                )
             if val:
                 ax.plot(*zip(*val), "o--", color=color, ms=5, lw=1, label=f"{label}: held-out")
         ax.set_title(title)
@@ -103,23 +108,33 @@ def _dots(ax: Axes, values: dict[str, float], title: str) -> None:
     labels = list(values)
     xs = [values[k] for k in labels]
     ax.hlines(range(len(labels)), min(xs), xs, color="#ccc", lw=1)
-    ax.scatter(xs, range(len(labels)), s=60, zorder=3,
-               color=[_COLORS[i % len(_COLORS)] for i in range(len(labels))])
+    ax.scatter(
+        xs,
+        range(len(labels)),
+        s=60,
+        zorder=3,
+        color=[_COLORS[i % len(_COLORS)] for i in range(len(labels))],
+    )
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()  # first method on top
     lo, hi = min(xs), max(xs)
     pad = (hi - lo) * 0.08 or hi * 0.02
     for i, x in enumerate(xs):
-        ax.annotate(f"{x:,.0f}" if x >= 100 else f"{x:.1f}", (x, i), textcoords="offset points",
-                    xytext=(0, 8), ha="center", fontsize=9)
+        ax.annotate(
+            f"{x:,.0f}" if x >= 100 else f"{x:.1f}",
+            (x, i),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=9,
+        )
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(len(labels) - 0.4, -0.8)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
 
 
-def perplexity_by_method(news: dict[str, float], character: dict[str, float],
-                         name: str) -> bytes:
+def perplexity_by_method(news: dict[str, float], character: dict[str, float], name: str) -> bytes:
     """Held-out perplexity of each method, news and character side by side.
 
     Args:
@@ -146,9 +161,15 @@ def perplexities(values: dict[str, float], title: str) -> bytes:
     return png_bytes(fig)
 
 
-def style_scores(shares: dict[str, float], real_rate: float, other_rate: float,
-                 name: str, *, real_label: str | None = None,
-                 other_label: str = "other characters' speeches") -> bytes:
+def style_scores(
+    shares: dict[str, float],
+    real_rate: float,
+    other_rate: float,
+    name: str,
+    *,
+    real_label: str | None = None,
+    other_label: str = "other characters' speeches",
+) -> bytes:
     """Share of each method's samples judged in character, with the classifier's rates on real
     held-out speeches of the character and of others as reference lines.
 
@@ -164,16 +185,25 @@ def style_scores(shares: dict[str, float], real_rate: float, other_rate: float,
     fig = _figure(8, 3.6)
     ax = fig.subplots()
     labels = list(shares)
-    ax.barh(range(len(labels)), [100 * shares[k] for k in labels],
-            color=[_COLORS[i % len(_COLORS)] for i in range(len(labels))])
+    ax.barh(
+        range(len(labels)),
+        [100 * shares[k] for k in labels],
+        color=[_COLORS[i % len(_COLORS)] for i in range(len(labels))],
+    )
     for i, k in enumerate(labels):
         ax.text(100 * shares[k] + 1, i, f"{100 * shares[k]:.0f}%", va="center", fontsize=9)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
-    ax.axvline(100 * real_rate, color="k", ls="--", lw=1,
-               label=f"{real_label} ({100 * real_rate:.0f}%)")
-    ax.axvline(100 * other_rate, color="gray", ls=":", lw=1.2,
-               label=f"{other_label} ({100 * other_rate:.0f}%)")
+    ax.axvline(
+        100 * real_rate, color="k", ls="--", lw=1, label=f"{real_label} ({100 * real_rate:.0f}%)"
+    )
+    ax.axvline(
+        100 * other_rate,
+        color="gray",
+        ls=":",
+        lw=1.2,
+        label=f"{other_label} ({100 * other_rate:.0f}%)",
+    )
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of samples judged in character")
     ax.set_title(f"Style score: samples the classifier takes for {name}'s")
@@ -186,9 +216,14 @@ def _short(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
 
 
-def rank_sweep(points: list[tuple[int, int, float]], others: list[tuple[str, int, float]],
-               full_ppl: float | None, full_params: int | None, base_ppl: float | None,
-               name: str) -> bytes:
+def rank_sweep(
+    points: list[tuple[int, int, float]],
+    others: list[tuple[str, int, float]],
+    full_ppl: float | None,
+    full_params: int | None,
+    base_ppl: float | None,
+    name: str,
+) -> bytes:
     """Held-out perplexity against trainable parameters (log scale) for LoRA ranks.
 
     Args:
@@ -247,8 +282,14 @@ def confusion_matrix(matrix: list[list[int]], labels: list[str], title: str = ""
     top = max((v for row in matrix for v in row), default=0)
     for i, row in enumerate(matrix):
         for j, v in enumerate(row):
-            ax.text(j, i, str(v), ha="center", va="center",
-                    color="white" if top and v > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(v),
+                ha="center",
+                va="center",
+                color="white" if top and v > top / 2 else "black",
+            )
     if title:
         ax.set_title(title)
     fig.tight_layout()

@@ -34,8 +34,13 @@ DRAIN_BYTES = 64 << 20
 """An oversized body is read (and dropped) up to this size before the 413 goes out."""
 
 
-def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: int = 1024,
-               max_body_bytes: int = 1 << 20) -> FastAPI:
+def create_app(
+    service: Service,
+    *,
+    api_key: str | None = None,
+    max_tokens_cap: int = 1024,
+    max_body_bytes: int = 1 << 20,
+) -> FastAPI:
     """The server's ASGI app. Starting it (lifespan) starts the service's worker; shutting it
     down lets the running requests finish first.
 
@@ -52,8 +57,13 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
         yield
         await asyncio.to_thread(service.stop)
 
-    app = FastAPI(title="gpt2tune", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  exception_handlers=ERROR_HANDLERS)
+    app = FastAPI(
+        title="gpt2tune",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        exception_handlers=ERROR_HANDLERS,
+    )
     app.state.service = service
     app.state.settings = Settings(api_key=api_key, max_tokens_cap=max_tokens_cap, created=now())
     app.add_middleware(BodyLimit, limit=max_body_bytes)
@@ -63,6 +73,7 @@ def create_app(service: Service, *, api_key: str | None = None, max_tokens_cap: 
 
 
 # -------------------------------------------------------------------- errors as OpenAI's JSON
+
 
 async def api_error(_request: Request, e: APIError) -> JSONResponse:
     """An ``APIError`` a route raised."""
@@ -80,8 +91,11 @@ async def invalid_request(_request: Request, e: RequestValidationError) -> JSONR
     first = e.errors()[0] if e.errors() else {}
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     param = ".".join(loc) or None
-    message = f"{param}: {first.get('msg', 'invalid value')}" if param else \
-        "the request body is not valid JSON; send a JSON object"
+    message = (
+        f"{param}: {first.get('msg', 'invalid value')}"
+        if param
+        else "the request body is not valid JSON; send a JSON object"
+    )
     return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
 
 
@@ -93,12 +107,16 @@ async def http_error(_request: Request, e: StarletteHTTPException) -> JSONRespon
 ErrorHandler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
 
 ERROR_HANDLERS: dict[int | type[Exception], ErrorHandler] = {
-    APIError: api_error, UserError: user_error, RequestValidationError: invalid_request,
-    StarletteHTTPException: http_error}
+    APIError: api_error,
+    UserError: user_error,
+    RequestValidationError: invalid_request,
+    StarletteHTTPException: http_error,
+}
 """Every error, as OpenAI's error JSON."""
 
 
 # -------------------------------------------------------------------- request size
+
 
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes with 413, before the route reads them.
@@ -139,8 +157,12 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send) -> None:
-        error = APIError(413, f"request body is over this server's limit of {self.limit} bytes; "
-                              "send a shorter prompt", code="body_too_large")
+        error = APIError(
+            413,
+            f"request body is over this server's limit of {self.limit} bytes; "
+            "send a shorter prompt",
+            code="body_too_large",
+        )
         response = JSONResponse(error.body(), status_code=413)
         with contextlib.suppress(Exception):
             await response({"type": "http"}, _no_receive, send)

@@ -25,38 +25,51 @@ DISCONNECT_POLL_S = 0.25
 """How often a non-streaming request checks whether its client is still there."""
 
 
-def max_tokens_of(asked: int | None, default: int, prompt_tokens: int, n_positions: int,
-                  cap: int) -> int:
+def max_tokens_of(
+    asked: int | None, default: int, prompt_tokens: int, n_positions: int, cap: int
+) -> int:
     """The new tokens to generate: as asked (400 over the cap), else the default if it fits."""
     if asked is None:
         return max(1, min(default, n_positions - prompt_tokens))
     if asked > cap:
-        raise APIError(400, f"max_tokens={asked} is over this server's cap of {cap}; ask for "
-                            f"at most {cap}", param="max_tokens")
+        raise APIError(
+            400,
+            f"max_tokens={asked} is over this server's cap of {cap}; ask for at most {cap}",
+            param="max_tokens",
+        )
     return asked
 
 
-def prepare(body: SamplingFields, model: ServedModel, prompts: list[str], asked: int | None,
-            default: int, logprobs: int | None,
-            cap: int) -> tuple[list[GenerationRequest], list[int]]:
+def prepare(
+    body: SamplingFields,
+    model: ServedModel,
+    prompts: list[str],
+    asked: int | None,
+    default: int,
+    logprobs: int | None,
+    cap: int,
+) -> tuple[list[GenerationRequest], list[int]]:
     """Engine requests for the prompts (prime placed before each), and each one's length."""
     body.check_unsupported()
     tok, n_positions = model.tokenizer, model.engine.model.config.n_positions
     longest = max(len(tok.encode(p)) for p in prompts)
     max_tokens = max_tokens_of(asked, default, longest, n_positions, cap)
     if longest + max_tokens > n_positions:
-        raise APIError(400, f"prompt ({longest} tokens) + max_tokens ({max_tokens}) exceeds "
-                            f"the model's context of {n_positions} tokens; shorten the prompt "
-                            "or lower max_tokens", param="max_tokens",
-                       code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"prompt ({longest} tokens) + max_tokens ({max_tokens}) exceeds "
+            f"the model's context of {n_positions} tokens; shorten the prompt "
+            "or lower max_tokens",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
     cfg = body.sampling(max_tokens)
     out, lengths = [], []
     for p in prompts:
         # the prime is trimmed from the left to fit, as `gpt2tune generate` does
         ids, _ = build_context(tok, p, body.prime, max_tokens, n_positions)
         ids = ids or [tok.eot_id]  # nothing to condition on: start a new document
-        out.append(GenerationRequest(ids, cfg, n=body.n, adapter=model.adapter,
-                                 logprobs=logprobs))
+        out.append(GenerationRequest(ids, cfg, n=body.n, adapter=model.adapter, logprobs=logprobs))
         lengths.append(len(ids))
     return out, lengths
 
@@ -82,10 +95,14 @@ class Event:
             strs.append(s)
             offsets.append(at)
             at += len(s)
-        return {"tokens": strs, "token_logprobs": [t.logprob for t in self.tokens],
-                "top_logprobs": [{self.tokenizer.decode([i]): lp for i, lp in t.top or []}
-                                 for t in self.tokens],
-                "text_offset": offsets}
+        return {
+            "tokens": strs,
+            "token_logprobs": [t.logprob for t in self.tokens],
+            "top_logprobs": [
+                {self.tokenizer.decode([i]): lp for i, lp in t.top or []} for t in self.tokens
+            ],
+            "text_offset": offsets,
+        }
 
     def chat_logprobs(self) -> dict | None:
         if not self.tokens or self.tokens[0].logprob is None:
@@ -95,16 +112,27 @@ class Event:
             s = self.tokenizer.decode([token])
             return {"token": s, "logprob": lp, "bytes": list(self.tokenizer.decode_bytes([token]))}
 
-        return {"content": [entry(t.token, t.logprob)
-                            | {"top_logprobs": [entry(i, lp) for i, lp in t.top or []]}
-                            for t in self.tokens]}
+        return {
+            "content": [
+                entry(t.token, t.logprob)
+                | {"top_logprobs": [entry(i, lp) for i, lp in t.top or []]}
+                for t in self.tokens
+            ]
+        }
 
 
 class Run:
     """The choices of one HTTP request, assembled from its engine streams."""
 
-    def __init__(self, service: Service, streams: list[Stream], model: ServedModel, n: int,
-                 request: Request, echo: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        service: Service,
+        streams: list[Stream],
+        model: ServedModel,
+        n: int,
+        request: Request,
+        echo: list[str] | None = None,
+    ) -> None:
         self.service, self.streams, self.n, self.request = service, streams, n, request
         self.tokenizer = model.tokenizer
         eot = model.tokenizer.eot_id

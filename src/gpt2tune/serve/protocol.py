@@ -21,15 +21,28 @@ class APIError(Exception):
     """An error answered in OpenAI's error JSON:
     ``{"error": {"message", "type", "param", "code"}}``."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type = status, message, type
         self.param, self.code = param, code
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
     @classmethod
     def from_user_error(cls, e: UserError) -> APIError:
@@ -84,14 +97,24 @@ class SamplingFields(BaseModel):
     def check_unsupported(self) -> None:
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
-                raise APIError(400, f"{name} is not supported; use repetition_penalty (an extra "
-                                    "field) to discourage repeats", param=name)
+                raise APIError(
+                    400,
+                    f"{name} is not supported; use repetition_penalty (an extra "
+                    "field) to discourage repeats",
+                    param=name,
+                )
 
     def sampling(self, max_tokens: int) -> SamplingConfig:
-        return SamplingConfig(max_new_tokens=max_tokens, greedy=self.temperature == 0,
-                              temperature=self.temperature or 1.0, top_k=self.top_k,
-                              top_p=self.top_p, repetition_penalty=self.repetition_penalty,
-                              stop=self.stops(), seed=self.seed)
+        return SamplingConfig(
+            max_new_tokens=max_tokens,
+            greedy=self.temperature == 0,
+            temperature=self.temperature or 1.0,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            stop=self.stops(),
+            seed=self.seed,
+        )
 
     @property
     def include_usage(self) -> bool:
@@ -112,11 +135,13 @@ class CompletionRequest(SamplingFields):
     def check_unsupported(self) -> None:
         super().check_unsupported()
         if self.suffix:
-            raise APIError(400, "suffix (insertion) is not supported by GPT-2; leave it out",
-                           param="suffix")
+            raise APIError(
+                400, "suffix (insertion) is not supported by GPT-2; leave it out", param="suffix"
+            )
         if self.best_of not in (None, 1, self.n):
-            raise APIError(400, "best_of is not supported; ask for n samples instead",
-                           param="best_of")
+            raise APIError(
+                400, "best_of is not supported; ask for n samples instead", param="best_of"
+            )
         if not self.prompts():
             raise APIError(400, "prompt is an empty list; give at least one prompt", param="prompt")
 
@@ -162,8 +187,11 @@ def now() -> int:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def model_card(name: str, kind: str, created: int) -> dict:

@@ -52,6 +52,7 @@ class Settings:
 
 # ------------------------------------------------------------------------------- dependencies
 
+
 async def get_service(request: Request) -> Service:
     """The app's ``Service`` (``app.state.service``)."""
     return request.app.state.service
@@ -72,9 +73,13 @@ async def authorized(request: Request, settings: SettingsDep) -> None:
         return
     given = request.headers.get("authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-        raise APIError(401, "missing or wrong API key; send the header "
-                            "'Authorization: Bearer <key>' with this server's key",
-                       type="authentication_error", code="invalid_api_key")
+        raise APIError(
+            401,
+            "missing or wrong API key; send the header "
+            "'Authorization: Bearer <key>' with this server's key",
+            type="authentication_error",
+            code="invalid_api_key",
+        )
 
 
 public = APIRouter()
@@ -87,6 +92,7 @@ v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])
 # ------------------------------------------------------------------------------- public routes
 # (the handlers have no docstrings: FastAPI would publish them in /openapi.json)
 
+
 @public.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def playground() -> HTMLResponse:
     page = resources.files("gpt2tune.serve").joinpath("static/playground.html")
@@ -95,75 +101,117 @@ async def playground() -> HTMLResponse:
 
 @public.get("/health")
 async def health(service: ServiceDep) -> dict:
-    return {"status": "ok", "models": list(service.models), "in_flight": service.in_flight,
-            "peak_batch": max(e.peak_rows for e in service.engines)}
+    return {
+        "status": "ok",
+        "models": list(service.models),
+        "in_flight": service.in_flight,
+        "peak_batch": max(e.peak_rows for e in service.engines),
+    }
 
 
 # ------------------------------------------------------------------------------- /v1 routes
 
+
 @v1.get("/models")
 async def models(service: ServiceDep, settings: SettingsDep) -> dict:
     created = settings.created
-    return {"object": "list",
-            "data": [model_card(m.name, m.kind, created) for m in service.models.values()]
-            + [model_card(name, "classifier", created) for name in service.classifiers]}
+    return {
+        "object": "list",
+        "data": [model_card(m.name, m.kind, created) for m in service.models.values()]
+        + [model_card(name, "classifier", created) for name in service.classifiers],
+    }
 
 
 @v1.post("/classify")
 async def classify(body: ClassifyRequest, service: ServiceDep) -> dict:
     clf = service.classifiers.get(body.model)
     if clf is None:
-        raise APIError(404, f"classifier {body.model!r} does not exist; this server's "
-                            f"classifiers: {', '.join(service.classifiers) or 'none'}",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"classifier {body.model!r} does not exist; this server's "
+            f"classifiers: {', '.join(service.classifiers) or 'none'}",
+            param="model",
+            code="model_not_found",
+        )
     texts = body.texts()
     if not texts or any(not t.strip() for t in texts):
-        raise APIError(400, "input is empty, or one of its texts is; give text to classify",
-                       param="input")
+        raise APIError(
+            400, "input is empty, or one of its texts is; give text to classify", param="input"
+        )
     results = await asyncio.to_thread(clf.classify, texts)
     tokens = sum(len(clf.tokenizer.encode(t)) for t in texts)
-    return {"object": "list", "model": clf.name,
-            "data": [{"index": i, "object": "classification", **r}
-                     for i, r in enumerate(results)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {
+        "object": "list",
+        "model": clf.name,
+        "data": [{"index": i, "object": "classification", **r} for i, r in enumerate(results)],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 @v1.post("/completions", response_model=None)
-async def completions(body: CompletionRequest, request: Request, service: ServiceDep,
-                      settings: SettingsDep) -> dict | StreamingResponse:
+async def completions(
+    body: CompletionRequest, request: Request, service: ServiceDep, settings: SettingsDep
+) -> dict | StreamingResponse:
     model = lookup(service, body.model)
     if body.echo and body.logprobs is not None:
-        raise APIError(400, "echo with logprobs is not supported (no log-probabilities of "
-                            "prompt tokens); drop one of them", param="echo")
-    reqs, lengths = prepare(body, model, body.prompts(), body.max_tokens, 16, body.logprobs,
-                            settings.max_tokens_cap)
+        raise APIError(
+            400,
+            "echo with logprobs is not supported (no log-probabilities of "
+            "prompt tokens); drop one of them",
+            param="echo",
+        )
+    reqs, lengths = prepare(
+        body, model, body.prompts(), body.max_tokens, 16, body.logprobs, settings.max_tokens_cap
+    )
     streams = start(service, model, reqs)
-    run = Run(service, streams, model, body.n, request,
-              echo=body.prompts() if body.echo else None)
+    run = Run(service, streams, model, body.n, request, echo=body.prompts() if body.echo else None)
     rid, created = new_id("cmpl"), now()
 
     def chunk(choices: list[dict]) -> dict:
-        return {"id": rid, "object": "text_completion", "created": created,
-                "model": model.name, "choices": choices}
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": model.name,
+            "choices": choices,
+        }
 
     if body.stream:
+
         async def events() -> AsyncIterator[dict]:
             async for ev in run.events():
-                yield chunk([{"index": ev.index, "text": ev.text,
-                              "logprobs": ev.completion_logprobs(), "finish_reason": ev.finish}])
+                yield chunk(
+                    [
+                        {
+                            "index": ev.index,
+                            "text": ev.text,
+                            "logprobs": ev.completion_logprobs(),
+                            "finish_reason": ev.finish,
+                        }
+                    ]
+                )
             if body.include_usage:
                 yield {**chunk([]), "usage": usage(sum(lengths), run.completion_tokens)}
 
         return sse(events())
     choices = await run.collect()
-    return chunk([{"index": c.index, "text": c.text, "logprobs": c.completion_logprobs(),
-                   "finish_reason": c.finish} for c in choices]) | {
-        "usage": usage(sum(lengths), run.completion_tokens)}
+    return chunk(
+        [
+            {
+                "index": c.index,
+                "text": c.text,
+                "logprobs": c.completion_logprobs(),
+                "finish_reason": c.finish,
+            }
+            for c in choices
+        ]
+    ) | {"usage": usage(sum(lengths), run.completion_tokens)}
 
 
 @v1.post("/chat/completions", response_model=None)
-async def chat(body: ChatRequest, request: Request, service: ServiceDep,
-               settings: SettingsDep) -> dict | StreamingResponse:
+async def chat(
+    body: ChatRequest, request: Request, service: ServiceDep, settings: SettingsDep
+) -> dict | StreamingResponse:
     model = lookup(service, body.model)
     if CHAT_STOP not in body.stops():
         body.stop = body.stops() + [CHAT_STOP]
@@ -176,42 +224,76 @@ async def chat(body: ChatRequest, request: Request, service: ServiceDep,
     rid, created = new_id("chatcmpl"), now()
 
     def chunk(choices: list[dict], obj: str = "chat.completion.chunk") -> dict:
-        return {"id": rid, "object": obj, "created": created, "model": model.name,
-                "choices": choices}
+        return {
+            "id": rid,
+            "object": obj,
+            "created": created,
+            "model": model.name,
+            "choices": choices,
+        }
 
     if body.stream:
+
         async def events() -> AsyncIterator[dict]:
             for i in range(body.n):
-                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                              "logprobs": None, "finish_reason": None}])
+                yield chunk(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             async for ev in run.events():
                 delta = {"content": ev.text} if ev.text else {}
-                yield chunk([{"index": ev.index, "delta": delta,
-                              "logprobs": ev.chat_logprobs(), "finish_reason": ev.finish}])
+                yield chunk(
+                    [
+                        {
+                            "index": ev.index,
+                            "delta": delta,
+                            "logprobs": ev.chat_logprobs(),
+                            "finish_reason": ev.finish,
+                        }
+                    ]
+                )
             if body.include_usage:
                 yield {**chunk([]), "usage": usage(sum(lengths), run.completion_tokens)}
 
         return sse(events())
     choices = await run.collect()
-    return chunk([{"index": c.index, "message": {"role": "assistant", "content": c.text},
-                   "logprobs": c.chat_logprobs(), "finish_reason": c.finish}
-                  for c in choices], "chat.completion") | {
-        "usage": usage(sum(lengths), run.completion_tokens)}
+    return chunk(
+        [
+            {
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": c.chat_logprobs(),
+                "finish_reason": c.finish,
+            }
+            for c in choices
+        ],
+        "chat.completion",
+    ) | {"usage": usage(sum(lengths), run.completion_tokens)}
 
 
 # ------------------------------------------------------------------------------- helpers
+
 
 def lookup(service: Service, name: str) -> ServedModel:
     """The served model called ``name``; 404 if there is none."""
     model = service.models.get(name)
     if model is None:
-        raise APIError(404, f"model {name!r} does not exist; this server has: "
-                            f"{', '.join(service.models)}", param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"model {name!r} does not exist; this server has: {', '.join(service.models)}",
+            param="model",
+            code="model_not_found",
+        )
     return model
 
 
-def start(service: Service, model: ServedModel,
-          requests: list[GenerationRequest]) -> list[Stream]:
+def start(service: Service, model: ServedModel, requests: list[GenerationRequest]) -> list[Stream]:
     """Hand the requests to the engine; 429 if the queue is full. A request that cannot run
     raises the engine's ``UserError``, which the app answers with a 400."""
     try:
@@ -233,5 +315,6 @@ def sse(events: AsyncIterator[dict]) -> StreamingResponse:
             return
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )

@@ -64,8 +64,9 @@ def _named(pairs: list[str], field: str) -> dict[str, str | Path]:
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
-            raise UserError(f"`{field}` {pair!r} is not NAME=DIR; e.g. `{field}` "
-                            "news=runs/news-lora")
+            raise UserError(
+                f"`{field}` {pair!r} is not NAME=DIR; e.g. `{field}` news=runs/news-lora"
+            )
         if name in out:
             raise UserError(f"`{field}` name {name!r} is given twice; give each a different name")
         out[name] = path
@@ -91,8 +92,10 @@ def build_service(cfg: ServeConfig) -> Service:
     names = [base, *adapters, *variants, *classifiers]
     clash = next((n for n in names if names.count(n) > 1), None)
     if clash is not None:
-        raise UserError(f"two models would be served as {clash!r}; rename the `adapter`, "
-                        "`variant` or `classifier` (NAME=DIR)")
+        raise UserError(
+            f"two models would be served as {clash!r}; rename the `adapter`, "
+            "`variant` or `classifier` (NAME=DIR)"
+        )
     for limit, least in (("max_batch", 1), ("max_queue", 0), ("max_tokens_cap", 1)):
         if getattr(cfg, limit) < least:
             raise UserError(f"`{limit}` must be >= {least}, got {getattr(cfg, limit)}")
@@ -102,8 +105,12 @@ def build_service(cfg: ServeConfig) -> Service:
     def engine(model) -> Engine:
         if dtype is not None:
             cast_for_inference(model, dtype)  # once, not at every step
-        return Engine(model.eval(), eot_id=Tokenizer(model.source_dir).eot_id,
-                      max_batch=cfg.max_batch, autocast_dtype=dtype)
+        return Engine(
+            model.eval(),
+            eot_id=Tokenizer(model.source_dir).eot_id,
+            max_batch=cfg.max_batch,
+            autocast_dtype=dtype,
+        )
 
     base_model = load_model_with_adapters(cfg.model, adapters, device=device)
     shared = engine(base_model)
@@ -112,14 +119,18 @@ def build_service(cfg: ServeConfig) -> Service:
     served += [ServedModel(name, "adapter", shared, name, tok) for name in adapters]
     for name, path in variants.items():
         model = load_model(path, device=device)
-        served.append(ServedModel(name, "variant", engine(model), None,
-                                  Tokenizer(model.source_dir)))
+        served.append(
+            ServedModel(name, "variant", engine(model), None, Tokenizer(model.source_dir))
+        )
     clfs = []
     for name, path in classifiers.items():
         # an adapter directory is a classification adapter of the base; else a whole classifier
         is_adapter = (Path(path) / ADAPTER_CONFIG).is_file()
-        clf = (load_classifier_with_adapter(cfg.model, path, device=device) if is_adapter
-               else load_classifier_with_adapter(path, device=device))
+        clf = (
+            load_classifier_with_adapter(cfg.model, path, device=device)
+            if is_adapter
+            else load_classifier_with_adapter(path, device=device)
+        )
         clfs.append(ServedClassifier(name, clf, Tokenizer(clf.source_dir), dtype))
     return Service(served, max_queue=cfg.max_queue, classifiers=clfs)
 
@@ -136,8 +147,10 @@ def build_server(cfg: ServeConfig):
 
         from gpt2tune.serve.app import create_app
     except ImportError as e:
-        raise UserError(f"gpt2tune serve needs FastAPI and uvicorn ({e.name} is missing); "
-                        "install them with: pip install 'gpt2tune[serve]'") from None
+        raise UserError(
+            f"gpt2tune serve needs FastAPI and uvicorn ({e.name} is missing); "
+            "install them with: pip install 'gpt2tune[serve]'"
+        ) from None
     import socket
 
     # a taken port is found before the models load (uvicorn would say it only after)
@@ -146,11 +159,17 @@ def build_server(cfg: ServeConfig):
         try:
             probe.bind((cfg.host, cfg.port))
         except OSError as e:
-            raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); choose "
-                            "another `port` or stop what uses it") from None
+            raise UserError(
+                f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); choose "
+                "another `port` or stop what uses it"
+            ) from None
     service = build_service(cfg)
-    app = create_app(service, api_key=cfg.api_key, max_tokens_cap=cfg.max_tokens_cap,
-                     max_body_bytes=cfg.max_body_bytes)
+    app = create_app(
+        service,
+        api_key=cfg.api_key,
+        max_tokens_cap=cfg.max_tokens_cap,
+        max_body_bytes=cfg.max_body_bytes,
+    )
     log.info("serving %s on http://%s:%d", ", ".join(service.models), cfg.host, cfg.port)
     return uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
 

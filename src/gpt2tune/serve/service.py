@@ -53,8 +53,9 @@ class ServedClassifier:
     def classify(self, texts: list[str]) -> list[dict]:
         """Label and probabilities per text (called in a worker thread, not the event loop)."""
         with self.lock:
-            return classify_texts(self.model, self.tokenizer, texts,
-                                  autocast_dtype=self.autocast_dtype)
+            return classify_texts(
+                self.model, self.tokenizer, texts, autocast_dtype=self.autocast_dtype
+            )
 
 
 class Busy(Exception):
@@ -95,8 +96,13 @@ class Stream:
 class Service:
     """Owns the engines and the worker thread."""
 
-    def __init__(self, models: list[ServedModel], *, max_queue: int = 64,
-                 classifiers: Sequence[ServedClassifier] = ()) -> None:
+    def __init__(
+        self,
+        models: list[ServedModel],
+        *,
+        max_queue: int = 64,
+        classifiers: Sequence[ServedClassifier] = (),
+    ) -> None:
         self.models = {m.name: m for m in models}
         self.classifiers = {c.name: c for c in classifiers}
         self.engines: list[Engine] = []
@@ -130,9 +136,11 @@ class Service:
                 engine = model.engine
                 limit = engine.max_batch + self.max_queue
                 if self._in_flight[id(engine)] + wanted[id(engine)] > limit:
-                    raise Busy(f"the server is busy ({self._in_flight[id(engine)]} requests in "
-                               f"flight for {model.name}, queue of {self.max_queue}); retry "
-                               "shortly")
+                    raise Busy(
+                        f"the server is busy ({self._in_flight[id(engine)]} requests in "
+                        f"flight for {model.name}, queue of {self.max_queue}); retry "
+                        "shortly"
+                    )
             for model, _ in requests:
                 self._in_flight[id(model.engine)] += 1
         loop = asyncio.get_running_loop()
