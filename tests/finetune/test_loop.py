@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 
 import pytest
 import torch
@@ -50,9 +51,16 @@ def test_fine_tune_returns_what_it_resolved_and_leaves_its_options_as_given(tiny
     opts.model.device = "auto"
     given = copy.deepcopy(opts)
     level = logging.getLogger("gpt2tune").level
+    torch.manual_seed(1234)
+    random.seed(1234)
     res = fine_tune(opts)
+    after = (torch.rand(3), random.random())
+    torch.manual_seed(1234)
+    random.seed(1234)
     assert opts == given
     assert logging.getLogger("gpt2tune").level == level
+    # the run seeds the global generators for itself; the caller's states come back as they were
+    assert torch.equal(after[0], torch.rand(3)) and after[1] == random.random()
     context = tiny_hf[1].config.n_positions
     assert res.resolved is not None
     assert res.resolved.block_size == min(512, context)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from contextlib import nullcontext
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -136,10 +137,24 @@ def fine_tune(
         problem = parallel.gather(problem)[0]
         if problem:
             raise UserError(problem)
-        return _fine_tune(opts, out, parallel, on_step, resumable)
+        with _own_rng():
+            return _fine_tune(opts, out, parallel, on_step, resumable)
     finally:
         if lock is not None:
             lock.release()
+
+
+@contextmanager
+def _own_rng() -> Iterator[None]:
+    """The run seeds torch's and Python's global generators (its LoRA init, dropout and data
+    order come from its seed); the caller gets their states back as they were."""
+    state = random.getstate()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(state)
 
 
 def _fine_tune(
