@@ -47,8 +47,10 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
+# two pytest-xdist workers of one torch thread each (tests/conftest.py): on 2 cores about half the
+# time of one pytest process (README, Development)
 test: $(VENV)/.installed browser lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py

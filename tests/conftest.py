@@ -18,10 +18,13 @@ os.environ.pop("HF_HUB_CACHE", None)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 # One intra-op thread count for the whole session (two at most: the tiny models gain nothing from
-# more). Runs that a test compares bit for bit must use the same count: on some CPUs (a Xeon with
-# AMX, whose oneDNN fp32 kernels split the work by thread) another count gives other bits.
-# Subprocesses get it from ``same_threads_env``; a test that changes it gets it back (``_threads``).
-THREADS = min(2, torch.get_num_threads())
+# more; under pytest-xdist each worker its share of the cores, so that together they use no more
+# threads than there are cores). Runs that a test compares bit for bit must use the same count: on
+# some CPUs (a Xeon with AMX, whose oneDNN fp32 kernels split the work by thread) another count
+# gives other bits. Subprocesses get it from ``same_threads_env``; a test that changes it gets it
+# back (``_threads``).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, torch.get_num_threads() // WORKERS))
 torch.set_num_threads(THREADS)
 
 
