@@ -53,7 +53,8 @@ def _losses(out, key="loss"):
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_two_ranks_equal_one_process_with_double_batch(setup, tmp_path, method, monkeypatch, capsys):
+def test_two_ranks_equal_one_process_with_double_batch(setup, tmp_path, method, monkeypatch,
+                                                       capsys):
     monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
     extra = ["--method", method, "--lora-r", "4"]
     assert main(_args(setup, tmp_path / "one", 4, *extra)) == 0
@@ -98,8 +99,10 @@ def test_ctrl_c_under_torchrun_then_resume_equals_uninterrupted(setup, tmp_path,
     # every step 0.1 s longer (the math unchanged), so the signal lands mid-run on any machine
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(slow_steps_script(tmp_path))]
-    args = lambda out, *x: _args(setup, out, 2, "--method", "full", "--max-steps", "8",
-                                 "--save-every", "1", *sharding, *x)
+    def args(out, *x):
+        return _args(setup, out, 2, "--method", "full", "--max-steps", "8", "--save-every", "1",
+                     *sharding, *x)
+
     _torchrun(args(tmp_path / "a"), tmp=tmp_path)
     proc = subprocess.Popen(cmd + args(tmp_path / "b"), env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -130,8 +133,10 @@ def test_fsdp_two_ranks_equal_one_process(setup, tmp_path, method, monkeypatch):
     # each rank holds a shard of every gradient; the norm is still the global one
     assert _losses(tmp_path / "two", "grad_norm") == pytest.approx(
         _losses(tmp_path / "one", "grad_norm"), rel=1e-4)
-    val = lambda out: [json.loads(x)["val_loss"] for x in (out / "metrics.jsonl").read_text().splitlines()
-                       if "val_loss" in json.loads(x)]
+    def val(out):
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["val_loss"] for r in rows if "val_loss" in r]
+
     assert val(tmp_path / "two") == pytest.approx(val(tmp_path / "one"), abs=1e-5)
     name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
@@ -174,8 +179,10 @@ def test_a_rank_killed_mid_run_stops_the_other_with_one_line_then_resume_finishe
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                GPT2TUNE_CACHE=str(tmp_path / "cache"))
-    args = lambda out, *x: _args(setup, out, 2, "--method", "lora", "--max-steps", "40",
-                                 "--save-every", "4", "--dist-timeout", "60", *x)
+    def args(out, *x):
+        return _args(setup, out, 2, "--method", "lora", "--max-steps", "40", "--save-every", "4",
+                     "--dist-timeout", "60", *x)
+
     _torchrun(args(tmp_path / "a"), tmp=tmp_path)
     script = slow_steps_script(tmp_path)
     proc = subprocess.Popen(
