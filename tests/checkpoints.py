@@ -11,8 +11,15 @@ def make_hf_model(path: Path, seed: int = 0, **overrides):
     """Save a random ``GPT2LMHeadModel`` to ``path`` and return it (eval mode, fp32)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = dict(n_layer=2, n_head=3, n_embd=48, n_positions=64, vocab_size=50257,
-               bos_token_id=50256, eos_token_id=50256)
+    cfg = dict(
+        n_layer=2,
+        n_head=3,
+        n_embd=48,
+        n_positions=64,
+        vocab_size=50257,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    )
     cfg.update(overrides)
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(**cfg)).eval()
@@ -42,5 +49,6 @@ def slow_steps_script(directory: Path) -> Path:
         "step = Trainer.step\n"
         "Trainer.step = lambda self, *a, **k: (time.sleep(0.1), step(self, *a, **k))[1]\n"
         "from gpt2tune.cli.main import main\n"
-        "sys.exit(main())\n")
+        "sys.exit(main())\n"
+    )
     return script

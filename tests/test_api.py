@@ -26,8 +26,9 @@ def test_type_checkers_see_the_same_names_from_the_same_modules():
     from pathlib import Path
 
     tree = ast.parse(Path(gpt2tune.__file__).read_text(encoding="utf-8"))
-    [block] = [n for n in tree.body
-               if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]
+    [block] = [
+        n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"
+    ]
     seen = {}
     for node in block.body:
         assert isinstance(node, ast.ImportFrom)

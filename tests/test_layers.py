@@ -40,7 +40,8 @@ def _module_name(path: Path) -> str:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST) -> set[str]:
@@ -54,8 +55,12 @@ def _imports(tree: ast.AST) -> set[str]:
             return
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "gpt2tune")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.split(".")[0] == "gpt2tune":
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.split(".")[0] == "gpt2tune"
+        ):
             found.add(node.module)
             # "from gpt2tune.x import y" may name a submodule y
             found.update(f"{node.module}.{a.name}" for a in node.names)
@@ -107,7 +112,7 @@ def test_no_import_cycles():
         path.append(m)
         for d in sorted(GRAPH[m]):
             if state.get(d) == 1:
-                cycle = path[path.index(d):] + [d]
+                cycle = path[path.index(d) :] + [d]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if d not in state:
                 visit(d)
@@ -137,8 +142,10 @@ def test_the_checker_sees_imports_inside_functions():
     # the graph must include function-level imports, or lazy imports could hide a cycle
     tree = ast.parse("def f():\n    from gpt2tune.cli.main import main\n")
     assert "gpt2tune.cli.main" in _imports(tree)
-    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                     "    from gpt2tune.cli.main import main\n")
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from gpt2tune.cli.main import main\n"
+    )
     assert not _imports(tree)
 
 
@@ -157,8 +164,9 @@ def test_modules_stay_short(module):
     assert lines <= MAX_LINES, f"{module} has {lines} lines; split it by responsibility"
 
 
-@pytest.mark.parametrize("module", sorted(m for m in GRAPH if m not in ENTRY_POINTS
-                                          and not m.startswith("gpt2tune.cli")))
+@pytest.mark.parametrize(
+    "module", sorted(m for m in GRAPH if m not in ENTRY_POINTS and not m.startswith("gpt2tune.cli"))
+)
 def test_no_module_reaches_into_most_of_the_package(module):
     used = sorted(GRAPH[module] - PACKAGES)
     assert len(used) <= MAX_IMPORTS, f"{module} imports {len(used)} modules: {used}"

@@ -36,5 +36,6 @@ def test_a_bad_device_names_the_option(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError) as e:
         runtime.resolve_device("cuda:0")
-    assert e.value.phrased(as_flag) == ("--device cuda asked for, but no CUDA GPU is available; "
-                                        "use --device cpu")
+    assert e.value.phrased(as_flag) == (
+        "--device cuda asked for, but no CUDA GPU is available; use --device cpu"
+    )

@@ -7,8 +7,32 @@ import pytest
 
 from gpt2tune.cli.main import main
 
-WORDS = {"market": "shares bank profit rates trade budget stocks prices growth index".split(),
-         "court": "king lord sword crown thee thou villain honour knave sirrah".split()}
+WORDS = {
+    "market": [
+        "shares",
+        "bank",
+        "profit",
+        "rates",
+        "trade",
+        "budget",
+        "stocks",
+        "prices",
+        "growth",
+        "index",
+    ],
+    "court": [
+        "king",
+        "lord",
+        "sword",
+        "crown",
+        "thee",
+        "thou",
+        "villain",
+        "honour",
+        "knave",
+        "sirrah",
+    ],
+}
 
 
 def write_task(path, n: int, seed: int) -> None:
@@ -33,24 +57,69 @@ def test_train_eval_and_classify(capsys, tiny_hf, tmp_path, method):
     write_task(test, 60, 1)
     out = tmp_path / "run"
     fields = ["--text-field", "body", "--label-field", "kind"]
-    code, _, err = run(capsys, "train", "--task", "classify", "--model", str(tiny_hf[0]),
-                       "--data", str(train), "--val-split", "0.1", *fields, "--method", method,
-                       "--lr", "1e-2" if method == "lora" else "3e-3", "--batch-size", "16",
-                       "--max-steps", "60", "--warmup-steps", "0", "--precision", "fp32",
-                       "--out", str(out), "--no-progress")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--task",
+        "classify",
+        "--model",
+        str(tiny_hf[0]),
+        "--data",
+        str(train),
+        "--val-split",
+        "0.1",
+        *fields,
+        "--method",
+        method,
+        "--lr",
+        "1e-2" if method == "lora" else "3e-3",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "60",
+        "--warmup-steps",
+        "0",
+        "--precision",
+        "fp32",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     assert code == 0, err
     assert "classes: court, market" in err
-    load = (["--model", str(tiny_hf[0]), "--adapter", str(out)] if method == "lora"
-            else ["--model", str(out)])
-    code, stdout, err = run(capsys, "eval", "--task", "classify", *load, "--data", str(test),
-                            *fields, "--json", "--out", str(tmp_path / "ev"))
+    load = (
+        ["--model", str(tiny_hf[0]), "--adapter", str(out)]
+        if method == "lora"
+        else ["--model", str(out)]
+    )
+    code, stdout, err = run(
+        capsys,
+        "eval",
+        "--task",
+        "classify",
+        *load,
+        "--data",
+        str(test),
+        *fields,
+        "--json",
+        "--out",
+        str(tmp_path / "ev"),
+    )
     assert code == 0, err
     scores = json.loads(stdout)
     assert scores["accuracy"] >= 0.85 and scores["texts"] == 60
     assert sum(map(sum, scores["confusion"])) == 60
     assert (tmp_path / "ev" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
-    code, stdout, err = run(capsys, "classify", *load, "--text", "the king drew his sword",
-                            "--text", "bank shares and stock prices", "--json")
+    code, stdout, err = run(
+        capsys,
+        "classify",
+        *load,
+        "--text",
+        "the king drew his sword",
+        "--text",
+        "bank shares and stock prices",
+        "--json",
+    )
     assert code == 0, err
     got = [json.loads(line) for line in stdout.splitlines()]
     assert [g["label"] for g in got] == ["court", "market"]
@@ -86,8 +155,19 @@ def test_train_eval_and_classify(capsys, tiny_hf, tmp_path, method):
 def test_classify_bad_input_is_one_line(capsys, tiny_hf, tmp_path):
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps({"text": "a b", "label": "x"}) + "\n")
-    code, _, err = run(capsys, "train", "--task", "classify", "--model", str(tiny_hf[0]),
-                       "--data", str(one), "--out", str(tmp_path / "o"), "--no-progress")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--task",
+        "classify",
+        "--model",
+        str(tiny_hf[0]),
+        "--data",
+        str(one),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    )
     assert code == 2 and "at least two classes" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, "classify", "--model", str(tiny_hf[0]), "--text", "hi")
     assert code == 2 and "plain GPT-2" in err
@@ -96,14 +176,22 @@ def test_classify_bad_input_is_one_line(capsys, tiny_hf, tmp_path):
 def test_an_unknown_label_at_evaluation_is_one_line(capsys, tiny_hf, tmp_path):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    GPT2ForSequenceClassification(GPT2Config(
-        n_layer=2, n_head=3, n_embd=48, n_positions=64, pad_token_id=50256,
-        id2label={0: "court", 1: "market"}, label2id={"court": 0, "market": 1})).save_pretrained(
-        tmp_path / "clf")
+    GPT2ForSequenceClassification(
+        GPT2Config(
+            n_layer=2,
+            n_head=3,
+            n_embd=48,
+            n_positions=64,
+            pad_token_id=50256,
+            id2label={0: "court", 1: "market"},
+            label2id={"court": 0, "market": 1},
+        )
+    ).save_pretrained(tmp_path / "clf")
     data = tmp_path / "d.csv"
     data.write_text("text,label\nthe king,court\nthe sea,ocean\n")
     capsys.readouterr()  # transformers' own progress output while saving
-    code, _, err = run(capsys, "eval", "--task", "classify", "--model", str(tmp_path / "clf"),
-                       "--data", str(data))
+    code, _, err = run(
+        capsys, "eval", "--task", "classify", "--model", str(tmp_path / "clf"), "--data", str(data)
+    )
     assert code == 2 and "'ocean' is not one of the model's labels" in err
     assert len(err.strip().splitlines()) == 1

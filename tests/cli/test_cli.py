@@ -19,17 +19,35 @@ def run(capsys, *argv):
 
 def test_generate_json_greedy_matches_transformers(capsys, tiny_hf):
     path, hf = tiny_hf
-    code, out, _ = run(capsys, "generate", "--model", str(path), "--prompt", "Hello there",
-                       "--greedy", "--max-new-tokens", "12", "--json", "--num-samples", "2",
-                       "--precision", "fp32")  # transformers' reference runs in fp32
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "--model",
+        str(path),
+        "--prompt",
+        "Hello there",
+        "--greedy",
+        "--max-new-tokens",
+        "12",
+        "--json",
+        "--num-samples",
+        "2",
+        "--precision",
+        "fp32",
+    )  # transformers' reference runs in fp32
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 2 and all({"text", "token_ids"} <= r.keys() for r in rows)
     prompt = Tokenizer().encode("Hello there")
-    ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                      do_sample=False, max_new_tokens=12, pad_token_id=50256)[0, len(prompt):].tolist()
+    ref = hf.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=12,
+        pad_token_id=50256,
+    )[0, len(prompt) :].tolist()
     if 50256 in ref:
-        ref = ref[:ref.index(50256)]
+        ref = ref[: ref.index(50256)]
     assert rows[0]["token_ids"] == ref
     assert rows[0]["text"] == Tokenizer().decode(ref)
 
@@ -40,10 +58,33 @@ def test_generate_with_prime_file_and_seed_is_reproducible(capsys, tiny_hf, tmp_
     prompt alone."""
     prime = tmp_path / "prime.txt"
     prime.write_text("FALSTAFF: A plague of all cowards, I say.")
-    base = ["generate", "--model", str(tiny_hf[0]), "--prompt", "FALSTAFF:",
-            "--max-new-tokens", "8", "--json", "--precision", "fp32"]
-    sampled = [*base, "--top-k", "20", "--top-p", "0.9", "--temperature", "0.8",
-               "--repetition-penalty", "1.2", "--seed", "5", "--prime-file", str(prime)]
+    base = [
+        "generate",
+        "--model",
+        str(tiny_hf[0]),
+        "--prompt",
+        "FALSTAFF:",
+        "--max-new-tokens",
+        "8",
+        "--json",
+        "--precision",
+        "fp32",
+    ]
+    sampled = [
+        *base,
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--temperature",
+        "0.8",
+        "--repetition-penalty",
+        "1.2",
+        "--seed",
+        "5",
+        "--prime-file",
+        str(prime),
+    ]
     results = [run(capsys, *sampled) for _ in range(2)]
     assert [code for code, _, _ in results] == [0, 0]
     assert results[0][1] == results[1][1] and json.loads(results[0][1])["token_ids"]
@@ -55,11 +96,15 @@ def test_generate_with_prime_file_and_seed_is_reproducible(capsys, tiny_hf, tmp_
     # the reference: transformers' greedy continuation of prime + "\n" + prompt
     path, hf = tiny_hf
     context = Tokenizer().encode("FALSTAFF: A plague of all cowards, I say.\nFALSTAFF:")
-    ref = hf.generate(torch.tensor([context]), attention_mask=torch.ones(1, len(context),
-                      dtype=torch.long), do_sample=False, max_new_tokens=8,
-                      pad_token_id=50256)[0, len(context):].tolist()
+    ref = hf.generate(
+        torch.tensor([context]),
+        attention_mask=torch.ones(1, len(context), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=8,
+        pad_token_id=50256,
+    )[0, len(context) :].tolist()
     if 50256 in ref:
-        ref = ref[:ref.index(50256)]
+        ref = ref[: ref.index(50256)]
     assert ids == ref
 
 
@@ -91,13 +136,16 @@ def test_info(capsys, tiny_hf):
     assert info["config"]["n_head"] == 3 and info["dtype"] == "float32"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["generate", "--model", "/no/such/dir", "--prompt", "x"], "does not exist"),
-    (["eval", "--model", "MODEL", "--data", "/no/such/file.txt"], "does not exist"),
-    (["generate", "--model", "MODEL"], "nothing to condition on"),
-    (["generate", "--model", "MODEL", "--prompt", "x", "--top-p", "1.5"], "--top-p"),
-    (["generate", "--model", "MODEL", "--prompt", "x", "--max-new-tokens", "64"], "context"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--model", "/no/such/dir", "--prompt", "x"], "does not exist"),
+        (["eval", "--model", "MODEL", "--data", "/no/such/file.txt"], "does not exist"),
+        (["generate", "--model", "MODEL"], "nothing to condition on"),
+        (["generate", "--model", "MODEL", "--prompt", "x", "--top-p", "1.5"], "--top-p"),
+        (["generate", "--model", "MODEL", "--prompt", "x", "--max-new-tokens", "64"], "context"),
+    ],
+)
 def test_bad_input_is_one_clear_line(capsys, tiny_hf, argv, message):
     argv = [str(tiny_hf[0]) if a == "MODEL" else a for a in argv]
     code, _, err = run(capsys, *argv)
@@ -105,23 +153,31 @@ def test_bad_input_is_one_clear_line(capsys, tiny_hf, argv, message):
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv, flag", [
-    # LoRAConfig's r and dropout are --lora-r and --lora-dropout in train (a prefixed group)
-    (["train", "--lora-r", "0"], "--lora-r"),
-    (["train", "--lora-dropout", "1.5"], "--lora-dropout"),
-    (["train", "--val-split", "1.5"], "--val-split"),
-    (["train", "--val-split", "0.2", "--val-data", "DATA"], "--val-data"),
-    (["compare", "--val-split", "0.2", "--val-data", "DATA", "--plan"], "--val-data"),
-    (["compare", "--methods", "nope", "--plan"], "--methods"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        # LoRAConfig's r and dropout are --lora-r and --lora-dropout in train (a prefixed group)
+        (["train", "--lora-r", "0"], "--lora-r"),
+        (["train", "--lora-dropout", "1.5"], "--lora-dropout"),
+        (["train", "--val-split", "1.5"], "--val-split"),
+        (["train", "--val-split", "0.2", "--val-data", "DATA"], "--val-data"),
+        (["compare", "--val-split", "0.2", "--val-data", "DATA", "--plan"], "--val-data"),
+        (["compare", "--methods", "nope", "--plan"], "--methods"),
+    ],
+)
 def test_library_errors_name_this_commands_flags(capsys, tiny_hf, tmp_path, argv, flag):
     """The library names the field (`r`); each command spells it as its own flag."""
     data = tmp_path / "d.txt"
     data.write_text("one document\n\nanother one\n\na third")
-    base = ["--model" if argv[0] == "train" else "--base", str(tiny_hf[0]), "--data", str(data),
-            "--out", str(tmp_path / "out")]
-    code, _, err = run(capsys, argv[0], *base, *[str(data) if a == "DATA" else a
-                                                  for a in argv[1:]])
+    base = [
+        "--model" if argv[0] == "train" else "--base",
+        str(tiny_hf[0]),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    code, _, err = run(capsys, argv[0], *base, *[str(data) if a == "DATA" else a for a in argv[1:]])
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert flag in err and "`" not in err, err
 
@@ -140,9 +196,24 @@ def test_non_utf8_data_is_a_clear_error(capsys, tiny_hf, tmp_path):
 
 
 def test_python_dash_m_entry_point(tiny_hf):
-    proc = subprocess.run([sys.executable, "-m", "gpt2tune", "generate", "--model",
-                           str(tiny_hf[0]), "--prompt", "Hi", "--max-new-tokens", "3", "--greedy"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpt2tune",
+            "generate",
+            "--model",
+            str(tiny_hf[0]),
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            "3",
+            "--greedy",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Hi")
 
@@ -169,8 +240,9 @@ def test_merge_replaces_a_non_empty_out_only_with_overwrite(capsys, tiny_hf, tmp
     assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     # a bad adapter fails before --overwrite empties --out
-    code, _, err = run(capsys, *argv[:4], "--adapter", str(tmp_path / "none"), "--out", str(out),
-                       "--overwrite")
+    code, _, err = run(
+        capsys, *argv[:4], "--adapter", str(tmp_path / "none"), "--out", str(out), "--overwrite"
+    )
     assert code == 2 and (out / "notes.txt").exists()
     assert run(capsys, *argv, "--overwrite")[0] == 0
     assert (out / "config.json").exists() and not (out / "notes.txt").exists()
@@ -181,14 +253,18 @@ def test_data_show_takes_a_config_file(tmp_path):
 
     cfg = tmp_path / "show.toml"
     cfg.write_text("json = true\n")
+
     def parse(*argv):
         args = vars(build_parser()[0].parse_args(list(argv)))
         args.pop("config")
         return args
 
     from_file = parse("data", "show", "builtin:news", "--config", str(cfg))
-    assert from_file == parse("data", "show", "builtin:news", "--json") != parse(
-        "data", "show", "builtin:news")
+    assert (
+        from_file
+        == parse("data", "show", "builtin:news", "--json")
+        != parse("data", "show", "builtin:news")
+    )
 
 
 def test_eval_reads_the_text_field_and_a_builtin_test_split(capsys, tiny_hf, tmp_path):
@@ -197,15 +273,26 @@ def test_eval_reads_the_text_field_and_a_builtin_test_split(capsys, tiny_hf, tmp
     tok = Tokenizer()
     data = tmp_path / "docs.jsonl"
     data.write_text('{"body": "First document here."}\n{"body": "Second one."}\n')
-    code, out, _ = run(capsys, "eval", "--model", str(tiny_hf[0]), "--data", str(data),
-                       "--text-field", "body", "--json")
+    code, out, _ = run(
+        capsys,
+        "eval",
+        "--model",
+        str(tiny_hf[0]),
+        "--data",
+        str(data),
+        "--text-field",
+        "body",
+        "--json",
+    )
     assert code == 0
     # every token after the first of "text + <|endoftext|>" is scored
-    assert json.loads(out)["tokens"] == sum(len(tok.encode(t)) for t in
-                                            ["First document here.", "Second one."])
+    assert json.loads(out)["tokens"] == sum(
+        len(tok.encode(t)) for t in ["First document here.", "Second one."]
+    )
     # builtin names are scored on their held-out split, as the help and the demo's commands say
-    code, out, _ = run(capsys, "eval", "--model", str(tiny_hf[0]), "--data", "builtin:news",
-                       "--json")
+    code, out, _ = run(
+        capsys, "eval", "--model", str(tiny_hf[0]), "--data", "builtin:news", "--json"
+    )
     assert code == 0
     test_docs = load_builtin("builtin:news", "test")
     assert json.loads(out)["tokens"] == sum(len(ids) for ids in tok.encode_batch(test_docs))
@@ -217,8 +304,20 @@ def test_generate_defaults_to_bf16_exactly_where_the_machine_has_it(capsys, tiny
     bf16's rounding of the logits moves the sampled tokens."""
     from gpt2tune.runtime import cpu_has_bf16
 
-    args = ("generate", "--model", str(tiny_hf[0]), "--prompt", "Hello there", "--seed", "1",
-            "--max-new-tokens", "24", "--json", "--device", "cpu")
+    args = (
+        "generate",
+        "--model",
+        str(tiny_hf[0]),
+        "--prompt",
+        "Hello there",
+        "--seed",
+        "1",
+        "--max-new-tokens",
+        "24",
+        "--json",
+        "--device",
+        "cpu",
+    )
     default = run(capsys, *args)[1]
     bf16, fp32 = (run(capsys, *args, "--precision", p)[1] for p in ("bf16", "fp32"))
     assert bf16 != fp32
@@ -251,14 +350,30 @@ def test_end_of_text_always_ends_a_sample(capsys, tmp_path):
         hf.transformer.wpe.weight[3:] = hf.transformer.wte.weight[50256] * 50.0
     hf.save_pretrained(tmp_path / "m")
     prompt = Tokenizer().encode("Hi")
-    ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
-                      dtype=torch.long), do_sample=False, max_new_tokens=20,
-                      pad_token_id=50256)[0, len(prompt):].tolist()
+    ref = hf.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=20,
+        pad_token_id=50256,
+    )[0, len(prompt) :].tolist()
     assert 50256 in ref and 0 < ref.index(50256) < 19, ref  # stops early, not at once
-    code, out, _ = run(capsys, "generate", "--model", str(tmp_path / "m"), "--prompt", "Hi",
-                       "--greedy", "--max-new-tokens", "20", "--json", "--precision", "fp32")
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "--model",
+        str(tmp_path / "m"),
+        "--prompt",
+        "Hi",
+        "--greedy",
+        "--max-new-tokens",
+        "20",
+        "--json",
+        "--precision",
+        "fp32",
+    )
     assert code == 0
-    assert json.loads(out)["token_ids"] == ref[:ref.index(50256)]
+    assert json.loads(out)["token_ids"] == ref[: ref.index(50256)]
 
 
 def test_eval_default_stride_is_half_the_context(capsys, tiny_hf, tmp_path):
@@ -286,8 +401,9 @@ def test_eval_default_stride_is_half_the_context(capsys, tiny_hf, tmp_path):
     res = json.loads(out)
     assert res["tokens"] == len(ids) - 1
     assert res["loss"] == pytest.approx(total / (len(ids) - 1), abs=1e-5)
-    code, out, _ = run(capsys, "eval", "--model", str(path), "--data", str(data), "--json",
-                       "--stride", "64")
+    code, out, _ = run(
+        capsys, "eval", "--model", str(path), "--data", str(data), "--json", "--stride", "64"
+    )
     assert code == 0 and json.loads(out)["loss"] != pytest.approx(res["loss"], abs=1e-5)
 
 
@@ -298,8 +414,12 @@ def test_no_pack_trains_on_each_document_alone(capsys, tmp_path):
     from checkpoints import make_hf_model
 
     hf = make_hf_model(tmp_path / "base", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    texts = ["The cat sat on the mat.", "Markets fell sharply on Monday after the news.",
-             "Short one", "A fourth document, somewhat longer than the others, with commas."]
+    texts = [
+        "The cat sat on the mat.",
+        "Markets fell sharply on Monday after the news.",
+        "Short one",
+        "A fourth document, somewhat longer than the others, with commas.",
+    ]
     data = tmp_path / "docs.txt"
     data.write_text("\n\n".join(texts) + "\n")
     total, count = 0.0, 0
@@ -311,10 +431,28 @@ def test_no_pack_trains_on_each_document_alone(capsys, tmp_path):
     losses = {}
     for pack in ([], ["--no-pack"]):
         out = tmp_path / f"run{len(pack)}"
-        code, _, err = run(capsys, "train", "--model", str(tmp_path / "base"), "--data", str(data),
-                           "--method", "full", "--max-steps", "1", "--batch-size", "8",
-                           "--block-size", "32", "--precision", "fp32", "--out", str(out),
-                           "--no-progress", *pack)
+        code, _, err = run(
+            capsys,
+            "train",
+            "--model",
+            str(tmp_path / "base"),
+            "--data",
+            str(data),
+            "--method",
+            "full",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--block-size",
+            "32",
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+            "--no-progress",
+            *pack,
+        )
         assert code == 0, err
         first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
         losses[bool(pack)] = first["loss"]

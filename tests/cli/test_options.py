@@ -23,6 +23,7 @@ def parse(*argv) -> dict:
 
 def toml(**options) -> str:
     """TOML text for ``options``; a dict value becomes a table (``[lora] r = 4``)."""
+
     def value(v):
         return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
 
@@ -36,33 +37,165 @@ def toml(**options) -> str:
 # (command, its options as flags, the same options as a TOML file: names with dashes or
 # underscores, and a [table] for a prefix)
 SAME_OPTIONS = [
-    ("generate",
-     ["--model", "m", "--adapter", "a", "--device", "cpu", "--precision", "bf16", "--prompt", "Hi",
-      "--prime", "Once", "--prime-file", "p.txt", "--num-samples", "2", "--json", "--stream",
-      "--max-new-tokens", "7", "--greedy", "--temperature", "0.5", "--top-k", "3", "--top-p", "0.9",
-      "--repetition-penalty", "1.1", "--stop", "A", "--stop", "B B", "--seed", "4"],
-     dict(model="m", adapter="a", device="cpu", precision="bf16", prompt="Hi", prime="Once",
-          prime_file="p.txt", **{"num-samples": 2}, json=True, stream=True, max_new_tokens=7,
-          greedy=True, temperature=0.5, **{"top-k": 3}, top_p=0.9, repetition_penalty=1.1,
-          stop=["A", "B B"], seed=4)),
-    ("eval",
-     ["--model", "m", "--adapter", "a", "--device", "cpu", "--precision", "auto", "--data", "d.txt",
-      "--doc-sep", "line", "--text-field", "body", "--stride", "16", "--batch-size", "3", "--json",
-      "--task", "classify", "--label-field", "kind", "--out", "o"],
-     dict(model="m", adapter="a", device="cpu", precision="auto", data="d.txt", doc_sep="line",
-          **{"text-field": "body"}, stride=16, batch_size=3, json=True, task="classify",
-          label_field="kind", out="o")),
-    ("classify",
-     ["--model", "m", "--adapter", "a", "--device", "cpu", "--precision", "bf16", "--text", "A",
-      "--text", "B b", "--file", "f.txt", "--doc-sep", "blank", "--text-field", "body", "--json"],
-     dict(model="m", adapter="a", device="cpu", precision="bf16", text=["A", "B b"], file="f.txt",
-          doc_sep="blank", text_field="body", json=True)),
-    ("info",
-     ["--preset", "gpt2-nano", "--lora-r", "4", "--lora-targets", "c_attn", "mlp.c_fc", "--json"],
-     dict(preset="gpt2-nano", json=True, lora=dict(r=4, targets=["c_attn", "mlp.c_fc"]))),
-    ("merge",
-     ["--model", "m", "--adapter", "a", "--out", "o", "--overwrite"],
-     dict(model="m", adapter="a", out="o", overwrite=True)),
+    (
+        "generate",
+        [
+            "--model",
+            "m",
+            "--adapter",
+            "a",
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+            "--prompt",
+            "Hi",
+            "--prime",
+            "Once",
+            "--prime-file",
+            "p.txt",
+            "--num-samples",
+            "2",
+            "--json",
+            "--stream",
+            "--max-new-tokens",
+            "7",
+            "--greedy",
+            "--temperature",
+            "0.5",
+            "--top-k",
+            "3",
+            "--top-p",
+            "0.9",
+            "--repetition-penalty",
+            "1.1",
+            "--stop",
+            "A",
+            "--stop",
+            "B B",
+            "--seed",
+            "4",
+        ],
+        dict(
+            model="m",
+            adapter="a",
+            device="cpu",
+            precision="bf16",
+            prompt="Hi",
+            prime="Once",
+            prime_file="p.txt",
+            **{"num-samples": 2},
+            json=True,
+            stream=True,
+            max_new_tokens=7,
+            greedy=True,
+            temperature=0.5,
+            **{"top-k": 3},
+            top_p=0.9,
+            repetition_penalty=1.1,
+            stop=["A", "B B"],
+            seed=4,
+        ),
+    ),
+    (
+        "eval",
+        [
+            "--model",
+            "m",
+            "--adapter",
+            "a",
+            "--device",
+            "cpu",
+            "--precision",
+            "auto",
+            "--data",
+            "d.txt",
+            "--doc-sep",
+            "line",
+            "--text-field",
+            "body",
+            "--stride",
+            "16",
+            "--batch-size",
+            "3",
+            "--json",
+            "--task",
+            "classify",
+            "--label-field",
+            "kind",
+            "--out",
+            "o",
+        ],
+        dict(
+            model="m",
+            adapter="a",
+            device="cpu",
+            precision="auto",
+            data="d.txt",
+            doc_sep="line",
+            **{"text-field": "body"},
+            stride=16,
+            batch_size=3,
+            json=True,
+            task="classify",
+            label_field="kind",
+            out="o",
+        ),
+    ),
+    (
+        "classify",
+        [
+            "--model",
+            "m",
+            "--adapter",
+            "a",
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+            "--text",
+            "A",
+            "--text",
+            "B b",
+            "--file",
+            "f.txt",
+            "--doc-sep",
+            "blank",
+            "--text-field",
+            "body",
+            "--json",
+        ],
+        dict(
+            model="m",
+            adapter="a",
+            device="cpu",
+            precision="bf16",
+            text=["A", "B b"],
+            file="f.txt",
+            doc_sep="blank",
+            text_field="body",
+            json=True,
+        ),
+    ),
+    (
+        "info",
+        [
+            "--preset",
+            "gpt2-nano",
+            "--lora-r",
+            "4",
+            "--lora-targets",
+            "c_attn",
+            "mlp.c_fc",
+            "--json",
+        ],
+        dict(preset="gpt2-nano", json=True, lora=dict(r=4, targets=["c_attn", "mlp.c_fc"])),
+    ),
+    (
+        "merge",
+        ["--model", "m", "--adapter", "a", "--out", "o", "--overwrite"],
+        dict(model="m", adapter="a", out="o", overwrite=True),
+    ),
 ]
 
 
@@ -79,8 +212,9 @@ def test_config_file_gives_the_same_options_as_the_flags(tmp_path, command, flag
     parser = build_parser()[1][command]
     parser.ensure_built()
     required = [a for a in parser._actions if a.required]
-    defaults = parse(command, *[x for a in required for x in (a.option_strings[0],
-                                                              from_flags[a.dest])])
+    defaults = parse(
+        command, *[x for a in required for x in (a.option_strings[0], from_flags[a.dest])]
+    )
     unchanged = {k for k in defaults if defaults[k] == from_flags[k]}
     assert unchanged - ALTERNATIVES == {"command", "func", *(a.dest for a in required)}
 
@@ -89,8 +223,9 @@ def test_command_line_options_win_over_the_config_file(tmp_path):
     cfg = tmp_path / "options.toml"
     cfg.write_text(toml(model="m", prompt="Hi", stop=["A"], seed=4, greedy=True))
     flags = ["--prompt", "Yo", "--stop", "B", "--stop", "C", "--no-greedy"]
-    assert parse("generate", "--config", cfg, *flags) == parse("generate", "--model", "m",
-                                                               "--seed", "4", *flags)
+    assert parse("generate", "--config", cfg, *flags) == parse(
+        "generate", "--model", "m", "--seed", "4", *flags
+    )
 
 
 def test_config_works_for_every_command(tmp_path):
@@ -109,10 +244,13 @@ def test_config_works_for_every_command(tmp_path):
 
 def test_every_option_has_help_from_its_dataclass():
     _, commands = build_parser()
-    for name, parser in commands.items():
+    for _name, parser in commands.items():
         parser.ensure_built()
-        subs = [parser] if parser._subparsers is None else list(
-            parser._subparsers._group_actions[0].choices.values())
+        subs = (
+            [parser]
+            if parser._subparsers is None
+            else list(parser._subparsers._group_actions[0].choices.values())
+        )
         for p in subs:
             p.ensure_built()
             for action in p._actions:
@@ -145,8 +283,14 @@ def test_generate_and_eval_share_the_loading_options():
     assert flags("generate") == flags("eval") == {"--model", "--adapter", "--device", "--precision"}
 
 
-@pytest.mark.parametrize("argv", [["generate", "--prompt", "x"], ["eval", "--data", "d.txt"],
-                                  ["merge", "--adapter", "a", "--out", "o"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "--prompt", "x"],
+        ["eval", "--data", "d.txt"],
+        ["merge", "--adapter", "a", "--out", "o"],
+    ],
+)
 def test_missing_model_is_one_line(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -160,14 +304,17 @@ def test_a_model_from_the_config_file_is_enough(tmp_path):
     assert parse("generate", "--config", cfg, "--prompt", "x")["load__model"] == "m"
 
 
-@pytest.mark.parametrize("text, message", [
-    ('top-k = "many"\n', "top-k should be an integer"),
-    ("precision = \"fp64\"\n", "should be one of auto, fp32, bf16, fp16"),
-    ('stop = "A"\n', "stop should be a list"),
-    ("greedy = 1\n", "greedy should be true or false"),
-    ("lora-r = 4\n", "unknown option 'lora-r'"),
-    ("top-k = \n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('top-k = "many"\n', "top-k should be an integer"),
+        ('precision = "fp64"\n', "should be one of auto, fp32, bf16, fp16"),
+        ('stop = "A"\n', "stop should be a list"),
+        ("greedy = 1\n", "greedy should be true or false"),
+        ("lora-r = 4\n", "unknown option 'lora-r'"),
+        ("top-k = \n", "not valid TOML"),
+    ],
+)
 def test_bad_config_file_is_one_line(capsys, tmp_path, text, message):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(text)
@@ -177,8 +324,13 @@ def test_bad_config_file_is_one_line(capsys, tmp_path, text, message):
 
 
 def test_usage_errors_are_one_line(capsys):
-    for argv in (["generate", "--model", "m", "--top-k", "x"], ["nonsense"], [],
-                 ["generate", "--config"], ["info", "--lora-targets", "wte"]):
+    for argv in (
+        ["generate", "--model", "m", "--top-k", "x"],
+        ["nonsense"],
+        [],
+        ["generate", "--config"],
+        ["info", "--lora-targets", "wte"],
+    ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("gpt2tune: error: ") and len(err.strip().splitlines()) == 1, err
@@ -192,11 +344,13 @@ def test_help_and_version_return_zero(capsys):
 
 
 def _imports_torch(*argv: str) -> bool:
-    code = ("import runpy, sys\n"
-            f"sys.argv = ['gpt2tune', *{list(argv)!r}]\n"
-            "try:\n    runpy.run_module('gpt2tune', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "print('torch' in sys.modules)\n")
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['gpt2tune', *{list(argv)!r}]\n"
+        "try:\n    runpy.run_module('gpt2tune', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print('torch' in sys.modules)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()[-1] == "True"

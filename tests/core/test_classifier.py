@@ -15,8 +15,16 @@ def hf_classifier(path, num_labels: int, seed: int = 0):
 
     torch.manual_seed(seed)
     labels = {i: f"class{i}" for i in range(num_labels)}
-    cfg = GPT2Config(n_layer=2, n_head=3, n_embd=48, n_positions=64, vocab_size=50257,
-                     pad_token_id=PAD, id2label=labels, label2id={v: k for k, v in labels.items()})
+    cfg = GPT2Config(
+        n_layer=2,
+        n_head=3,
+        n_embd=48,
+        n_positions=64,
+        vocab_size=50257,
+        pad_token_id=PAD,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     model = GPT2ForSequenceClassification(cfg).eval()
     model.save_pretrained(path)
     return model
@@ -45,7 +53,7 @@ def test_logits_and_loss_equal_transformers(tmp_path, num_labels, left):
     ids, mask = batch(left)
     # transformers counts positions from the first column; padded rows need them given
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    labels = (torch.tensor([0.5, -1.0, 2.0]) if num_labels == 1 else torch.tensor([2, 0, 1]))
+    labels = torch.tensor([0.5, -1.0, 2.0]) if num_labels == 1 else torch.tensor([2, 0, 1])
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels)
         got = ours.classify(ids, attention_mask=mask)
@@ -67,8 +75,12 @@ def test_saved_classifier_loads_in_transformers_and_back(tmp_path):
     assert theirs.config.id2label == {0: "class0", 1: "class1", 2: "class2"}
     ids, mask = batch(False)
     with torch.no_grad():
-        torch.testing.assert_close(theirs(input_ids=ids, attention_mask=mask).logits,
-                                   ours.classify(ids, attention_mask=mask), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            theirs(input_ids=ids, attention_mask=mask).logits,
+            ours.classify(ids, attention_mask=mask),
+            atol=1e-5,
+            rtol=0,
+        )
         again = load_classifier(tmp_path / "ours")
         assert torch.equal(again.score.weight, ours.score.weight)
     # the body still loads as a language model

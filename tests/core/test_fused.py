@@ -36,19 +36,27 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
     k0, k1 = _U(k0), _U(k1)
     for _ in range(10):
         p0, p1 = _U(0xD2511F53) * c0, _U(0xCD9E8D57) * c2
-        c0, c1, c2, c3 = (((p1 >> _U(32)) ^ c1 ^ k0) & _MASK, p1 & _MASK,
-                          ((p0 >> _U(32)) ^ c3 ^ k1) & _MASK, p0 & _MASK)
+        c0, c1, c2, c3 = (
+            ((p1 >> _U(32)) ^ c1 ^ k0) & _MASK,
+            p1 & _MASK,
+            ((p0 >> _U(32)) ^ c3 ^ k1) & _MASK,
+            p0 & _MASK,
+        )
         k0, k1 = (k0 + _U(0x9E3779B9)) & _MASK, (k1 + _U(0xBB67AE85)) & _MASK
     return c0, c1, c2, c3
 
 
 def test_philox_reference_matches_known_answers():
     """Random123's known-answer vectors for philox4x32-10."""
-    cases = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-             ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2,
-              (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-             ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-              (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
+    cases = [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        (
+            (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+            (0xA4093822, 0x299F31D0),
+            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+        ),
+    ]
     for ctr, key, expect in cases:
         assert tuple(int(x) for x in philox4x32_10(*ctr, *key)) == expect
 
@@ -66,15 +74,19 @@ def keep_reference(seed: int, tag: int, run: int, n: int, p: float) -> np.ndarra
 
 def keep_dropout(seed: int, numel: int, p: float) -> np.ndarray:
     block = 4096
-    return np.concatenate([keep_reference(seed, 2, b, min(block, numel - b * block), p)
-                           for b in range((numel + block - 1) // block)])
+    return np.concatenate(
+        [
+            keep_reference(seed, 2, b, min(block, numel - b * block), p)
+            for b in range((numel + block - 1) // block)
+        ]
+    )
 
 
 def seed_after(manual_seed: int) -> int:
     """The seed a kernel call draws first after ``torch.manual_seed(manual_seed)``: one int64 from
     torch's default generator (so runs and resumed runs follow torch's RNG state)."""
     torch.manual_seed(manual_seed)
-    return int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64))
+    return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
 
 
 # ----------------------------------------------------------------------------- dropout
@@ -115,8 +127,9 @@ def test_results_do_not_depend_on_the_thread_count():
     outs = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        outs.append((ops.dropout_philox(x, 0.1, 42),
-                     *ops.attn_softmax_dropout(s, None, 3, 0.125, 0.1, 42)))
+        outs.append(
+            (ops.dropout_philox(x, 0.1, 42), *ops.attn_softmax_dropout(s, None, 3, 0.125, 0.1, 42))
+        )
     torch.set_num_threads(before)
     for a, b in zip(*outs):
         assert torch.equal(a, b)
@@ -230,11 +243,17 @@ def test_without_a_compiler_training_falls_back(tmp_path):
         "m = GPT2(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=50))\n"
         "x = torch.randint(0, 50, (2, 8))\n"
         "m.loss(x, x).backward()\n"
-        "print('loaded', native.load())\n")
-    env = dict(os.environ, GPT2TUNE_KERNELS=str(tmp_path / "k"), CXX=str(tmp_path / "no-cxx"),
-               OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=300)
+        "print('loaded', native.load())\n"
+    )
+    env = dict(
+        os.environ,
+        GPT2TUNE_KERNELS=str(tmp_path / "k"),
+        CXX=str(tmp_path / "no-cxx"),
+        OMP_NUM_THREADS="1",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert "loaded False" in out.stdout
     warnings = [line for line in out.stderr.splitlines() if "could not be built" in line]
@@ -257,8 +276,9 @@ def test_torch_compile_traces_the_kernels_as_opaque_ops():
     assert torch.equal(got, expect)
 
 
-@pytest.mark.parametrize("value, on", [(None, True), ("1", True), ("0", False), ("false", False),
-                                       ("no", False)])
+@pytest.mark.parametrize(
+    "value, on", [(None, True), ("1", True), ("0", False), ("false", False), ("no", False)]
+)
 def test_gpt2tune_native_switches_the_kernels(monkeypatch, value, on):
     from gpt2tune.core import native
 
@@ -295,13 +315,15 @@ def test_a_build_killed_half_way_does_not_hang_later_runs(monkeypatch, tmp_path)
 
     env = dict(os.environ, GPT2TUNE_KERNELS=str(tmp_path / "k"), OMP_NUM_THREADS="1")
     script = "from gpt2tune.core import native; print('loaded', native.load())"
-    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                           text=True, timeout=300)
+    first = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert "loaded True" in first.stdout, first.stderr
     monkeypatch.setenv("GPT2TUNE_KERNELS", str(tmp_path / "k"))
     built = native.build_dir()  # the subprocesses' folder: same source, torch and CPU
     (built / "lock").touch()  # what a killed build leaves
-    again = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                           text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
     assert "loaded True" in again.stdout, again.stderr
     assert not (built / "lock").exists() and native.enabled()

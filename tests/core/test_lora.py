@@ -39,24 +39,29 @@ PEFT_EQUIVALENTS = [  # (our config, the same adapters as peft LoraConfig kwargs
     (LoRAConfig(r=4, targets=["c_attn"]), dict(r=4, target_modules=["c_attn"])),
     (LoRAConfig(r=8, targets=["all-linear"]), dict(r=8, target_modules="all-linear")),
     (LoRAConfig(r=4, targets=["mlp.c_fc"]), dict(r=4, target_modules=["mlp.c_fc"])),
-    (LoRAConfig(r=2, targets=["c_proj"], layers=[1]),
-     dict(r=2, target_modules=["c_proj"], layers_to_transform=[1])),
+    (
+        LoRAConfig(r=2, targets=["c_proj"], layers=[1]),
+        dict(r=2, target_modules=["c_proj"], layers_to_transform=[1]),
+    ),
 ]
 
 
-@pytest.mark.parametrize("cfg, peft_kwargs", PEFT_EQUIVALENTS, ids=[
-    "c_attn-r1", "c_attn-r4", "all-linear-r8", "mlp.c_fc", "c_proj-layer1"])
+@pytest.mark.parametrize(
+    "cfg, peft_kwargs",
+    PEFT_EQUIVALENTS,
+    ids=["c_attn-r1", "c_attn-r4", "all-linear-r8", "mlp.c_fc", "c_proj-layer1"],
+)
 def test_trainable_parameters_match_peft(tiny, cfg, peft_kwargs, capsys):
     path, _ = tiny
-    pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
-        task_type="CAUSAL_LM", fan_in_fan_out=True, **peft_kwargs))
+    pm = peft.get_peft_model(
+        hf_base(path), peft.LoraConfig(task_type="CAUSAL_LM", fan_in_fan_out=True, **peft_kwargs)
+    )
     expected = pm.get_nb_trainable_parameters()
     ours = apply_lora(load_model(path), cfg)
 
     assert count_parameters(ours) == expected
     assert {p for p in ours.parameters() if p.requires_grad} == set(lora_parameters(ours))
-    assert ({name for name, _ in lora_modules(ours)}
-            == set(pm.base_model.targeted_module_names))
+    assert {name for name, _ in lora_modules(ours)} == set(pm.base_model.targeted_module_names)
     config = ours.config
     assert lora_parameter_count(config, cfg) == expected[0]
     assert config.num_params() + lora_parameter_count(config, cfg) == expected[1]
@@ -71,7 +76,8 @@ def test_gpt2_124m_r4_c_attn_count_without_allocating():
     total = config.num_params() + trainable
     assert (trainable, total) == (147_456, 124_587_264)
     assert format_parameter_report(trainable, total) == (
-        "trainable params: 147,456 || all params: 124,587,264 || trainable%: 0.1184")
+        "trainable params: 147,456 || all params: 124,587,264 || trainable%: 0.1184"
+    )
 
 
 def test_config_rejects_unknown_target_and_missing_layer(tiny):
@@ -83,13 +89,14 @@ def test_config_rejects_unknown_target_and_missing_layer(tiny):
 
 # ----------------------------------------------------------------------------- the layer itself
 
+
 def test_lora_linear_init_and_structure(tiny):
     model = apply_lora(load_model(tiny[0]), LoRAConfig(r=4, alpha=8, dropout=0.1))
     layer = model.transformer.h[0].attn.c_attn
     assert isinstance(layer, LoRALinear) and isinstance(layer.base, torch.nn.Linear)
     assert torch.count_nonzero(layer.lora_B.weight) == 0 and layer.lora_A.weight.abs().sum() > 0
     # nn.Linear's default init: kaiming_uniform(a=sqrt(5)) gives U(-1/sqrt(in), 1/sqrt(in)).
-    assert layer.lora_A.weight.abs().max() <= 1 / 48 ** 0.5
+    assert layer.lora_A.weight.abs().max() <= 1 / 48**0.5
     assert layer.scaling == 2.0 and isinstance(layer.dropout, torch.nn.Dropout)
     assert not layer.base.weight.requires_grad and not layer.base.bias.requires_grad
     rs = apply_lora(load_model(tiny[0]), LoRAConfig(r=4, alpha=8, use_rslora=True))
@@ -120,11 +127,20 @@ def test_lora_dropout_drops_inputs_of_the_adapter_branch_only():
     torch.testing.assert_close(layer(x), base + 2 * x, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kwargs, ok", [
-    (dict(r=1), True), (dict(r=0), False), (dict(dropout=0.0), True), (dict(dropout=0.99), True),
-    (dict(dropout=1.0), False), (dict(dropout=-0.1), False), (dict(targets=[]), False),
-    (dict(targets=["attn.c_proj", "mlp.c_fc"]), True), (dict(targets=["wte"]), False),
-])
+@pytest.mark.parametrize(
+    "kwargs, ok",
+    [
+        (dict(r=1), True),
+        (dict(r=0), False),
+        (dict(dropout=0.0), True),
+        (dict(dropout=0.99), True),
+        (dict(dropout=1.0), False),
+        (dict(dropout=-0.1), False),
+        (dict(targets=[]), False),
+        (dict(targets=["attn.c_proj", "mlp.c_fc"]), True),
+        (dict(targets=["wte"]), False),
+    ],
+)
 def test_config_accepts_exactly_the_documented_ranges(kwargs, ok):
     """r >= 1, dropout in [0, 1), targets from the documented list; a refusal names the option
     it refuses (by its field: the CLI spells it as a flag)."""
@@ -137,9 +153,16 @@ def test_config_accepts_exactly_the_documented_ranges(kwargs, ok):
         assert e.value.field == field and f"`{field}`" in e.value.template
 
 
-@pytest.mark.parametrize("layers, expected", [(None, [0, 1, 2]), ([0], [0]), ([2, 0, 2], [0, 2]),
-                                              ([3], "LoRA layer 3 does not exist; this model has "
-                                                    "blocks 0..2"), ([-1], "LoRA layer -1")])
+@pytest.mark.parametrize(
+    "layers, expected",
+    [
+        (None, [0, 1, 2]),
+        ([0], [0]),
+        ([2, 0, 2], [0, 2]),
+        ([3], "LoRA layer 3 does not exist; this model has blocks 0..2"),
+        ([-1], "LoRA layer -1"),
+    ],
+)
 def test_lora_layers_are_block_indices_from_zero(layers, expected):
     cfg = LoRAConfig(layers=layers)
     if isinstance(expected, list):
@@ -204,8 +227,9 @@ def test_adapter_state_dict_round_trip_and_errors(tiny):
     with pytest.raises(UserError, match="no weight for transformer.h.0.attn.c_proj.lora_A"):
         load_adapter_state_dict(dst, {k: v for k, v in sd.items() if "h.0.attn" not in k})
     with pytest.raises(UserError, match="shape"):
-        load_adapter_state_dict(dst, {**sd, "transformer.h.0.attn.c_proj.lora_A.weight":
-                                      torch.zeros(3, 48)})
+        load_adapter_state_dict(
+            dst, {**sd, "transformer.h.0.attn.c_proj.lora_A.weight": torch.zeros(3, 48)}
+        )
     extra = "transformer.h.0.attn.c_attn.lora_A.weight"
     with pytest.raises(UserError, match=f"adapter has a weight for {extra}.*1 unexpected"):
         load_adapter_state_dict(dst, {**sd, extra: torch.zeros(2, 48)})

@@ -33,7 +33,7 @@ def test_left_padded_batch_matches_transformers(tiny_hf):
     ids = torch.randint(0, 50257, (3, T))
     mask = torch.zeros(3, T, dtype=torch.long)
     for i, n in enumerate(lengths):
-        mask[i, T - n:] = 1
+        mask[i, T - n :] = 1
     ids = ids.masked_fill(mask == 0, 50256)
     with torch.no_grad():
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -43,8 +43,8 @@ def test_left_padded_batch_matches_transformers(tiny_hf):
         assert (got[real] - ref[real]).abs().max().item() <= 1e-5
         # and each padded row equals that sequence run alone, unpadded
         for i, n in enumerate(lengths):
-            alone = ours(ids[i:i + 1, T - n:])
-            assert (got[i, T - n:] - alone[0]).abs().max().item() <= 1e-5
+            alone = ours(ids[i : i + 1, T - n :])
+            assert (got[i, T - n :] - alone[0]).abs().max().item() <= 1e-5
 
 
 def test_loss_matches_transformers(tiny_hf):
@@ -81,7 +81,7 @@ def test_kv_cache_incremental_equals_full_forward(tiny_hf):
         cache = KVCache(m.config, 2, 25)
         parts = [m(x[:, :10], cache=cache)]
         for t in range(10, 25):
-            parts.append(m(x[:, t:t + 1], cache=cache))
+            parts.append(m(x[:, t : t + 1], cache=cache))
         inc = torch.cat(parts, dim=1)
     assert (full - inc).abs().max().item() <= 1e-5
 
@@ -125,8 +125,9 @@ def _gradients(path, x, targets, *, checkpointing: bool, dropout: bool, seed: in
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_hf):
     x = torch.randint(0, 50257, (2, 24))
     targets = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
-    grads = [_gradients(tiny_hf[0], x, targets, checkpointing=c, dropout=False)
-             for c in (False, True)]
+    grads = [
+        _gradients(tiny_hf[0], x, targets, checkpointing=c, dropout=False) for c in (False, True)
+    ]
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
 
@@ -165,8 +166,9 @@ def test_gradient_checkpointing_with_dropout_recomputes_the_same_masks(tiny_hf):
     seed from torch's generator, whose state checkpointing restores), so the gradients match."""
     x = torch.randint(0, 50257, (2, 24))
     targets = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
-    grads = [_gradients(tiny_hf[0], x, targets, checkpointing=c, dropout=True)
-             for c in (False, True)]
+    grads = [
+        _gradients(tiny_hf[0], x, targets, checkpointing=c, dropout=True) for c in (False, True)
+    ]
     other = _gradients(tiny_hf[0], x, targets, checkpointing=False, dropout=True, seed=6)
     key = "transformer.h.0.attn.c_attn.weight"  # other masks: the comparison below can fail
     assert not torch.allclose(other[key], grads[0][key], atol=1e-6)

@@ -23,8 +23,12 @@ def peft_adapters(tiny, tmp_path_factory):
     out = {}
     for i, (name, kwargs) in enumerate(ADAPTERS.items()):
         torch.manual_seed(10 + i)
-        pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
-            task_type="CAUSAL_LM", fan_in_fan_out=True, init_lora_weights=False, **kwargs)).eval()
+        pm = peft.get_peft_model(
+            hf_base(path),
+            peft.LoraConfig(
+                task_type="CAUSAL_LM", fan_in_fan_out=True, init_lora_weights=False, **kwargs
+            ),
+        ).eval()
         d = tmp_path_factory.mktemp(f"adapter-{name}")
         pm.save_pretrained(d)
         out[name] = (d, pm)
@@ -41,10 +45,13 @@ def test_each_row_gets_its_own_adapter_as_peft_computes_it(tiny, peft_adapters, 
     rows = ["attn", None, "mlp"]
     with bank.select(rows, x.device):
         mixed = logits(model, x)
-    refs = [logits(peft_adapters["attn"][1], x[:1]), logits(hf, x[1:2]),
-            logits(peft_adapters["mlp"][1], x[2:])]
+    refs = [
+        logits(peft_adapters["attn"][1], x[:1]),
+        logits(hf, x[1:2]),
+        logits(peft_adapters["mlp"][1], x[2:]),
+    ]
     for i, ref in enumerate(refs):
-        torch.testing.assert_close(mixed[i:i + 1], ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(mixed[i : i + 1], ref, atol=1e-5, rtol=0)
     # the adapters really differ from the base and from each other
     assert (refs[0] - logits(hf, x[:1])).abs().max() > 1e-3
     assert (refs[2] - logits(hf, x[2:])).abs().max() > 1e-3
@@ -91,5 +98,5 @@ def test_mixed_rows_equal_each_adapter_alone(tiny, peft_adapters, tokens):
         mixed = logits(model, x)
     for i, name in enumerate(rows):
         with bank.select([name], x.device):
-            alone = logits(model, x[i:i + 1])
-        torch.testing.assert_close(mixed[i:i + 1], alone, atol=1e-6, rtol=0)
+            alone = logits(model, x[i : i + 1])
+        torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-6, rtol=0)

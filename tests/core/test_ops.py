@@ -11,8 +11,7 @@ from gpt2tune.core.ops import Dropout, attention, dropout, lm_head_loss
 @pytest.mark.parametrize("padded", [False, True])
 def test_attention_with_dropout_equals_reference(padded):
     B, nh, T, hs, p = 2, 3, 9, 8, 0.3
-    q, k, v = (torch.randn(B, nh, T, hs, dtype=torch.float64, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (torch.randn(B, nh, T, hs, dtype=torch.float64, requires_grad=True) for _ in range(3))
     allowed = causal_mask(B, T, padded, pad=3)
     torch.manual_seed(7)
     ours = attention(q, k, v, allowed if padded else None, dropout_p=p)
@@ -96,6 +95,6 @@ def test_attention_queries_at_the_end_of_the_keys(T):
     S = 6
     q = torch.randn(2, 2, T, 4)
     k, v = torch.randn(2, 2, S, 4), torch.randn(2, 2, S, 4)
-    allowed = torch.ones(S, S, dtype=torch.bool).tril()[S - T:]
+    allowed = torch.ones(S, S, dtype=torch.bool).tril()[S - T :]
     expect = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     torch.testing.assert_close(attention(q, k, v), expect)

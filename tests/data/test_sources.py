@@ -25,13 +25,20 @@ def test_text_formats(tmp_path):
     assert read_documents(docs) == ["first", "second\n\nstill second"]
 
 
-@pytest.mark.parametrize("name, content, message, field", [
-    ("empty.txt", "\n\n  \n", "holds no text", None),
-    ("bad.jsonl", '{"text": "ok"}\n{"text": broken}\n', "line 2 is not valid JSON", None),
-    ("field.jsonl", '{"body": "x"}\n', "no 'text' field.*choose one with text_field$",
-     "text_field"),
-    ("col.csv", "a,b\n1,2\n", "no 'text' column.*choose one with text_field$", "text_field"),
-])
+@pytest.mark.parametrize(
+    "name, content, message, field",
+    [
+        ("empty.txt", "\n\n  \n", "holds no text", None),
+        ("bad.jsonl", '{"text": "ok"}\n{"text": broken}\n', "line 2 is not valid JSON", None),
+        (
+            "field.jsonl",
+            '{"body": "x"}\n',
+            "no 'text' field.*choose one with text_field$",
+            "text_field",
+        ),
+        ("col.csv", "a,b\n1,2\n", "no 'text' column.*choose one with text_field$", "text_field"),
+    ],
+)
 def test_bad_files_name_the_problem(tmp_path, name, content, message, field):
     """...and the option that fixes it, where one does."""
     (tmp_path / name).write_text(content)

@@ -14,11 +14,14 @@ def test_val_split_is_seeded_and_disjoint():
     assert split_train_val(docs, 0.2, seed=4)[1] != va
 
 
-@pytest.mark.parametrize("docs, fraction, message", [
-    (["a", "b"], 1.0, "val_split must be between 0 and 1, got 1.0"),
-    (["a", "b"], 0.0, "val_split must be between 0 and 1, got 0.0"),
-    (["a"], 0.5, "val_split needs at least 2 documents; give val_data instead"),
-])
+@pytest.mark.parametrize(
+    "docs, fraction, message",
+    [
+        (["a", "b"], 1.0, "val_split must be between 0 and 1, got 1.0"),
+        (["a", "b"], 0.0, "val_split must be between 0 and 1, got 0.0"),
+        (["a"], 0.5, "val_split needs at least 2 documents; give val_data instead"),
+    ],
+)
 def test_a_split_that_cannot_be_made_names_the_option(docs, fraction, message):
     with pytest.raises(UserError, match=message) as e:
         split_train_val(docs, fraction, seed=0)

@@ -12,8 +12,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import scan_cache_dir
+from huggingface_hub import constants as hf_constants, scan_cache_dir
 
 from gpt2tune.experiments import base as base_mod
 from gpt2tune.experiments.base import (
@@ -42,8 +41,9 @@ def tiny_gpt2(tmp_path_factory) -> tuple[Path, int]:
     return path, sum(p.numel() for p in model.parameters())  # the tied head counted once
 
 
-def place_in_hub_cache(hub: Path, repo_id: str, files: dict[str, Path], *,
-                       commit: str = COMMIT, ref: str | None = None) -> Path:
+def place_in_hub_cache(
+    hub: Path, repo_id: str, files: dict[str, Path], *, commit: str = COMMIT, ref: str | None = None
+) -> Path:
     """Put ``files`` (name in the repo -> source file) into ``hub`` as huggingface_hub's cache
     holds a download: content-addressed blobs, a snapshot directory named by the commit whose
     entries are relative symlinks to the blobs, and ``refs/main`` holding the commit."""
@@ -85,6 +85,7 @@ def network(monkeypatch) -> list[str]:
         def fn(*args, **kwargs):
             attempts.append(what)
             raise OSError(f"test: no network ({what})")
+
         return fn
 
     def download(what: str, real):
@@ -92,14 +93,14 @@ def network(monkeypatch) -> list[str]:
             if not kwargs.get("local_files_only"):
                 refuse(what)()
             return real(*args, **kwargs)
+
         return fn
 
     monkeypatch.setattr(socket.socket, "connect", refuse("socket.connect"))
     monkeypatch.setattr(socket.socket, "connect_ex", refuse("socket.connect_ex"))
     monkeypatch.setattr(huggingface_hub.utils._http, "get_session", refuse("get_session"))
     for name in ("snapshot_download", "hf_hub_download"):
-        monkeypatch.setattr(huggingface_hub, name,
-                            download(name, getattr(huggingface_hub, name)))
+        monkeypatch.setattr(huggingface_hub, name, download(name, getattr(huggingface_hub, name)))
     return attempts
 
 
@@ -110,16 +111,23 @@ def embedded(monkeypatch) -> list[tuple[PretrainConfig, bool]]:
 
     def fake_ensure_base(cfg: PretrainConfig, progress: bool = False) -> BaseInfo:
         calls.append((cfg, progress))
-        return BaseInfo(path="/cache/base/embedded", embedded=True, parameters=1,
-                        config={"n_embd": 128}, pretrain={"preset": cfg.preset})
+        return BaseInfo(
+            path="/cache/base/embedded",
+            embedded=True,
+            parameters=1,
+            config={"n_embd": 128},
+            pretrain={"preset": cfg.preset},
+        )
 
     monkeypatch.setattr(base_mod, "ensure_base", fake_ensure_base)
     return calls
 
 
 def complete(model_dir: Path) -> dict[str, Path]:
-    return {"config.json": model_dir / "config.json",
-            "model.safetensors": model_dir / "model.safetensors"}
+    return {
+        "config.json": model_dir / "config.json",
+        "model.safetensors": model_dir / "model.safetensors",
+    }
 
 
 def test_the_layout_is_huggingface_hubs_own(tmp_path, tiny_gpt2):
@@ -159,8 +167,9 @@ def test_pytorch_bin_weights_count(hub, tiny_gpt2, network):
 
 
 @pytest.mark.parametrize("online", [False, True], ids=["HF_HUB_OFFLINE=1", "online"])
-def test_auto_without_gpt2_takes_the_embedded_base(online, hub, tmp_path, tiny_gpt2, network,
-                                                   embedded, monkeypatch):
+def test_auto_without_gpt2_takes_the_embedded_base(
+    online, hub, tmp_path, tiny_gpt2, network, embedded, monkeypatch
+):
     # online or not, a missing GPT-2 is never downloaded: auto only reads the cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "0" if online else "1")
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", not online)
@@ -176,8 +185,10 @@ def test_auto_without_gpt2_takes_the_embedded_base(online, hub, tmp_path, tiny_g
     assert network == []
 
 
-@pytest.mark.parametrize("case", ["config only", "weights only", "weights blob missing",
-                                  "refs/main names another commit"])
+@pytest.mark.parametrize(
+    "case",
+    ["config only", "weights only", "weights blob missing", "refs/main names another commit"],
+)
 def test_an_incomplete_snapshot_does_not_count(case, hub, tiny_gpt2, network, embedded):
     files = complete(tiny_gpt2[0])
     if case == "config only":
@@ -185,7 +196,8 @@ def test_an_incomplete_snapshot_does_not_count(case, hub, tiny_gpt2, network, em
     elif case == "weights only":
         del files["config.json"]
     snapshot = place_in_hub_cache(
-        hub, "gpt2", files, ref=OTHER_COMMIT if case == "refs/main names another commit" else None)
+        hub, "gpt2", files, ref=OTHER_COMMIT if case == "refs/main names another commit" else None
+    )
     if case == "weights blob missing":  # an interrupted download: the link dangles
         (snapshot / "model.safetensors").resolve().unlink()
     assert find_cached_gpt2() is None
@@ -197,8 +209,9 @@ def test_an_incomplete_snapshot_does_not_count(case, hub, tiny_gpt2, network, em
 
 
 @pytest.mark.parametrize("where", ["HF_HOME", "HF_HUB_CACHE", "import-time default"])
-def test_the_cache_is_where_the_environment_says_now(where, tmp_path, tiny_gpt2, monkeypatch,
-                                                     network):
+def test_the_cache_is_where_the_environment_says_now(
+    where, tmp_path, tiny_gpt2, monkeypatch, network
+):
     for var in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "import-time"))

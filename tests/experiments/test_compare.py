@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import pytest
 
 from gpt2tune.cli.main import main
-from gpt2tune.experiments.results import COMPARE_RUN_KEYS
 from gpt2tune.data.options import DataOptions
 from gpt2tune.experiments.methods import compare_experiment, compare_methods
 from gpt2tune.experiments.options import CompareOptions
+from gpt2tune.experiments.results import COMPARE_RUN_KEYS
 from gpt2tune.experiments.writeup import COMPARE_SECTIONS
 
 WORDS = ["captain", "sailor", "harbour", "storm", "anchor", "gull", "lantern", "rope"]
@@ -36,21 +36,73 @@ def lines(tmp_path, monkeypatch):
 
 
 def _args(base, data, out, *extra):
-    return ["compare", "--data", str(data), "--base", str(base), "--out", str(out),
-            "--max-steps", "6", "--batch-size", "4", "--samples-per-prompt", "2",
-            "--max-new-tokens", "12", "--device", "cpu", "--no-progress", *extra]
+    return [
+        "compare",
+        "--data",
+        str(data),
+        "--base",
+        str(base),
+        "--out",
+        str(out),
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--samples-per-prompt",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_compare_end_to_end(tiny_hf, lines, tmp_path, capsys):
     out = tmp_path / "cmp"
     contrast = tmp_path / "contrast.txt"
     rng = random.Random(1)
-    contrast.write_text("\n\n".join(  # plain prose, nothing about the sea
-        " ".join(rng.choice(["we", "counted", "apples", "in", "the", "orchard", "while",
-                             "bakers", "sang", "quietly", "today"]) for _ in range(14)) + "."
-        for _ in range(200)))
-    assert main(_args(tiny_hf[0], lines, out, "--lora-ranks", "1", "--contrast", str(contrast),
-                      "--prompt", "The captain")) == 0
+    contrast.write_text(
+        "\n\n".join(  # plain prose, nothing about the sea
+            " ".join(
+                rng.choice(
+                    [
+                        "we",
+                        "counted",
+                        "apples",
+                        "in",
+                        "the",
+                        "orchard",
+                        "while",
+                        "bakers",
+                        "sang",
+                        "quietly",
+                        "today",
+                    ]
+                )
+                for _ in range(14)
+            )
+            + "."
+            for _ in range(200)
+        )
+    )
+    assert (
+        main(
+            _args(
+                tiny_hf[0],
+                lines,
+                out,
+                "--lora-ranks",
+                "1",
+                "--contrast",
+                str(contrast),
+                "--prompt",
+                "The captain",
+            )
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     runs = {r["name"]: r for r in res["runs"]}
     assert {r["method"] for r in res["runs"]} == {"base", "prime", "lora", "full", "lora+prime"}
@@ -85,29 +137,44 @@ def test_plan_trains_nothing(tiny_hf, lines, tmp_path, capsys):
 
 
 def test_max_minutes_scales_the_runs(tiny_hf, lines, tmp_path, capsys):
-    args = _args(tiny_hf[0], lines, tmp_path / "p", "--plan", "--methods", "lora,full",
-                 "--max-steps", "100000", "--max-minutes", "0.05")
+    args = _args(
+        tiny_hf[0],
+        lines,
+        tmp_path / "p",
+        "--plan",
+        "--methods",
+        "lora,full",
+        "--max-steps",
+        "100000",
+        "--max-minutes",
+        "0.05",
+    )
     assert main(args) == 0
     printed = capsys.readouterr().out
-    steps = [int(line.split(": ")[1].split()[0]) for line in printed.splitlines()
-             if line.startswith(("lora-r4:", "full:"))]
+    steps = [
+        int(line.split(": ")[1].split()[0])
+        for line in printed.splitlines()
+        if line.startswith(("lora-r4:", "full:"))
+    ]
     assert len(steps) == 2 and all(s < 100000 for s in steps)
     assert "scaled by" in printed
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--methods", "base,lora,qlora"], "unknown method 'qlora'"),
-    (["--methods", "lora+:ratio=0"], "ratio must be > 0"),
-    (["--methods", "lora:rank=4"], "unknown setting 'rank=4'"),
-    (["--methods", "lora:r=0"], "r must be > 0"),
-    (["--methods", "lora:dropout=1"], "dropout must be a number in [0, 1)"),
-    (["--methods", "dora:dropout=x"], "dropout must be a number in [0, 1)"),
-    (["--lora-ranks", "4,0"], "rank 0 must be at least 1"),
-    (["--prompts", "missing.txt"], "does not exist"),
-    (["--val-split", "0.1", "--val-data", "x.txt"], "either --val-data or --val-split"),
-])
-def test_bad_input_is_one_line_and_writes_nothing(tiny_hf, lines, tmp_path, capsys, extra,
-                                                  message):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "base,lora,qlora"], "unknown method 'qlora'"),
+        (["--methods", "lora+:ratio=0"], "ratio must be > 0"),
+        (["--methods", "lora:rank=4"], "unknown setting 'rank=4'"),
+        (["--methods", "lora:r=0"], "r must be > 0"),
+        (["--methods", "lora:dropout=1"], "dropout must be a number in [0, 1)"),
+        (["--methods", "dora:dropout=x"], "dropout must be a number in [0, 1)"),
+        (["--lora-ranks", "4,0"], "rank 0 must be at least 1"),
+        (["--prompts", "missing.txt"], "does not exist"),
+        (["--val-split", "0.1", "--val-data", "x.txt"], "either --val-data or --val-split"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tiny_hf, lines, tmp_path, capsys, extra, message):
     out = tmp_path / "bad"
     assert main(_args(tiny_hf[0], lines, out, *extra)) == 2
     err = capsys.readouterr().err.strip()
@@ -134,9 +201,12 @@ def test_methods_with_settings_and_sweeps():
     from gpt2tune.experiments.hparams import Hyperparams
 
     hp = Hyperparams(recipe="t", lr_lora=1e-3, lr_full=1e-4, alpha_per_rank=2.0, why="")
-    opts = CompareOptions(data=DataOptions(data="x"), methods="base,lora:r=16:alpha=32:targets=all-linear,"
-                          "full:lr=5e-5,lora+prime", lora_ranks="1,16",
-                          lora_targets=["mlp.c_fc"])
+    opts = CompareOptions(
+        data=DataOptions(data="x"),
+        methods="base,lora:r=16:alpha=32:targets=all-linear,full:lr=5e-5,lora+prime",
+        lora_ranks="1,16",
+        lora_targets=["mlp.c_fc"],
+    )
     methods, k = compare_methods(opts, hp)
     by = {m.name: m for m in methods}
     wide = by["lora-r16-all-linear"]
@@ -158,28 +228,47 @@ def test_methods_that_differ_in_any_setting_are_separate_runs():
     from gpt2tune.experiments.setup import run_options
 
     hp = Hyperparams(recipe="t", lr_lora=1e-3, lr_full=1e-4, alpha_per_rank=2.0, why="")
-    opts = CompareOptions(data=DataOptions(data="x"), methods="lora,lora:lr=2e-3,lora:dropout=0.1,lora+,"
-                          "lora+:ratio=4,dora,dora:alpha=4,lora")
+    opts = CompareOptions(
+        data=DataOptions(data="x"),
+        methods="lora,lora:lr=2e-3,lora:dropout=0.1,lora+,lora+:ratio=4,dora,dora:alpha=4,lora",
+    )
     methods, _ = compare_methods(opts, hp)
     by = {m.name: m for m in methods}
-    assert list(by) == ["lora-r4", "lora-r4-lr0.002", "lora-r4-dropout0.1", "loraplus-r4",
-                        "loraplus-r4-x4", "dora-r4", "dora-r4-alpha4"]
+    assert list(by) == [
+        "lora-r4",
+        "lora-r4-lr0.002",
+        "lora-r4-dropout0.1",
+        "loraplus-r4",
+        "loraplus-r4-x4",
+        "dora-r4",
+        "dora-r4-alpha4",
+    ]
     assert by["lora-r4-lr0.002"].lr == 2e-3 and by["loraplus-r4-x4"].loraplus_ratio == 4.0
     assert by["loraplus-r4"].loraplus_ratio == 16.0 and by["dora-r4-alpha4"].alpha == 4.0
     spec = compare_experiment(opts, hp, ("x",))
-    setup = SimpleNamespace(precision="fp32", seed=0, progress=False, report_to="none",
-                            base=SimpleNamespace(path="b"), device="cpu")
+    setup = SimpleNamespace(
+        precision="fp32",
+        seed=0,
+        progress=False,
+        report_to="none",
+        base=SimpleNamespace(path="b"),
+        device="cpu",
+    )
     run = run_options(spec, by["lora-r4-dropout0.1"], Path("o"), setup)
-    assert run.lora.dropout == 0.1 and run_options(spec, by["lora-r4"], Path("o"),
-                                                   setup).lora.dropout == 0.0
+    assert (
+        run.lora.dropout == 0.1
+        and run_options(spec, by["lora-r4"], Path("o"), setup).lora.dropout == 0.0
+    )
 
 
 def test_a_builtin_dataset_is_held_out_on_its_test_split(tiny_hf, tmp_path, capsys, monkeypatch):
     from gpt2tune.data.builtin import load_builtin
 
     monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
-    assert main(_args(tiny_hf[0], "builtin:news", tmp_path / "p", "--plan",
-                      "--methods", "base,lora")) == 0
+    assert (
+        main(_args(tiny_hf[0], "builtin:news", tmp_path / "p", "--plan", "--methods", "base,lora"))
+        == 0
+    )
     printed = capsys.readouterr().out
     n_train, n_test = (len(load_builtin("builtin:news", s)) for s in ("train", "test"))
     assert f"data: {n_train} training documents, {n_test} held out" in printed
@@ -189,8 +278,18 @@ def test_a_builtin_dataset_is_held_out_on_its_test_split(tiny_hf, tmp_path, caps
 def test_compare_dora_and_loraplus(tiny_hf, lines, tmp_path, capsys):
     """Both methods train (their adapters say so), beat the base, and get their own rows."""
     out = tmp_path / "cmp"
-    assert main(_args(tiny_hf[0], lines, out, "--methods",
-                      "base,lora,dora:r=2:targets=all-linear,lora+:ratio=8,full")) == 0
+    assert (
+        main(
+            _args(
+                tiny_hf[0],
+                lines,
+                out,
+                "--methods",
+                "base,lora,dora:r=2:targets=all-linear,lora+:ratio=8,full",
+            )
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     runs = {r["name"]: r for r in res["runs"]}
     assert runs.keys() == {"base", "lora-r4", "dora-r2-all-linear", "loraplus-r4-x8", "full"}
@@ -208,13 +307,15 @@ def test_compare_dora_and_loraplus(tiny_hf, lines, tmp_path, capsys):
     md = (out / "report.md").read_text()
     capacity = md.split(f"## {COMPARE_SECTIONS[3]}")[1].split("## ")[0]
     assert "rank_sweep.png" in capacity
-    assert re.search(r"LoRA\+ recovers -?\d+% of full fine-tuning's gain, plain LoRA -?\d+%",
-                     capacity)
+    assert re.search(
+        r"LoRA\+ recovers -?\d+% of full fine-tuning's gain, plain LoRA -?\d+%", capacity
+    )
     assert re.search(r"DoRA recovers -?\d+% of full fine-tuning's gain: it ", capacity)
 
 
-def test_a_full_disk_is_one_line_that_says_to_run_it_again(tiny_hf, lines, tmp_path, capsys,
-                                                           monkeypatch):
+def test_a_full_disk_is_one_line_that_says_to_run_it_again(
+    tiny_hf, lines, tmp_path, capsys, monkeypatch
+):
     """compare starts over rather than resuming, so that is what its message says."""
     import gpt2tune.formats.peft as peft
 

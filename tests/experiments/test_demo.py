@@ -10,13 +10,13 @@ import torch
 from gpt2tune.cli.main import build_parser, collect, main
 from gpt2tune.core.lora import LoRAConfig
 from gpt2tune.core.model import GPT2, GPT2Config
+from gpt2tune.data.options import DataOptions
 from gpt2tune.experiments.base import PretrainConfig, ensure_base
 from gpt2tune.experiments.commands import train_command
 from gpt2tune.experiments.scoring import primed_evaluate
 from gpt2tune.experiments.style import train_style_classifier
 from gpt2tune.experiments.writeup import SECTIONS
 from gpt2tune.finetune.config import TrainConfig
-from gpt2tune.data.options import DataOptions
 from gpt2tune.finetune.recipe import ModelOptions, RunOptions
 from gpt2tune.inference.evaluate import evaluate
 
@@ -34,17 +34,25 @@ def test_style_classifier_reports_heldout_accuracy_above_chance():
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_train_command_parses_back_to_the_same_options(method):
-    opts = RunOptions(out="runs/x y", overwrite=True,
-                      model=ModelOptions(model="/cache/base dir"),
-                      data=DataOptions(data="builtin:shakespeare:FALSTAFF",
-                                       val_data="builtin:shakespeare:FALSTAFF"),
-                      lora=LoRAConfig(r=16, alpha=32.0, targets=["c_attn", "mlp.c_fc"]),
-                      train=TrainConfig(method=method, epochs=2, batch_size=4, lr=0.005,
-                                        precision="fp32", eval_every=10))
+    opts = RunOptions(
+        out="runs/x y",
+        overwrite=True,
+        model=ModelOptions(model="/cache/base dir"),
+        data=DataOptions(
+            data="builtin:shakespeare:FALSTAFF", val_data="builtin:shakespeare:FALSTAFF"
+        ),
+        lora=LoRAConfig(r=16, alpha=32.0, targets=["c_attn", "mlp.c_fc"]),
+        train=TrainConfig(
+            method=method, epochs=2, batch_size=4, lr=0.005, precision="fp32", eval_every=10
+        ),
+    )
     parser, _ = build_parser()
     args = parser.parse_args(__import__("shlex").split(train_command(opts))[1:])
-    for group, cls, value in (("model", ModelOptions, opts.model), ("data", DataOptions, opts.data),
-                              ("train", TrainConfig, opts.train)):
+    for group, cls, value in (
+        ("model", ModelOptions, opts.model),
+        ("data", DataOptions, opts.data),
+        ("train", TrainConfig, opts.train),
+    ):
         parsed = collect(args, group, cls)
         if group == "train":
             parsed.progress = value.progress
@@ -100,8 +108,13 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert lora["trainable_params"] < full["trainable_params"]
     assert lora["saved_bytes"] < full["saved_bytes"]
     assert res["style"]["heldout_accuracy"] > 0.5
-    assert set(res["style"]["share_in_character"]) == {"base", "priming", "lora", "full",
-                                                       "lora+priming"}
+    assert set(res["style"]["share_in_character"]) == {
+        "base",
+        "priming",
+        "lora",
+        "full",
+        "lora+priming",
+    }
     assert res["base"]["built_now"] and res["base"]["val_loss"] > 0
     # experiment 3 has DoRA and LoRA+ beside the rank sweep, and says whether they close the gap
     dora, plus = res["runs"]["character/dora-r4"], res["runs"]["character/loraplus-r4"]
@@ -110,8 +123,9 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert "--lora-use-dora" in dora["command"] and "--loraplus-lr-ratio 16" in plus["command"]
     capacity = md.split(f"## {SECTIONS[4]}")[1].split("## ")[0]
     assert "DoRA r=4 (c_attn)" in capacity and "LoRA+ r=4 (c_attn)" in capacity
-    assert re.search(r"DoRA recovers -?\d+% of full fine-tuning's gain, plain LoRA -?\d+%: it ",
-                     capacity)
+    assert re.search(
+        r"DoRA recovers -?\d+% of full fine-tuning's gain, plain LoRA -?\d+%: it ", capacity
+    )
 
     # the base is cached: a second demo would reuse it instead of pretraining again
     cfg = PretrainConfig(**{**res["base"]["pretrain"]})
@@ -124,8 +138,25 @@ def test_pretrain_cli_builds_a_loadable_base(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "base"
-    assert main(["pretrain", "--out", str(out), "--preset", "gpt2-nano", "--max-steps", "3",
-                 "--batch-size", "1", "--block-size", "64", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--out",
+                str(out),
+                "--preset",
+                "gpt2-nano",
+                "--max-steps",
+                "3",
+                "--batch-size",
+                "1",
+                "--block-size",
+                "64",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "held-out wiki loss" in capsys.readouterr().out
     info = json.loads((out / "base.json").read_text())
     assert info["steps"] == 3 and info["tokens_seen"] == 3 * 64

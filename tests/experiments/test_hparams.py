@@ -23,8 +23,9 @@ from gpt2tune.experiments.hparams import (
 def _base(preset: str, *, embedded: bool = False, **overrides) -> BaseInfo:
     """A base described by its config only: nothing is trained, loaded or allocated."""
     cfg = GPT2Config.from_preset(preset, **overrides)
-    return BaseInfo(path=preset, embedded=embedded, parameters=cfg.num_params(),
-                    config=cfg.to_dict())
+    return BaseInfo(
+        path=preset, embedded=embedded, parameters=cfg.num_params(), config=cfg.to_dict()
+    )
 
 
 def _check_why(hp: Hyperparams, *numbers: str) -> None:
@@ -40,8 +41,14 @@ def test_gpt2_sized_base_gets_the_standard_recipes(preset):
     assert hp.lr_full == 5e-5  # Hugging Face Trainer's default learning_rate
     assert hp.lr_lora == 2e-4  # the LoRA paper's GPT-2 runs ...
     assert hp.alpha_per_rank * 4 == 32  # ... at r = 4, alpha = 32
-    _check_why(hp, "5e-5", "2e-4", "alpha = 8 r", "LoRA paper",
-               f"n_embd {GPT2Config.from_preset(preset).n_embd}")
+    _check_why(
+        hp,
+        "5e-5",
+        "2e-4",
+        "alpha = 8 r",
+        "LoRA paper",
+        f"n_embd {GPT2Config.from_preset(preset).n_embd}",
+    )
 
 
 def test_embedded_base_keeps_its_own_recipe():
@@ -57,7 +64,11 @@ def test_user_base_smaller_than_gpt2_gets_the_small_model_recipe(preset):
     hp = hyperparams_for(_base(preset))
     embedded = hyperparams_for(_base(preset, embedded=True))
     assert (hp.recipe, hp.lr_lora, hp.lr_full, hp.alpha_per_rank) == (
-        embedded.recipe, embedded.lr_lora, embedded.lr_full, embedded.alpha_per_rank)
+        embedded.recipe,
+        embedded.lr_lora,
+        embedded.lr_full,
+        embedded.alpha_per_rank,
+    )
     n_embd = GPT2Config.from_preset(preset).n_embd
     _check_why(hp, "narrower than GPT-2", f"n_embd {n_embd} < {GPT2_N_EMBD}", "1e-2", "1e-3")
     assert hp.why != embedded.why  # says it is a user's base, not the embedded one
@@ -69,7 +80,9 @@ def test_the_line_is_gpt2_width():
 
 
 def test_hparams_imports_no_torch():
-    code = ("import sys, gpt2tune.experiments.hparams; "
-            "print(sorted(m for m in ('torch', 'numpy', 'huggingface_hub') if m in sys.modules))")
+    code = (
+        "import sys, gpt2tune.experiments.hparams; "
+        "print(sorted(m for m in ('torch', 'numpy', 'huggingface_hub') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

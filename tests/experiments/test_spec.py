@@ -10,11 +10,15 @@ from dataclasses import replace
 import pytest
 
 from gpt2tune.experiments.base import BaseInfo
-from gpt2tune.experiments.hparams import hyperparams_for
 from gpt2tune.experiments.demo_plan import FULL_PLAN, QUICK_PLAN, DemoPlan, demo_experiments
+from gpt2tune.experiments.hparams import hyperparams_for
 
-EMBEDDED = BaseInfo(path="base", embedded=True, parameters=7_259_008,
-                    config={"n_embd": 128, "n_layer": 4, "n_head": 4, "n_positions": 256})
+EMBEDDED = BaseInfo(
+    path="base",
+    embedded=True,
+    parameters=7_259_008,
+    config={"n_embd": 128, "n_layer": 4, "n_head": 4, "n_positions": 256},
+)
 
 
 @pytest.mark.parametrize("plan", [QUICK_PLAN, FULL_PLAN], ids=["quick", "full"])
@@ -39,8 +43,13 @@ def test_demo_experiments_are_consistent(plan: DemoPlan):
             elif m.train == "full":
                 assert m.lr == hp.lr_full
     assert [m.name for m in news.methods if m.sample] == ["base", "lora", "full"]
-    assert [m.name for m in char.methods if m.sample] == ["base", "priming", "lora", "full",
-                                                          "lora+priming"]
+    assert [m.name for m in char.methods if m.sample] == [
+        "base",
+        "priming",
+        "lora",
+        "full",
+        "lora+priming",
+    ]
     # experiment 3's sweep: one c_attn LoRA run per rank, experiment 2's run among them
     plain = [m for m in char.methods if m.train == "lora" and m.kind is None]
     sweep = [m for m in plain if m.targets == ("c_attn",)]
@@ -51,20 +60,34 @@ def test_demo_experiments_are_consistent(plan: DemoPlan):
     assert all(not m.use_dora and m.loraplus_ratio is None for m in plain)
     # DoRA and LoRA+ each differ from experiment 2's LoRA run in one thing only
     lora = char.methods[2]
-    dora, = (m for m in char.methods if m.kind == "dora")
-    plus, = (m for m in char.methods if m.kind == "lora+")
-    assert replace(dora, use_dora=False) == replace(lora, name=dora.name, label=dora.label,
-                                                    short=dora.short, kind="dora", sample=False,
-                                                    directory=None)
+    (dora,) = (m for m in char.methods if m.kind == "dora")
+    (plus,) = (m for m in char.methods if m.kind == "lora+")
+    assert replace(dora, use_dora=False) == replace(
+        lora,
+        name=dora.name,
+        label=dora.label,
+        short=dora.short,
+        kind="dora",
+        sample=False,
+        directory=None,
+    )
     assert replace(plus, loraplus_ratio=None) == replace(
-        lora, name=plus.name, label=plus.label, short=plus.short, kind="lora+", sample=False,
-        directory=None)
+        lora,
+        name=plus.name,
+        label=plus.label,
+        short=plus.short,
+        kind="lora+",
+        sample=False,
+        directory=None,
+    )
     assert dora.use_dora and plus.loraplus_ratio == plan.loraplus_ratio
 
 
 def test_options_plans_and_specs_import_no_torch():
-    code = ("import sys, gpt2tune.experiments.spec, gpt2tune.experiments.options, "
-            "gpt2tune.experiments.demo_plan, gpt2tune.experiments.methods, gpt2tune.data.options; "
-            "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))")
+    code = (
+        "import sys, gpt2tune.experiments.spec, gpt2tune.experiments.options, "
+        "gpt2tune.experiments.demo_plan, gpt2tune.experiments.methods, gpt2tune.data.options; "
+        "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

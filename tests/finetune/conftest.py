@@ -3,9 +3,17 @@
 import pytest
 
 TEXT = "\n\n".join(
-    f"Story {i}: the {a} {b} went to the {c} and found a {d}." for i, (a, b, c, d) in enumerate(
-        [("small", "dog", "market", "bone"), ("old", "king", "castle", "crown"),
-         ("tired", "miner", "river", "stone"), ("young", "poet", "garden", "rose")] * 6))
+    f"Story {i}: the {a} {b} went to the {c} and found a {d}."
+    for i, (a, b, c, d) in enumerate(
+        [
+            ("small", "dog", "market", "bone"),
+            ("old", "king", "castle", "crown"),
+            ("tired", "miner", "river", "stone"),
+            ("young", "poet", "garden", "rose"),
+        ]
+        * 6
+    )
+)
 
 
 @pytest.fixture(autouse=True)

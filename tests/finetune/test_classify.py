@@ -18,8 +18,32 @@ from gpt2tune.finetune.parallel import SingleProcess
 from gpt2tune.formats.hf import load_classifier
 from gpt2tune.formats.peft import load_adapter, save_adapter
 
-WORDS = {"market": "shares bank profit rates trade budget stocks prices growth index".split(),
-         "court": "king lord sword crown thee thou villain honour knave sirrah".split()}
+WORDS = {
+    "market": [
+        "shares",
+        "bank",
+        "profit",
+        "rates",
+        "trade",
+        "budget",
+        "stocks",
+        "prices",
+        "growth",
+        "index",
+    ],
+    "court": [
+        "king",
+        "lord",
+        "sword",
+        "crown",
+        "thee",
+        "thou",
+        "villain",
+        "honour",
+        "knave",
+        "sirrah",
+    ],
+}
 
 
 def task(n: int, seed: int) -> Labeled:
@@ -51,8 +75,15 @@ def test_training_learns_the_task_well_above_chance(tiny_hf, method):
     model = load_classifier(tiny_hf[0], names)
     if method == "lora":
         apply_lora(model, LoRAConfig(r=4, alpha=8, targets=["c_attn", "mlp.c_fc"]))
-    cfg = TrainConfig(method=method, lr=3e-3 if method == "full" else 1e-2, batch_size=16,
-                      max_steps=60, warmup_steps=0, precision="fp32", seed=0)
+    cfg = TrainConfig(
+        method=method,
+        lr=3e-3 if method == "full" else 1e-2,
+        batch_size=16,
+        max_steps=60,
+        warmup_steps=0,
+        precision="fp32",
+        seed=0,
+    )
     trainer = Trainer(model, cfg, total_steps=60, parallel=SingleProcess())
     trainer.start()
     before = accuracy(model, test_rows)
@@ -70,9 +101,14 @@ def test_a_trained_classification_adapter_reloads_with_its_head(tiny_hf, tmp_pat
     model = load_classifier(tiny_hf[0], names)
     lora = LoRAConfig(r=2, alpha=4)
     apply_lora(model, lora)
-    trainer = Trainer(model, TrainConfig(method="lora", lr=1e-2, batch_size=16, max_steps=5,
-                                         warmup_steps=0, precision="fp32"), total_steps=5,
-                      parallel=SingleProcess())
+    trainer = Trainer(
+        model,
+        TrainConfig(
+            method="lora", lr=1e-2, batch_size=16, max_steps=5, warmup_steps=0, precision="fp32"
+        ),
+        total_steps=5,
+        parallel=SingleProcess(),
+    )
     trainer.start()
     trainer.fit(rows)
     save_adapter(model, tmp_path, lora, str(tiny_hf[0]))
@@ -118,10 +154,12 @@ def test_labelled_data_errors_are_one_clear_line(tmp_path):
 
 
 def test_builtin_speakers_is_a_labelled_task():
-    train, test = read_labeled("builtin:speakers:3"), read_labeled("builtin:speakers:3", split="test")
+    train, test = (
+        read_labeled("builtin:speakers:3"),
+        read_labeled("builtin:speakers:3", split="test"),
+    )
     assert len(set(train.labels)) == 3 and set(test.labels) <= set(train.labels)
     assert not set(train.texts) & set(test.texts)  # split by speech
-
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -139,16 +177,29 @@ def test_classify_resume_equals_an_uninterrupted_run(tiny_hf, tmp_path, method):
 
     data = tmp_path / "d.jsonl"
     t = task(48, 3)
-    data.write_text("".join(json.dumps({"text": x, "label": y}) + "\n"
-                            for x, y in zip(t.texts, t.labels)))
+    data.write_text(
+        "".join(json.dumps({"text": x, "label": y}) + "\n" for x, y in zip(t.texts, t.labels))
+    )
 
     def opts(out):
-        return RunOptions(out=str(out), model=ModelOptions(model=str(tiny_hf[0]), device="cpu"),
-                          data=DataOptions(data=str(data), task="classify", val_split=0.25),
-                          lora=LoRAConfig(r=2, alpha=4, dropout=0.1),
-                          train=TrainConfig(method=method, max_steps=7, batch_size=4, lr=5e-3,
-                                            grad_accum=2, eval_every=3, precision="fp32",
-                                            seed=1, warmup_steps=1, progress=False))
+        return RunOptions(
+            out=str(out),
+            model=ModelOptions(model=str(tiny_hf[0]), device="cpu"),
+            data=DataOptions(data=str(data), task="classify", val_split=0.25),
+            lora=LoRAConfig(r=2, alpha=4, dropout=0.1),
+            train=TrainConfig(
+                method=method,
+                max_steps=7,
+                batch_size=4,
+                lr=5e-3,
+                grad_accum=2,
+                eval_every=3,
+                precision="fp32",
+                seed=1,
+                warmup_steps=1,
+                progress=False,
+            ),
+        )
 
     whole = fine_tune(opts(tmp_path / "a"))
     first = fine_tune(opts(tmp_path / "b"), on_step=Interrupt(3))

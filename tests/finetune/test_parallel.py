@@ -14,8 +14,12 @@ from gpt2tune.cli.main import main
 from gpt2tune.formats.hf import load_model
 from gpt2tune.formats.peft import load_adapter
 
-TEXT = "\n\n".join(f"Line {i}: a {w} walked past the {v} at dawn." for i, (w, v) in enumerate(
-    [("fox", "barn"), ("clerk", "bank"), ("nurse", "ward"), ("cat", "door")] * 8))
+TEXT = "\n\n".join(
+    f"Line {i}: a {w} walked past the {v} at dawn."
+    for i, (w, v) in enumerate(
+        [("fox", "barn"), ("clerk", "bank"), ("nurse", "ward"), ("cat", "door")] * 8
+    )
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +32,31 @@ def setup(tmp_path_factory):
 
 
 def _args(d, out, batch, *extra):
-    return ["train", "--model", str(d / "base"), "--data", str(d / "corpus.txt"), "--out", str(out),
-            "--block-size", "32", "--batch-size", str(batch), "--max-steps", "4", "--lr", "2e-3",
-            "--precision", "fp32", "--device", "cpu", "--no-progress", "--seed", "3", *extra]
+    return [
+        "train",
+        "--model",
+        str(d / "base"),
+        "--data",
+        str(d / "corpus.txt"),
+        "--out",
+        str(out),
+        "--block-size",
+        "32",
+        "--batch-size",
+        str(batch),
+        "--max-steps",
+        "4",
+        "--lr",
+        "2e-3",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--seed",
+        "3",
+        *extra,
+    ]
 
 
 def _torchrun(args, env_extra=None, tmp=None):
@@ -38,11 +64,26 @@ def _torchrun(args, env_extra=None, tmp=None):
 
     # one thread per rank in every torchrun run here, so the exact comparisons (torchrun runs with
     # each other) compare like with like; those with a run in this process allow a tolerance
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               GPT2TUNE_CACHE=str(tmp / "cache"))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "gpt2tune", *args],
-                          capture_output=True, text=True, timeout=300, env=env)
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GPT2TUNE_CACHE=str(tmp / "cache")
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "gpt2tune",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -53,8 +94,9 @@ def _losses(out, key="loss"):
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_two_ranks_equal_one_process_with_double_batch(setup, tmp_path, method, monkeypatch,
-                                                       capsys):
+def test_two_ranks_equal_one_process_with_double_batch(
+    setup, tmp_path, method, monkeypatch, capsys
+):
     monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
     extra = ["--method", method, "--lora-r", "4"]
     assert main(_args(setup, tmp_path / "one", 4, *extra)) == 0
@@ -65,7 +107,8 @@ def test_two_ranks_equal_one_process_with_double_batch(setup, tmp_path, method, 
     assert two == pytest.approx(one, abs=1e-5)
     # the gradient norm of the all-reduced gradients is the one of the double batch
     assert _losses(tmp_path / "two", "grad_norm") == pytest.approx(
-        _losses(tmp_path / "one", "grad_norm"), rel=1e-4)
+        _losses(tmp_path / "one", "grad_norm"), rel=1e-4
+    )
     name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
     for k in a:
@@ -76,14 +119,16 @@ def test_two_ranks_equal_one_process_with_double_batch(setup, tmp_path, method, 
 
         ours = load_model(setup / "base")
         load_adapter(ours, tmp_path / "two")
-        ref = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(setup / "base"),
-                                        tmp_path / "two").eval()
+        ref = PeftModel.from_pretrained(
+            GPT2LMHeadModel.from_pretrained(setup / "base"), tmp_path / "two"
+        ).eval()
         x = torch.randint(0, 50257, (1, 12))
         with torch.no_grad():
             assert (ours.eval()(x) - ref(x).logits).abs().max().item() <= 1e-5
     # no stray files from rank 1 (e.g. a second metrics file or checkpoint)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
-        p.name for p in (tmp_path / "one").iterdir())
+        p.name for p in (tmp_path / "one").iterdir()
+    )
 
 
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
@@ -94,18 +139,44 @@ def test_ctrl_c_under_torchrun_then_resume_equals_uninterrupted(setup, tmp_path,
     import signal
     import time
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               GPT2TUNE_CACHE=str(tmp_path / "cache"))
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GPT2TUNE_CACHE=str(tmp_path / "cache")
+    )
     # every step 0.1 s longer (the math unchanged), so the signal lands mid-run on any machine
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(slow_steps_script(tmp_path))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(slow_steps_script(tmp_path)),
+    ]
+
     def args(out, *x):
-        return _args(setup, out, 2, "--method", "full", "--max-steps", "8", "--save-every", "1",
-                     *sharding, *x)
+        return _args(
+            setup,
+            out,
+            2,
+            "--method",
+            "full",
+            "--max-steps",
+            "8",
+            "--save-every",
+            "1",
+            *sharding,
+            *x,
+        )
 
     _torchrun(args(tmp_path / "a"), tmp=tmp_path)
-    proc = subprocess.Popen(cmd + args(tmp_path / "b"), env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd + args(tmp_path / "b"),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     state = tmp_path / "b" / "checkpoint" / "train_state.pt"
     deadline = time.time() + 240
     while not state.exists() and time.time() < deadline and proc.poll() is None:
@@ -132,7 +203,9 @@ def test_fsdp_two_ranks_equal_one_process(setup, tmp_path, method, monkeypatch):
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-5)
     # each rank holds a shard of every gradient; the norm is still the global one
     assert _losses(tmp_path / "two", "grad_norm") == pytest.approx(
-        _losses(tmp_path / "one", "grad_norm"), rel=1e-4)
+        _losses(tmp_path / "one", "grad_norm"), rel=1e-4
+    )
+
     def val(out):
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         return [r["val_loss"] for r in rows if "val_loss" in r]
@@ -166,8 +239,7 @@ def _rank_pid(parent, rank):
     return None
 
 
-def test_a_rank_killed_mid_run_stops_the_other_with_one_line_then_resume_finishes(setup,
-                                                                                  tmp_path):
+def test_a_rank_killed_mid_run_stops_the_other_with_one_line_then_resume_finishes(setup, tmp_path):
     """SIGKILL one of two gloo ranks: the survivor says in one line what happened and where to
     continue, well within --dist-timeout, and --resume with two ranks ends with the weights of
     a run that was never interrupted."""
@@ -177,18 +249,44 @@ def test_a_rank_killed_mid_run_stops_the_other_with_one_line_then_resume_finishe
 
     from gpt2tune.finetune.state import saved_step
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               GPT2TUNE_CACHE=str(tmp_path / "cache"))
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GPT2TUNE_CACHE=str(tmp_path / "cache")
+    )
+
     def args(out, *x):
-        return _args(setup, out, 2, "--method", "lora", "--max-steps", "40", "--save-every", "4",
-                     "--dist-timeout", "60", *x)
+        return _args(
+            setup,
+            out,
+            2,
+            "--method",
+            "lora",
+            "--max-steps",
+            "40",
+            "--save-every",
+            "4",
+            "--dist-timeout",
+            "60",
+            *x,
+        )
 
     _torchrun(args(tmp_path / "a"), tmp=tmp_path)
     script = slow_steps_script(tmp_path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), *args(tmp_path / "b")], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            *args(tmp_path / "b"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while (saved_step(tmp_path / "b") or 0) < 8 and time.time() < deadline:
@@ -205,8 +303,9 @@ def test_a_rank_killed_mid_run_stops_the_other_with_one_line_then_resume_finishe
     stopped = saved_step(tmp_path / "b")
     assert 8 <= stopped < 40
     assert ours[0].startswith("gpt2tune: error: rank 0: ")
-    assert ours[0].endswith(f"the checkpoint of step {stopped} is intact: run the same torchrun "
-                            "command with --resume")
+    assert ours[0].endswith(
+        f"the checkpoint of step {stopped} is intact: run the same torchrun command with --resume"
+    )
     _torchrun(args(tmp_path / "b", "--resume"), tmp=tmp_path)
     a = load_file(tmp_path / "a" / "adapter_model.safetensors")
     b = load_file(tmp_path / "b" / "adapter_model.safetensors")

@@ -41,8 +41,9 @@ def _two_checkpoints(out):
     cfg = LoRAConfig(r=2, alpha=4, targets=["c_attn"])
     apply_lora(model, cfg)
     for step in (4, 6):
-        save_checkpoint(out, model, {"position": {"step": step}, "rng": torch.randn(1000)},
-                        "lora", cfg, "base")
+        save_checkpoint(
+            out, model, {"position": {"step": step}, "rng": torch.randn(1000)}, "lora", cfg, "base"
+        )
     manifest = json.loads((out / CHECKPOINT / MANIFEST).read_text())
     assert manifest["step"] == 6 and STATE_FILE in manifest["files"]
     return next(n for n in manifest["files"] if n.endswith(".safetensors"))

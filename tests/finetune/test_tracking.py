@@ -23,12 +23,25 @@ from gpt2tune.finetune.recipe import DataOptions, ModelOptions, RunOptions, fine
 
 
 def options(model, data, out, **train_kw):
-    train = dict(method="lora", max_steps=7, batch_size=2, lr=5e-3, precision="fp32", seed=1,
-                 warmup_steps=1, eval_every=3, report_to="tensorboard")
+    train = dict(
+        method="lora",
+        max_steps=7,
+        batch_size=2,
+        lr=5e-3,
+        precision="fp32",
+        seed=1,
+        warmup_steps=1,
+        eval_every=3,
+        report_to="tensorboard",
+    )
     train.update(train_kw)
-    return RunOptions(out=str(out), model=ModelOptions(model=str(model), device="cpu"),
-                      data=DataOptions(data=str(data), block_size=32, val_split=0.2),
-                      lora=LoRAConfig(r=4, alpha=8, dropout=0.1), train=TrainConfig(**train))
+    return RunOptions(
+        out=str(out),
+        model=ModelOptions(model=str(model), device="cpu"),
+        data=DataOptions(data=str(data), block_size=32, val_split=0.2),
+        lora=LoRAConfig(r=4, alpha=8, dropout=0.1),
+        train=TrainConfig(**train),
+    )
 
 
 def metric_rows(out):
@@ -53,8 +66,18 @@ def f32(x: float) -> np.float32:
 
 def _model() -> GPT2:
     torch.manual_seed(0)
-    return GPT2(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=300,
-                           embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0))
+    return GPT2(
+        GPT2Config(
+            n_layer=2,
+            n_head=2,
+            n_embd=32,
+            n_positions=32,
+            vocab_size=300,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            resid_pdrop=0.0,
+        )
+    )
 
 
 @pytest.mark.parametrize("method, grad_clip", [("full", 1e-3), ("full", 0.0), ("lora", 1e-3)])
@@ -71,8 +94,15 @@ def test_metrics_grad_norm_is_the_global_norm_before_clipping(tmp_path, method, 
     x = torch.randint(0, 300, (4, 16), generator=g)
     y = torch.randint(0, 300, (4, 16), generator=g)
     y[1, :11] = -100  # micro-batches with unequal token counts: the weighting shows in the norm
-    cfg = TrainConfig(method=method, batch_size=2, grad_accum=2, max_steps=1, grad_clip=grad_clip,
-                      precision="fp32", loss_chunk=0)
+    cfg = TrainConfig(
+        method=method,
+        batch_size=2,
+        grad_accum=2,
+        max_steps=1,
+        grad_clip=grad_clip,
+        precision="fp32",
+        loss_chunk=0,
+    )
     trainer = Trainer(model, cfg, total_steps=1, parallel=SingleProcess())
     trainer.start()
     trainer.fit(Rows(x, y), callbacks=[Metrics(tmp_path / "metrics.jsonl")])
@@ -96,8 +126,15 @@ def test_no_clipping_leaves_the_step_untouched():
     g = torch.Generator().manual_seed(2)
     x = torch.randint(0, 300, (2, 16), generator=g)
     y = torch.randint(0, 300, (2, 16), generator=g)
-    cfg = TrainConfig(method="full", grad_clip=0.0, precision="fp32", loss_chunk=0,
-                      warmup_steps=0, schedule="constant", lr=1e-2)
+    cfg = TrainConfig(
+        method="full",
+        grad_clip=0.0,
+        precision="fp32",
+        loss_chunk=0,
+        warmup_steps=0,
+        schedule="constant",
+        lr=1e-2,
+    )
     res = Trainer(ours, cfg, total_steps=1, parallel=SingleProcess()).step([(x, y)])
     opt = make_optimizer(ref, cfg)
     (ref.loss(x, y, chunk_size=0) * 1.0).backward()
@@ -127,13 +164,22 @@ def test_event_files_hold_the_metrics_rows(tiny_hf, corpus, tmp_path):
     val = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in train] == [2, 4, 6, 7] and len(val) >= 3  # every 3, epoch ends
     tb = scalars(out / "tensorboard")
-    assert set(tb) == {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s",
-                       "val/loss", "val/perplexity"}
-    for tag, key, source in [("train/loss", "loss", train), ("train/lr", "lr", train),
-                             ("train/grad_norm", "grad_norm", train),
-                             ("train/tokens_per_s", "tokens_per_s", train),
-                             ("val/loss", "val_loss", val),
-                             ("val/perplexity", "val_perplexity", val)]:
+    assert set(tb) == {
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "val/loss",
+        "val/perplexity",
+    }
+    for tag, key, source in [
+        ("train/loss", "loss", train),
+        ("train/lr", "lr", train),
+        ("train/grad_norm", "grad_norm", train),
+        ("train/tokens_per_s", "tokens_per_s", train),
+        ("val/loss", "val_loss", val),
+        ("val/perplexity", "val_perplexity", val),
+    ]:
         assert [e.step for e in tb[tag]] == [r["step"] for r in source], tag
         assert [f32(e.value) for e in tb[tag]] == [f32(r[key]) for r in source], tag
 
@@ -164,23 +210,41 @@ def test_resumed_run_logs_each_step_once(tiny_hf, corpus, tmp_path):
     val = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in train] == list(range(1, 8))
     tb = scalars(out / "tensorboard")
-    for tag, key, source in [("train/loss", "loss", train),
-                             ("train/tokens_per_s", "tokens_per_s", train),  # differs per run
-                             ("val/loss", "val_loss", val)]:
+    for tag, key, source in [
+        ("train/loss", "loss", train),
+        ("train/tokens_per_s", "tokens_per_s", train),  # differs per run
+        ("val/loss", "val_loss", val),
+    ]:
         assert [e.step for e in tb[tag]] == [r["step"] for r in source], tag
         assert [f32(e.value) for e in tb[tag]] == [f32(r[key]) for r in source], tag
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2
 
 
-def test_report_to_tensorboard_without_the_package_is_one_line(capsys, tiny_hf, corpus, tmp_path,
-                                                               monkeypatch):
+def test_report_to_tensorboard_without_the_package_is_one_line(
+    capsys, tiny_hf, corpus, tmp_path, monkeypatch
+):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
     for name in [m for m in sys.modules if m.startswith("torch.utils.tensorboard")]:
         monkeypatch.delitem(sys.modules, name)
     out = tmp_path / "run"
-    code = main(["train", "--model", str(tiny_hf[0]), "--data", str(corpus), "--out", str(out),
-                 "--max-steps", "2", "--block-size", "32", "--no-progress",
-                 "--report-to", "tensorboard"])
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_hf[0]),
+            "--data",
+            str(corpus),
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--block-size",
+            "32",
+            "--no-progress",
+            "--report-to",
+            "tensorboard",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'gpt2tune[tensorboard]'" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -193,8 +257,19 @@ def test_unknown_report_to_is_refused(capsys, tiny_hf, corpus, tmp_path):
     with pytest.raises(UserError, match="unknown report_to 'wandb'") as e:
         TrainConfig(report_to="wandb").validate()
     assert e.value.field == "report_to"
-    code = main(["train", "--model", str(tiny_hf[0]), "--data", str(corpus), "--out",
-                 str(tmp_path / "run"), "--report-to", "wandb"])
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_hf[0]),
+            "--data",
+            str(corpus),
+            "--out",
+            str(tmp_path / "run"),
+            "--report-to",
+            "wandb",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "wandb" in err and len(err.strip().splitlines()) == 1, err
 

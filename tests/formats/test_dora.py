@@ -17,9 +17,18 @@ def test_peft_dora_adapter_gives_the_same_logits_here(tiny, tmp_path, tokens, ta
     path, hf = tiny
     torch.manual_seed(0)
     # init_lora_weights=False: B is random, so the magnitude differs from the rows' norms too
-    pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
-        task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=targets, fan_in_fan_out=True,
-        init_lora_weights=False, use_dora=True)).eval()
+    pm = peft.get_peft_model(
+        hf_base(path),
+        peft.LoraConfig(
+            task_type="CAUSAL_LM",
+            r=4,
+            lora_alpha=8,
+            target_modules=targets,
+            fan_in_fan_out=True,
+            init_lora_weights=False,
+            use_dora=True,
+        ),
+    ).eval()
     with torch.no_grad():
         for name, p in pm.named_parameters():
             if "lora_magnitude_vector" in name:
@@ -64,18 +73,49 @@ def test_generate_with_a_dora_adapter_equals_peft_greedy(tiny_hf, tmp_path, caps
 
     path, _ = tiny_hf
     torch.manual_seed(3)
-    pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
-        task_type="CAUSAL_LM", r=4, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True,
-        init_lora_weights=False, use_dora=True)).eval()
+    pm = peft.get_peft_model(
+        hf_base(path),
+        peft.LoraConfig(
+            task_type="CAUSAL_LM",
+            r=4,
+            lora_alpha=16,
+            target_modules=["c_attn"],
+            fan_in_fan_out=True,
+            init_lora_weights=False,
+            use_dora=True,
+        ),
+    ).eval()
     pm.save_pretrained(tmp_path)
     ids = Tokenizer().encode("Hello there")
-    ref = pm.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
-                      dtype=torch.long), do_sample=False, max_new_tokens=8, min_new_tokens=8,
-                      pad_token_id=50256)[0, len(ids):].tolist()
+    ref = pm.generate(
+        input_ids=torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=8,
+        min_new_tokens=8,
+        pad_token_id=50256,
+    )[0, len(ids) :].tolist()
     capsys.readouterr()
-    assert main(["generate", "--model", str(path), "--adapter", str(tmp_path), "--prompt",
-                 "Hello there", "--greedy", "--max-new-tokens", "8", "--json",
-                 "--precision", "fp32"]) == 0  # peft's reference runs in fp32
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(path),
+                "--adapter",
+                str(tmp_path),
+                "--prompt",
+                "Hello there",
+                "--greedy",
+                "--max-new-tokens",
+                "8",
+                "--json",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )  # peft's reference runs in fp32
     assert json.loads(capsys.readouterr().out)["token_ids"] == ref
 
 
@@ -85,9 +125,18 @@ def test_dora_gradients_equal_peft(tiny, tmp_path, tokens):
     B's gradients would differ."""
     path, _ = tiny
     torch.manual_seed(2)
-    pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
-        task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["c_attn", "mlp.c_proj"],
-        fan_in_fan_out=True, init_lora_weights=False, use_dora=True)).eval()
+    pm = peft.get_peft_model(
+        hf_base(path),
+        peft.LoraConfig(
+            task_type="CAUSAL_LM",
+            r=4,
+            lora_alpha=8,
+            target_modules=["c_attn", "mlp.c_proj"],
+            fan_in_fan_out=True,
+            init_lora_weights=False,
+            use_dora=True,
+        ),
+    ).eval()
     with torch.no_grad():
         for name, p in pm.named_parameters():
             if "lora_magnitude_vector" in name:
@@ -106,7 +155,7 @@ def test_dora_gradients_equal_peft(tiny, tmp_path, tokens):
     # "...h.0.attn.c_attn.lora_A.default.weight": "h.0.attn.c_attn.lora_A"
     def key(name: str) -> str:
         name = name.replace(".default", "").replace(".weight", "")
-        return name[name.index("h."):]
+        return name[name.index("h.") :]
 
     ref = grads(pm, [(key(n), p) for n, p in pm.named_parameters() if p.requires_grad])
     got = grads(ours, [(key(n), p) for n, p in ours.named_parameters() if p.requires_grad])

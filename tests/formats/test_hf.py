@@ -39,8 +39,11 @@ def test_transformers_tokenizer_loads_saved_dir(tiny_hf, tmp_path):
 def test_pytorch_model_bin_and_old_key_names(tmp_path):
     """OpenAI's original upload: no 'transformer.' prefix, mask buffers, a .bin file."""
     hf = make_hf_model(tmp_path / "src", vocab_size=300)
-    sd = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items()
-          if k != "lm_head.weight"}
+    sd = {
+        k.removeprefix("transformer."): v
+        for k, v in hf.state_dict().items()
+        if k != "lm_head.weight"
+    }
     for i in range(hf.config.n_layer):
         sd[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
         sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
@@ -176,11 +179,27 @@ def test_a_minimal_config_gets_transformers_defaults(tmp_path):
 
     from gpt2tune.formats.hf import config_from_hf
 
-    minimal = {"model_type": "gpt2", "n_layer": 2, "n_head": 3, "n_embd": 48, "n_positions": 64,
-               "vocab_size": 1000}
+    minimal = {
+        "model_type": "gpt2",
+        "n_layer": 2,
+        "n_head": 3,
+        "n_embd": 48,
+        "n_positions": 64,
+        "vocab_size": 1000,
+    }
     ours, ref = config_from_hf(dict(minimal)), HFConfig(**minimal)
-    for field in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner",
-                  "embd_pdrop", "attn_pdrop", "resid_pdrop", "layer_norm_epsilon"):
+    for field in (
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "n_positions",
+        "vocab_size",
+        "n_inner",
+        "embd_pdrop",
+        "attn_pdrop",
+        "resid_pdrop",
+        "layer_norm_epsilon",
+    ):
         assert getattr(ours, field) == getattr(ref, field), field
     assert ref.activation_function == "gelu_new"  # the one GPT-2 activation gpt2tune runs
     with pytest.raises(UserError, match="activation"):

@@ -33,8 +33,10 @@ def test_a_previous_run_needs_resume_or_overwrite(tmp_path):
         prepare_output_dir(out, marker="run.json")
     # the option is named by its field; the CLI spells it as a flag
     assert e.value.field == "out"
-    assert e.value.phrased(as_flag) == (f"--out {out} already holds a previous run; pass --resume "
-                                        "to continue it or --overwrite to replace it")
+    assert e.value.phrased(as_flag) == (
+        f"--out {out} already holds a previous run; pass --resume "
+        "to continue it or --overwrite to replace it"
+    )
     prepare_output_dir(out, marker="run.json", resume=True)
     assert (out / "run.json").is_file()  # resume keeps everything
     prepare_output_dir(out, marker="run.json", overwrite=True)
@@ -58,8 +60,9 @@ def test_replace_own_replaces_only_own_output(tmp_path):
     (own / "demo.json").write_text("{}")
     prepare_output_dir(own, marker="demo.json", what="demo", replace_own=True)
     assert list(own.iterdir()) == []
-    with pytest.raises(UserError, match="other files; pass overwrite to replace it, or choose "
-                                        "another out$"):
+    with pytest.raises(
+        UserError, match="other files; pass overwrite to replace it, or choose another out$"
+    ):
         prepare_output_dir(other, marker="demo.json", what="demo", replace_own=True)
     assert (other / "x.png").is_file()  # nothing lost on refusal
 
@@ -67,8 +70,11 @@ def test_replace_own_replaces_only_own_output(tmp_path):
 def test_a_locked_dir_is_refused_naming_the_holder_and_free_after_release(tmp_path):
     out = tmp_path / "a" / "run"
     first = OutputLock(out, "gpt2tune train").acquire()
-    with pytest.raises(UserError, match=rf"^out {out} is in use by process {os.getpid()} "
-                                        r"\(gpt2tune train\); wait for it to finish"):
+    with pytest.raises(
+        UserError,
+        match=rf"^out {out} is in use by process {os.getpid()} "
+        r"\(gpt2tune train\); wait for it to finish",
+    ):
         OutputLock(out, "gpt2tune compare").acquire()
     first.release()
     with OutputLock(out, "gpt2tune compare"):
@@ -95,11 +101,14 @@ def test_the_lock_file_is_not_output_and_survives_overwrite(tmp_path):
 
 def test_a_lock_held_by_a_killed_process_does_not_block(tmp_path):
     out = tmp_path / "run"
-    code = ("import sys, time; from gpt2tune.formats.outdir import OutputLock; "
-            "OutputLock(sys.argv[1], 'gpt2tune train').acquire(); print('held', flush=True); "
-            "time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
-                            text=True)
+    code = (
+        "import sys, time; from gpt2tune.formats.outdir import OutputLock; "
+        "OutputLock(sys.argv[1], 'gpt2tune train').acquire(); print('held', flush=True); "
+        "time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "held"
         with pytest.raises(UserError, match=f"in use by process {proc.pid} "):
@@ -121,7 +130,10 @@ def test_an_out_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
         return real_open(path, *a, **k)
 
     monkeypatch.setattr(os, "open", denied)
-    with pytest.raises(UserError, match=r"cannot write to out .*/new: Permission denied; "
-                                        "choose a directory you can write to"):
+    with pytest.raises(
+        UserError,
+        match=r"cannot write to out .*/new: Permission denied; "
+        "choose a directory you can write to",
+    ):
         OutputLock(tmp_path / "new", "gpt2tune train").acquire()
     assert not (tmp_path / "new").exists()

@@ -22,9 +22,17 @@ def base(tmp_path_factory):
     path = tmp_path_factory.mktemp("clf-base")
     torch.manual_seed(0)
     labels = {0: "news", 1: "play", 2: "poem"}
-    GPT2ForSequenceClassification(GPT2Config(
-        n_layer=2, n_head=3, n_embd=48, n_positions=64, pad_token_id=PAD, id2label=labels,
-        label2id={v: k for k, v in labels.items()})).save_pretrained(path)
+    GPT2ForSequenceClassification(
+        GPT2Config(
+            n_layer=2,
+            n_head=3,
+            n_embd=48,
+            n_positions=64,
+            pad_token_id=PAD,
+            id2label=labels,
+            label2id={v: k for k, v in labels.items()},
+        )
+    ).save_pretrained(path)
     return path
 
 
@@ -40,9 +48,17 @@ MASK = (IDS != PAD).long()
 
 def test_peft_seq_cls_adapter_loads_here_with_its_head(base, tmp_path):
     torch.manual_seed(1)
-    pm = peft.get_peft_model(hf_base(base), peft.LoraConfig(
-        task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True,
-        init_lora_weights=False)).eval()
+    pm = peft.get_peft_model(
+        hf_base(base),
+        peft.LoraConfig(
+            task_type="SEQ_CLS",
+            r=4,
+            lora_alpha=8,
+            target_modules=["c_attn"],
+            fan_in_fan_out=True,
+            init_lora_weights=False,
+        ),
+    ).eval()
     with torch.no_grad():  # a trained head, different from the base checkpoint's
         pm.base_model.model.score.modules_to_save["default"].weight.normal_(0, 0.5)
     pm.save_pretrained(tmp_path)
@@ -72,8 +88,12 @@ def test_our_classification_adapter_loads_in_peft(base, tmp_path):
     assert saved["task_type"] == "SEQ_CLS" and saved["modules_to_save"] == ["score"]
     pm = peft.PeftModel.from_pretrained(hf_base(base), tmp_path).eval()
     with torch.no_grad():
-        torch.testing.assert_close(pm(input_ids=IDS, attention_mask=MASK).logits,
-                                   ours.classify(IDS, attention_mask=MASK), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            pm(input_ids=IDS, attention_mask=MASK).logits,
+            ours.classify(IDS, attention_mask=MASK),
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 def test_a_classification_adapter_is_refused_on_a_language_model(base, tmp_path):

@@ -31,13 +31,22 @@ def run_alone(model, request: GenerationRequest, **kw) -> list[list[int]]:
 
 
 REQUESTS = [
-    GenerationRequest([464, 2068, 7586, 21831, 18045], SamplingConfig(max_new_tokens=12, greedy=True,
-                                                            stop_at_eot=False)),
-    GenerationRequest([40], SamplingConfig(max_new_tokens=7, top_k=50, seed=3, stop_at_eot=False), n=2),
-    GenerationRequest([1639, 389, 257], SamplingConfig(max_new_tokens=9, greedy=True,
-                                             repetition_penalty=1.3, stop_at_eot=False)),
-    GenerationRequest([11, 12, 13, 14, 15, 16, 17], SamplingConfig(max_new_tokens=5, top_p=0.9,
-                                                         temperature=0.7, seed=5), n=3),
+    GenerationRequest(
+        [464, 2068, 7586, 21831, 18045],
+        SamplingConfig(max_new_tokens=12, greedy=True, stop_at_eot=False),
+    ),
+    GenerationRequest(
+        [40], SamplingConfig(max_new_tokens=7, top_k=50, seed=3, stop_at_eot=False), n=2
+    ),
+    GenerationRequest(
+        [1639, 389, 257],
+        SamplingConfig(max_new_tokens=9, greedy=True, repetition_penalty=1.3, stop_at_eot=False),
+    ),
+    GenerationRequest(
+        [11, 12, 13, 14, 15, 16, 17],
+        SamplingConfig(max_new_tokens=5, top_p=0.9, temperature=0.7, seed=5),
+        n=3,
+    ),
 ]
 
 
@@ -77,15 +86,19 @@ def test_samples_of_one_prompt_share_one_prefill(ours, monkeypatch):
         return original(self, input_ids, **kw)
 
     monkeypatch.setattr(type(ours), "hidden_states", counting)
-    run_alone(ours, GenerationRequest([1, 2, 3, 4, 5, 6], SamplingConfig(max_new_tokens=3, seed=0), n=4))
+    run_alone(
+        ours, GenerationRequest([1, 2, 3, 4, 5, 6], SamplingConfig(max_new_tokens=3, seed=0), n=4)
+    )
     prefills = [s for s in calls if s[1] > 1]
     assert prefills == [(1, 5)]  # once, one row: all but the last prompt token
     assert all(s == (4, 1) for s in calls if s[1] == 1)
     # requests that join at the same step are prefilled in one pass, padded to the longest
     calls.clear()
     engine = Engine(ours, eot_id=EOT, max_batch=8)
-    reqs = [GenerationRequest(p, SamplingConfig(max_new_tokens=4, greedy=True), n=2)
-            for p in ([1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12])]
+    reqs = [
+        GenerationRequest(p, SamplingConfig(max_new_tokens=4, greedy=True), n=2)
+        for p in ([1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12])
+    ]
     ids = [engine.submit(r) for r in reqs]
     got = {i: [[], []] for i in ids}
     while not engine.idle:
@@ -96,17 +109,24 @@ def test_samples_of_one_prompt_share_one_prefill(ours, monkeypatch):
     assert [got[i] for i in ids] == [run_alone(ours, r) for r in reqs]
 
 
-@pytest.mark.parametrize("sampling", [
-    dict(greedy=True),
-    dict(temperature=0.3, top_k=4, top_p=0.8, repetition_penalty=1.5, seed=2),
-], ids=["greedy", "sampled-and-filtered"])
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        dict(greedy=True),
+        dict(temperature=0.3, top_k=4, top_p=0.8, repetition_penalty=1.5, seed=2),
+    ],
+    ids=["greedy", "sampled-and-filtered"],
+)
 def test_logprobs_are_the_models_distribution(ours, sampling):
     """Log-probabilities under the model itself, before temperature, repetition penalty and
     top-k/top-p filtering: the reference is the full forward pass's log-softmax."""
     prompt = [464, 2068, 7586]
     engine = Engine(ours, eot_id=EOT)
-    engine.submit(GenerationRequest(prompt, SamplingConfig(max_new_tokens=6, stop_at_eot=False,
-                                                           **sampling), logprobs=3))
+    engine.submit(
+        GenerationRequest(
+            prompt, SamplingConfig(max_new_tokens=6, stop_at_eot=False, **sampling), logprobs=3
+        )
+    )
     seq = list(prompt)
     while not engine.idle:
         (t,) = engine.step()
@@ -123,8 +143,11 @@ def test_logprobs_are_the_models_distribution(ours, sampling):
 
 def test_cancel_frees_rows_for_waiting_requests(ours):
     engine = Engine(ours, eot_id=EOT, max_batch=2)
-    long = engine.submit(GenerationRequest([1, 2], SamplingConfig(max_new_tokens=40, greedy=True,
-                                                        stop_at_eot=False), n=2))
+    long = engine.submit(
+        GenerationRequest(
+            [1, 2], SamplingConfig(max_new_tokens=40, greedy=True, stop_at_eot=False), n=2
+        )
+    )
     short = engine.submit(GenerationRequest([3], SamplingConfig(max_new_tokens=2, greedy=True)))
     engine.step()
     assert engine.queued == 1
@@ -169,16 +192,28 @@ def test_mixed_adapter_batch_equals_each_adapter_alone(tiny, tmp_path):
     dirs = {}
     for i, name in enumerate(("a", "b")):
         torch.manual_seed(20 + i)
-        pm = peft.get_peft_model(hf_base(path), peft.LoraConfig(
-            task_type="CAUSAL_LM", fan_in_fan_out=True, init_lora_weights=False, r=4,
-            lora_alpha=32, target_modules=["c_attn", "c_proj"]))
+        pm = peft.get_peft_model(
+            hf_base(path),
+            peft.LoraConfig(
+                task_type="CAUSAL_LM",
+                fan_in_fan_out=True,
+                init_lora_weights=False,
+                r=4,
+                lora_alpha=32,
+                target_modules=["c_attn", "c_proj"],
+            ),
+        )
         pm.save_pretrained(tmp_path / name)
         dirs[name] = tmp_path / name
     model = load_model(path).eval()
     install_adapters(model, {n: read_adapter(d, model) for n, d in dirs.items()})
     cfg = SamplingConfig(max_new_tokens=10, greedy=True, stop_at_eot=False)
-    reqs = [GenerationRequest([5, 6, 7], cfg, adapter="a"), GenerationRequest([5, 6, 7], cfg, adapter="b"),
-            GenerationRequest([5, 6, 7], cfg), GenerationRequest([9, 8], cfg, adapter="b")]
+    reqs = [
+        GenerationRequest([5, 6, 7], cfg, adapter="a"),
+        GenerationRequest([5, 6, 7], cfg, adapter="b"),
+        GenerationRequest([5, 6, 7], cfg),
+        GenerationRequest([9, 8], cfg, adapter="b"),
+    ]
     engine = Engine(model, eot_id=999, max_batch=4)
     ids = [engine.submit(r) for r in reqs]
     got = {rid: [] for rid in ids}

@@ -22,8 +22,11 @@ def _hf_doc_loss_sum(hf, ids: list[int]) -> tuple[float, int]:
 def test_perplexity_equals_transformers_per_document(tiny_hf):
     path, hf = tiny_hf
     tok = Tokenizer()
-    texts = ["The cat sat on the mat.", "A longer document, with punctuation; and more words.",
-             "Short"]
+    texts = [
+        "The cat sat on the mat.",
+        "A longer document, with punctuation; and more words.",
+        "Short",
+    ]
     docs = [tok.encode(t) + [EOT] for t in texts]
     total, count = 0.0, 0
     for d in docs:  # each document alone: no context from the others
@@ -60,7 +63,9 @@ def test_long_document_with_stride_matches_transformers_windows(tiny_hf):
         with torch.no_grad():
             logits = hf(torch.tensor([inp])).logits[0]
         t = torch.tensor(tgt)
-        total += torch.nn.functional.cross_entropy(logits, t, ignore_index=-100, reduction="sum").item()
+        total += torch.nn.functional.cross_entropy(
+            logits, t, ignore_index=-100, reduction="sum"
+        ).item()
         count += int((t != -100).sum())
     res = evaluate(load_model(path), [doc], stride=32, batch_size=3)
     assert count == 149 and res.tokens == 149

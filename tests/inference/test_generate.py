@@ -27,18 +27,30 @@ def ours(tiny_hf):
 def test_greedy_matches_transformers_generate(tiny_hf, ours):
     _, hf = tiny_hf
     prompt = Tokenizer().encode("The quick brown fox jumps over")
-    ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                      do_sample=False, max_new_tokens=30, min_new_tokens=30, pad_token_id=EOT)
-    got = generate_ids(ours, [prompt], SamplingConfig(max_new_tokens=30, greedy=True,
-                                                      stop_at_eot=False), eot_id=EOT)
-    assert got[0] == ref[0, len(prompt):].tolist()
+    ref = hf.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=30,
+        min_new_tokens=30,
+        pad_token_id=EOT,
+    )
+    got = generate_ids(
+        ours,
+        [prompt],
+        SamplingConfig(max_new_tokens=30, greedy=True, stop_at_eot=False),
+        eot_id=EOT,
+    )
+    assert got[0] == ref[0, len(prompt) :].tolist()
     assert len(got[0]) == 30
 
 
 def test_kv_cache_output_identical_to_no_cache(ours):
     prompts = [[464, 2068, 7586], [40, 1101]]
-    for cfg in (SamplingConfig(max_new_tokens=20, greedy=True, stop_at_eot=False),
-                SamplingConfig(max_new_tokens=20, top_k=50, seed=3, stop_at_eot=False)):
+    for cfg in (
+        SamplingConfig(max_new_tokens=20, greedy=True, stop_at_eot=False),
+        SamplingConfig(max_new_tokens=20, top_k=50, seed=3, stop_at_eot=False),
+    ):
         with_cache = generate_ids(ours, prompts, cfg, eot_id=EOT, use_cache=True)
         without = generate_ids(ours, prompts, cfg, eot_id=EOT, use_cache=False)
         assert with_cache == without
@@ -71,11 +83,14 @@ def _hf_processors(cfg: SamplingConfig):
     return procs
 
 
-@pytest.mark.parametrize("cfg", [
-    SamplingConfig(temperature=0.7, top_k=20),
-    SamplingConfig(top_p=0.9),
-    SamplingConfig(temperature=1.3, top_p=0.5, repetition_penalty=1.3),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SamplingConfig(temperature=0.7, top_k=20),
+        SamplingConfig(top_p=0.9),
+        SamplingConfig(temperature=1.3, top_p=0.5, repetition_penalty=1.3),
+    ],
+)
 def test_sampling_filters_match_transformers(cfg):
     torch.manual_seed(0)
     logits = torch.randn(4, 1000) * 3
@@ -116,13 +131,16 @@ def test_priming_is_trimmed_from_the_left():
     assert ids == full[-44:]
 
 
-@pytest.mark.parametrize("prime, prompt, text", [
-    ("FALSTAFF: Peace.", "HAL:", "FALSTAFF: Peace.\nHAL:"),  # joined with a newline
-    ("FALSTAFF: Peace.\n", "HAL:", "FALSTAFF: Peace.\nHAL:"),  # already ends in whitespace
-    ("FALSTAFF: Peace. ", "HAL:", "FALSTAFF: Peace. HAL:"),
-    ("FALSTAFF: Peace.", "", "FALSTAFF: Peace."),  # no prompt: nothing to join
-    (None, "HAL:", "HAL:"),
-])
+@pytest.mark.parametrize(
+    "prime, prompt, text",
+    [
+        ("FALSTAFF: Peace.", "HAL:", "FALSTAFF: Peace.\nHAL:"),  # joined with a newline
+        ("FALSTAFF: Peace.\n", "HAL:", "FALSTAFF: Peace.\nHAL:"),  # already ends in whitespace
+        ("FALSTAFF: Peace. ", "HAL:", "FALSTAFF: Peace. HAL:"),
+        ("FALSTAFF: Peace.", "", "FALSTAFF: Peace."),  # no prompt: nothing to join
+        (None, "HAL:", "HAL:"),
+    ],
+)
 def test_prime_is_joined_as_documented(prime, prompt, text):
     ids, trimmed = build_context(Tokenizer(), prompt, prime, max_new_tokens=8, n_positions=64)
     assert ids == Tokenizer().encode(text) and trimmed == 0
@@ -147,12 +165,13 @@ def test_streamed_pieces_join_up_to_the_text_with_long_stop_strings(ours):
     (free,) = generate(ours, tok, "Hello", cfg)
     half = len(free.text) // 2
     assert half > 12
-    for stops in ([free.text[half:half + 3]], [free.text[half + 2:half + 7], "never-appears"]):
+    for stops in ([free.text[half : half + 3]], [free.text[half + 2 : half + 7], "never-appears"]):
         pieces: list[str] = []
         cfg = SamplingConfig(max_new_tokens=30, greedy=True, stop_at_eot=False, stop=stops)
-        (cut,) = generate(ours, tok, "Hello", cfg,
-                          on_text=lambda _row, p, pieces=pieces: pieces.append(p))
-        assert cut.text == free.text[:free.text.find(stops[0])]
+        (cut,) = generate(
+            ours, tok, "Hello", cfg, on_text=lambda _row, p, pieces=pieces: pieces.append(p)
+        )
+        assert cut.text == free.text[: free.text.find(stops[0])]
         assert "".join(pieces) == cut.text and len(pieces) > 1
 
 
@@ -162,10 +181,14 @@ def test_stop_strings_cut_text(ours):
     free = generate(ours, tok, "Hello", cfg)[0]
     assert len(free.text) > 4
     stop = free.text[2:4]
-    cut = generate(ours, tok, "Hello", SamplingConfig(max_new_tokens=30, greedy=True,
-                                                      stop_at_eot=False, stop=[stop]))[0]
-    assert cut.text == free.text[:free.text.find(stop)]
-    assert free.token_ids[:len(cut.token_ids)] == cut.token_ids
+    cut = generate(
+        ours,
+        tok,
+        "Hello",
+        SamplingConfig(max_new_tokens=30, greedy=True, stop_at_eot=False, stop=[stop]),
+    )[0]
+    assert cut.text == free.text[: free.text.find(stop)]
+    assert free.token_ids[: len(cut.token_ids)] == cut.token_ids
 
 
 def test_prompt_too_long_for_context_is_a_clear_error(ours):
@@ -190,11 +213,12 @@ def test_decode_yields_each_rows_tokens_and_leaves_no_global_state(ours):
                 ended[i] = token == EOT
     for p, row in zip(prompts, rows):
         alone = generate_ids(ours, [p], cfg, eot_id=EOT, autocast_dtype=torch.bfloat16)[0]
-        assert row[:len(alone)] == alone and row[len(alone):] in ([], [EOT])
+        assert row[: len(alone)] == alone and row[len(alone) :] in ([], [EOT])
     # leaving the loop early stops decoding: no more steps are computed
     steps = 0
-    for _ in decode(ours, prompts, SamplingConfig(max_new_tokens=30, greedy=True,
-                                                  stop_at_eot=False), eot_id=EOT):
+    for _ in decode(
+        ours, prompts, SamplingConfig(max_new_tokens=30, greedy=True, stop_at_eot=False), eot_id=EOT
+    ):
         steps += 1
         if steps == 3:
             break
@@ -216,15 +240,18 @@ def test_draw_follows_the_distribution_and_never_picks_filtered_tokens():
     assert torch.equal(got, again)
 
 
-@pytest.mark.parametrize("args", [
-    ["--num-samples", "0"],
-    ["--max-new-tokens", "0"],
-    ["--max-new-tokens", "64"],  # the tiny model's whole context
-    ["--temperature", "0"],
-    ["--top-k", "-1"],
-    ["--top-p", "1.5"],
-    ["--repetition-penalty", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--num-samples", "0"],
+        ["--max-new-tokens", "0"],
+        ["--max-new-tokens", "64"],  # the tiny model's whole context
+        ["--temperature", "0"],
+        ["--top-k", "-1"],
+        ["--top-p", "1.5"],
+        ["--repetition-penalty", "0"],
+    ],
+)
 def test_the_cli_names_the_flag_it_was_given(tiny_hf, capsys, args):
     """The library's errors name fields; `gpt2tune generate` spells them as its own flags: the
     flag the test gave, and only flags the command has."""

@@ -82,13 +82,18 @@ def _report() -> Report:
     r = Report("Results <for> A & B")
     r.intro.append(Paragraph("An **important** intro with `x < y` code."))
     r.section("Numbers").add(
-        Table(["method", "loss | nats", "note"],
-              [["LoRA r=4", "8.178", "two\nlines"], ["full <all>", "8.020", "a & b"]],
-              caption="Held-out loss"),
-        Figure(PNG, "loss_curves.png", 'Loss "curves" <per> method'))
+        Table(
+            ["method", "loss | nats", "note"],
+            [["LoRA r=4", "8.178", "two\nlines"], ["full <all>", "8.020", "a & b"]],
+            caption="Held-out loss",
+        ),
+        Figure(PNG, "loss_curves.png", 'Loss "curves" <per> method'),
+    )
     r.sections.append(Section("Details", level=3))
-    r.sections[-1].add(Code("gpt2tune train --out 'a b' <x>\n"),
-                       Columns(["base", "tuned"], ["first\n\nsecond", "<b>not bold</b>"]))
+    r.sections[-1].add(
+        Code("gpt2tune train --out 'a b' <x>\n"),
+        Columns(["base", "tuned"], ["first\n\nsecond", "<b>not bold</b>"]),
+    )
     return r
 
 
@@ -96,8 +101,10 @@ def test_html_table_cells_and_alignment_read_back():
     page = _parse(render_html(_report()))
     header, *rows = page.cells
     assert [t for t, _ in header] == ["method", "loss | nats", "note"]
-    assert [[t for t, _ in row] for row in rows] == [["LoRA r=4", "8.178", "two\nlines"],
-                                                     ["full <all>", "8.020", "a & b"]]
+    assert [[t for t, _ in row] for row in rows] == [
+        ["LoRA r=4", "8.178", "two\nlines"],
+        ["full <all>", "8.020", "a & b"],
+    ]
     # numeric=None: every column but the first is right-aligned
     assert [["class" in a for _, a in row] for row in rows] == [[False, True, True]] * 2
 
@@ -106,7 +113,7 @@ def test_markdown_table_cells_read_back():
     md = render_markdown(_report())
     lines = md.splitlines()
     start = lines.index("*Held-out loss*") + 2
-    table = lines[start:start + 4]
+    table = lines[start : start + 4]
 
     def cells(line: str) -> list[str]:
         parts = re.split(r"(?<!\\)\|", line.strip())[1:-1]
@@ -129,7 +136,7 @@ def test_figure_is_written_beside_the_markdown_and_embedded_in_the_html(tmp_path
     (img,) = page.images
     prefix = "data:image/png;base64,"
     assert img["src"].startswith(prefix)
-    assert base64.b64decode(img["src"][len(prefix):], validate=True) == PNG
+    assert base64.b64decode(img["src"][len(prefix) :], validate=True) == PNG
     assert img["alt"] == 'Loss "curves" <per> method'
     assert 'Loss "curves" <per> method' in page.text
 
@@ -137,9 +144,34 @@ def test_figure_is_written_beside_the_markdown_and_embedded_in_the_html(tmp_path
 def test_html_escapes_text_and_renders_inline_marks():
     page = _parse(render_html(_report()))
     # the title, cells, code and columns hold "<...>", but only the renderer's tags exist
-    assert set(page.tags) <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3",
-                              "h4", "p", "b", "code", "table", "caption", "thead", "tbody", "tr",
-                              "th", "td", "br", "figure", "img", "figcaption", "pre", "div"}
+    assert set(page.tags) <= {
+        "html",
+        "head",
+        "meta",
+        "title",
+        "style",
+        "body",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "p",
+        "b",
+        "code",
+        "table",
+        "caption",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
+        "br",
+        "figure",
+        "img",
+        "figcaption",
+        "pre",
+        "div",
+    }
     assert page.tags.count("b") == 1  # from **important**; "<b>not bold</b>" stays text
     assert ("h1", "Results <for> A & B") in page.headings
     assert "An important intro with x < y code." in page.text
@@ -150,9 +182,15 @@ def test_headings_follow_section_levels():
     r = _report()
     md = render_markdown(r)
     assert re.findall(r"^#+ .*$", md, flags=re.MULTILINE) == [
-        "# Results <for> A & B", "## Numbers", "### Details"]
+        "# Results <for> A & B",
+        "## Numbers",
+        "### Details",
+    ]
     assert _parse(render_html(r)).headings == [
-        ("h1", "Results <for> A & B"), ("h2", "Numbers"), ("h3", "Details")]
+        ("h1", "Results <for> A & B"),
+        ("h2", "Numbers"),
+        ("h3", "Details"),
+    ]
 
 
 def test_markdown_columns_quote_each_text_under_its_heading():

@@ -41,8 +41,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(dirs: dict[str, Path], log: Path, *extra: str,
-                 models: list[str] | None = None, in_process: bool = True) -> Served:
+def start_server(
+    dirs: dict[str, Path],
+    log: Path,
+    *extra: str,
+    models: list[str] | None = None,
+    in_process: bool = True,
+) -> Served:
     """Start `gpt2tune serve` and wait until /health answers.
 
     By default it serves dirs' tiny-base with the news and falstaff adapters and the full
@@ -51,9 +56,18 @@ def start_server(dirs: dict[str, Path], log: Path, *extra: str,
     """
     port = free_port()
     if models is None:
-        models = ["--model", str(dirs["tiny-base"]), "--adapter", f"news={dirs['news']}",
-                  "--adapter", f"falstaff={dirs['falstaff']}", "--variant", f"full={dirs['full']}",
-                  "--classifier", f"kind={dirs['kind']}"]
+        models = [
+            "--model",
+            str(dirs["tiny-base"]),
+            "--adapter",
+            f"news={dirs['news']}",
+            "--adapter",
+            f"falstaff={dirs['falstaff']}",
+            "--variant",
+            f"full={dirs['full']}",
+            "--classifier",
+            f"kind={dirs['kind']}",
+        ]
     args = ["serve", *models, "--port", str(port), *extra]
     url = f"http://127.0.0.1:{port}"
     names = ["tiny-base", "news", "falstaff", "full"]
@@ -66,12 +80,17 @@ def start_server(dirs: dict[str, Path], log: Path, *extra: str,
     # other thread counts, so the server gets the same count (as same_threads_env does)
     threads = str(torch.get_num_threads())
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2tune", *args], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2tune", *args],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
     try:
-        _wait_for_health(url, lambda: None if proc.poll() is None
-                         else f"server exited with {proc.returncode}")
+        _wait_for_health(
+            url, lambda: None if proc.poll() is None else f"server exited with {proc.returncode}"
+        )
     except RuntimeError as e:  # what it printed says why
         proc.kill()
         raise RuntimeError(f"{e}:\n{log.read_text()}") from None

@@ -43,8 +43,12 @@ def get(url: str, headers: dict | None = None) -> tuple[int, dict]:
 
 
 def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.load(r)
@@ -53,8 +57,9 @@ def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]
 
 
 def greedy(client, model: str, prompt: str = PROMPT, max_tokens: int = 12, **kw) -> str:
-    r = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
-                                  temperature=0, **kw)
+    r = client.completions.create(
+        model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, **kw
+    )
     return r.choices[0].text
 
 
@@ -62,8 +67,13 @@ def test_models_lists_base_adapters_and_variants(client, live_server):
     models = client.models.list().data
     assert [m.id for m in models] == live_server.models + ["kind"]
     kinds = {m.id: m.model_extra["kind"] for m in models}
-    assert kinds == {"tiny-base": "base", "news": "adapter", "falstaff": "adapter", "full": "variant",
-                     "kind": "classifier"}
+    assert kinds == {
+        "tiny-base": "base",
+        "news": "adapter",
+        "falstaff": "adapter",
+        "full": "variant",
+        "kind": "classifier",
+    }
 
 
 def test_greedy_equals_generate_greedy_for_every_model(client, live_server, capsys):
@@ -73,21 +83,29 @@ def test_greedy_equals_generate_greedy_for_every_model(client, live_server, caps
         assert r.object == "text_completion" and r.model == model
         assert r.choices[0].finish_reason in ("stop", "length")
         texts[model] = r.choices[0].text
-        expected = cli_generate(capsys, live_server, model, PROMPT, "--greedy",
-                                "--max-new-tokens", "12")
+        expected = cli_generate(
+            capsys, live_server, model, PROMPT, "--greedy", "--max-new-tokens", "12"
+        )
         assert texts[model] == expected[0], model
         assert r.usage.completion_tokens >= len(r.choices[0].text and [1])
     assert len(set(texts.values())) == 4  # every adapter and the variant change the text
 
 
 def test_streamed_text_equals_the_whole_answer(client):
-    for kw in (dict(temperature=0), dict(temperature=0.9, top_k=40, seed=11),
-               dict(temperature=0.8, seed=3, stop=["e"])):
+    for kw in (
+        dict(temperature=0),
+        dict(temperature=0.9, top_k=40, seed=11),
+        dict(temperature=0.8, seed=3, stop=["e"]),
+    ):
         extra = {"top_k": kw.pop("top_k")} if "top_k" in kw else None
-        whole = client.completions.create(model="news", prompt=PROMPT, max_tokens=20,
-                                          extra_body=extra, **kw)
-        chunks = list(client.completions.create(model="news", prompt=PROMPT, max_tokens=20,
-                                                stream=True, extra_body=extra, **kw))
+        whole = client.completions.create(
+            model="news", prompt=PROMPT, max_tokens=20, extra_body=extra, **kw
+        )
+        chunks = list(
+            client.completions.create(
+                model="news", prompt=PROMPT, max_tokens=20, stream=True, extra_body=extra, **kw
+            )
+        )
         assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
         assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
 
@@ -105,8 +123,12 @@ def test_stream_options_include_usage_adds_one_usage_chunk(client):
             kw = dict(model="falstaff", prompt=PROMPT, max_tokens=9, temperature=0)
         else:
             create = client.chat.completions.create
-            kw = dict(model="falstaff", messages=[{"role": "user", "content": PROMPT}],
-                      max_tokens=9, temperature=0)
+            kw = dict(
+                model="falstaff",
+                messages=[{"role": "user", "content": PROMPT}],
+                max_tokens=9,
+                temperature=0,
+            )
         whole = create(**kw)
         chunks = list(create(**kw, stream=True, stream_options={"include_usage": True}))
         with_usage = [c for c in chunks if c.usage is not None]
@@ -122,37 +144,55 @@ def test_stream_options_include_usage_adds_one_usage_chunk(client):
 def test_stop_strings_cut_before_the_stop(client):
     free = greedy(client, "falstaff", max_tokens=20)
     stop = free[5:7]
-    r = client.completions.create(model="falstaff", prompt=PROMPT, max_tokens=20, temperature=0,
-                                  stop=[stop, "never-appears"])
-    assert r.choices[0].text == free[:free.find(stop)]
+    r = client.completions.create(
+        model="falstaff", prompt=PROMPT, max_tokens=20, temperature=0, stop=[stop, "never-appears"]
+    )
+    assert r.choices[0].text == free[: free.find(stop)]
     assert r.choices[0].finish_reason == "stop"
 
 
 def test_n_samples_equal_generate_num_samples_with_the_seed(client, live_server, capsys):
-    r = client.completions.create(model="news", prompt=PROMPT, max_tokens=10, n=3, seed=7,
-                                  temperature=0.9, top_p=0.95)
+    r = client.completions.create(
+        model="news", prompt=PROMPT, max_tokens=10, n=3, seed=7, temperature=0.9, top_p=0.95
+    )
     assert [c.index for c in r.choices] == [0, 1, 2]
     texts = [c.text for c in r.choices]
     assert len(set(texts)) > 1
-    expected = cli_generate(capsys, live_server, "news", PROMPT, "--num-samples", "3", "--seed",
-                            "7", "--temperature", "0.9", "--top-p", "0.95",
-                            "--max-new-tokens", "10")
+    expected = cli_generate(
+        capsys,
+        live_server,
+        "news",
+        PROMPT,
+        "--num-samples",
+        "3",
+        "--seed",
+        "7",
+        "--temperature",
+        "0.9",
+        "--top-p",
+        "0.95",
+        "--max-new-tokens",
+        "10",
+    )
     assert texts == expected
 
 
 def test_prompt_list_echo_logprobs_and_priming(client):
-    r = client.completions.create(model="tiny-base", prompt=["One", "Two"], max_tokens=4,
-                                  temperature=0, echo=True)
+    r = client.completions.create(
+        model="tiny-base", prompt=["One", "Two"], max_tokens=4, temperature=0, echo=True
+    )
     assert [c.text[:3] for c in r.choices] == ["One", "Two"]
     assert r.choices[1].text == "Two" + greedy(client, "tiny-base", "Two", 4)
-    r = client.completions.create(model="news", prompt=PROMPT, max_tokens=5, temperature=0,
-                                  logprobs=2)
+    r = client.completions.create(
+        model="news", prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2
+    )
     lp = r.choices[0].logprobs
     assert "".join(lp.tokens) == r.choices[0].text
     assert all(len(top) == 2 for top in lp.top_logprobs)
     # greedy picks the most likely token, so its log-probability is the top one
-    assert all(abs(max(top.values()) - v) < 1e-5 for top, v in zip(lp.top_logprobs,
-                                                                   lp.token_logprobs))
+    assert all(
+        abs(max(top.values()) - v) < 1e-5 for top, v in zip(lp.top_logprobs, lp.token_logprobs)
+    )
     primed = greedy(client, "news", "Q:", 6, extra_body={"prime": "A poem about the sea."})
     assert primed == greedy(client, "news", "A poem about the sea.\nQ:", 6)
     # a prime that ends in whitespace is joined as it is
@@ -163,23 +203,30 @@ def test_prompt_list_echo_logprobs_and_priming(client):
 def test_chat_uses_the_documented_template(client):
     """The reference is the README's template written out by hand: system (and developer) text
     first, then one line per message, ending with "Assistant:"."""
-    messages = [{"role": "system", "content": "You speak like Falstaff."},
-                {"role": "user", "content": "What is honour?"},
-                {"role": "assistant", "content": "A word."},
-                {"role": "developer", "content": "Be brief."},
-                {"role": "user", "content": "And what is in that word?"}]
-    r = client.chat.completions.create(model="falstaff", messages=messages, max_tokens=10,
-                                       temperature=0)
+    messages = [
+        {"role": "system", "content": "You speak like Falstaff."},
+        {"role": "user", "content": "What is honour?"},
+        {"role": "assistant", "content": "A word."},
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "And what is in that word?"},
+    ]
+    r = client.chat.completions.create(
+        model="falstaff", messages=messages, max_tokens=10, temperature=0
+    )
     assert r.object == "chat.completion"
     assert r.choices[0].message.role == "assistant"
-    prompt = ("You speak like Falstaff.\n\nUser: What is honour?\nAssistant: A word.\n"
-              "Be brief.\n\nUser: And what is in that word?\nAssistant:")
-    assert r.choices[0].message.content == greedy(client, "falstaff", prompt, 10,
-                                                  stop=["\nUser:"])
-    streamed = client.chat.completions.create(model="falstaff", messages=messages, max_tokens=10,
-                                              temperature=0, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
-        r.choices[0].message.content
+    prompt = (
+        "You speak like Falstaff.\n\nUser: What is honour?\nAssistant: A word.\n"
+        "Be brief.\n\nUser: And what is in that word?\nAssistant:"
+    )
+    assert r.choices[0].message.content == greedy(client, "falstaff", prompt, 10, stop=["\nUser:"])
+    streamed = client.chat.completions.create(
+        model="falstaff", messages=messages, max_tokens=10, temperature=0, stream=True
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        == r.choices[0].message.content
+    )
 
 
 def test_eight_concurrent_requests_on_mixed_models_each_equal_alone(serve_files, tmp_path):
@@ -187,11 +234,24 @@ def test_eight_concurrent_requests_on_mixed_models_each_equal_alone(serve_files,
     time they run alone (largest batch 1), together they share batches and give the same text."""
     served = start_server(serve_files, tmp_path / "serve.log")
     try:
-        with openai.OpenAI(base_url=served.url + "/v1", api_key="-", max_retries=0,
-                           timeout=60) as c:
-            jobs = [(model, f"{PROMPT} {i}") for i, model in
-                    enumerate(["news", "falstaff", "tiny-base", "news", "falstaff", "full",
-                               "news", "tiny-base"])]
+        with openai.OpenAI(
+            base_url=served.url + "/v1", api_key="-", max_retries=0, timeout=60
+        ) as c:
+            jobs = [
+                (model, f"{PROMPT} {i}")
+                for i, model in enumerate(
+                    [
+                        "news",
+                        "falstaff",
+                        "tiny-base",
+                        "news",
+                        "falstaff",
+                        "full",
+                        "news",
+                        "tiny-base",
+                    ]
+                )
+            ]
             alone = [greedy(c, m, p, 16) for m, p in jobs]
             assert get(served.url + "/health")[1]["peak_batch"] == 1
             barrier = threading.Barrier(len(jobs))
@@ -212,11 +272,17 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, liv
     cases = [
         (dict(model="nope", prompt="x"), openai.NotFoundError, "does not exist"),
         (dict(model="news", prompt="x", temperature=-1), openai.BadRequestError, "temperature"),
-        (dict(model="news", prompt="x y z", max_tokens=63), openai.BadRequestError,
-         "exceeds the model's context"),
+        (
+            dict(model="news", prompt="x y z", max_tokens=63),
+            openai.BadRequestError,
+            "exceeds the model's context",
+        ),
         (dict(model="news", prompt="x", max_tokens=5000), openai.BadRequestError, "cap"),
-        (dict(model="news", prompt="x", presence_penalty=1.0), openai.BadRequestError,
-         "repetition_penalty"),
+        (
+            dict(model="news", prompt="x", presence_penalty=1.0),
+            openai.BadRequestError,
+            "repetition_penalty",
+        ),
     ]
     reference = greedy(client, "news", "Hello", 6)
     for kwargs, error, words in cases:
@@ -240,9 +306,18 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, liv
 def small_server(serve_files, tmp_path_factory):
     """One row at a time, nothing may wait, an API key, and fp32 (the live server runs the
     default, auto: bf16 where the CPU has it)."""
-    served = start_server(serve_files, tmp_path_factory.mktemp("log") / "small.log",
-                          "--max-batch", "1", "--max-queue", "0", "--api-key", "sesame",
-                          "--precision", "fp32")
+    served = start_server(
+        serve_files,
+        tmp_path_factory.mktemp("log") / "small.log",
+        "--max-batch",
+        "1",
+        "--max-queue",
+        "0",
+        "--api-key",
+        "sesame",
+        "--precision",
+        "fp32",
+    )
     yield served
     stop_server(served)
 
@@ -255,8 +330,11 @@ def test_classify_equals_transformers_probabilities(small_server):
 
     texts = ["The minister said on Tuesday", "Thou art a villain"]
     auth = {"Authorization": "Bearer sesame"}
-    status, body = post(small_server.url + "/v1/classify",
-                        json.dumps({"model": "kind", "input": texts}).encode(), auth)
+    status, body = post(
+        small_server.url + "/v1/classify",
+        json.dumps({"model": "kind", "input": texts}).encode(),
+        auth,
+    )
     assert status == 200, body
     hf = GPT2ForSequenceClassification.from_pretrained(small_server.dirs["kind"]).eval()
     tok = Tokenizer()
@@ -266,14 +344,18 @@ def test_classify_equals_transformers_probabilities(small_server):
         got = [item["probabilities"][name] for name in ("news", "play")]
         assert got == pytest.approx(probs.tolist(), abs=1e-4)
         assert item["label"] == ("news", "play")[int(probs.argmax())]
-    status, body = post(small_server.url + "/v1/classify",
-                        json.dumps({"model": "news", "input": "x"}).encode(), auth)
+    status, body = post(
+        small_server.url + "/v1/classify",
+        json.dumps({"model": "news", "input": "x"}).encode(),
+        auth,
+    )
     # the answer names the model the client asked for, and what this server has
     assert status == 404 and body["error"]["param"] == "model"
     assert "'news'" in body["error"]["message"] and "kind" in body["error"]["message"]
     assert "--" not in body["error"]["message"]
-    status, body = post(small_server.url + "/v1/classify",
-                        json.dumps({"model": "kind", "input": []}).encode(), auth)
+    status, body = post(
+        small_server.url + "/v1/classify", json.dumps({"model": "kind", "input": []}).encode(), auth
+    )
     assert status == 400
 
 
@@ -286,14 +368,26 @@ def test_a_request_the_engine_refuses_is_answered_in_the_requests_terms(small_se
     max_batch = "1"  # small_server's --max-batch
     cases = [
         # more samples than the server decodes at once: ask for fewer (its limit, not its flag)
-        ("/v1/completions", {"model": "news", "prompt": "Hi", "max_tokens": 2, "n": 3}, "n",
-         ["3", max_batch]),
-        ("/v1/chat/completions", {"model": "news", "messages": chat, "max_tokens": 2, "n": 2},
-         "n", ["2", max_batch]),
+        (
+            "/v1/completions",
+            {"model": "news", "prompt": "Hi", "max_tokens": 2, "n": 3},
+            "n",
+            ["3", max_batch],
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "news", "messages": chat, "max_tokens": 2, "n": 2},
+            "n",
+            ["2", max_batch],
+        ),
         # the sampler's max_new_tokens is the request's max_tokens: nothing to condition on and
         # the whole 64-token context asked for
-        ("/v1/completions", {"model": "news", "prompt": "", "max_tokens": 64}, "max_tokens",
-         ["max_tokens", "64"]),
+        (
+            "/v1/completions",
+            {"model": "news", "prompt": "", "max_tokens": 64},
+            "max_tokens",
+            ["max_tokens", "64"],
+        ),
     ]
     for route, request, param, words in cases:
         status, body = post(small_server.url + route, json.dumps(request).encode(), auth)
@@ -303,8 +397,11 @@ def test_a_request_the_engine_refuses_is_answered_in_the_requests_terms(small_se
         assert error["type"] == "invalid_request_error"
         assert all(w in error["message"] for w in words), error
         assert "--" not in error["message"] and "max_batch" not in error["message"], error
-    status, _ = post(small_server.url + "/v1/completions",
-                     json.dumps({"model": "news", "prompt": "Hi", "max_tokens": 2}).encode(), auth)
+    status, _ = post(
+        small_server.url + "/v1/completions",
+        json.dumps({"model": "news", "prompt": "Hi", "max_tokens": 2}).encode(),
+        auth,
+    )
     assert status == 200
 
 
@@ -312,20 +409,26 @@ def test_api_key_is_required_on_v1(small_server):
     status, body = get(small_server.url + "/v1/models")
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
     # every /v1 route, not only the one the client lists models with; with the key each works
-    requests = {"/v1/completions": {"model": "news", "prompt": "Hi", "max_tokens": 2},
-                "/v1/chat/completions": {"model": "news", "max_tokens": 2,
-                                         "messages": [{"role": "user", "content": "Hi"}]},
-                "/v1/classify": {"model": "kind", "input": "Hi"}}
+    requests = {
+        "/v1/completions": {"model": "news", "prompt": "Hi", "max_tokens": 2},
+        "/v1/chat/completions": {
+            "model": "news",
+            "max_tokens": 2,
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+        "/v1/classify": {"model": "kind", "input": "Hi"},
+    }
     for route, request in requests.items():
         body_bytes = json.dumps(request).encode()
         for headers in (None, {"Authorization": "Bearer wrong"}):
             status, body = post(small_server.url + route, body_bytes, headers)
             assert status == 401 and body["error"]["code"] == "invalid_api_key", route
-        status, _ = post(small_server.url + route, body_bytes,
-                         {"Authorization": "Bearer sesame"})
+        status, _ = post(small_server.url + route, body_bytes, {"Authorization": "Bearer sesame"})
         assert status == 200, route
-    with (openai.OpenAI(base_url=small_server.url + "/v1", api_key="wrong", max_retries=0) as c,
-          pytest.raises(openai.AuthenticationError)):
+    with (
+        openai.OpenAI(base_url=small_server.url + "/v1", api_key="wrong", max_retries=0) as c,
+        pytest.raises(openai.AuthenticationError),
+    ):
         c.models.list()
     with openai.OpenAI(base_url=small_server.url + "/v1", api_key="sesame", max_retries=0) as c:
         assert len(c.models.list().data) == 5
@@ -333,10 +436,12 @@ def test_api_key_is_required_on_v1(small_server):
 
 
 def test_queue_full_is_429_and_a_dropped_stream_frees_its_row(small_server):
-    with openai.OpenAI(base_url=small_server.url + "/v1", api_key="sesame", max_retries=0,
-                       timeout=30) as c:
-        stream = c.completions.create(model="news", prompt="a", max_tokens=60 - 2,
-                                      temperature=0, stream=True)
+    with openai.OpenAI(
+        base_url=small_server.url + "/v1", api_key="sesame", max_retries=0, timeout=30
+    ) as c:
+        stream = c.completions.create(
+            model="news", prompt="a", max_tokens=60 - 2, temperature=0, stream=True
+        )
         next(iter(stream))  # running: the only row is taken
         with pytest.raises(openai.RateLimitError) as info:
             c.completions.create(model="falstaff", prompt="b", max_tokens=2)
@@ -362,13 +467,18 @@ def test_sigterm_finishes_running_requests_then_stops(tmp_path):
     from checkpoints import make_hf_model
 
     make_hf_model(tmp_path / "longer", n_layer=4, n_head=4, n_embd=128, n_positions=512)
-    served = start_server({}, tmp_path / "serve.log", models=["--model", str(tmp_path / "longer")],
-                          in_process=False)
+    served = start_server(
+        {}, tmp_path / "serve.log", models=["--model", str(tmp_path / "longer")], in_process=False
+    )
     try:
-        with openai.OpenAI(base_url=served.url + "/v1", api_key="-", max_retries=0,
-                           timeout=60) as c:
-            stream = iter(c.completions.create(model="longer", prompt="a", max_tokens=400,
-                                               temperature=0, stream=True))
+        with openai.OpenAI(
+            base_url=served.url + "/v1", api_key="-", max_retries=0, timeout=60
+        ) as c:
+            stream = iter(
+                c.completions.create(
+                    model="longer", prompt="a", max_tokens=400, temperature=0, stream=True
+                )
+            )
             chunks = [next(stream)]
             served.process.send_signal(signal.SIGTERM)
             for _ in range(100):  # shutting down: no new connections

@@ -27,11 +27,18 @@ def browser():
     chromium = shutil.which("chromium")
     chromedriver = shutil.which("chromedriver")
     if not chromium or not chromedriver:
-        pytest.fail(f"chromium ({chromium}) or chromedriver ({chromedriver}) is missing: "
-                    "run make test (it installs chromium and chromium-driver)")
+        pytest.fail(
+            f"chromium ({chromium}) or chromedriver ({chromedriver}) is missing: "
+            "run make test (it installs chromium and chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,900"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,900",
+    ):
         options.add_argument(arg)
     options.binary_location = chromium
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -68,18 +75,25 @@ def choose(driver, models: list[str]) -> None:
 
 def column(driver, model: str) -> dict:
     """What a column shows: output text, rate line and error message."""
-    return driver.execute_script("""
+    return driver.execute_script(
+        """
         const out = document.querySelector(`.output[data-model="${arguments[0]}"]`);
         const col = out.closest('.col');
         return {output: out.textContent, rate: col.querySelector('.rate').textContent,
-                error: col.querySelector('.error').textContent};""", model)
+                error: col.querySelector('.error').textContent};""",
+        model,
+    )
 
 
 def generate_and_wait(driver) -> None:
     driver.find_element(By.ID, "generate").click()
     # the button is disabled while any column streams and enabled again once all have ended
-    WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "generate").is_enabled()
-                                    and not d.find_element(By.ID, "stop").is_enabled())
+    WebDriverWait(driver, 60).until(
+        lambda d: (
+            d.find_element(By.ID, "generate").is_enabled()
+            and not d.find_element(By.ID, "stop").is_enabled()
+        )
+    )
 
 
 def test_two_adapters_stream_side_by_side(live_server, browser):
@@ -113,6 +127,9 @@ def test_error_answer_is_shown_in_its_column(live_server, browser):
     assert shown["error"] and not shown["error"].startswith("Request failed"), shown
     assert not RATE.search(shown["rate"]), shown
     # Chrome itself logs the 400 as "Failed to load resource"; the page must log nothing
-    severe = [e for e in browser.get_log("browser")
-              if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+    severe = [
+        e
+        for e in browser.get_log("browser")
+        if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
+    ]
     assert not severe, severe

@@ -18,27 +18,42 @@ from gpt2tune.serve.server import ServeConfig, build_service
 @pytest.fixture(scope="module")
 def service(serve_files):
     """The base and one adapter (not started: these handlers never reach the engine)."""
-    return build_service(ServeConfig(model=str(serve_files["tiny-base"]),
-                                     adapter=[f"news={serve_files['news']}"]))
+    return build_service(
+        ServeConfig(model=str(serve_files["tiny-base"]), adapter=[f"news={serve_files['news']}"])
+    )
 
 
 def request(headers: dict[str, str] | None = None, app=None) -> Request:
-    scope = {"type": "http", "method": "GET", "path": "/", "app": app,
-             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "app": app,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+    }
     return Request(scope)
 
 
 def test_handlers_are_functions_of_their_dependencies(service):
     settings = routes.Settings(api_key=None, max_tokens_cap=16, created=1234)
     health = asyncio.run(routes.health(service))
-    assert health == {"status": "ok", "models": ["tiny-base", "news"], "in_flight": 0,
-                      "peak_batch": 0}
+    assert health == {
+        "status": "ok",
+        "models": ["tiny-base", "news"],
+        "in_flight": 0,
+        "peak_batch": 0,
+    }
     listed = asyncio.run(routes.models(service, settings))
     assert [(m["id"], m["kind"], m["created"]) for m in listed["data"]] == [
-        ("tiny-base", "base", 1234), ("news", "adapter", 1234)]
+        ("tiny-base", "base", 1234),
+        ("news", "adapter", 1234),
+    ]
     with pytest.raises(APIError) as info:
-        asyncio.run(routes.completions(CompletionRequest(model="nope", prompt="x"),
-                                       request(), service, settings))
+        asyncio.run(
+            routes.completions(
+                CompletionRequest(model="nope", prompt="x"), request(), service, settings
+            )
+        )
     assert info.value.status == 404 and info.value.param == "model"
 
 
@@ -60,15 +75,21 @@ def test_authorized_wants_the_bearer_key_only_when_there_is_one():
     asyncio.run(routes.authorized(request(), open_))
 
 
-@pytest.mark.parametrize("library, message, param", [
-    # the engine's names become the request's; a name both share stays
-    ("`max_new_tokens` must be >= 1, got 0", "max_tokens must be >= 1, got 0", "max_tokens"),
-    ("`num_samples` must be >= 1, got 0", "n must be >= 1, got 0", "n"),
-    ("`top_p` must be in (0, 1], got 2", "top_p must be in (0, 1], got 2", "top_p"),
-    ("prompt + `max_new_tokens` exceeds the context", "prompt + max_tokens exceeds the context",
-     "max_tokens"),
-    ("no field named here", "no field named here", None),
-])
+@pytest.mark.parametrize(
+    "library, message, param",
+    [
+        # the engine's names become the request's; a name both share stays
+        ("`max_new_tokens` must be >= 1, got 0", "max_tokens must be >= 1, got 0", "max_tokens"),
+        ("`num_samples` must be >= 1, got 0", "n must be >= 1, got 0", "n"),
+        ("`top_p` must be in (0, 1], got 2", "top_p must be in (0, 1], got 2", "top_p"),
+        (
+            "prompt + `max_new_tokens` exceeds the context",
+            "prompt + max_tokens exceeds the context",
+            "max_tokens",
+        ),
+        ("no field named here", "no field named here", None),
+    ],
+)
 def test_a_user_error_is_a_400_in_the_requests_terms(library, message, param):
     error = APIError.from_user_error(UserError(library))
     assert (error.status, error.message, error.param) == (400, message, param)
@@ -79,5 +100,6 @@ def test_an_explicit_field_is_the_param_in_the_requests_terms():
     """The engine names a request's sample count ``n`` and its adapter ``adapter``, which a
     request chooses by its ``model``."""
     assert APIError.from_user_error(UserError("3 samples are too many", field="n")).param == "n"
-    assert APIError.from_user_error(UserError("unknown adapter 'x'", field="adapter")).param == \
-        "model"
+    assert (
+        APIError.from_user_error(UserError("unknown adapter 'x'", field="adapter")).param == "model"
+    )

@@ -16,21 +16,25 @@ def run(capsys, *argv: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--adapter", "news"], "is not NAME=DIR"),
-    (["--adapter", "a=x", "--adapter", "a=y"], "is given twice"),
-    (["--adapter", "tiny-base={news}"], "two models would be served as 'tiny-base'"),
-    (["--adapter", "news=/does/not/exist"], "adapter directory /does/not/exist does not exist"),
-    (["--variant", "full={news}"], "config.json"),
-    (["--max-batch", "0"], "--max-batch"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--adapter", "news"], "is not NAME=DIR"),
+        (["--adapter", "a=x", "--adapter", "a=y"], "is given twice"),
+        (["--adapter", "tiny-base={news}"], "two models would be served as 'tiny-base'"),
+        (["--adapter", "news=/does/not/exist"], "adapter directory /does/not/exist does not exist"),
+        (["--variant", "full={news}"], "config.json"),
+        (["--max-batch", "0"], "--max-batch"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(capsys, serve_files, args, words):
     args = [a.format(news=serve_files["news"]) for a in args]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])  # free once closed: nothing listens during the test
-    code, err = run(capsys, "serve", "--model", str(serve_files["tiny-base"]), "--port", port,
-                    *args)
+    code, err = run(
+        capsys, "serve", "--model", str(serve_files["tiny-base"]), "--port", port, *args
+    )
     assert code == 2, err
     assert words in err and len(err.strip().splitlines()) == 1, err
 
@@ -45,9 +49,13 @@ def test_a_taken_port_is_reported_before_loading(capsys, serve_files):
 
 
 def test_served_names_and_one_engine_for_the_base_and_its_adapters(serve_files):
-    service = build_service(ServeConfig(
-        model=str(serve_files["tiny-base"]), adapter=[f"news={serve_files['news']}"],
-        variant=[f"full={serve_files['full']}"]))
+    service = build_service(
+        ServeConfig(
+            model=str(serve_files["tiny-base"]),
+            adapter=[f"news={serve_files['news']}"],
+            variant=[f"full={serve_files['full']}"],
+        )
+    )
     models = service.models
     assert list(models) == ["tiny-base", "news", "full"]
     assert models["news"].engine is models["tiny-base"].engine  # one copy of the base weights
