@@ -14,9 +14,9 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-from gpt2tune.core.model import GPT2
 from gpt2tune.data.prepare import read_texts
 from gpt2tune.data.rows import tokenize_documents
 from gpt2tune.experiments.commands import eval_command, generate_command, train_command
@@ -37,6 +37,10 @@ from gpt2tune.formats.atomic import write_text
 from gpt2tune.formats.peft import load_model_with_adapter
 from gpt2tune.inference.evaluate import EvalResult, evaluate
 from gpt2tune.runtime import restart_peak_memory, rss_mib
+
+if TYPE_CHECKING:
+    from gpt2tune.core.model import GPT2
+    from gpt2tune.experiments.style import StyleClassifier
 
 log = logging.getLogger("gpt2tune")
 
@@ -62,6 +66,26 @@ class Stages:
         log.info(f"{self.command}: {name} done in {self.timings[name]:.0f}s")
 
 
+@dataclass
+class _Run:
+    """One experiment as it runs: what every phase reads, and the results they fill in."""
+
+    spec: Experiment
+    setup: Setup
+    docs: list[list[int]]
+    """Token ids of the held-out documents."""
+    prime: Prime | None
+    """The priming text (None: no method primes)."""
+    prime_ids: list[int] | None
+    """Its token ids."""
+    results: dict[str, MethodResult] = field(default_factory=dict)
+    """By method name."""
+
+    def heldout(self, model: GPT2, m: Method) -> EvalResult:
+        """Held-out loss of ``model`` as method ``m`` uses it (primed or not)."""
+        return score(model, self.docs, self.prime_ids if m.prime else None, self.setup.amp)
+
+
 def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
     """Run every method of ``spec`` on the base of ``setup`` and measure it.
 
@@ -76,86 +100,93 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
         prefix="" if spec.name == setup.command else f"{spec.name}: ", command=setup.command
     )
     texts = read_texts(spec.data, setup.seed)  # the held-out split every training run makes
-    docs = [d.tolist() for d in tokenize_documents(texts.heldout, setup.tokenizer)]
-    results: dict[str, MethodResult] = {}
-
     classifier = None
     if spec.style_of or spec.style_contrast:
         with stage("style classifier"):
             classifier = style_classifier(spec, texts.train, texts.heldout, setup.seed)
-    prime = prime_ids = None
-    if any(m.prime for m in spec.methods):
-        text = pick_prime(texts.train, setup.tokenizer, spec.prime_speeches, setup.seed)
-        prime_ids = setup.tokenizer.encode(text)
-        prime = Prime(
-            text=text, file=str(setup.out / spec.name / PRIME_FILE), tokens=len(prime_ids)
-        )
-        write_text(prime.file, text)
+    docs = [d.tolist() for d in tokenize_documents(texts.heldout, setup.tokenizer)]
+    run = _Run(spec, setup, docs, *_prime(spec, texts.train, setup))
 
     on_base = [m for m in spec.methods if not m.train and not m.uses]
     with stage(" and ".join(m.short for m in on_base)):
         for m in on_base:
-            heldout = score(setup.model, docs, prime_ids if m.prime else None, setup.amp)
-            results[m.name] = _untrained(
-                m, m.kind or ("priming" if m.prime else "base"), heldout, setup
-            )
-
+            kind = m.kind or ("priming" if m.prime else "base")
+            run.results[m.name] = _untrained(m, kind, run.heldout(setup.model, m), setup)
     trained = [m for m in spec.methods if m.train]
     for m in trained:
         with stage(m.label):
-            results[m.name] = _train(spec, m, setup, docs)
-
+            run.results[m.name] = _train(spec, m, setup, docs)
     derived = [m for m in spec.methods if m.uses]
     sampled = [m for m in spec.methods if m.sample]
     done = [m.short for m in derived] + ["samples"] + (["style scores"] if classifier else [])
     with stage(", ".join(done)):
-        # each model once, however many methods use it
-        models = {
-            name: _load(results[name].method, results[name].out, setup)
-            for name in dict.fromkeys(m.uses or m.name for m in (*derived, *sampled))
-        }
-        for m in derived:
-            assert m.uses is not None  # (derived methods name one)
-            used = results[m.uses]
-            heldout = score(models[used.name], docs, prime_ids if m.prime else None, setup.amp)
-            kind = m.kind or used.method + ("+priming" if m.prime else "")
-            results[m.name] = _untrained(m, kind, heldout, setup, used)
-        for m in sampled:
-            r = results[m.name]
-            r.samples = draw_samples(
-                spec,
-                models[m.uses or m.name],
-                setup.tokenizer,
-                prime.text if m.prime and prime else None,
-                setup.seed,
-                setup.amp,
-            )
-            if classifier:
-                r.style_share = classifier.share_in_character(r.samples)
-                probs = classifier.probabilities(r.samples)
-                r.style_probability = sum(probs) / max(1, len(probs))
+        _use_models(run, derived, sampled, classifier)
 
-    style = None
-    if classifier:
-        assert classifier.heldout is not None  # measured as it was trained
-        style = StyleCheck(
-            character=classifier.character,
-            heldout=classifier.heldout,
-            train_sizes=classifier.train_sizes,
-            max_chars=classifier.config.max_chars,
-            min_chars=classifier.config.min_chars,
-            top_features=classifier.top_features,
-        )
-    commands = [(f"{spec.name}: {m.label}", results[m.name].command or "") for m in trained]
+    commands = [(f"{spec.name}: {m.label}", run.results[m.name].command or "") for m in trained]
     return ExperimentResult(
         spec=spec,
         train_docs=len(texts.train),
         test_docs=len(docs),
-        methods=[results[m.name] for m in spec.methods],
-        prime=prime,
-        style=style,
+        methods=[run.results[m.name] for m in spec.methods],
+        prime=run.prime,
+        style=_style_check(classifier),
         timings=stage.timings,
-        commands=commands + _rerun_commands(spec, results, prime, setup),
+        commands=commands + _rerun_commands(spec, run.results, run.prime, setup),
+    )
+
+
+def _prime(
+    spec: Experiment, train_texts: list[str], setup: Setup
+) -> tuple[Prime | None, list[int] | None]:
+    """The priming text of ``spec`` (written beside its runs) and its token ids, where a method
+    primes."""
+    if not any(m.prime for m in spec.methods):
+        return None, None
+    text = pick_prime(train_texts, setup.tokenizer, spec.prime_speeches, setup.seed)
+    ids = setup.tokenizer.encode(text)
+    prime = Prime(text=text, file=str(setup.out / spec.name / PRIME_FILE), tokens=len(ids))
+    write_text(prime.file, text)
+    return prime, ids
+
+
+def _use_models(
+    run: _Run, derived: list[Method], sampled: list[Method], classifier: StyleClassifier | None
+) -> None:
+    """Score the methods that use a trained model, and draw (and style-score) every sampled
+    method's samples; each model is loaded once, however many methods use it."""
+    setup, results = run.setup, run.results
+    models = {
+        name: _load(results[name].method, results[name].out, setup)
+        for name in dict.fromkeys(m.uses or m.name for m in (*derived, *sampled))
+    }
+    for m in derived:
+        assert m.uses is not None  # (derived methods name one)
+        used = results[m.uses]
+        kind = m.kind or used.method + ("+priming" if m.prime else "")
+        results[m.name] = _untrained(m, kind, run.heldout(models[used.name], m), setup, used)
+    for m in sampled:
+        r = results[m.name]
+        prime = run.prime.text if m.prime and run.prime else None
+        model = models[m.uses or m.name]
+        r.samples = draw_samples(run.spec, model, setup.tokenizer, prime, setup.seed, setup.amp)
+        if classifier:
+            r.style_share = classifier.share_in_character(r.samples)
+            probs = classifier.probabilities(r.samples)
+            r.style_probability = sum(probs) / max(1, len(probs))
+
+
+def _style_check(classifier: StyleClassifier | None) -> StyleCheck | None:
+    """What the results record of the style classifier (None: the experiment scores no style)."""
+    if classifier is None:
+        return None
+    assert classifier.heldout is not None  # measured as it was trained
+    return StyleCheck(
+        character=classifier.character,
+        heldout=classifier.heldout,
+        train_sizes=classifier.train_sizes,
+        max_chars=classifier.config.max_chars,
+        min_chars=classifier.config.min_chars,
+        top_features=classifier.top_features,
     )
 
 

@@ -190,40 +190,14 @@ def _fine_tune(
 
     resume_state = None
     if opts.resume:
-        saved = json.loads((out / RUN_FILE).read_text())
-        now = opts.identity()
-        diff = [k for k in now if saved["identity"].get(k) != now[k]]
-        if diff:
-            raise UserError(
-                f"`resume`: `{diff[0]}` differs from the run in {out} "
-                f"({saved['identity'].get(diff[0])!r} vs {now[diff[0]]!r}); use the "
-                "same options, or a new `out`",
-                field=diff[0],
-            )
+        _check_same_run(opts, out)
         base = model
         resume_state, model, _ = load_checkpoint(
             out, lambda ckpt: checkpoint_weights(base, ckpt, t.method)
         )
     elif t.method == "lora":
         apply_lora(model, opts.lora)
-    if t.method == "lora":
-        trainable, total = count_parameters(model)
-    else:
-        trainable = total = sum(p.numel() for p in model.parameters())
-    log.info(format_parameter_report(trainable, total))
-    what = "texts" if opts.data.task == "classify" else "documents"
-    log.info(
-        f"data: {n_docs} {what} -> {len(rows)} rows of {rows.inputs.size(1)} tokens "
-        f"({rows.num_targets:,} training targets); validation: "
-        f"{len(val) if val else 0} {what}"
-    )
-    world = parallel.world
-    if world > 1:
-        log.info(
-            f"data parallel over {world} ranks: global batch {t.batch_size} x {world} ranks "
-            f"x {t.grad_accum} accumulation = {t.batch_size * world * t.grad_accum} rows "
-            f"of {rows.inputs.size(1)} tokens per step"
-        )
+    _log_run(opts, model, rows, n_docs, len(val) if val else 0, parallel.world)
     out.mkdir(parents=True, exist_ok=True)
     if not opts.resume and parallel.is_main:
         record = {"identity": opts.identity(), "options": asdict(opts)}
@@ -263,6 +237,42 @@ def _fine_tune(
     parallel.close()
     result.resolved = resolved
     return result
+
+
+def _check_same_run(opts: RunOptions, out: Path) -> None:
+    """A resumed run must be the run in ``out``: the options of its identity as they were."""
+    saved = json.loads((out / RUN_FILE).read_text())["identity"]
+    now = opts.identity()
+    diff = [k for k in now if saved.get(k) != now[k]]
+    if diff:
+        raise UserError(
+            f"`resume`: `{diff[0]}` differs from the run in {out} "
+            f"({saved.get(diff[0])!r} vs {now[diff[0]]!r}); use the same options, or a new `out`",
+            field=diff[0],
+        )
+
+
+def _log_run(
+    opts: RunOptions, model: torch.nn.Module, rows: Rows, n_docs: int, n_val: int, world: int
+) -> None:
+    """Say what trains, on what, and how the batch is made up."""
+    t = opts.train
+    if t.method == "lora":
+        trainable, total = count_parameters(model)
+    else:
+        trainable = total = sum(p.numel() for p in model.parameters())
+    log.info(format_parameter_report(trainable, total))
+    what = "texts" if opts.data.task == "classify" else "documents"
+    log.info(
+        f"data: {n_docs} {what} -> {len(rows)} rows of {rows.inputs.size(1)} tokens "
+        f"({rows.num_targets:,} training targets); validation: {n_val} {what}"
+    )
+    if world > 1:
+        log.info(
+            f"data parallel over {world} ranks: global batch {t.batch_size} x {world} ranks "
+            f"x {t.grad_accum} accumulation = {t.batch_size * world * t.grad_accum} rows "
+            f"of {rows.inputs.size(1)} tokens per step"
+        )
 
 
 def _resume_hint(out: Path, fix: str | None = None) -> str:
