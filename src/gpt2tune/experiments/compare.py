@@ -21,7 +21,7 @@ from pathlib import Path
 from gpt2tune.data.prepare import load_data, read_texts
 from gpt2tune.data.sources import read_text
 from gpt2tune.errors import UserError
-from gpt2tune.experiments.base import BaseInfo, resolve_base
+from gpt2tune.experiments.base import BaseInfo
 from gpt2tune.experiments.budget import fit_to_budget, planned_steps, time_steps_per_kind
 from gpt2tune.experiments.commands import train_command
 from gpt2tune.experiments.demo_plan import FULL_PLAN
@@ -29,7 +29,7 @@ from gpt2tune.experiments.hparams import Hyperparams, hyperparams_for
 from gpt2tune.experiments.methods import compare_experiment
 from gpt2tune.experiments.options import CompareOptions
 from gpt2tune.experiments.results import CompareResults, ExperimentResult, compare_results_json
-from gpt2tune.experiments.setup import Setup, run_options
+from gpt2tune.experiments.setup import Setup, load_study, run_options
 from gpt2tune.experiments.spec import Experiment
 from gpt2tune.experiments.study import Facts, Planned, StudyOutput, run_study, study_dir
 from gpt2tune.experiments.writeup import build_compare_report
@@ -114,19 +114,11 @@ def plan_compare(
     opts.check()
     time_steps = (opts.plan or opts.max_minutes is not None) if time_steps is None else time_steps
     # the embedded base (when --base auto finds no GPT-2) with the demo's recipe for the precision
-    recipe = replace(FULL_PLAN.base_recipe(_precision(opts)), device=opts.device, seed=opts.seed)
-    base = resolve_base(opts.base, recipe, progress=opts.progress)
-    hp = hyperparams_for(base)
-    setup = Setup.load(
-        out or Path(opts.out),
-        base,
-        device=opts.device,
-        precision=opts.precision,
-        seed=opts.seed,
-        progress=opts.progress,
-        report_to=opts.report_to,
-        command="compare",
+    setup = load_study(
+        opts, out or Path(opts.out), FULL_PLAN.base_recipe(_precision(opts)), command="compare"
     )
+    base = setup.base
+    hp = hyperparams_for(base)
     probe = compare_experiment(opts, hp, prompts=("",))  # checks the methods before any data
     texts = read_texts(probe.data, opts.seed)
     spec = replace(probe, prompts=_prompts(opts, texts.heldout))

@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from gpt2tune.data.prepare import load_data
-from gpt2tune.experiments.base import resolve_base
 from gpt2tune.experiments.budget import fit_to_budget, time_steps_per_kind
 from gpt2tune.experiments.commands import pretrain_command
 from gpt2tune.experiments.demo_plan import FULL_PLAN, QUICK_PLAN, DemoPlan, demo_experiments
@@ -29,7 +28,7 @@ from gpt2tune.experiments.engine import Stages
 from gpt2tune.experiments.hparams import hyperparams_for
 from gpt2tune.experiments.options import DemoOptions, PretrainConfig
 from gpt2tune.experiments.results import DemoResults, ExperimentResult, results_json
-from gpt2tune.experiments.setup import Setup
+from gpt2tune.experiments.setup import load_study
 from gpt2tune.experiments.study import Facts, Planned, StudyOutput, run_study, study_dir
 from gpt2tune.experiments.writeup import build_report
 from gpt2tune.runtime import fp32_or_bf16, resolve_device
@@ -107,17 +106,8 @@ def plan_demo(opts: DemoOptions, sizes: DemoPlan, out: Path) -> Planned:
     """The demo's two experiments on its base (built or found), fitted to ``--max-minutes``."""
     stage = Stages()
     with stage("base model"):
-        cfg = replace(sizes.base_recipe(opts.precision), device=opts.device, seed=opts.seed)
-        base = resolve_base(opts.base, cfg, progress=opts.progress)
-        setup = Setup.load(
-            out,
-            base,
-            device=opts.device,
-            precision=opts.precision,
-            seed=opts.seed,
-            progress=opts.progress,
-            report_to=opts.report_to,
-        )
+        setup = load_study(opts, out, sizes.base_recipe(opts.precision), command="demo")
+    base = setup.base
     hp = hyperparams_for(base)
     news, character = demo_experiments(sizes, opts.character, hp)
     note = ""

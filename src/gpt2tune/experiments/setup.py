@@ -13,7 +13,8 @@ import torch
 from gpt2tune.core.lora import LoRAConfig
 from gpt2tune.core.model import GPT2
 from gpt2tune.core.tokenizer import Tokenizer
-from gpt2tune.experiments.base import BaseInfo
+from gpt2tune.experiments.base import BaseInfo, resolve_base
+from gpt2tune.experiments.options import PretrainConfig, StudyOptions
 from gpt2tune.experiments.spec import Experiment, Method
 from gpt2tune.finetune.config import ReportTo, TrainConfig
 from gpt2tune.finetune.recipe import ModelOptions, RunOptions
@@ -85,6 +86,30 @@ class Setup:
             report_to=report_to,
             command=command,
         )
+
+
+def load_study(opts: StudyOptions, out: Path, recipe: PretrainConfig, command: str) -> Setup:
+    """The base a study's options name (the embedded base built with ``recipe`` where they ask
+    for it or no GPT-2 is cached), loaded with the options' device, precision and seed.
+
+    Args:
+        opts: the study's options.
+        out: its output directory.
+        recipe: how the embedded base is built (its device and seed are the options').
+        command: ``demo`` or ``compare``, for log lines.
+    """
+    recipe = replace(recipe, device=opts.device, seed=opts.seed)
+    base = resolve_base(opts.base, recipe, progress=opts.progress)
+    return Setup.load(
+        out,
+        base,
+        device=opts.device,
+        precision=opts.precision,
+        seed=opts.seed,
+        progress=opts.progress,
+        report_to=opts.report_to,
+        command=command,
+    )
 
 
 def train_config(spec: Experiment, m: Method, setup: Setup | None = None) -> TrainConfig:
