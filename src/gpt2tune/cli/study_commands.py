@@ -45,7 +45,7 @@ def compare_options(p: argparse.ArgumentParser) -> None:
         p,
         DataOptions,
         "data",
-        skip=("task", "label_field"),
+        skip=("task", "label_field", "loss_on"),
         overrides={
             "data": {
                 "required": True,

@@ -12,6 +12,7 @@ from gpt2tune.errors import UserError
 
 TASKS = ("lm", "classify")
 DOC_SEPS = ("blank", "line")
+LOSS_ON = ("completion", "all")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class DataOptions:
     trained on --label-field; .jsonl/.csv data or builtin:speakers)."""
     label_field: str = "label"
     """With --task classify: the JSON field or CSV column holding each text's label."""
+    loss_on: Literal["completion", "all"] = "completion"
+    """For prompt/completion and chat (messages) data: score the reply only (``completion``:
+    its tokens and the <|endoftext|> after it), or every token (``all``)."""
 
     def check(self) -> None:
         """Every check that needs neither the files nor a model, so bad options fail before
@@ -60,5 +64,7 @@ class DataOptions:
             raise UserError(f"`doc_sep` {self.doc_sep!r}: use {' or '.join(DOC_SEPS)}")
         if self.task not in TASKS:
             raise UserError(f"unknown `task` {self.task!r}; use {' or '.join(TASKS)}")
+        if self.loss_on not in LOSS_ON:
+            raise UserError(f"`loss_on` {self.loss_on!r}: use {' or '.join(LOSS_ON)}")
         if self.block_size is not None and self.block_size < 2:
             raise UserError(f"`block_size` must be at least 2, got {self.block_size}")

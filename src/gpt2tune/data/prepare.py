@@ -11,9 +11,10 @@ import logging
 from dataclasses import dataclass
 
 from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.data.dialogue import Example, dialogue_format, encode_examples, read_examples
 from gpt2tune.data.labeled import Labeled, encode_labeled, label_names, read_labeled
 from gpt2tune.data.options import DataOptions
-from gpt2tune.data.rows import Rows, make_rows, tokenize_documents
+from gpt2tune.data.rows import Rows, example_rows, make_rows, tokenize_documents
 from gpt2tune.data.sources import read_documents
 from gpt2tune.data.split import split_train_val
 from gpt2tune.errors import UserError
@@ -40,7 +41,15 @@ class LMData:
     val_docs: list[list[int]] | None
     """Token ids of each validation document (ending with <|endoftext|>); None: none."""
     documents: int
-    """Training documents the rows were cut from."""
+    """Training documents (or dialogue examples) the rows were cut from."""
+    val_rows: Rows | None = None
+    """Dialogue data's validation examples as rows, their prompts masked (``val_docs`` is None
+    then)."""
+
+    @property
+    def validation(self) -> list[list[int]] | Rows | None:
+        """What the trainer scores for validation: the rows, else the documents."""
+        return self.val_rows if self.val_rows is not None else self.val_docs
 
     @property
     def block_size(self) -> int:
@@ -89,7 +98,12 @@ def read_texts(opts: DataOptions, seed: int) -> Texts:
 
 
 def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int) -> LMData:
-    """Training rows and validation documents (token ids) per the options."""
+    """Training rows and validation documents (token ids) per the options; for dialogue data
+    (``data.dialogue``), one example per row with its prompt masked (``loss_on``)."""
+    opts.check()
+    assert opts.data is not None  # check() requires it
+    if dialogue_format(opts.data):
+        return _load_dialogue(opts, tokenizer, n_positions, seed)
     texts = read_texts(opts, seed)
     block = block_size(opts, n_positions, default=min(512, n_positions))
     rows = make_rows(
@@ -101,6 +115,36 @@ def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: i
         else None
     )
     return LMData(rows=rows, val_docs=val, documents=len(texts.train))
+
+
+def _load_dialogue(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int) -> LMData:
+    """``load_data`` for prompt/completion and chat data."""
+    assert opts.data is not None
+    examples = read_examples(opts.data)
+    heldout: list[Example] = []
+    if opts.val_data:
+        if not dialogue_format(opts.val_data):
+            raise UserError(
+                f"`val_data` {opts.val_data} is not dialogue data like `data`; give a .jsonl/.json "
+                "file of prompt/completion or messages rows"
+            )
+        heldout = read_examples(opts.val_data)
+    elif opts.val_split:
+        examples, heldout = split_train_val(examples, opts.val_split, seed)
+    block = block_size(opts, n_positions, default=min(512, n_positions))
+    rows = Rows(
+        *example_rows(encode_examples(examples, tokenizer, opts.loss_on), block, tokenizer.eot_id)
+    )
+    val = (
+        Rows(
+            *example_rows(
+                encode_examples(heldout, tokenizer, opts.loss_on), block, tokenizer.eot_id
+            )
+        )
+        if heldout
+        else None
+    )
+    return LMData(rows=rows, val_docs=None, documents=len(examples), val_rows=val)
 
 
 def load_labeled_data(

@@ -91,6 +91,31 @@ def document_rows(docs: list[np.ndarray], block_size: int, pad_id: int) -> tuple
     return torch.from_numpy(np.stack(rows_in)), torch.from_numpy(np.stack(rows_tgt))
 
 
+def example_rows(
+    examples: list[tuple[np.ndarray, np.ndarray]], block_size: int, pad_id: int
+) -> tuple[Tensor, Tensor]:
+    """One example per row, right-padded; a token is a target only where its example scores it
+    (``data.dialogue.encode_examples``).
+
+    Raises:
+        UserError: an example longer than the block (it is never cut or dropped silently).
+    """
+    long = [i for i, (ids, _) in enumerate(examples, start=1) if len(ids) - 1 > block_size]
+    if long:
+        raise UserError(
+            f"{len(long)} of {len(examples)} examples are longer than `block_size` {block_size} "
+            f"tokens (the first is example {long[0]}); raise `block_size` up to the model's "
+            "context, or shorten them"
+        )
+    inputs = np.full((len(examples), block_size), pad_id, dtype=np.int64)
+    targets = np.full((len(examples), block_size), IGNORE, dtype=np.int64)
+    for r, (ids, scored) in enumerate(examples):
+        n = len(ids) - 1
+        inputs[r, :n] = ids[:-1]
+        targets[r, :n] = np.where(scored[1:], ids[1:], IGNORE)
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
 @dataclass
 class Rows:
     """Training rows: ``inputs`` and ``targets`` of shape (N, block_size)."""

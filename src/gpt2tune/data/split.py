@@ -28,7 +28,7 @@ def seeded_split(docs: Sequence[T], n_held_out: int, seed: int) -> tuple[list[T]
     )
 
 
-def split_train_val(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+def split_train_val(docs: Sequence[T], val_fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """``val_split``: hold out ``val_fraction`` of the documents (at least one, never all)."""
     if not 0 < val_fraction < 1:
         raise UserError(f"`val_split` must be between 0 and 1, got {val_fraction}")

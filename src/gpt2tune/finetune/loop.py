@@ -275,7 +275,7 @@ class Trainer:
         them, since every forward gathers the shards). None without documents."""
         if val_docs is None or len(val_docs) == 0:
             return None
-        if isinstance(val_docs, Rows):  # labelled rows of a classifier
+        if isinstance(val_docs, Rows):  # a classifier's labelled rows, or dialogue examples
             return self._rows_loss(val_docs)
         par, bs, amp = self.parallel, self.cfg.batch_size, self.amp_dtype
         if par.shards_weights:
@@ -302,8 +302,9 @@ class Trainer:
         return loss_sum / max(count, 1)
 
     def _rows_loss(self, rows: Rows) -> float:
-        """Mean loss over labelled rows (a classifier's validation set), this rank's share
-        scored and the sums reduced over the ranks."""
+        """Mean loss per target over rows (a classifier's labelled texts, or dialogue examples
+        with their prompts masked), this rank's share scored and the sums reduced over the
+        ranks."""
         par, bs = self.parallel, self.cfg.batch_size
         self.model.eval()
         total, count = 0.0, 0
@@ -312,8 +313,9 @@ class Trainer:
             for i in range(0, len(mine), bs):
                 idx = mine[i : i + bs]
                 x, y = rows.inputs[idx].to(self.device), rows.targets[idx].to(self.device)
-                total += self.model.loss(x, y).item() * len(idx)
-                count += len(idx)
+                scored = int((y != IGNORE).sum())  # a mean per target, weighted by targets
+                total += self.model.loss(x, y).item() * scored
+                count += scored
         self.model.train()
         total, count = par.all_sum(total, count)
         return total / max(count, 1)

@@ -177,7 +177,7 @@ def _fine_tune(
         log.info(f"classes: {', '.join(labeled.labels)}")
     else:
         data = load_data(opts.data, tokenizer, model.config.n_positions, t.seed)
-        rows, val, n_docs = data.rows, data.val_docs, data.documents
+        rows, val, n_docs = data.rows, data.validation, data.documents
         # the resolved block size is part of the run's identity (a resume must match it)
         opts = replace(opts, data=replace(opts.data, block_size=data.block_size))
     device = next(model.parameters()).device

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gpt2tune.data.chat import STOP, Message, render_prompt
 from gpt2tune.errors import UserError
 from gpt2tune.inference.sampling import SamplingConfig
 
@@ -160,22 +161,13 @@ class ChatRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
 
-# GPT-2 was never trained on dialogues, so any template is a convention; this one is plain text a
-# reader recognises, and the model is asked to continue after "Assistant:".
-CHAT_STOP = "\nUser:"
+CHAT_STOP = STOP
 
 
 def chat_prompt(messages: list[ChatMessage]) -> str:
-    """The chat template: system text first, then one ``User: ...`` / ``Assistant: ...`` line per
-    message, ending with ``Assistant:`` for the model to continue. Generation also stops at a new
-    ``\\nUser:`` line."""
-    lines = []
-    for m in messages:
-        if m.role in ("system", "developer"):
-            lines.append(m.content + "\n")
-        else:
-            lines.append(f"{'User' if m.role == 'user' else 'Assistant'}: {m.content}")
-    return "\n".join(lines) + "\nAssistant:"
+    """The prompt of a chat request, rendered by the one chat template (``data.chat``), the same
+    that training and ``generate --chat`` use."""
+    return render_prompt([Message(m.role, m.content) for m in messages])
 
 
 def new_id(prefix: str) -> str:

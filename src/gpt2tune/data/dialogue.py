@@ -1,0 +1,134 @@
+"""Dialogue data: prompt/completion pairs (TRL's ``{"prompt", "completion"}``) and conversations
+(``{"messages": [{"role", "content"}, ...]}``) in ``.jsonl`` or ``.json`` files, recognised from
+their fields; each becomes an ``Example``: the text the model is given, and the reply it learns.
+
+A conversation is rendered by the one chat template (``data.chat``): its last turn must be the
+assistant's, which is the reply; the turns before it are the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gpt2tune.data.chat import ROLES, Message, render_prompt, reply_target
+from gpt2tune.data.sources import read_records, read_text
+from gpt2tune.errors import UserError
+
+FORMATS = ("prompt/completion", "messages")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One exchange: the text the model is given, then what it is trained to write."""
+
+    prompt: str
+    """Context only: never a target with ``loss_on`` completion."""
+    completion: str
+    """The reply (``<|endoftext|>`` follows it)."""
+
+
+def _records(path: Path) -> list[tuple[str, object]]:
+    """(where, record) of each record of a ``.jsonl`` or ``.json`` file."""
+    if path.suffix == ".jsonl":
+        return [(f"{path}: line {n}", r) for n, r in read_records(path)]
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    items = data if isinstance(data, list) else [data]
+    return [(f"{path}: item {i}", r) for i, r in enumerate(items)]
+
+
+def dialogue_format(spec: str | Path) -> str | None:
+    """``prompt/completion`` or ``messages`` where ``spec`` is a ``.jsonl``/``.json`` file whose
+    first record has those fields; None for anything else (plain text)."""
+    path = Path(spec).expanduser()
+    if str(spec).startswith("builtin:") or path.suffix not in (".jsonl", ".json"):
+        return None
+    if not path.is_file():
+        return None
+    records = _records(path)
+    first = records[0][1] if records else None
+    if isinstance(first, dict) and "messages" in first:
+        return "messages"
+    if isinstance(first, dict) and ("prompt" in first or "completion" in first):
+        return "prompt/completion"
+    return None
+
+
+def _text(record: dict, key: str, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        got = "missing" if key not in record else f"a {type(value).__name__}"
+        raise UserError(f"{where}: {key!r} must be a string, got {got}; fix or remove the row")
+    return value
+
+
+def _from_messages(record: dict, where: str) -> Example:
+    turns = record.get("messages")
+    if not isinstance(turns, list) or not turns:
+        raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+    messages = []
+    for i, turn in enumerate(turns):
+        at = f"{where}, message {i}"
+        if not isinstance(turn, dict):
+            raise UserError(f"{at}: a message is an object with 'role' and 'content'")
+        role = _text(turn, "role", at)
+        if role not in ROLES:
+            raise UserError(f"{at}: unknown role {role!r}; use {', '.join(ROLES)}")
+        messages.append(Message(role, _text(turn, "content", at)))
+    if messages[-1].role != "assistant":
+        raise UserError(
+            f"{where}: the last message must be the assistant's reply (the one trained on); "
+            "add it or remove the row"
+        )
+    return Example(render_prompt(messages[:-1]), reply_target(messages[-1].content))
+
+
+def read_examples(spec: str | Path) -> list[Example]:
+    """Every example of a dialogue file, checked.
+
+    Raises:
+        UserError: a row that is not an object, a missing or non-string field, an unknown role,
+            no assistant turn last, an empty completion; naming the file and line.
+    """
+    path = Path(spec).expanduser()
+    kind = dialogue_format(path)
+    examples = []
+    for where, record in _records(path):
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected an object with {FORMATS[0]} or messages fields")
+        if kind == "messages":
+            ex = _from_messages(record, where)
+        else:
+            ex = Example(_text(record, "prompt", where), _text(record, "completion", where))
+        if not ex.completion.strip():
+            raise UserError(f"{where}: the completion (the reply) is empty; fix or remove the row")
+        examples.append(ex)
+    if not examples:
+        raise UserError(f"{path} holds no example")
+    return examples
+
+
+def encode_examples(
+    examples: list[Example], tokenizer, loss_on: str
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(token ids, scored) per example: the prompt's and the completion's tokens, tokenized
+    separately and concatenated, then ``<|endoftext|>``; ``scored[i]`` says whether token ``i``
+    is a target (``loss_on`` ``completion``: the completion and the ``<|endoftext|>``; ``all``:
+    every token after the first)."""
+    out = []
+    for ex in examples:
+        prompt = tokenizer.encode(ex.prompt)
+        reply = tokenizer.encode(ex.completion) + [tokenizer.eot_id]
+        ids = np.array(prompt + reply, dtype=np.int64)
+        scored = np.ones(len(ids), dtype=bool)
+        if loss_on == "completion":
+            scored[: len(prompt)] = False
+        scored[0] = False  # the first token is never predicted
+        out.append((ids, scored))
+    return out

@@ -1,0 +1,229 @@
+"""Dialogue data (prompt/completion and chat messages): read from the fields, rendered by the one
+chat template, trained with the loss on the reply only; bad rows are one line naming the row."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gpt2tune.cli.main import main
+from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.serve.protocol import ChatMessage, chat_prompt
+
+EOT = 50256
+PAIRS = [
+    ("What news on the Rialto?", "Why, nothing, my lord."),
+    ("Where is the captain?", "Gone to the harbour, sir, with the rope and lantern."),
+    ("Will you dine with us?", "Aye."),
+    ("Tell me a tale.", "There was a gull that told the storm about the anchor."),
+]
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _first_loss(capsys, base, data, out, *extra):
+    code = main(
+        [
+            "train",
+            "--model",
+            str(base),
+            "--data",
+            str(data),
+            "--method",
+            "full",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--block-size",
+            "48",
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+
+def _reference(hf, examples, mask_prompt=True):
+    """transformers' loss over the examples, each scored alone, the prompt's tokens masked
+    (labels -100): a mean over every scored token of every example."""
+    tok = Tokenizer()
+    total, count = 0.0, 0
+    for prompt, reply in examples:
+        p, r = tok.encode(prompt), tok.encode(reply) + [EOT]
+        ids = torch.tensor([p + r])
+        labels = ids.clone()
+        if mask_prompt:
+            labels[0, : len(p)] = -100
+        n = int((labels[0, 1:] != -100).sum())
+        with torch.no_grad():
+            total += hf(ids, labels=labels).loss.item() * n
+        count += n
+    return total / count
+
+
+@pytest.fixture(scope="module")
+def nodrop(tmp_path_factory):
+    from checkpoints import make_hf_model
+
+    path = tmp_path_factory.mktemp("nodrop")
+    return path, make_hf_model(path, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+
+def test_prompt_completion_loss_covers_the_reply_only(capsys, nodrop, tmp_path):
+    """The first step's loss (before any update, every example in one batch) is transformers'
+    loss with the prompts masked, example by example; with --loss-on all, over every token."""
+    base, hf = nodrop
+    data = _jsonl(tmp_path / "pc.jsonl", [{"prompt": p, "completion": " " + c} for p, c in PAIRS])
+    examples = [(p, " " + c) for p, c in PAIRS]
+    masked = _first_loss(capsys, base, data, tmp_path / "masked")
+    assert masked == pytest.approx(_reference(hf, examples), abs=1e-4)
+    everything = _first_loss(capsys, base, data, tmp_path / "all", "--loss-on", "all")
+    assert everything == pytest.approx(_reference(hf, examples, mask_prompt=False), abs=1e-4)
+    assert masked != pytest.approx(everything, abs=1e-3)
+
+
+def test_chat_messages_render_as_the_server_renders_them(capsys, nodrop, tmp_path):
+    """A conversation's prompt is the template the server uses (written out here by hand), and
+    its target is " " + the last reply, then <|endoftext|>."""
+    base, hf = nodrop
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Speak as Falstaff."},
+                {"role": "user", "content": p},
+                {"role": "assistant", "content": c},
+            ]
+        }
+        for p, c in PAIRS
+    ]
+    data = _jsonl(tmp_path / "chat.jsonl", rows)
+    by_hand = [(f"Speak as Falstaff.\n\nUser: {p}\nAssistant:", " " + c) for p, c in PAIRS]
+    served = chat_prompt(
+        [
+            ChatMessage(role="system", content="Speak as Falstaff."),
+            ChatMessage(role="user", content=PAIRS[0][0]),
+        ]
+    )
+    assert served == by_hand[0][0]
+    loss = _first_loss(capsys, base, data, tmp_path / "chat")
+    assert loss == pytest.approx(_reference(hf, by_hand), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": "a"}, "'completion' must be a string, got missing"),
+        ({"prompt": 3, "completion": "b"}, "'prompt' must be a string, got a int"),
+        ({"prompt": "a", "completion": "  "}, "completion (the reply) is empty"),
+        (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "bard", "content": "b"}]},
+            "unknown role 'bard'",
+        ),
+        (
+            {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]},
+            "the last message must be the assistant's reply",
+        ),
+    ],
+)
+def test_a_bad_row_is_one_line_naming_the_row(capsys, tiny_hf, tmp_path, row, message):
+    first = (
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+        if "messages" in row
+        else {"prompt": "hi", "completion": " yo"}
+    )
+    data = _jsonl(tmp_path / "d.jsonl", [first, first, row])
+    out = tmp_path / "out"
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_hf[0]),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--max-steps",
+            "1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{data}: line 3" in err and message in err, err
+    assert not out.exists()  # nothing written
+
+
+def test_an_example_longer_than_the_block_is_an_error_not_dropped(capsys, tiny_hf, tmp_path):
+    long = {"prompt": "word " * 60, "completion": " reply"}
+    data = _jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": " b"}, long, long])
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_hf[0]),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+            "--block-size",
+            "32",
+            "--max-steps",
+            "1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "2 of 3 examples are longer than --block-size 32" in err, err
+    assert "example 2" in err
+
+
+def test_held_out_examples_are_scored_on_their_replies(capsys, nodrop, tmp_path):
+    """--val-split holds out whole examples; their validation loss covers the replies only
+    (transformers, prompts masked, on the held-out examples of the same seeded split)."""
+    from gpt2tune.data.split import split_train_val
+
+    base, hf = nodrop
+    rows = [{"prompt": p, "completion": " " + c} for p, c in PAIRS * 2]
+    data = _jsonl(tmp_path / "pc.jsonl", rows)
+    out = tmp_path / "val"
+    code = main(
+        [
+            "train",
+            "--model",
+            str(base),
+            "--data",
+            str(data),
+            "--method",
+            "full",
+            "--lr",
+            "1e-12",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--block-size",
+            "48",
+            "--val-split",
+            "0.25",
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    _, held = split_train_val([(r["prompt"], r["completion"]) for r in rows], 0.25, 0)
+    val = json.loads((out / "summary.json").read_text())["val_loss"]
+    # lr 1e-12: the weights after one step are the base's to far below the tolerance
+    assert val == pytest.approx(_reference(hf, held), abs=1e-4)
