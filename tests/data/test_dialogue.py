@@ -227,3 +227,32 @@ def test_held_out_examples_are_scored_on_their_replies(capsys, nodrop, tmp_path)
     val = json.loads((out / "summary.json").read_text())["val_loss"]
     # lr 1e-12: the weights after one step are the base's to far below the tolerance
     assert val == pytest.approx(_reference(hf, held), abs=1e-4)
+
+
+def test_resume_must_keep_loss_on_and_older_runs_resume_with_its_default(capsys, tiny_hf, tmp_path):
+    data = _jsonl(tmp_path / "pc.jsonl", [{"prompt": p, "completion": " " + c} for p, c in PAIRS])
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        str(tiny_hf[0]),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--block-size",
+        "48",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume", "--loss-on", "all"]) == 2
+    assert "--loss-on differs from the run" in capsys.readouterr().err
+    # a run.json written before loss_on existed: it ran with the default, and resumes with it
+    run_json = out / "run.json"
+    record = json.loads(run_json.read_text())
+    del record["identity"]["loss_on"]
+    run_json.write_text(json.dumps(record))
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err

@@ -47,6 +47,8 @@ __all__ = ["DataOptions", "ModelOptions", "RunOptions", "fine_tune", "train"]
 
 log = logging.getLogger("gpt2tune")
 RUN_FILE = "run.json"
+ADDED_TO_IDENTITY = ("loss_on",)
+"""Identity options added after runs were saved without them (those ran with the default)."""
 
 
 @dataclass
@@ -76,6 +78,7 @@ class RunOptions:
             "block_size": self.data.block_size,
             "pack": self.data.pack,
             "task": self.data.task,
+            "loss_on": self.data.loss_on,
             "batch_size": t.batch_size,
             "grad_accum": t.grad_accum,
             "seed": t.seed,
@@ -243,6 +246,11 @@ def _check_same_run(opts: RunOptions, out: Path) -> None:
     """A resumed run must be the run in ``out``: the options of its identity as they were."""
     saved = json.loads((out / RUN_FILE).read_text())["identity"]
     now = opts.identity()
+    # a run saved before an option existed ran with that option's default
+    saved = {
+        **{k: v for k, v in RunOptions().identity().items() if k in ADDED_TO_IDENTITY},
+        **saved,
+    }
     diff = [k for k in now if saved.get(k) != now[k]]
     if diff:
         raise UserError(
