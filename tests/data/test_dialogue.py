@@ -256,3 +256,23 @@ def test_resume_must_keep_loss_on_and_older_runs_resume_with_its_default(capsys,
     del record["identity"]["loss_on"]
     run_json.write_text(json.dumps(record))
     assert main([*args, "--resume"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss_on", ["completion", "all"])
+def test_eval_scores_the_replies(capsys, nodrop, tmp_path, loss_on):
+    """`eval --json` on prompt/completion data: transformers' loss with the prompts masked (or
+    not, with --loss-on all), and the count of scored tokens."""
+    base, hf = nodrop
+    data = _jsonl(tmp_path / "pc.jsonl", [{"prompt": p, "completion": " " + c} for p, c in PAIRS])
+    code = main(["eval", "--model", str(base), "--data", str(data), "--json", "--loss-on", loss_on])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    got = json.loads(out)
+    examples = [(p, " " + c) for p, c in PAIRS]
+    tok = Tokenizer()
+    masked = loss_on == "completion"
+    scored = sum(
+        len(tok.encode(c)) + 1 + (0 if masked else len(tok.encode(p)) - 1) for p, c in examples
+    )
+    assert got["tokens"] == scored and got["examples"] == len(PAIRS)
+    assert got["loss"] == pytest.approx(_reference(hf, examples, mask_prompt=masked), abs=1e-4)

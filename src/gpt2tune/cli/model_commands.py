@@ -16,6 +16,7 @@ from gpt2tune.cli.common import (
     log_to_stderr,
 )
 from gpt2tune.cli.options import Append, add_dataclass_args, collect
+from gpt2tune.data.dialogue import dialogue_format
 from gpt2tune.data.options import DataOptions
 from gpt2tune.errors import UserError
 from gpt2tune.runtime import autocast_dtype, resolve_device
@@ -170,7 +171,7 @@ def eval_options(p: argparse.ArgumentParser) -> None:
         DataOptions,
         "data",
         overrides=EVAL_DATA_HELP,
-        skip=("val_data", "val_split", "block_size", "pack", "loss_on"),
+        skip=("val_data", "val_split", "block_size", "pack"),
     )
     add_dataclass_args(p, EvalOptions, "eval")
     p.set_defaults(func=cmd_eval)
@@ -184,6 +185,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = collect(args, "data", DataOptions)
     if data.task == "classify":
         return _eval_classifier(opts, data, collect(args, "load", LoadOptions))
+    if data.data and dialogue_format(data.data):
+        return _eval_dialogue(opts, data, collect(args, "load", LoadOptions))
     texts = read_documents(data.data, data.doc_sep, data.text_field, split="test")
     load = collect(args, "load", LoadOptions)
     model, tok, device = load_model(load)
@@ -202,6 +205,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(res.to_dict()))
     else:
         print(f"documents: {len(docs)}  tokens scored: {res.tokens:,}")
+        print(f"loss: {res.loss:.4f}  perplexity: {res.perplexity:.3f}")
+    return 0
+
+
+def _eval_dialogue(opts: EvalOptions, data_opts: DataOptions, load: LoadOptions) -> int:
+    """``eval`` of prompt/completion or chat data: the loss over the replies (``loss_on``)."""
+    from gpt2tune.data.dialogue import encode_examples, example_windows, read_examples
+    from gpt2tune.inference.evaluate import score_windows
+
+    assert data_opts.data is not None
+    examples = read_examples(data_opts.data)
+    model, tok, device = load_model(load)
+    items = example_windows(
+        encode_examples(examples, tok, data_opts.loss_on), model.config.n_positions
+    )
+    res = score_windows(
+        model,
+        items,
+        batch_size=opts.batch_size,
+        autocast_dtype=autocast_dtype(load.precision, device),
+    )
+    if opts.json:
+        print(
+            json.dumps({**res.to_dict(), "examples": len(examples), "loss_on": data_opts.loss_on})
+        )
+    else:
+        print(f"examples: {len(examples)}  tokens scored ({data_opts.loss_on}): {res.tokens:,}")
         print(f"loss: {res.loss:.4f}  perplexity: {res.perplexity:.3f}")
     return 0
 

@@ -114,6 +114,25 @@ def read_examples(spec: str | Path) -> list[Example]:
     return examples
 
 
+def example_windows(
+    encoded: list[tuple[np.ndarray, np.ndarray]], context: int
+) -> list[tuple[list[int], list[int]]]:
+    """(inputs, targets) of each encoded example for scoring, -100 where a token is not scored.
+
+    Raises:
+        UserError: an example longer than the model's context.
+    """
+    long = [i for i, (ids, _) in enumerate(encoded, start=1) if len(ids) - 1 > context]
+    if long:
+        raise UserError(
+            f"{len(long)} of {len(encoded)} examples are longer than the model's context "
+            f"({context} tokens; the first is example {long[0]}); shorten them"
+        )
+    return [
+        (ids[:-1].tolist(), np.where(scored[1:], ids[1:], -100).tolist()) for ids, scored in encoded
+    ]
+
+
 def encode_examples(
     examples: list[Example], tokenizer, loss_on: str
 ) -> list[tuple[np.ndarray, np.ndarray]]:
