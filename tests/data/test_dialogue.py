@@ -276,3 +276,66 @@ def test_eval_scores_the_replies(capsys, nodrop, tmp_path, loss_on):
     )
     assert got["tokens"] == scored and got["examples"] == len(PAIRS)
     assert got["loss"] == pytest.approx(_reference(hf, examples, mask_prompt=masked), abs=1e-4)
+
+
+def test_generate_chat_replies_as_transformers_continues_the_template(capsys, tiny_hf, tmp_path):
+    """`generate --chat --greedy`: the conversation rendered as written here by hand (the
+    server's template), continued greedily as transformers does, cut where the next user turn
+    would start, and only the reply printed; --messages gives the same reply."""
+    base, hf = tiny_hf
+    by_hand = "Be brief.\n\nUser: hi there\nAssistant: hello\nUser: what news?\nAssistant:"
+    ids = Tokenizer().encode(by_hand)
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=12,
+            pad_token_id=EOT,
+        )[0, len(ids) :].tolist()
+    if EOT in out:
+        out = out[: out.index(EOT)]
+    expected = Tokenizer().decode(out).split("\nUser:")[0].strip()
+    args = [
+        "generate",
+        "--model",
+        str(base),
+        "--chat",
+        "--greedy",
+        "--max-new-tokens",
+        "12",
+        "--precision",
+        "fp32",
+        "--no-stream",
+    ]
+    code = main(
+        [
+            *args,
+            "--system",
+            "Be brief.",
+            "--user",
+            "hi there",
+            "--assistant",
+            "hello",
+            "--user",
+            "what news?",
+        ]
+    )
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    assert expected and printed.strip() == expected  # a random model still says something
+    messages = tmp_path / "m.json"
+    messages.write_text(
+        json.dumps(
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "hi there"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "what news?"},
+            ]
+        )
+    )
+    assert main([*args, "--messages", str(messages)]) == 0
+    assert capsys.readouterr().out.strip() == expected
+    assert main([*args, "--user", "a", "--assistant", "b"]) == 2
+    assert "ending with --user" in capsys.readouterr().err

@@ -38,6 +38,53 @@ class GenerateOptions:
     """Print one JSON object per sample per line: text, token_ids."""
     stream: bool | None = None
     """Print tokens as they come (default: when printing one sample to a terminal)."""
+    chat: bool = False
+    """Reply in a conversation rendered by the chat template the server and training use; the
+    reply only is printed."""
+    system: str | None = None
+    """With --chat: the system text."""
+    user: list[str] = field(default_factory=list)
+    """With --chat: a user turn (repeatable; turns alternate user, assistant, user, ...)."""
+    assistant: list[str] = field(default_factory=list)
+    """With --chat: an earlier assistant turn (repeatable)."""
+    messages: str | None = None
+    """With --chat: a .json file of [{role, content}, ...], instead of --system, --user and
+    --assistant."""
+
+
+def _chat_prompt(opts: GenerateOptions) -> str:
+    """``generate --chat``: the conversation of the options, rendered by the chat template."""
+    from gpt2tune.data.chat import ROLES, Message, render_prompt
+    from gpt2tune.data.sources import read_text
+
+    if opts.messages:
+        try:
+            turns = json.loads(read_text(Path(opts.messages)))
+        except json.JSONDecodeError as e:
+            raise UserError(f"--messages {opts.messages} is not valid JSON ({e.msg})") from None
+        if not isinstance(turns, list) or not all(
+            isinstance(t, dict) and t.get("role") in ROLES and isinstance(t.get("content"), str)
+            for t in turns
+        ):
+            raise UserError(
+                f"--messages {opts.messages}: expected a list of {{role, content}} with roles "
+                f"{', '.join(ROLES)}"
+            )
+        messages = [Message(t["role"], t["content"]) for t in turns]
+    else:
+        if len(opts.user) != len(opts.assistant) + 1:
+            raise UserError(
+                "--chat takes turns that alternate --user, --assistant, ..., ending with --user: "
+                f"got {len(opts.user)} --user and {len(opts.assistant)} --assistant"
+            )
+        messages = [Message("system", opts.system)] if opts.system else []
+        for i, text in enumerate(opts.user):
+            messages.append(Message("user", text))
+            if i < len(opts.assistant):
+                messages.append(Message("assistant", opts.assistant[i]))
+    if not messages or messages[-1].role != "user":
+        raise UserError("--chat needs the user's turn last, for the model to reply to")
+    return render_prompt(messages)
 
 
 def generate_options(p: argparse.ArgumentParser) -> None:
@@ -51,7 +98,10 @@ def generate_options(p: argparse.ArgumentParser) -> None:
         "load",
         overrides={"precision": {"default": "auto", "help": AUTO_PRECISION_HELP}},
     )
-    add_dataclass_args(p, GenerateOptions, "generate")
+    repeat = {"action": Append, "nargs": None}
+    add_dataclass_args(
+        p, GenerateOptions, "generate", overrides={"user": repeat, "assistant": repeat}
+    )
     # stop_at_eot has never been a flag: a sample always ends at <|endoftext|>
     add_dataclass_args(
         p,
@@ -80,6 +130,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from gpt2tune.inference.generate import SamplingConfig, generate
 
     opts = collect(args, "generate", GenerateOptions)
+    sampling = collect(args, "sampling", SamplingConfig)
+    if opts.chat:
+        from gpt2tune.data.chat import STOP
+
+        if opts.prompt is not None:
+            raise UserError("--chat replies to --user (or --messages); leave out --prompt")
+        opts.prompt = _chat_prompt(opts)
+        sampling.stop = [*sampling.stop, STOP]  # as the server cuts a reply
     prime = opts.prime
     if opts.prime_file:
         from gpt2tune.data.sources import read_text
@@ -106,7 +164,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if stream is None:
         stream = not opts.json and opts.num_samples == 1 and sys.stdout.isatty()
     on_text = None
-    if stream:
+    if stream and not opts.chat:
         print(opts.prompt or "", end="", flush=True)
 
         def on_text(_row: int, text: str) -> None:
@@ -116,7 +174,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model,
         tok,
         opts.prompt or "",
-        collect(args, "sampling", SamplingConfig),
+        sampling,
         prime=prime,
         num_samples=opts.num_samples,
         adapter="adapter" if adapters else None,
@@ -132,7 +190,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         else:
             if opts.num_samples > 1:
                 print(f"=== sample {i + 1} ===")
-            print((opts.prompt or "") + s.text)
+            print(s.text.strip() if opts.chat else (opts.prompt or "") + s.text)
     return 0
 
 
