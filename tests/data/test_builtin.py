@@ -208,7 +208,13 @@ def test_wiki_articles_have_no_markup_left():
 def test_names_listing_and_description():
     assert is_builtin("builtin:news") and not is_builtin("data/news.txt")
     names = [entry["name"] for entry in list_builtins()]
-    assert names == ["builtin:news", "builtin:shakespeare", "builtin:speakers", "builtin:wiki"]
+    assert names == [
+        "builtin:news",
+        "builtin:shakespeare",
+        "builtin:speakers",
+        "builtin:dialogue",
+        "builtin:wiki",
+    ]
     assert all(entry["description"] and entry["package"] for entry in list_builtins())
     info = describe_builtin("builtin:news", count_tokens=lambda s: len(s.split()))
     assert info["documents"] == {"train": 300, "test": 50, "all": 350}

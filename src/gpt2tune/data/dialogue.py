@@ -46,6 +46,8 @@ def _records(path: Path) -> list[tuple[str, object]]:
 def dialogue_format(spec: str | Path) -> str | None:
     """``prompt/completion`` or ``messages`` where ``spec`` is a ``.jsonl``/``.json`` file whose
     first record has those fields; None for anything else (plain text)."""
+    if str(spec).lower().startswith("builtin:dialogue"):
+        return "messages"
     path = Path(spec).expanduser()
     if str(spec).startswith("builtin:") or path.suffix not in (".jsonl", ".json"):
         return None
@@ -89,13 +91,21 @@ def _from_messages(record: dict, where: str) -> Example:
     return Example(render_prompt(messages[:-1]), reply_target(messages[-1].content))
 
 
-def read_examples(spec: str | Path) -> list[Example]:
-    """Every example of a dialogue file, checked.
+def read_examples(spec: str | Path, split: str = "train") -> list[Example]:
+    """Every example of a dialogue file, checked; of ``builtin:dialogue:NAME``, the ``split``'s
+    exchanges, each a user's cue and the character's reply.
 
     Raises:
         UserError: a row that is not an object, a missing or non-string field, an unknown role,
             no assistant turn last, an empty completion; naming the file and line.
     """
+    if str(spec).lower().startswith("builtin:"):
+        from gpt2tune.data.builtin import load_dialogue_builtin
+
+        return [
+            Example(render_prompt([Message("user", cue)]), reply_target(reply))
+            for cue, reply in load_dialogue_builtin(str(spec), split)
+        ]
     path = Path(spec).expanduser()
     kind = dialogue_format(path)
     examples = []

@@ -120,7 +120,7 @@ def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: i
 def _load_dialogue(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int) -> LMData:
     """``load_data`` for prompt/completion and chat data."""
     assert opts.data is not None
-    examples = read_examples(opts.data)
+    examples = read_examples(opts.data, split="train")
     heldout: list[Example] = []
     if opts.val_data:
         if not dialogue_format(opts.val_data):
@@ -128,7 +128,7 @@ def _load_dialogue(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, se
                 f"`val_data` {opts.val_data} is not dialogue data like `data`; give a .jsonl/.json "
                 "file of prompt/completion or messages rows"
             )
-        heldout = read_examples(opts.val_data)
+        heldout = read_examples(opts.val_data, split="test")
     elif opts.val_split:
         examples, heldout = split_train_val(examples, opts.val_split, seed)
     block = block_size(opts, n_positions, default=min(512, n_positions))
