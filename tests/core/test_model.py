@@ -47,6 +47,42 @@ def test_left_padded_batch_matches_transformers(tiny_hf):
             assert (got[i, T - n :] - alone[0]).abs().max().item() <= 1e-5
 
 
+def test_packed_examples_each_compute_as_transformers_computes_them_alone(tiny_hf):
+    """Rows packed with several examples (segment ids): every token's logits equal transformers'
+    for its example run alone (attention kept inside the example, positions restarting); the
+    loss of the packed rows is the loss over the examples' tokens."""
+    path, hf = tiny_hf
+    ours = load_model(path)
+    torch.manual_seed(2)
+    lengths = [[9, 14, 5], [20, 3]]
+    T = 30
+    ids = torch.full((2, T), 50256)
+    seg = torch.full((2, T), -1)
+    examples = []
+    for r, row in enumerate(lengths):
+        at = 0
+        for s_, n in enumerate(row):
+            ex = torch.randint(0, 50257, (n,))
+            ids[r, at : at + n], seg[r, at : at + n] = ex, s_
+            examples.append((r, at, ex))
+            at += n
+    targets = torch.full((2, T), -100)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        h = ours.hidden_states(ids, segment_ids=seg)
+        got = ours.lm_head(h)
+        for r, at, ex in examples:
+            ref = hf(ex.unsqueeze(0)).logits[0]
+            assert (got[r, at : at + len(ex)] - ref).abs().max().item() <= 1e-5
+            targets[r, at : at + len(ex) - 1] = ex[1:]
+            total += hf(ex.unsqueeze(0), labels=ex.unsqueeze(0)).loss.item() * (len(ex) - 1)
+            count += len(ex) - 1
+        packed = ours.loss(ids, targets, segment_ids=seg).item()
+        assert packed == pytest.approx(total / count, abs=1e-5)
+        # without the segments the examples see each other, and the loss differs
+        assert ours.loss(ids, targets).item() != pytest.approx(total / count, abs=1e-3)
+
+
 def test_loss_matches_transformers(tiny_hf):
     path, hf = tiny_hf
     ours = load_model(path)

@@ -17,6 +17,7 @@ from gpt2tune.data.builtin import (
     shakespeare_other_speeches,
     shakespeare_speeches,
 )
+from gpt2tune.data.plays import parse_play
 from gpt2tune.errors import UserError
 
 WIKI_MARKUP = [
@@ -169,7 +170,7 @@ Boo.
 
 
 def test_play_markdown_parsing():
-    assert datasets._parse_play(PLAY) == [
+    assert parse_play(PLAY) == [
         (
             "ALPHA",
             "First line,\nsecond line with inserted words,\nthird - line.\n"

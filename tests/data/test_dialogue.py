@@ -89,6 +89,9 @@ def test_prompt_completion_loss_covers_the_reply_only(capsys, nodrop, tmp_path):
     examples = [(p, " " + c) for p, c in PAIRS]
     masked = _first_loss(capsys, base, data, tmp_path / "masked")
     assert masked == pytest.approx(_reference(hf, examples), abs=1e-4)
+    # packed (the default) or one example per row: the same loss, no example seeing another
+    alone = _first_loss(capsys, base, data, tmp_path / "alone", "--no-pack")
+    assert alone == pytest.approx(masked, abs=1e-5)
     everything = _first_loss(capsys, base, data, tmp_path / "all", "--loss-on", "all")
     assert everything == pytest.approx(_reference(hf, examples, mask_prompt=False), abs=1e-4)
     assert masked != pytest.approx(everything, abs=1e-3)
@@ -384,5 +387,5 @@ def test_builtin_dialogue_pairs_each_reply_with_the_speech_before_it(capsys, tmp
     )
     err = capsys.readouterr().err
     assert code == 0, err
-    assert f"{len(train)} documents -> {len(train)} rows" in err
+    assert f"{len(train)} documents -> " in err  # packed: fewer rows than examples
     assert f"validation: {len(test)} documents" in err

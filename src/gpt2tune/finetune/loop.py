@@ -215,8 +215,9 @@ class Trainer:
 
     # --------------------------------------------------------------- one step
 
-    def step(self, micro_batches: Sequence[tuple[Tensor, Tensor]]) -> StepResult:
-        """One optimizer step over ``micro_batches`` of (inputs, targets) rows of this rank.
+    def step(self, micro_batches: Sequence[tuple[Tensor, ...]]) -> StepResult:
+        """One optimizer step over ``micro_batches`` of (inputs, targets) rows of this rank, or
+        (inputs, targets, segments) for rows packed with several examples (``Rows.segments``).
 
         The loss is the mean over every target token of the step on every rank, so gradient
         accumulation and N ranks both equal one big batch.
@@ -225,15 +226,19 @@ class Trainer:
             LossNotFinite: a micro-batch's loss is NaN or infinite (nothing was updated).
         """
         par, device = self.parallel, self.device
-        n_tokens = sum(int((y != IGNORE).sum()) for _, y in micro_batches)
+        n_tokens = sum(int((mb[1] != IGNORE).sum()) for mb in micro_batches)
         n_tokens = par.all_sum(n_tokens)[0]
         amp = autocast(device, self.amp_dtype)
         loss_sum = 0.0
-        for k, (x, y) in enumerate(micro_batches):
+        for k, (x, y, *packed) in enumerate(micro_batches):
             x, y = x.to(device), y.to(device)
+            segments = packed[0].to(device) if packed and packed[0] is not None else None
             sync = par.no_sync(self.wrapped) if k < len(micro_batches) - 1 else nullcontext()
             with sync, amp:
-                loss = self.wrapped(x, y, chunk_size=self.cfg.loss_chunk)
+                if segments is None:
+                    loss = self.wrapped(x, y, chunk_size=self.cfg.loss_chunk)
+                else:
+                    loss = self.wrapped(x, y, chunk_size=self.cfg.loss_chunk, segments=segments)
             micro_tokens = int((y != IGNORE).sum())
             weight = micro_tokens / max(n_tokens, 1) * par.world  # DDP averages gradients
             if not torch.isfinite(loss):
@@ -314,7 +319,11 @@ class Trainer:
                 idx = mine[i : i + bs]
                 x, y = rows.inputs[idx].to(self.device), rows.targets[idx].to(self.device)
                 scored = int((y != IGNORE).sum())  # a mean per target, weighted by targets
-                total += self.model.loss(x, y).item() * scored
+                if rows.segments is not None:
+                    seg = rows.segments[idx].to(self.device)
+                    total += self.model.loss(x, y, segment_ids=seg).item() * scored
+                else:
+                    total += self.model.loss(x, y).item() * scored
                 count += scored
         self.model.train()
         total, count = par.all_sum(total, count)
@@ -385,7 +394,7 @@ class Trainer:
                 ]
                 while prog.step_in_epoch < len(steps) and prog.step < self.total_steps:
                     group = steps[prog.step_in_epoch]
-                    res = self.step([(rows.inputs[idx], rows.targets[idx]) for idx in group])
+                    res = self.step([rows.batch(idx) for idx in group])
                     prog.step_in_epoch += 1
                     last_loss = res.loss
                     now = time.perf_counter()

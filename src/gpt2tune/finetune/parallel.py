@@ -120,9 +120,17 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, y: Tensor | None = None, chunk_size: int = 0) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor | None = None,
+        chunk_size: int = 0,
+        segments: Tensor | None = None,
+    ) -> Tensor:
         if y is None:  # evaluation through the wrapper (FSDP gathers weights in its hooks)
             return self.model(x)
+        if segments is not None:  # rows packed with several examples (a language model's)
+            return self.model.loss(x, y, chunk_size=chunk_size, segment_ids=segments)
         return self.model.loss(x, y, chunk_size=chunk_size)
 
 

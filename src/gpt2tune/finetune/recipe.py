@@ -176,11 +176,12 @@ def _fine_tune(
     if opts.data.task == "classify":
         labeled = load_labeled_data(opts.data, tokenizer, model.config.n_positions, t.seed)
         rows, val, n_docs = labeled.rows, labeled.val_rows, labeled.documents
+        n_val = len(val) if val is not None else 0  # one text a row
         model = GPT2Classifier.from_language_model(model, labeled.labels)
         log.info(f"classes: {', '.join(labeled.labels)}")
     else:
         data = load_data(opts.data, tokenizer, model.config.n_positions, t.seed)
-        rows, val, n_docs = data.rows, data.validation, data.documents
+        rows, val, n_docs, n_val = data.rows, data.validation, data.documents, data.heldout
         # the resolved block size is part of the run's identity (a resume must match it)
         opts = replace(opts, data=replace(opts.data, block_size=data.block_size))
     device = next(model.parameters()).device
@@ -200,7 +201,7 @@ def _fine_tune(
         )
     elif t.method == "lora":
         apply_lora(model, opts.lora)
-    _log_run(opts, model, rows, n_docs, len(val) if val else 0, parallel.world)
+    _log_run(opts, model, rows, n_docs, n_val, parallel.world)
     out.mkdir(parents=True, exist_ok=True)
     if not opts.resume and parallel.is_main:
         record = {"identity": opts.identity(), "options": asdict(opts)}
