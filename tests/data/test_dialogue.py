@@ -199,33 +199,7 @@ def test_held_out_examples_are_scored_on_their_replies(capsys, nodrop, tmp_path)
     rows = [{"prompt": p, "completion": " " + c} for p, c in PAIRS * 2]
     data = _jsonl(tmp_path / "pc.jsonl", rows)
     out = tmp_path / "val"
-    code = main(
-        [
-            "train",
-            "--model",
-            str(base),
-            "--data",
-            str(data),
-            "--method",
-            "full",
-            "--lr",
-            "1e-12",
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "8",
-            "--block-size",
-            "48",
-            "--val-split",
-            "0.25",
-            "--precision",
-            "fp32",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
+    _first_loss(capsys, base, data, out, "--lr", "1e-12", "--val-split", "0.25")
     _, held = split_train_val([(r["prompt"], r["completion"]) for r in rows], 0.25, 0)
     val = json.loads((out / "summary.json").read_text())["val_loss"]
     # lr 1e-12: the weights after one step are the base's to far below the tolerance
