@@ -496,3 +496,40 @@ def test_sigterm_finishes_running_requests_then_stops(tmp_path):
         assert "Traceback" not in served.log.read_text()
     finally:
         stop_server(served)
+
+
+def test_a_greedy_chat_reply_equals_generate_chat(client, serve_files, capsys):
+    """One chat template from training to serving: the server's greedy reply to a conversation
+    is the reply `gpt2tune generate --chat --greedy` gives for the same model and adapter."""
+    r = client.chat.completions.create(
+        model="falstaff",
+        messages=[
+            {"role": "system", "content": "You speak like Falstaff."},
+            {"role": "user", "content": "What is honour?"},
+        ],
+        max_tokens=10,
+        temperature=0,
+    )
+    capsys.readouterr()
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(serve_files["tiny-base"]),
+            "--adapter",
+            str(serve_files["falstaff"]),
+            "--chat",
+            "--system",
+            "You speak like Falstaff.",
+            "--user",
+            "What is honour?",
+            "--greedy",
+            "--max-new-tokens",
+            "10",
+            "--no-stream",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    reply = r.choices[0].message.content
+    assert reply.strip() and out.strip() == reply.strip()
