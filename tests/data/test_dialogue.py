@@ -361,5 +361,5 @@ def test_builtin_dialogue_pairs_each_reply_with_the_speech_before_it(capsys, tmp
     )
     err = capsys.readouterr().err
     assert code == 0, err
-    assert f"{len(train)} documents -> " in err  # packed: fewer rows than examples
-    assert f"validation: {len(test)} documents" in err
+    assert f"{len(train)} examples -> " in err  # packed: fewer rows than examples
+    assert f"validation: {len(test)} examples" in err

@@ -50,6 +50,8 @@ class LMData:
     """Training documents (or dialogue examples) the rows were cut from."""
     heldout: int = 0
     """Validation documents (or dialogue examples)."""
+    unit: str = "documents"
+    """What ``documents`` and ``heldout`` count: ``documents``, or ``examples`` of dialogue."""
     val_rows: Rows | None = None
     """Dialogue data's validation examples as rows, their prompts masked (``val_docs`` is None
     then)."""
@@ -151,7 +153,12 @@ def _load_dialogue(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, se
     rows = rows_of(examples)
     val = rows_of(heldout) if heldout else None
     return LMData(
-        rows=rows, val_docs=None, documents=len(examples), heldout=len(heldout), val_rows=val
+        rows=rows,
+        val_docs=None,
+        documents=len(examples),
+        heldout=len(heldout),
+        unit="examples",
+        val_rows=val,
     )
 
 

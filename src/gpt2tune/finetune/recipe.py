@@ -177,11 +177,13 @@ def _fine_tune(
         labeled = load_labeled_data(opts.data, tokenizer, model.config.n_positions, t.seed)
         rows, val, n_docs = labeled.rows, labeled.val_rows, labeled.documents
         n_val = len(val) if val is not None else 0  # one text a row
+        what = "texts"
         model = GPT2Classifier.from_language_model(model, labeled.labels)
         log.info(f"classes: {', '.join(labeled.labels)}")
     else:
         data = load_data(opts.data, tokenizer, model.config.n_positions, t.seed)
         rows, val, n_docs, n_val = data.rows, data.validation, data.documents, data.heldout
+        what = data.unit
         # the resolved block size is part of the run's identity (a resume must match it)
         opts = replace(opts, data=replace(opts.data, block_size=data.block_size))
     device = next(model.parameters()).device
@@ -201,7 +203,7 @@ def _fine_tune(
         )
     elif t.method == "lora":
         apply_lora(model, opts.lora)
-    _log_run(opts, model, rows, n_docs, n_val, parallel.world)
+    _log_run(opts, model, rows, (n_docs, n_val, what), parallel.world)
     out.mkdir(parents=True, exist_ok=True)
     if not opts.resume and parallel.is_main:
         record = {"identity": opts.identity(), "options": asdict(opts)}
@@ -262,7 +264,7 @@ def _check_same_run(opts: RunOptions, out: Path) -> None:
 
 
 def _log_run(
-    opts: RunOptions, model: torch.nn.Module, rows: Rows, n_docs: int, n_val: int, world: int
+    opts: RunOptions, model: torch.nn.Module, rows: Rows, counts: tuple[int, int, str], world: int
 ) -> None:
     """Say what trains, on what, and how the batch is made up."""
     t = opts.train
@@ -271,7 +273,7 @@ def _log_run(
     else:
         trainable = total = sum(p.numel() for p in model.parameters())
     log.info(format_parameter_report(trainable, total))
-    what = "texts" if opts.data.task == "classify" else "documents"
+    n_docs, n_val, what = counts  # training and held-out documents, and what they are
     log.info(
         f"data: {n_docs} {what} -> {len(rows)} rows of {rows.inputs.size(1)} tokens "
         f"({rows.num_targets:,} training targets); validation: {n_val} {what}"
