@@ -346,12 +346,13 @@ class GPT2(nn.Module):
                 earlier tokens of its own segment, and positions restart at each segment, so
                 each example is computed as if alone (no cache, no ``attention_mask``).
         """
-        if segment_ids is not None:
-            return self._packed(input_ids, segment_ids)
         B, T = input_ids.shape
         device = input_ids.device
         mask = None  # causal over the cache and the new tokens (see ops.attention)
-        if cache is not None and attention_mask is None:
+        if segment_ids is not None:
+            last = T
+            position_ids, mask = _within_segments(segment_ids)
+        elif cache is not None and attention_mask is None:
             # each slot continues from its own length (they may differ: continuous batching)
             last = max(cache.lengths) + T
             if position_ids is None:
@@ -388,25 +389,6 @@ class GPT2(nn.Module):
                 x = block(x, mask, cache, i)
         if cache is not None:
             cache.advance(T)
-        return self.transformer.ln_f(x)
-
-    def _packed(self, input_ids: Tensor, segment_ids: Tensor) -> Tensor:
-        """``hidden_states`` of rows packed with several examples (see ``segment_ids``)."""
-        T = input_ids.size(1)
-        idx = torch.arange(T, device=input_ids.device)
-        starts = torch.ones_like(segment_ids, dtype=torch.bool)
-        starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-        # each token's position: its index minus the index where its segment starts
-        first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
-        same = segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1)  # (B, T, T)
-        allowed = (same & (idx.view(T, 1) >= idx.view(1, T))).unsqueeze(1)  # (B, 1, T, T)
-        x = self.transformer.wte(input_ids) + self.transformer.wpe(idx - first)
-        x = self.transformer.drop(x)
-        for i, block in enumerate(self.transformer.h):
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, allowed, None, i, use_reentrant=False)
-            else:
-                x = block(x, allowed, None, i)
         return self.transformer.ln_f(x)
 
     def forward(
@@ -459,6 +441,19 @@ class GPT2(nn.Module):
         """
         h = self.hidden_states(input_ids, attention_mask=attention_mask, segment_ids=segment_ids)
         return lm_head_loss(h, self.lm_head.weight, targets, chunk_size)
+
+
+def _within_segments(segment_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """For rows packed with several examples: each token's position within its segment, and the
+    boolean (B, 1, T, T) mask letting a token see only earlier tokens of its own segment."""
+    T = segment_ids.size(1)
+    idx = torch.arange(T, device=segment_ids.device)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    # a token's position: its index minus the index where its segment starts
+    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    same = segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1)  # (B, T, T)
+    return idx - first, (same & (idx.view(T, 1) >= idx.view(1, T))).unsqueeze(1)
 
 
 def cast_for_inference(model: nn.Module, dtype: torch.dtype) -> nn.Module:

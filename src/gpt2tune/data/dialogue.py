@@ -53,8 +53,20 @@ def dialogue_format(spec: str | Path) -> str | None:
         return None
     if not path.is_file():
         return None
-    records = _records(path)
-    first = records[0][1] if records else None
+    if path.suffix == ".json":
+        records = _records(path)
+        return _kind(records[0][1] if records else None)
+    # .jsonl: the first record says it; the file is read whole only by its reader
+    try:
+        with path.open(encoding="utf-8") as f:
+            line = next((line for line in f if line.strip()), "")
+        return _kind(json.loads(line)) if line else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # plain text's reader names the problem
+
+
+def _kind(first: object) -> str | None:
+    """The dialogue format a file's first record shows, or None."""
     if isinstance(first, dict) and "messages" in first:
         return "messages"
     if isinstance(first, dict) and ("prompt" in first or "completion" in first):
@@ -107,9 +119,10 @@ def read_examples(spec: str | Path, split: str = "train") -> list[Example]:
             for cue, reply in load_dialogue_builtin(str(spec), split)
         ]
     path = Path(spec).expanduser()
-    kind = dialogue_format(path)
+    records = _records(path)
+    kind = _kind(records[0][1] if records else None)
     examples = []
-    for where, record in _records(path):
+    for where, record in records:
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected an object with {FORMATS[0]} or messages fields")
         if kind == "messages":

@@ -232,13 +232,10 @@ class Trainer:
         loss_sum = 0.0
         for k, (x, y, *packed) in enumerate(micro_batches):
             x, y = x.to(device), y.to(device)
-            segments = packed[0].to(device) if packed and packed[0] is not None else None
+            segments = packed[0].to(device) if packed else None
             sync = par.no_sync(self.wrapped) if k < len(micro_batches) - 1 else nullcontext()
             with sync, amp:
-                if segments is None:
-                    loss = self.wrapped(x, y, chunk_size=self.cfg.loss_chunk)
-                else:
-                    loss = self.wrapped(x, y, chunk_size=self.cfg.loss_chunk, segments=segments)
+                loss = self.wrapped(x, y, chunk_size=self.cfg.loss_chunk, segments=segments)
             micro_tokens = int((y != IGNORE).sum())
             weight = micro_tokens / max(n_tokens, 1) * par.world  # DDP averages gradients
             if not torch.isfinite(loss):
@@ -319,11 +316,8 @@ class Trainer:
                 idx = mine[i : i + bs]
                 x, y = rows.inputs[idx].to(self.device), rows.targets[idx].to(self.device)
                 scored = int((y != IGNORE).sum())  # a mean per target, weighted by targets
-                if rows.segments is not None:
-                    seg = rows.segments[idx].to(self.device)
-                    total += self.model.loss(x, y, segment_ids=seg).item() * scored
-                else:
-                    total += self.model.loss(x, y).item() * scored
+                seg = rows.segments[idx].to(self.device) if rows.segments is not None else None
+                total += self.model.loss(x, y, segment_ids=seg).item() * scored
                 count += scored
         self.model.train()
         total, count = par.all_sum(total, count)

@@ -129,9 +129,7 @@ class LossModule(nn.Module):
     ) -> Tensor:
         if y is None:  # evaluation through the wrapper (FSDP gathers weights in its hooks)
             return self.model(x)
-        if segments is not None:  # rows packed with several examples (a language model's)
-            return self.model.loss(x, y, chunk_size=chunk_size, segment_ids=segments)
-        return self.model.loss(x, y, chunk_size=chunk_size)
+        return self.model.loss(x, y, chunk_size=chunk_size, segment_ids=segments)
 
 
 class SingleProcess:
