@@ -117,11 +117,67 @@ def test_chat_messages_render_as_the_server_renders_them(capsys, nodrop, tmp_pat
         [
             ChatMessage(role="system", content="Speak as Falstaff."),
             ChatMessage(role="user", content=PAIRS[0][0]),
-        ]
+        ],
+        Tokenizer(),
     )
-    assert served == by_hand[0][0]
+    assert served == Tokenizer().encode(by_hand[0][0])
     loss = _first_loss(capsys, base, data, tmp_path / "chat")
     assert loss == pytest.approx(_reference(hf, by_hand), abs=1e-4)
+
+
+def test_every_assistant_turn_of_a_conversation_is_a_target(capsys, nodrop, tmp_path):
+    """Several turns: every reply (" " + its text, then the <|endoftext|> token) is scored, the
+    rest is context, and the next turn starts on a new line after that token. The reference is
+    transformers on each conversation written out here by hand, labels -100 outside the replies;
+    scoring the last reply only would give another loss."""
+    base, hf = nodrop
+    tok = Tokenizer()
+    conversations = [PAIRS[:2], PAIRS[2:]]
+    rows = [
+        {
+            "messages": [
+                m
+                for p, c in conv
+                for m in ({"role": "user", "content": p}, {"role": "assistant", "content": c})
+            ]
+        }
+        for conv in conversations
+    ]
+    data = _jsonl(tmp_path / "turns.jsonl", rows)
+
+    def reference(last_only: bool) -> float:
+        total, count = 0.0, 0
+        for conv in conversations:
+            ids: list[int] = []
+            labels: list[int] = []
+            for i, (p, c) in enumerate(conv):
+                context = tok.encode(("\n" if i else "") + f"User: {p}\nAssistant:")
+                reply = tok.encode(" " + c) + [EOT]
+                scored = not last_only or i == len(conv) - 1
+                ids += context + reply
+                labels += [-100] * len(context) + (reply if scored else [-100] * len(reply))
+            n = sum(t != -100 for t in labels[1:])
+            with torch.no_grad():
+                total += hf(torch.tensor([ids]), labels=torch.tensor([labels])).loss.item() * n
+            count += n
+        return total / count
+
+    loss = _first_loss(capsys, base, data, tmp_path / "turns")
+    assert loss == pytest.approx(reference(last_only=False), abs=1e-4)
+    assert loss != pytest.approx(reference(last_only=True), abs=1e-3)
+
+
+def test_typed_end_of_text_stays_characters():
+    """A user who types "<|endoftext|>" gets those characters: the token closes replies only."""
+    from gpt2tune.data.chat import Message, prompt_ids
+
+    tok = Tokenizer()
+    text = "say <|endoftext|> twice"
+    ids = prompt_ids(
+        [Message("user", text), Message("assistant", "ok"), Message("user", text)], tok
+    )
+    assert ids.count(EOT) == 1  # the one after the assistant's "ok"
+    assert tok.decode(ids).count("<|endoftext|>") == 3
 
 
 @pytest.mark.parametrize(
@@ -129,7 +185,7 @@ def test_chat_messages_render_as_the_server_renders_them(capsys, nodrop, tmp_pat
     [
         ({"prompt": "a"}, "'completion' must be a string, got missing"),
         ({"prompt": 3, "completion": "b"}, "'prompt' must be a string, got a int"),
-        ({"prompt": "a", "completion": "  "}, "completion (the reply) is empty"),
+        ({"prompt": "a", "completion": "  "}, "a completion (a reply) is empty"),
         (
             {"messages": [{"role": "user", "content": "a"}, {"role": "bard", "content": "b"}]},
             "unknown role 'bard'",
@@ -257,11 +313,18 @@ def test_eval_scores_the_replies(capsys, nodrop, tmp_path, loss_on):
 
 def test_generate_chat_replies_as_transformers_continues_the_template(capsys, tiny_hf, tmp_path):
     """`generate --chat --greedy`: the conversation rendered as written here by hand (the
-    server's template), continued greedily as transformers does, cut where the next user turn
-    would start, and only the reply printed; --messages gives the same reply."""
+    training and server template, each earlier reply closed by <|endoftext|>), continued
+    greedily as transformers does, cut where the next user turn would start, and only the
+    reply printed; --messages gives the same reply."""
     base, hf = tiny_hf
-    by_hand = "Be brief.\n\nUser: hi there\nAssistant: hello\nUser: what news?\nAssistant:"
-    ids = Tokenizer().encode(by_hand)
+    tok = Tokenizer()
+    # the earlier reply closed by the <|endoftext|> token, as every reply is trained
+    ids = (
+        tok.encode("Be brief.\n\nUser: hi there\nAssistant:")
+        + tok.encode(" hello")
+        + [EOT]
+        + tok.encode("\nUser: what news?\nAssistant:")
+    )
     with torch.no_grad():
         out = hf.generate(
             torch.tensor([ids]),

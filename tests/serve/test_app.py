@@ -16,6 +16,7 @@ import torch
 from serving import start_server, stop_server
 
 from gpt2tune.cli.main import main
+from gpt2tune.core.tokenizer import Tokenizer
 
 PROMPT = "The meaning of life is"
 
@@ -56,7 +57,7 @@ def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]
         return e.code, json.load(e)
 
 
-def greedy(client, model: str, prompt: str = PROMPT, max_tokens: int = 12, **kw) -> str:
+def greedy(client, model: str, prompt: str | list[int] = PROMPT, max_tokens: int = 12, **kw) -> str:
     r = client.completions.create(
         model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, **kw
     )
@@ -200,9 +201,21 @@ def test_prompt_list_echo_logprobs_and_priming(client):
     assert primed == greedy(client, "news", "A poem about the sea. Q:", 6)
 
 
+def test_token_id_prompts_continue_as_their_text_does(client):
+    """OpenAI's prompt forms: one list of token ids, or several, give the text prompt's tokens."""
+    ids = Tokenizer().encode(PROMPT)
+    assert greedy(client, "news", ids, 6) == greedy(client, "news", PROMPT, 6)
+    r = client.completions.create(model="news", prompt=[ids, ids[:2]], max_tokens=4, temperature=0)
+    assert [c.text for c in r.choices] == [
+        greedy(client, "news", PROMPT, 4),
+        greedy(client, "news", Tokenizer().decode(ids[:2]), 4),
+    ]
+
+
 def test_chat_uses_the_documented_template(client):
-    """The reference is the README's template written out by hand: system (and developer) text
-    first, then one line per message, ending with "Assistant:"."""
+    """The reference is the README's template written out by hand and sent as token ids (which
+    /v1/completions takes, as OpenAI's does): system (and developer) text first, then one line
+    per message, each earlier reply closed by <|endoftext|>, ending with "Assistant:"."""
     messages = [
         {"role": "system", "content": "You speak like Falstaff."},
         {"role": "user", "content": "What is honour?"},
@@ -215,9 +228,13 @@ def test_chat_uses_the_documented_template(client):
     )
     assert r.object == "chat.completion"
     assert r.choices[0].message.role == "assistant"
+    # the earlier reply is closed by the <|endoftext|> token (50256), as training renders it
+    tok = Tokenizer()
     prompt = (
-        "You speak like Falstaff.\n\nUser: What is honour?\nAssistant: A word.\n"
-        "Be brief.\n\nUser: And what is in that word?\nAssistant:"
+        tok.encode("You speak like Falstaff.\n\nUser: What is honour?\nAssistant:")
+        + tok.encode(" A word.")
+        + [50256]
+        + tok.encode("\nBe brief.\n\nUser: And what is in that word?\nAssistant:")
     )
     assert r.choices[0].message.content == greedy(client, "falstaff", prompt, 10, stop=["\nUser:"])
     streamed = client.chat.completions.create(
@@ -278,6 +295,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, liv
             "exceeds the model's context",
         ),
         (dict(model="news", prompt="x", max_tokens=5000), openai.BadRequestError, "cap"),
+        (dict(model="news", prompt=[5, 99999]), openai.BadRequestError, "token ids must be"),
         (
             dict(model="news", prompt="x", presence_penalty=1.0),
             openai.BadRequestError,

@@ -47,9 +47,9 @@ class GenerateOptions:
     --assistant."""
 
 
-def _chat_prompt(opts: GenerateOptions) -> str:
-    """``generate --chat``: the conversation of the options, rendered by the chat template."""
-    from gpt2tune.data.chat import ROLES, Message, render_prompt
+def _chat_messages(opts: GenerateOptions) -> list:
+    """``generate --chat``: the conversation of the options (each a ``data.chat.Message``)."""
+    from gpt2tune.data.chat import ROLES, Message
     from gpt2tune.data.sources import read_text
 
     if opts.messages:
@@ -79,7 +79,7 @@ def _chat_prompt(opts: GenerateOptions) -> str:
                 messages.append(Message("assistant", opts.assistant[i]))
     if not messages or messages[-1].role != "user":
         raise UserError("--chat needs the user's turn last, for the model to reply to")
-    return render_prompt(messages)
+    return messages
 
 
 def generate_options(p: argparse.ArgumentParser) -> None:
@@ -126,19 +126,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     opts = collect(args, "generate", GenerateOptions)
     sampling = collect(args, "sampling", SamplingConfig)
+    chat = None
     if opts.chat:
         from gpt2tune.data.chat import STOP
 
         if opts.prompt is not None:
             raise UserError("--chat replies to --user (or --messages); leave out --prompt")
-        opts.prompt = _chat_prompt(opts)
+        chat = _chat_messages(opts)
         sampling.stop = [*sampling.stop, STOP]  # as the server cuts a reply
     prime = opts.prime
     if opts.prime_file:
         from gpt2tune.data.sources import read_text
 
         prime = read_text(Path(opts.prime_file))
-    if opts.prompt is None and not prime:
+    if opts.prompt is None and not prime and chat is None:
         raise UserError("nothing to condition on: give --prompt TEXT (and/or --prime/--prime-file)")
     load = collect(args, "load", LoadOptions)
     device = resolve_device(load.device)
@@ -165,10 +166,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         def on_text(_row: int, text: str) -> None:
             print(text, end="", flush=True)
 
+    prompt: str | list[int] = opts.prompt or ""
+    if chat is not None:
+        from gpt2tune.data.chat import prompt_ids
+
+        prompt = prompt_ids(chat, tok)  # every earlier reply closed by <|endoftext|>, as trained
     samples = generate(
         model,
         tok,
-        opts.prompt or "",
+        prompt,
         sampling,
         prime=prime,
         num_samples=opts.num_samples,

@@ -3,7 +3,7 @@
 their fields; each becomes an ``Example``: the text the model is given, and the reply it learns.
 
 A conversation is rendered by the one chat template (``data.chat``): its last turn must be the
-assistant's, which is the reply; the turns before it are the prompt.
+assistant's; every assistant turn is a reply the model learns (context for the ones after it).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2tune.data.chat import ROLES, Message, render_prompt, reply_target
+from gpt2tune.data.chat import ROLES, Message, Part, as_text, encode, render
 from gpt2tune.data.sources import read_records, read_text
 from gpt2tune.errors import UserError
 
@@ -23,12 +23,26 @@ FORMATS = ("prompt/completion", "messages")
 
 @dataclass(frozen=True)
 class Example:
-    """One exchange: the text the model is given, then what it is trained to write."""
+    """One example: the text the model is given and the replies it is trained to write (one for
+    prompt/completion; one per assistant turn for a conversation)."""
 
-    prompt: str
-    """Context only: never a target with ``loss_on`` completion."""
-    completion: str
-    """The reply (``<|endoftext|>`` follows it)."""
+    parts: tuple[Part, ...]
+    """Context and reply parts, in order; the last is a reply."""
+
+    @classmethod
+    def pair(cls, prompt: str, completion: str) -> Example:
+        """A prompt/completion example (the completion as written, no space added)."""
+        return cls((Part(prompt, reply=False), Part(completion, reply=True)))
+
+    @property
+    def prompt(self) -> str:
+        """Everything before the last reply (earlier replies with their ``<|endoftext|>``)."""
+        return as_text(self.parts[:-1])
+
+    @property
+    def completion(self) -> str:
+        """The last reply."""
+        return self.parts[-1].text
 
 
 def _records(path: Path) -> list[tuple[str, object]]:
@@ -100,7 +114,7 @@ def _from_messages(record: dict, where: str) -> Example:
             f"{where}: the last message must be the assistant's reply (the one trained on); "
             "add it or remove the row"
         )
-    return Example(render_prompt(messages[:-1]), reply_target(messages[-1].content))
+    return Example(tuple(render(messages, open_reply=False)))
 
 
 def read_examples(spec: str | Path, split: str = "train") -> list[Example]:
@@ -115,7 +129,9 @@ def read_examples(spec: str | Path, split: str = "train") -> list[Example]:
         from gpt2tune.data.builtin import load_dialogue_builtin
 
         return [
-            Example(render_prompt([Message("user", cue)]), reply_target(reply))
+            Example(
+                tuple(render([Message("user", cue), Message("assistant", reply)], open_reply=False))
+            )
             for cue, reply in load_dialogue_builtin(str(spec), split)
         ]
     path = Path(spec).expanduser()
@@ -128,9 +144,9 @@ def read_examples(spec: str | Path, split: str = "train") -> list[Example]:
         if kind == "messages":
             ex = _from_messages(record, where)
         else:
-            ex = Example(_text(record, "prompt", where), _text(record, "completion", where))
-        if not ex.completion.strip():
-            raise UserError(f"{where}: the completion (the reply) is empty; fix or remove the row")
+            ex = Example.pair(_text(record, "prompt", where), _text(record, "completion", where))
+        if any(p.reply and not p.text.strip() for p in ex.parts):
+            raise UserError(f"{where}: a completion (a reply) is empty; fix or remove the row")
         examples.append(ex)
     if not examples:
         raise UserError(f"{path} holds no example")
@@ -159,18 +175,17 @@ def example_windows(
 def encode_examples(
     examples: list[Example], tokenizer, loss_on: str
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(token ids, scored) per example: the prompt's and the completion's tokens, tokenized
-    separately and concatenated, then ``<|endoftext|>``; ``scored[i]`` says whether token ``i``
-    is a target (``loss_on`` ``completion``: the completion and the ``<|endoftext|>``; ``all``:
-    every token after the first)."""
+    """(token ids, scored) per example: each part tokenized separately and concatenated, every
+    reply followed by ``<|endoftext|>`` (``data.chat.encode``); ``scored[i]`` says whether token
+    ``i`` is a target (``loss_on`` ``completion``: the replies and their ``<|endoftext|>``;
+    ``all``: every token after the first)."""
     out = []
     for ex in examples:
-        prompt = tokenizer.encode(ex.prompt)
-        reply = tokenizer.encode(ex.completion) + [tokenizer.eot_id]
-        ids = np.array(prompt + reply, dtype=np.int64)
-        scored = np.ones(len(ids), dtype=bool)
-        if loss_on == "completion":
-            scored[: len(prompt)] = False
+        tokens, in_reply = encode(ex.parts, tokenizer)
+        ids = np.array(tokens, dtype=np.int64)
+        scored = (
+            np.array(in_reply, dtype=bool) if loss_on == "completion" else np.ones(len(ids), bool)
+        )
         scored[0] = False  # the first token is never predicted
         out.append((ids, scored))
     return out

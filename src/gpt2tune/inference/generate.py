@@ -126,21 +126,30 @@ class Sample:
 
 
 def build_context(
-    tokenizer: Tokenizer, prompt: str, prime: str | None, max_new_tokens: int, n_positions: int
+    tokenizer: Tokenizer,
+    prompt: str | list[int],
+    prime: str | None,
+    max_new_tokens: int,
+    n_positions: int,
 ) -> tuple[list[int], int]:
     """Token ids of prime + prompt, trimmed from the left to leave room for the new tokens.
 
-    The prime is joined to the prompt with a newline unless it already ends in whitespace.
+    The prompt is text, or token ids (a chat rendered by ``data.chat``). The prime is joined to
+    the prompt with a newline unless it already ends in whitespace.
     Returns (ids, number of tokens trimmed).
     """
     if max_new_tokens >= n_positions:
         raise UserError(
             f"`max_new_tokens` ({max_new_tokens}) must be below the model's context ({n_positions})"
         )
-    text = prompt
-    if prime:
-        text = prime + ("" if prime[-1:].isspace() or not prompt else "\n") + prompt
-    ids = tokenizer.encode(text)
+    if isinstance(prompt, str):
+        text = prompt
+        if prime:
+            text = prime + ("" if prime[-1:].isspace() or not prompt else "\n") + prompt
+        ids = tokenizer.encode(text)
+    else:
+        lead = prime + ("" if prime[-1:].isspace() or not prompt else "\n") if prime else ""
+        ids = tokenizer.encode(lead) + list(prompt)
     room = n_positions - max_new_tokens
     trimmed = max(0, len(ids) - room)
     return ids[trimmed:], trimmed
@@ -224,7 +233,7 @@ class TextRow:
 def generate(
     model: GPT2,
     tokenizer: Tokenizer,
-    prompt: str,
+    prompt: str | list[int],
     cfg: SamplingConfig,
     *,
     prime: str | None = None,
@@ -239,7 +248,7 @@ def generate(
     Args:
         model: the language model (eval mode).
         tokenizer: GPT-2 tokenizer.
-        prompt: text to continue.
+        prompt: text to continue, or its token ids (a chat rendered by ``data.chat``).
         cfg: sampling settings.
         prime: text placed before the prompt (trimmed from the left to fit the context).
         num_samples: continuations to draw.

@@ -43,16 +43,26 @@ def max_tokens_of(
 def prepare(
     body: SamplingFields,
     model: ServedModel,
-    prompts: list[str],
+    prompts: list[str] | list[list[int]],
     asked: int | None,
     default: int,
     logprobs: int | None,
     cap: int,
 ) -> tuple[list[GenerationRequest], list[int]]:
-    """Engine requests for the prompts (prime placed before each), and each one's length."""
+    """Engine requests for the prompts (text, or a chat's token ids; prime placed before each),
+    and each one's length."""
     body.check_unsupported()
     tok, n_positions = model.tokenizer, model.engine.model.config.n_positions
-    longest = max(len(tok.encode(p)) for p in prompts)
+    vocab = model.engine.model.config.vocab_size
+    for p in prompts:
+        if not isinstance(p, str) and not all(0 <= t < vocab for t in p):
+            raise APIError(
+                400,
+                f"a prompt's token ids must be between 0 and {vocab - 1} (this model's "
+                "vocabulary); send text, or ids from its tokenizer",
+                param="prompt",
+            )
+    longest = max(len(tok.encode(p)) if isinstance(p, str) else len(p) for p in prompts)
     max_tokens = max_tokens_of(asked, default, longest, n_positions, cap)
     if longest + max_tokens > n_positions:
         raise APIError(

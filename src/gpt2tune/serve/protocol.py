@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpt2tune.data.chat import STOP, Message, render_prompt
+from gpt2tune.data.chat import STOP, Message, prompt_ids
 from gpt2tune.errors import UserError
 from gpt2tune.inference.sampling import SamplingConfig
 
@@ -123,15 +123,20 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
+    """Text, texts, or (as OpenAI allows) token ids: one list of ids, or a list of them."""
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     """Log-probabilities of each sampled token and of this many most likely alternatives."""
     suffix: str | None = None
     best_of: int | None = None
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str] | list[list[int]]:
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and all(isinstance(t, int) for t in self.prompt):
+            return [list(self.prompt)]  # type: ignore[arg-type]
+        return list(self.prompt)  # type: ignore[return-value]
 
     def check_unsupported(self) -> None:
         super().check_unsupported()
@@ -164,10 +169,10 @@ class ChatRequest(SamplingFields):
 CHAT_STOP = STOP
 
 
-def chat_prompt(messages: list[ChatMessage]) -> str:
-    """The prompt of a chat request, rendered by the one chat template (``data.chat``), the same
-    that training and ``generate --chat`` use."""
-    return render_prompt([Message(m.role, m.content) for m in messages])
+def chat_prompt(messages: list[ChatMessage], tokenizer) -> list[int]:
+    """The prompt of a chat request as token ids, rendered by the one chat template
+    (``data.chat``), the same that training and ``generate --chat`` use."""
+    return prompt_ids([Message(m.role, m.content) for m in messages], tokenizer)
 
 
 def new_id(prefix: str) -> str:

@@ -164,7 +164,10 @@ async def completions(
         body, model, body.prompts(), body.max_tokens, 16, body.logprobs, settings.max_tokens_cap
     )
     streams = start(service, model, reqs)
-    run = Run(service, streams, model, body.n, request, echo=body.prompts() if body.echo else None)
+    echo = None
+    if body.echo:
+        echo = [p if isinstance(p, str) else model.tokenizer.decode(p) for p in body.prompts()]
+    run = Run(service, streams, model, body.n, request, echo=echo)
     rid, created = new_id("cmpl"), now()
 
     def chunk(choices: list[dict]) -> dict:
@@ -218,7 +221,8 @@ async def chat(
     top = (body.top_logprobs or 0) if body.logprobs else None
     asked = body.max_completion_tokens or body.max_tokens
     cap = settings.max_tokens_cap
-    reqs, lengths = prepare(body, model, [chat_prompt(body.messages)], asked, cap, top, cap)
+    prompt = chat_prompt(body.messages, model.tokenizer)
+    reqs, lengths = prepare(body, model, [prompt], asked, cap, top, cap)
     streams = start(service, model, reqs)
     run = Run(service, streams, model, body.n, request)
     rid, created = new_id("chatcmpl"), now()
