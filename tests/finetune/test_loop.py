@@ -161,13 +161,20 @@ def test_gradient_accumulation_equals_the_big_batch(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_resume_after_interruption_equals_uninterrupted_run(tiny_hf, corpus, tmp_path, method):
+@pytest.mark.parametrize("data", ["corpus", "dialogue"])
+def test_resume_after_interruption_equals_uninterrupted_run(
+    tiny_hf, tmp_path, method, data, request
+):
+    """Interrupted at step 3 and resumed, a run ends with the weights, the losses and the
+    validation losses of a run never interrupted, bit for bit: on plain text, and on
+    prompt/completion data packed with the prompts masked (the defaults for dialogue)."""
+    data = request.getfixturevalue(data)
     kw = dict(method=method, max_steps=7, grad_accum=2, eval_every=3, lr=2e-3)
-    full = fine_tune(options(tiny_hf[0], corpus, tmp_path / "a", **kw))
-    first = fine_tune(options(tiny_hf[0], corpus, tmp_path / "b", **kw), on_step=Interrupt(3))
+    full = fine_tune(options(tiny_hf[0], data, tmp_path / "a", **kw))
+    first = fine_tune(options(tiny_hf[0], data, tmp_path / "b", **kw), on_step=Interrupt(3))
     assert first.interrupted and first.steps == 3
     assert load_checkpoint(tmp_path / "b", lambda c: c)[0]["position"]["step"] == 3
-    opts = options(tiny_hf[0], corpus, tmp_path / "b", **kw)
+    opts = options(tiny_hf[0], data, tmp_path / "b", **kw)
     opts.resume = True
     second = fine_tune(opts)
     assert second.steps == 7
@@ -183,7 +190,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_hf, corpus, tmp
         if "loss" in json.loads(line)
     ]
     assert steps == list(range(1, 8))
-    assert second.final_loss == pytest.approx(full.final_loss, abs=1e-6)
+
+    def logged(run, key):
+        rows = map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+        return [r[key] for r in rows if key in r]
+
+    for key in ("loss", "val_loss"):
+        assert logged("a", key) and logged("a", key) == logged("b", key), key
+    assert second.final_loss == full.final_loss
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(

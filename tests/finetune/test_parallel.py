@@ -31,13 +31,13 @@ def setup(tmp_path_factory):
     return d
 
 
-def _args(d, out, batch, *extra):
+def _args(d, out, batch, *extra, data=None):
     return [
         "train",
         "--model",
         str(d / "base"),
         "--data",
-        str(d / "corpus.txt"),
+        str(data or d / "corpus.txt"),
         "--out",
         str(out),
         "--block-size",
@@ -93,6 +93,11 @@ def _losses(out, key="loss"):
     return [r[key] for r in rows if "loss" in r]
 
 
+def _val_losses(out):
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["val_loss"] for r in rows if "val_loss" in r]
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_two_ranks_equal_one_process_with_double_batch(
     setup, tmp_path, method, monkeypatch, capsys
@@ -129,6 +134,27 @@ def test_two_ranks_equal_one_process_with_double_batch(
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )
+
+
+def test_two_ranks_equal_one_process_on_masked_packed_dialogue(
+    setup, dialogue, tmp_path, monkeypatch
+):
+    """Prompt/completion data, packed with the prompts masked (the defaults): the rows of a batch
+    hold different numbers of scored tokens, and the two ranks' step still averages over the
+    global batch's scored tokens, as one process does; so do their validation losses."""
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    extra = ["--method", "full", "--val-split", "0.2", "--eval-every", "2"]
+    assert main(_args(setup, tmp_path / "one", 4, *extra, data=dialogue)) == 0
+    proc = _torchrun(_args(setup, tmp_path / "two", 2, *extra, data=dialogue), tmp=tmp_path)
+    assert "global batch 2 x 2 ranks" in proc.stderr and "examples" in proc.stderr
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _losses(two) == pytest.approx(_losses(one), abs=1e-5)
+    assert _losses(two, "grad_norm") == pytest.approx(_losses(one, "grad_norm"), rel=1e-4)
+    assert _val_losses(one) and _val_losses(two) == pytest.approx(_val_losses(one), abs=1e-5)
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
@@ -205,12 +231,7 @@ def test_fsdp_two_ranks_equal_one_process(setup, tmp_path, method, monkeypatch):
     assert _losses(tmp_path / "two", "grad_norm") == pytest.approx(
         _losses(tmp_path / "one", "grad_norm"), rel=1e-4
     )
-
-    def val(out):
-        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        return [r["val_loss"] for r in rows if "val_loss" in r]
-
-    assert val(tmp_path / "two") == pytest.approx(val(tmp_path / "one"), abs=1e-5)
+    assert _val_losses(tmp_path / "two") == pytest.approx(_val_losses(tmp_path / "one"), abs=1e-5)
     name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
     assert a.keys() == b.keys()
