@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from typing import Literal
 
 from gpt2tune.cli.common import PROGRESS, log_to_stderr, show_progress
 from gpt2tune.cli.options import add_dataclass_args, collect
@@ -67,10 +68,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @dataclass
 class DataShowOptions:
-    """Which built-in dataset to describe."""
+    """Which dataset to describe."""
 
     name: str
-    """e.g. builtin:news or builtin:shakespeare:FALSTAFF."""
+    """A file or directory as --data takes it, or a built-in name (builtin:news,
+    builtin:dialogue:FALSTAFF)."""
+    doc_sep: Literal["blank", "line"] = "blank"
+    """In .txt files documents are separated by blank lines (``blank``) or lines (``line``)."""
+    text_field: str = "text"
+    """The JSON field or CSV column holding the text."""
     json: bool = False
     """Print one JSON object."""
 
@@ -80,7 +86,7 @@ def data_options(p: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="the builtin: names", build=data_list_options)
     sub.add_parser(
         "show",
-        help="documents, tokens and a sample of one built-in dataset",
+        help="documents (or dialogue examples), tokens and a sample of a file or built-in dataset",
         build=data_show_options,
     )
 
@@ -104,16 +110,21 @@ def data_show_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_data_show(args: argparse.Namespace) -> int:
     from gpt2tune.core.tokenizer import Tokenizer
-    from gpt2tune.data.builtin import describe_builtin
+    from gpt2tune.data.describe import SCORED, describe
 
     opts = collect(args, "show", DataShowOptions)
-    tok = Tokenizer()
-    info = describe_builtin(opts.name, count_tokens=lambda t: len(tok.encode(t)))
+    info = describe(opts.name, Tokenizer(), doc_sep=opts.doc_sep, text_field=opts.text_field)
     if opts.json:
         print(json.dumps(info))
         return 0
     for k, v in info.items():
-        print(f"{k}: {v}" if k != "sample" else f"sample:\n{v}")
+        if k != "sample":
+            print(f"{k}: {v}")
+        elif info["format"] == "text":
+            print(f"sample:\n{v}")
+        else:
+            marks = " and ".join(SCORED)
+            print(f"sample (example 1, the scored tokens between {marks}):\n{v}")
     return 0
 
 
