@@ -426,3 +426,23 @@ def test_builtin_dialogue_pairs_each_reply_with_the_speech_before_it(capsys, tmp
     assert code == 0, err
     assert f"{len(train)} examples -> " in err  # packed: fewer rows than examples
     assert f"validation: {len(test)} examples" in err
+
+
+def test_a_reply_sent_back_as_served_renders_as_trained():
+    """The server returns what the model wrote after "Assistant:" (a leading space); a client
+    that sends it back unchanged gets the conversation training rendered, not a double space."""
+    from gpt2tune.data.chat import Message, prompt_ids
+
+    tok = Tokenizer()
+
+    def turns(reply: str) -> list[Message]:
+        return [Message("user", "hi"), Message("assistant", reply), Message("user", "and?")]
+
+    by_hand = (
+        tok.encode("User: hi\nAssistant:")
+        + tok.encode(" well met")
+        + [EOT]
+        + tok.encode("\nUser: and?\nAssistant:")
+    )
+    assert prompt_ids(turns(" well met"), tok) == by_hand
+    assert prompt_ids(turns("well met"), tok) == by_hand

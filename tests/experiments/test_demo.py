@@ -5,20 +5,16 @@ import json
 import re
 
 import pytest
-import torch
 
 from gpt2tune.cli.main import build_parser, collect, main
 from gpt2tune.core.lora import LoRAConfig
-from gpt2tune.core.model import GPT2, GPT2Config
 from gpt2tune.data.options import DataOptions
 from gpt2tune.experiments.base import PretrainConfig, ensure_base
 from gpt2tune.experiments.commands import train_command
-from gpt2tune.experiments.scoring import primed_evaluate
 from gpt2tune.experiments.style import train_style_classifier
 from gpt2tune.experiments.writeup import SECTIONS
 from gpt2tune.finetune.config import TrainConfig
 from gpt2tune.finetune.recipe import ModelOptions, RunOptions
-from gpt2tune.inference.evaluate import evaluate
 
 
 def test_style_classifier_reports_heldout_accuracy_above_chance():
@@ -60,24 +56,6 @@ def test_train_command_parses_back_to_the_same_options(method):
     if method == "lora":
         assert collect(args, "lora", LoRAConfig) == opts.lora
     assert args.run__out == opts.out and args.run__overwrite
-
-
-def _tiny_model() -> GPT2:
-    torch.manual_seed(0)
-    return GPT2(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32)).eval()
-
-
-def test_primed_evaluate_scores_the_same_tokens_as_evaluate():
-    model = _tiny_model()
-    g = torch.Generator().manual_seed(1)
-    docs = [torch.randint(0, 50257, (n,), generator=g).tolist() for n in (5, 31, 70)]
-    plain = evaluate(model, docs)
-    no_prime = primed_evaluate(model, docs, [])
-    assert no_prime.tokens == plain.tokens
-    assert no_prime.loss == pytest.approx(plain.loss, abs=1e-5)
-    primed = primed_evaluate(model, docs, [11, 22, 33, 44])
-    assert primed.tokens == plain.tokens  # the prime is context, never scored
-    assert primed.loss != pytest.approx(plain.loss, abs=1e-6)
 
 
 def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):

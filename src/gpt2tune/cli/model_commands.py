@@ -99,7 +99,7 @@ def _eval_dialogue(opts: EvalOptions, data_opts: DataOptions, load: LoadOptions)
     from gpt2tune.inference.evaluate import score_windows
 
     assert data_opts.data is not None
-    examples = read_examples(data_opts.data)
+    examples = read_examples(data_opts.data, split="test")  # a built-in name: its test split
     model, tok, device = load_model(load)
     items = example_windows(
         encode_examples(examples, tok, data_opts.loss_on), model.config.n_positions

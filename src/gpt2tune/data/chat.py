@@ -94,8 +94,10 @@ def render(messages: Sequence[Message], *, open_reply: bool = True) -> list[Part
 
 
 def reply_target(reply: str) -> str:
-    """What the model is trained to write after ``Assistant:`` (``<|endoftext|>`` follows)."""
-    return " " + reply
+    """What the model is trained to write after ``Assistant:`` (``<|endoftext|>`` follows): one
+    space, then the reply. A reply that already starts with a space (one a client got back from
+    the server, which returns what the model wrote after ``Assistant:``) keeps just that one."""
+    return " " + reply.removeprefix(" ")
 
 
 def encode(parts: Sequence[Part], tokenizer: _Tokenizer) -> tuple[list[int], list[bool]]:

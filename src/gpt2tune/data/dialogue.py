@@ -9,13 +9,16 @@ assistant's; every assistant turn is a reply the model learns (context for the o
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gpt2tune.data.chat import ROLES, Message, Part, as_text, encode, render
+from gpt2tune.data.options import DataOptions
 from gpt2tune.data.sources import read_records, read_text
+from gpt2tune.data.split import split_train_val
 from gpt2tune.errors import UserError
 
 FORMATS = ("prompt/completion", "messages")
@@ -28,11 +31,13 @@ class Example:
 
     parts: tuple[Part, ...]
     """Context and reply parts, in order; the last is a reply."""
+    cue: str = ""
+    """What the last reply answers: the prompt, or the last user turn before it ("" if none)."""
 
     @classmethod
     def pair(cls, prompt: str, completion: str) -> Example:
         """A prompt/completion example (the completion as written, no space added)."""
-        return cls((Part(prompt, reply=False), Part(completion, reply=True)))
+        return cls((Part(prompt, reply=False), Part(completion, reply=True)), cue=prompt)
 
     @property
     def prompt(self) -> str:
@@ -114,7 +119,8 @@ def _from_messages(record: dict, where: str) -> Example:
             f"{where}: the last message must be the assistant's reply (the one trained on); "
             "add it or remove the row"
         )
-    return Example(tuple(render(messages, open_reply=False)))
+    cue = next((m.content for m in reversed(messages) if m.role == "user"), "")
+    return Example(tuple(render(messages, open_reply=False)), cue=cue)
 
 
 def read_examples(spec: str | Path, split: str = "train") -> list[Example]:
@@ -130,7 +136,10 @@ def read_examples(spec: str | Path, split: str = "train") -> list[Example]:
 
         return [
             Example(
-                tuple(render([Message("user", cue), Message("assistant", reply)], open_reply=False))
+                tuple(
+                    render([Message("user", cue), Message("assistant", reply)], open_reply=False)
+                ),
+                cue=cue,
             )
             for cue, reply in load_dialogue_builtin(str(spec), split)
         ]
@@ -153,6 +162,49 @@ def read_examples(spec: str | Path, split: str = "train") -> list[Example]:
     return examples
 
 
+def read_dialogue(opts: DataOptions, seed: int) -> tuple[list[Example], list[Example]]:
+    """Training and held-out examples per the options, as ``prepare.read_texts`` chooses
+    documents: ``val_data`` (a built-in name reads its test split), or ``val_split`` of the
+    training examples seeded by ``seed``, or none held out."""
+    assert opts.data is not None
+    examples = read_examples(opts.data, split="train")
+    if opts.val_data:
+        if not dialogue_format(opts.val_data):
+            raise UserError(
+                f"`val_data` {opts.val_data} is not dialogue data like `data`; give a .jsonl/.json "
+                "file of prompt/completion or messages rows"
+            )
+        return examples, read_examples(opts.val_data, split="test")
+    if opts.val_split:
+        return split_train_val(examples, opts.val_split, seed)
+    return examples, []
+
+
+def cue_parts(fmt: str, cue: str) -> tuple[Part, ...]:
+    """What the model is given to answer ``cue``, as the data of format ``fmt`` renders it: a
+    user turn of the chat template (``messages``), or the prompt as written."""
+    if fmt == "messages":
+        return tuple(render([Message("user", cue)]))
+    return (Part(cue, reply=False),)
+
+
+def after(prime: Sequence[Part], parts: Sequence[Part]) -> tuple[Part, ...]:
+    """``parts`` following the exchanges ``prime`` (priming), as a later turn of one
+    conversation: on a new line after the prime's last ``<|endoftext|>``."""
+    if not prime:
+        return tuple(parts)
+    first = parts[0]
+    return (*prime, Part("\n" + first.text, first.reply), *parts[1:])
+
+
+def conversation(examples: Sequence[Example]) -> tuple[Part, ...]:
+    """The examples as one conversation, each after the one before (a priming text)."""
+    parts: tuple[Part, ...] = ()
+    for ex in examples:
+        parts = after(parts, ex.parts)
+    return parts
+
+
 def example_windows(
     encoded: list[tuple[np.ndarray, np.ndarray]], context: int
 ) -> list[tuple[list[int], list[int]]]:
@@ -173,19 +225,21 @@ def example_windows(
 
 
 def encode_examples(
-    examples: list[Example], tokenizer, loss_on: str
+    examples: list[Example], tokenizer, loss_on: str, prime: Sequence[Part] = ()
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(token ids, scored) per example: each part tokenized separately and concatenated, every
     reply followed by ``<|endoftext|>`` (``data.chat.encode``); ``scored[i]`` says whether token
     ``i`` is a target (``loss_on`` ``completion``: the replies and their ``<|endoftext|>``;
-    ``all``: every token after the first)."""
+    ``all``: every token after the first). With ``prime``, each example follows those
+    exchanges (``after``), whose tokens are context only."""
     out = []
+    skip = len(encode(prime, tokenizer)[0])
     for ex in examples:
-        tokens, in_reply = encode(ex.parts, tokenizer)
+        tokens, in_reply = encode(after(prime, ex.parts), tokenizer)
         ids = np.array(tokens, dtype=np.int64)
         scored = (
             np.array(in_reply, dtype=bool) if loss_on == "completion" else np.ones(len(ids), bool)
         )
-        scored[0] = False  # the first token is never predicted
+        scored[: max(1, skip)] = False  # the first token is never predicted; a prime is context
         out.append((ids, scored))
     return out

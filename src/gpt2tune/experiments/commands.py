@@ -93,6 +93,7 @@ def generate_command(
     cfg: SamplingConfig,
     num_samples: int,
     precision: str,
+    chat: bool = False,
 ) -> str:
     """The ``gpt2tune generate`` command line that draws the same samples.
 
@@ -104,12 +105,13 @@ def generate_command(
         cfg: the sampling settings (``max_new_tokens``, ``temperature``, ``top_k``, ``seed``).
         num_samples: samples drawn together.
         precision: fp32 (the default, not written) or another precision.
+        chat: the prompt is a user's turn of the chat template (``--chat --user``).
     """
     parts = ["gpt2tune generate", *_model_flags(model, adapter)]
     if prime_file is not None:
         parts.append(f"--prime-file {shlex.quote(str(prime_file))}")
     parts += [
-        f"--prompt {shlex.quote(prompt)}",
+        f"--chat --user {shlex.quote(prompt)}" if chat else f"--prompt {shlex.quote(prompt)}",
         f"--max-new-tokens {cfg.max_new_tokens}",
         f"--temperature {cfg.temperature!r}",
         f"--top-k {cfg.top_k}",

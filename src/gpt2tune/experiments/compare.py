@@ -18,15 +18,14 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gpt2tune.data.prepare import load_data, read_texts
-from gpt2tune.data.sources import read_text
-from gpt2tune.errors import UserError
+from gpt2tune.data.prepare import load_data
 from gpt2tune.experiments.base import BaseInfo
 from gpt2tune.experiments.budget import fit_to_budget, planned_steps, time_steps_per_kind
 from gpt2tune.experiments.commands import train_command
 from gpt2tune.experiments.demo_plan import FULL_PLAN
 from gpt2tune.experiments.hparams import Hyperparams, hyperparams_for
-from gpt2tune.experiments.methods import compare_experiment
+from gpt2tune.experiments.material import held_out
+from gpt2tune.experiments.methods import compare_experiment, compare_prompts
 from gpt2tune.experiments.options import CompareOptions
 from gpt2tune.experiments.results import CompareResults, ExperimentResult, compare_results_json
 from gpt2tune.experiments.setup import Setup, load_study, run_options
@@ -37,8 +36,6 @@ from gpt2tune.experiments.writeup import build_compare_report
 log = logging.getLogger("gpt2tune")
 
 COMPARE_MARKER = "compare.json"
-PROMPT_WORDS = 4
-"""Default prompts are the first this many words of held-out documents."""
 
 CompareResult = StudyOutput[CompareResults]
 
@@ -81,20 +78,8 @@ class ComparePlan:
     """Training documents."""
     heldout_docs: int
     """Held-out documents."""
-
-
-def _prompts(opts: CompareOptions, heldout: list[str]) -> tuple[str, ...]:
-    if opts.prompt:
-        return tuple(opts.prompt)
-    if opts.prompts:
-        lines = [line.strip() for line in read_text(Path(opts.prompts)).splitlines()]
-        prompts = tuple(line for line in lines if line)
-        if not prompts:
-            raise UserError(f"`prompts` file {opts.prompts} holds no prompt; one per line")
-        return prompts
-    # the first words of held-out documents: continuing them shows the style without copying
-    # a training document's opening
-    return tuple(" ".join(d.split()[:PROMPT_WORDS]) for d in heldout[:3])
+    unit: str = "documents"
+    """What ``train_docs`` and ``heldout_docs`` count: ``documents``, or dialogue ``examples``."""
 
 
 def plan_compare(
@@ -120,8 +105,8 @@ def plan_compare(
     base = setup.base
     hp = hyperparams_for(base)
     probe = compare_experiment(opts, hp, prompts=("",))  # checks the methods before any data
-    texts = read_texts(probe.data, opts.seed)
-    spec = replace(probe, prompts=_prompts(opts, texts.heldout))
+    held = held_out(probe, opts.seed)
+    spec = replace(probe, prompts=compare_prompts(opts, held.texts, held.cues))
     data = load_data(spec.data, setup.tokenizer, setup.model.config.n_positions, opts.seed)
     runs_of = [(spec, data.rows)]
     step_seconds = time_steps_per_kind(runs_of, setup) if time_steps else {}
@@ -152,8 +137,9 @@ def plan_compare(
         runs=runs,
         step_seconds=step_seconds,
         budget_note=note,
-        train_docs=len(texts.train),
-        heldout_docs=len(texts.heldout),
+        train_docs=held.train,
+        heldout_docs=held.heldout,
+        unit=held.unit,
     ), setup
 
 
@@ -171,7 +157,7 @@ def format_plan(plan: ComparePlan) -> str:
         f"hyperparameters: {plan.hyperparams.recipe}: LoRA lr {plan.hyperparams.lr_lora:g}, "
         f"alpha = {plan.hyperparams.alpha_per_rank:g} r; full lr "
         f"{plan.hyperparams.lr_full:g}. {plan.hyperparams.why}",
-        f"data: {plan.train_docs} training documents, {plan.heldout_docs} held out",
+        f"data: {plan.train_docs} training {plan.unit}, {plan.heldout_docs} held out",
         "methods: " + ", ".join(m.name for m in plan.spec.methods),
     ]
     if plan.budget_note:

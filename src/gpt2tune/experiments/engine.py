@@ -17,17 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from gpt2tune.data.prepare import read_texts
-from gpt2tune.data.rows import tokenize_documents
 from gpt2tune.experiments.commands import eval_command, generate_command, train_command
+from gpt2tune.experiments.material import Material, material
 from gpt2tune.experiments.results import ExperimentResult, MethodResult, Prime, StyleCheck
-from gpt2tune.experiments.scoring import (
-    draw_samples,
-    pick_prime,
-    sampling,
-    score,
-    style_classifier,
-)
+from gpt2tune.experiments.scoring import draw_samples, sampling, style_classifier
 from gpt2tune.experiments.setup import Setup, model_files, run_options
 from gpt2tune.experiments.spec import Experiment, Method
 from gpt2tune.finetune.recipe import fine_tune
@@ -35,7 +28,7 @@ from gpt2tune.finetune.state import CHECKPOINT, PREVIOUS
 from gpt2tune.formats import hf, peft
 from gpt2tune.formats.atomic import write_text
 from gpt2tune.formats.peft import load_model_with_adapter
-from gpt2tune.inference.evaluate import EvalResult, evaluate
+from gpt2tune.inference.evaluate import EvalResult, score_windows
 from gpt2tune.runtime import restart_peak_memory, rss_mib
 
 if TYPE_CHECKING:
@@ -72,18 +65,18 @@ class _Run:
 
     spec: Experiment
     setup: Setup
-    docs: list[list[int]]
-    """Token ids of the held-out documents."""
+    material: Material
+    """What every method is measured on."""
     prime: Prime | None
     """The priming text (None: no method primes)."""
-    prime_ids: list[int] | None
-    """Its token ids."""
     results: dict[str, MethodResult] = field(default_factory=dict)
     """By method name."""
 
     def heldout(self, model: GPT2, m: Method) -> EvalResult:
         """Held-out loss of ``model`` as method ``m`` uses it (primed or not)."""
-        return score(model, self.docs, self.prime_ids if m.prime else None, self.setup.amp)
+        items = self.material.primed_windows if m.prime else self.material.windows
+        assert items is not None  # chosen where a method primes
+        return score_windows(model, items, autocast_dtype=self.setup.amp)
 
 
 def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
@@ -99,13 +92,14 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
     stage = Stages(
         prefix="" if spec.name == setup.command else f"{spec.name}: ", command=setup.command
     )
-    texts = read_texts(spec.data, setup.seed)  # the held-out split every training run makes
+    primes = any(m.prime for m in spec.methods)
+    context = setup.model.config.n_positions
+    got = material(spec, setup.tokenizer, context, setup.seed, primes)
     classifier = None
     if spec.style_of or spec.style_contrast:
         with stage("style classifier"):
-            classifier = style_classifier(spec, texts.train, texts.heldout, setup.seed)
-    docs = [d.tolist() for d in tokenize_documents(texts.heldout, setup.tokenizer)]
-    run = _Run(spec, setup, docs, *_prime(spec, texts.train, setup))
+            classifier = style_classifier(spec, got.train_texts, got.heldout_texts, setup.seed)
+    run = _Run(spec, setup, got, _prime(spec, got, setup))
 
     on_base = [m for m in spec.methods if not m.train and not m.uses]
     with stage(" and ".join(m.short for m in on_base)):
@@ -115,7 +109,7 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
     trained = [m for m in spec.methods if m.train]
     for m in trained:
         with stage(m.label):
-            run.results[m.name] = _train(spec, m, setup, docs)
+            run.results[m.name] = _train(spec, m, setup, got)
     derived = [m for m in spec.methods if m.uses]
     sampled = [m for m in spec.methods if m.sample]
     done = [m.short for m in derived] + ["samples"] + (["style scores"] if classifier else [])
@@ -125,28 +119,25 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
     commands = [(f"{spec.name}: {m.label}", run.results[m.name].command or "") for m in trained]
     return ExperimentResult(
         spec=spec,
-        train_docs=len(texts.train),
-        test_docs=len(docs),
+        train_docs=len(got.train_texts),
+        test_docs=len(got.heldout_texts),
         methods=[run.results[m.name] for m in spec.methods],
         prime=run.prime,
         style=_style_check(classifier),
         timings=stage.timings,
-        commands=commands + _rerun_commands(spec, run.results, run.prime, setup),
+        commands=commands + _rerun_commands(run),
     )
 
 
-def _prime(
-    spec: Experiment, train_texts: list[str], setup: Setup
-) -> tuple[Prime | None, list[int] | None]:
-    """The priming text of ``spec`` (written beside its runs) and its token ids, where a method
-    primes."""
-    if not any(m.prime for m in spec.methods):
-        return None, None
-    text = pick_prime(train_texts, setup.tokenizer, spec.prime_speeches, setup.seed)
-    ids = setup.tokenizer.encode(text)
-    prime = Prime(text=text, file=str(setup.out / spec.name / PRIME_FILE), tokens=len(ids))
-    write_text(prime.file, text)
-    return prime, ids
+def _prime(spec: Experiment, got: Material, setup: Setup) -> Prime | None:
+    """The priming text of ``spec``, written beside its runs, where a method primes."""
+    if got.prime_text is None:
+        return None
+    prime = Prime(
+        text=got.prime_text, file=str(setup.out / spec.name / PRIME_FILE), tokens=got.prime_tokens
+    )
+    write_text(prime.file, got.prime_text)
+    return prime
 
 
 def _use_models(
@@ -166,9 +157,12 @@ def _use_models(
         results[m.name] = _untrained(m, kind, run.heldout(models[used.name], m), setup, used)
     for m in sampled:
         r = results[m.name]
-        prime = run.prime.text if m.prime and run.prime else None
+        prompts = run.material.primed_prompts if m.prime else run.material.prompts
+        assert prompts is not None  # chosen where a method primes
         model = models[m.uses or m.name]
-        r.samples = draw_samples(run.spec, model, setup.tokenizer, prime, setup.seed, setup.amp)
+        r.samples = draw_samples(
+            run.spec, model, setup.tokenizer, prompts, run.material.stops, setup.seed, setup.amp
+        )
         if classifier:
             r.style_share = classifier.share_in_character(r.samples)
             probs = classifier.probabilities(r.samples)
@@ -200,7 +194,7 @@ def _load(method: str, out: str | None, setup: Setup) -> GPT2:
     )
 
 
-def _train(spec: Experiment, m: Method, setup: Setup, docs: list[list[int]]) -> MethodResult:
+def _train(spec: Experiment, m: Method, setup: Setup, got: Material) -> MethodResult:
     """Fine-tune per ``m``, then measure held-out loss and saved size; drop the checkpoints."""
     out = setup.out / spec.name / m.out_name
     opts = run_options(spec, m, out, setup)
@@ -213,7 +207,7 @@ def _train(spec: Experiment, m: Method, setup: Setup, docs: list[list[int]]) -> 
     assert res.resolved is not None  # fine_tune always says what it resolved
     method = m.kind or m.train or ""
     model = _load(m.train or "", str(out), setup)
-    heldout = evaluate(model, docs, autocast_dtype=setup.amp)
+    heldout = score_windows(model, got.windows, autocast_dtype=setup.amp)
     saved = sum(
         (out / n).stat().st_size for n in SAVED_FILES[m.train or "full"] if (out / n).is_file()
     )
@@ -273,17 +267,19 @@ def _untrained(
     )
 
 
-def _rerun_commands(
-    spec: Experiment, results: dict[str, MethodResult], prime: Prime | None, setup: Setup
-) -> list[tuple[str, str]]:
+def _rerun_commands(run: _Run) -> list[tuple[str, str]]:
     """The ``gpt2tune eval`` and ``generate`` commands that redo each sampled method's held-out
-    loss (unprimed methods: ``eval`` takes no prime) and its samples of the first prompt."""
+    loss (unprimed methods: ``eval`` takes no prime) and its samples of the first prompt (a
+    priming conversation of dialogue data has no ``generate`` flag: those samples are left
+    out)."""
+    spec, setup, prime = run.spec, run.setup, run.prime
+    dialogue = run.material.unit == "examples"
     commands = []
     suffix = " (first prompt)" if len(spec.prompts) > 1 else ""
     for m in spec.methods:
         if not m.sample:
             continue
-        r = results[m.uses or m.name]
+        r = run.results[m.uses or m.name]
         model, adapter = model_files(r.method, r.out, setup.base.path)
         if not m.prime:
             commands.append(
@@ -292,6 +288,8 @@ def _rerun_commands(
                     eval_command(model, adapter, spec.dataset, setup.precision),
                 )
             )
+        if m.prime and dialogue:
+            continue
         commands.append(
             (
                 f"{spec.name}: samples of {m.short}{suffix}",
@@ -303,6 +301,7 @@ def _rerun_commands(
                     sampling(spec, setup.seed),
                     spec.samples_per_prompt,
                     setup.precision,
+                    chat=bool(run.material.stops),
                 ),
             )
         )

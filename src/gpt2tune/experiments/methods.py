@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from gpt2tune.data.options import DataOptions
+from gpt2tune.data.sources import read_text
 from gpt2tune.errors import UserError
 from gpt2tune.experiments.options import CompareOptions
 from gpt2tune.experiments.spec import (
@@ -268,3 +270,27 @@ def compare_experiment(
         style_contrast=(opts.contrast or "builtin") if opts.style else None,
         **length,
     )
+
+
+PROMPT_WORDS = 4
+"""Default prompts of plain text are the first this many words of held-out documents."""
+
+
+def compare_prompts(
+    opts: CompareOptions, heldout: list[str], cues: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``compare``'s prompts: ``--prompt`` or the ``--prompts`` file's lines; else, for plain
+    text, the first words of held-out documents (continuing them shows the style without
+    copying a training document's opening), and for dialogue data, held-out cues (samples are
+    replies to exchanges no run trained on: ``cues``)."""
+    if opts.prompt:
+        return tuple(opts.prompt)
+    if opts.prompts:
+        lines = [line.strip() for line in read_text(Path(opts.prompts)).splitlines()]
+        prompts = tuple(line for line in lines if line)
+        if not prompts:
+            raise UserError(f"`prompts` file {opts.prompts} holds no prompt; one per line")
+        return prompts
+    if cues:
+        return cues
+    return tuple(" ".join(d.split()[:PROMPT_WORDS]) for d in heldout[:3])

@@ -18,46 +18,7 @@ from gpt2tune.experiments.style import (
     fit_style_classifier,
     train_style_classifier,
 )
-from gpt2tune.inference.evaluate import EvalResult, evaluate, score_windows, windows
 from gpt2tune.inference.generate import SamplingConfig, generate
-
-
-@torch.no_grad()
-def primed_evaluate(
-    model: GPT2,
-    docs: list[list[int]],
-    prime: list[int],
-    *,
-    batch_size: int = 8,
-    amp_dtype: torch.dtype | None = None,
-) -> EvalResult:
-    """Held-out loss when each document is preceded by ``prime`` (priming).
-
-    The scored tokens are exactly those ``evaluate`` scores (every token of a document after its
-    first), so primed and unprimed perplexities compare directly; the prime is context only.
-    Windows are as in ``evaluate``: the model's context, then steps of half of it.
-
-    Args:
-        model: the language model.
-        docs: token ids per document.
-        prime: token ids placed before each document.
-        batch_size: windows per forward pass.
-        amp_dtype: autocast dtype, e.g. ``torch.bfloat16``; ``None`` for float32.
-    """
-    context = model.config.n_positions
-    items = [
-        w for doc in docs for w in windows(prime + doc, context, context // 2, start=len(prime) + 1)
-    ]
-    return score_windows(model, items, batch_size=batch_size, autocast_dtype=amp_dtype)
-
-
-def score(
-    model: GPT2, docs: list[list[int]], prime_ids: list[int] | None, amp: torch.dtype | None
-) -> EvalResult:
-    """Held-out loss of ``model`` on ``docs``, primed with ``prime_ids`` unless None."""
-    if prime_ids is not None:
-        return primed_evaluate(model, docs, prime_ids, amp_dtype=amp)
-    return evaluate(model, docs, autocast_dtype=amp)
 
 
 def pick_prime(
@@ -118,22 +79,26 @@ def draw_samples(
     spec: Experiment,
     model: GPT2,
     tokenizer: Tokenizer,
-    prime: str | None,
+    prompts: list[str | list[int]],
+    stops: tuple[str, ...],
     seed: int,
     amp: torch.dtype | None,
 ) -> list[str]:
-    """``spec.samples_per_prompt`` continuations of each prompt, in order; prompt i samples with
-    seed ``seed + i``."""
+    """``spec.samples_per_prompt`` continuations of each prompt (text, or a chat's token ids;
+    ``experiments.material``), in order; prompt i samples with seed ``seed + i``. A sample
+    ends at ``<|endoftext|>`` or before one of ``stops``; replies (``stops`` given) are stripped.
+    """
     texts = []
-    for i, prompt in enumerate(spec.prompts):
+    for i, prompt in enumerate(prompts):
+        cfg = sampling(spec, seed + i)
+        cfg.stop = list(stops)
         texts += [
-            s.text
+            s.text.strip() if stops else s.text
             for s in generate(
                 model,
                 tokenizer,
                 prompt,
-                sampling(spec, seed + i),
-                prime=prime,
+                cfg,
                 num_samples=spec.samples_per_prompt,
                 autocast_dtype=amp,
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -135,8 +135,8 @@ class CompletionRequest(SamplingFields):
         if isinstance(self.prompt, str):
             return [self.prompt]
         if self.prompt and all(isinstance(t, int) for t in self.prompt):
-            return [list(self.prompt)]  # type: ignore[arg-type]
-        return list(self.prompt)  # type: ignore[return-value]
+            return [cast(list[int], list(self.prompt))]
+        return cast(list[str] | list[list[int]], list(self.prompt))
 
     def check_unsupported(self) -> None:
         super().check_unsupported()
