@@ -329,3 +329,66 @@ def test_a_full_disk_is_one_line_that_says_to_run_it_again(
     assert err.startswith(f"gpt2tune: error: cannot save {out / 'compare' / 'lora-r4'}")
     assert "No space left on device" in err and "--resume" not in err
     assert err.endswith("free some space, then run gpt2tune compare again (it starts over)")
+
+
+def _chat_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.sample(WORDS, 2)
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Where is the {a}?"},
+                    {"role": "assistant", "content": f"By the {b}, sir, where the sea is grey."},
+                ]
+            }
+        )
+    return rows
+
+
+def test_compare_on_chat_data_scores_the_replies(tiny_hf, tmp_path, capsys, monkeypatch):
+    """Chat data: every method is scored on the held-out replies only (the base's loss is
+    transformers' with everything else masked, example by example); priming scores the same
+    tokens; training lowers the replies' perplexity; samples are replies to held-out cues."""
+    import torch
+
+    from gpt2tune.core.tokenizer import Tokenizer
+
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in _chat_rows(40, 0)))
+    held_rows = _chat_rows(5, 1)
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in held_rows))
+    out = tmp_path / "cmp"
+    args = _args(tiny_hf[0], train, out, "--val-data", str(heldout), "--precision", "fp32")
+    assert main([*args, "--methods", "base,prime,lora,full"]) == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    runs = {r["name"]: r for r in res["runs"]}
+
+    tok, hf = Tokenizer(), tiny_hf[1]
+    total, count = 0.0, 0
+    for r in held_rows:
+        user, reply = (m["content"] for m in r["messages"])
+        prompt = tok.encode(f"User: {user}\nAssistant:")
+        target = tok.encode(" " + reply) + [tok.eot_id]
+        ids = torch.tensor([prompt + target])
+        labels = torch.tensor([[-100] * len(prompt) + target])
+        with torch.no_grad():
+            total += hf(ids, labels=labels).loss.item() * len(target)
+        count += len(target)
+    assert runs["base"]["val_tokens"] == count
+    assert runs["base"]["val_loss"] == pytest.approx(total / count, abs=1e-4)
+    assert runs["prime"]["val_tokens"] == count  # the prime is context only
+    assert runs["prime"]["val_loss"] != pytest.approx(runs["base"]["val_loss"], abs=1e-4)
+    base = runs["base"]["val_perplexity"]
+    assert runs["lora-r4"]["val_perplexity"] < base and runs["full"]["val_perplexity"] < base
+    cues = {r["messages"][0]["content"] for r in held_rows}
+    assert res["prompts"] and set(res["prompts"]) <= cues
+    for samples in res["samples"].values():
+        assert all("\nUser:" not in s and s == s.strip() for s in samples)
+    assert res["unit"] == "examples"
+    md = (out / "report.md").read_text()
+    assert "held-out examples" in md and f"replying to “{res['prompts'][0]}”" in md
+    prime = (out / "compare" / "prime.txt").read_text()
+    assert prime.startswith("User: ") and "<|endoftext|>\nUser: " in prime

@@ -126,6 +126,7 @@ def run_experiment(spec: Experiment, setup: Setup) -> ExperimentResult:
         style=_style_check(classifier),
         timings=stage.timings,
         commands=commands + _rerun_commands(run),
+        unit=got.unit,
     )
 
 

@@ -140,6 +140,9 @@ class ExperimentResult:
     """Wall time per stage, in seconds."""
     commands: list[tuple[str, str]]
     """(what, command line) that redo each result by hand."""
+    unit: str = "documents"
+    """What ``train_docs`` and ``test_docs`` count: ``documents``, or ``examples`` of dialogue
+    data (held-out loss over the replies; samples are replies to the prompts, the cues)."""
 
     def method(self, name: str) -> MethodResult:
         """The result of the method named ``name`` in the spec."""
@@ -333,6 +336,7 @@ def compare_results_json(res: CompareResults) -> dict:
         "style": style,
         "samples": {m.name: m.samples for m in exp.sampled},
         "prompts": list(exp.spec.prompts),
+        "unit": exp.unit,
         "budget": res.budget_note,
         "options": asdict(res.options),
         "timings": res.timings,

@@ -47,8 +47,9 @@ def intro(res: CompareResults) -> list[Block]:
     return [
         Paragraph(
             f"Run on {res.finished} with `{b.path}` ({fmt_params(b.parameters)} parameters). "
-            f"{exp.train_docs} training documents; every method is scored on "
-            f"the same {exp.test_docs} held-out documents ({exp.methods[0].val_tokens:,} tokens). "
+            f"{exp.train_docs} training {exp.unit}; every method is scored on "
+            f"the same {exp.test_docs} held-out {exp.unit} ({exp.methods[0].val_tokens:,} tokens"
+            f"{', their replies only' if exp.unit == 'examples' else ''}). "
             "Every number comes from the ordinary `gpt2tune train/eval/generate` code paths; the "
             "commands are at the end."
         )
@@ -130,7 +131,16 @@ def methods_compared(res: CompareResults) -> Section:
             ],
         )
     )
-    if exp.prime:
+    if exp.prime and exp.unit == "examples":
+        s.add(
+            Paragraph(
+                f"Priming places {exp.spec.prime_speeches} training exchanges, rendered as one "
+                f"conversation by the chat template ({exp.prime.tokens} tokens, in "
+                f"`{exp.prime.file}`), before each cue and each held-out example; only the "
+                "example's reply is scored, the same tokens as without priming."
+            )
+        )
+    elif exp.prime:
         s.add(
             Paragraph(
                 f"Priming places {exp.spec.prime_speeches} training documents "
@@ -193,10 +203,12 @@ def style(res: CompareResults) -> Section | None:
     s.add(
         Paragraph(
             f"A classifier ({shared.classifier_kind()}) learned {exp.style.train_sizes[0]} of your "
-            f"training documents against {exp.style.train_sizes[1]} contrast texts "
+            f"training {'replies' if exp.unit == 'examples' else 'documents'} against "
+            f"{exp.style.train_sizes[1]} contrast texts "
             f"({res.options.contrast or 'built-in text'}). On texts it never saw its balanced "
             f"accuracy is **{pct(h.accuracy)}** (chance {pct(CHANCE)}): it takes "
-            f"{pct(h.in_character_rate)} of {h.positives} held-out documents and "
+            f"{pct(h.in_character_rate)} of {h.positives} held-out "
+            f"{'replies' if exp.unit == 'examples' else 'documents'} and "
             f"{pct(h.false_positive_rate)} of {h.negatives} contrast texts for yours. Read the "
             "scores below against those two rates."
         )
@@ -208,7 +220,7 @@ def style(res: CompareResults) -> Section | None:
                 h.in_character_rate,
                 h.false_positive_rate,
                 "your text",
-                real_label="your held-out documents",
+                real_label=f"your held-out {'replies' if exp.unit == 'examples' else 'documents'}",
                 other_label="contrast texts",
             ),
             "style_scores.png",
@@ -222,7 +234,10 @@ def samples(res: CompareResults) -> Section:
     exp = res.experiment
     return Section(COMPARE_SECTIONS[5]).add(
         *shared.prompt_columns(
-            exp.spec.prompts, [(m.label, m) for m in exp.sampled], exp.spec.samples_per_prompt
+            exp.spec.prompts,
+            [(m.label, m) for m in exp.sampled],
+            exp.spec.samples_per_prompt,
+            replies=exp.unit == "examples",
         )
     )
 

@@ -109,7 +109,10 @@ def embedding_share(base: BaseInfo) -> float:
 
 
 def prompt_columns(
-    prompts: tuple[str, ...] | list[str], runs: list[tuple[str, MethodResult]], per_prompt: int
+    prompts: tuple[str, ...] | list[str],
+    runs: list[tuple[str, MethodResult]],
+    per_prompt: int,
+    replies: bool = False,
 ) -> list[Columns]:
     """The first sample of each prompt, one column per run.
 
@@ -117,14 +120,22 @@ def prompt_columns(
         prompts: the prompts shown, in the experiment's order.
         runs: (heading, run) per column.
         per_prompt: samples per prompt in each run's ``samples``.
+        replies: the samples are replies to the prompts (dialogue data's cues), shown alone;
+            else continuations, shown after their prompt.
 
     Returns:
         One ``Columns`` per prompt.
     """
     return [
         Columns(
-            [f"{heading} (“{prompt}”)" for heading, _ in runs],
-            [prompt + m.samples[i * per_prompt] for _, m in runs],
+            [
+                f"{heading} replying to “{prompt}”" if replies else f"{heading} (“{prompt}”)"
+                for heading, _ in runs
+            ],
+            [
+                (m.samples[i * per_prompt] if replies else prompt + m.samples[i * per_prompt])
+                for _, m in runs
+            ],
         )
         for i, prompt in enumerate(prompts)
     ]
