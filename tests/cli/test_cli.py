@@ -410,7 +410,8 @@ def test_eval_default_stride_is_half_the_context(capsys, tiny_hf, tmp_path):
 def test_no_pack_trains_on_each_document_alone(capsys, tmp_path):
     """With --no-pack each row is one document, padding out of the loss: the first step's loss
     (before any update, no dropout, every row in one batch) is transformers' loss over the
-    documents each scored alone; packed, the documents see each other and the loss differs."""
+    documents each scored alone; packed with --pack-attention causal, the documents see each
+    other and the loss differs."""
     from checkpoints import make_hf_model
 
     hf = make_hf_model(tmp_path / "base", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -429,7 +430,7 @@ def test_no_pack_trains_on_each_document_alone(capsys, tmp_path):
             total += hf(ids, labels=ids).loss.item() * (ids.size(1) - 1)
         count += ids.size(1) - 1
     losses = {}
-    for pack in ([], ["--no-pack"]):
+    for pack in (["--pack-attention", "causal"], ["--no-pack"]):
         out = tmp_path / f"run{len(pack)}"
         code, _, err = run(
             capsys,
@@ -455,6 +456,6 @@ def test_no_pack_trains_on_each_document_alone(capsys, tmp_path):
         )
         assert code == 0, err
         first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-        losses[bool(pack)] = first["loss"]
+        losses["--no-pack" in pack] = first["loss"]
     assert losses[True] == pytest.approx(total / count, abs=1e-4)
     assert losses[False] != pytest.approx(total / count, abs=1e-3)

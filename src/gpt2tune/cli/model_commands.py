@@ -55,7 +55,7 @@ def eval_options(p: argparse.ArgumentParser) -> None:
         DataOptions,
         "data",
         overrides=EVAL_DATA_HELP,
-        skip=("val_data", "val_split", "block_size", "pack"),
+        skip=("val_data", "val_split", "block_size", "pack", "pack_attention"),
     )
     add_dataclass_args(p, EvalOptions, "eval")
     p.set_defaults(func=cmd_eval)

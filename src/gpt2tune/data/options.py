@@ -13,6 +13,7 @@ from gpt2tune.errors import UserError
 TASKS = ("lm", "classify")
 DOC_SEPS = ("blank", "line")
 LOSS_ON = ("completion", "all")
+PACK_ATTENTION = ("document", "causal")
 
 
 @dataclass
@@ -33,6 +34,10 @@ class DataOptions:
     """Tokens per training row; default min(512, the model's context)."""
     pack: bool = True
     """Pack documents into full rows (default); --no-pack gives one padded document per row."""
+    pack_attention: Literal["document", "causal"] = "document"
+    """In rows packed from plain text, a token sees only its own document, whose positions
+    restart (``document``), or every earlier token of its row (``causal``). Dialogue data always
+    keeps each example to itself; --no-pack rows hold one document each."""
     task: Literal["lm", "classify"] = "lm"
     """``lm`` (language modelling: continue text) or ``classify`` (a score head over each text,
     trained on --label-field; .jsonl/.csv data or builtin:speakers)."""
@@ -66,5 +71,9 @@ class DataOptions:
             raise UserError(f"unknown `task` {self.task!r}; use {' or '.join(TASKS)}")
         if self.loss_on not in LOSS_ON:
             raise UserError(f"`loss_on` {self.loss_on!r}: use {' or '.join(LOSS_ON)}")
+        if self.pack_attention not in PACK_ATTENTION:
+            raise UserError(
+                f"`pack_attention` {self.pack_attention!r}: use {' or '.join(PACK_ATTENTION)}"
+            )
         if self.block_size is not None and self.block_size < 2:
             raise UserError(f"`block_size` must be at least 2, got {self.block_size}")

@@ -117,7 +117,11 @@ def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: i
     texts = read_texts(opts, seed)
     block = block_size(opts, n_positions, default=min(512, n_positions))
     rows = make_rows(
-        tokenize_documents(texts.train, tokenizer), block, tokenizer.eot_id, pack=opts.pack
+        tokenize_documents(texts.train, tokenizer),
+        block,
+        tokenizer.eot_id,
+        pack=opts.pack,
+        attention=opts.pack_attention,
     )
     val = (
         [ids.tolist() for ids in tokenize_documents(texts.heldout, tokenizer)]
@@ -130,6 +134,11 @@ def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: i
 def _load_dialogue(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int) -> LMData:
     """``load_data`` for prompt/completion and chat data."""
     assert opts.data is not None
+    if opts.pack and opts.pack_attention == "causal":
+        raise UserError(
+            "`pack_attention` causal is for plain text: packed dialogue examples each attend "
+            "only to themselves; leave it at document"
+        )
     examples = read_examples(opts.data, split="train")
     heldout: list[Example] = []
     if opts.val_data:

@@ -3,13 +3,15 @@ which a run visits the rows.
 
 Each document becomes its tokens followed by ``<|endoftext|>`` so the model learns where a
 document ends. Rows are (inputs, targets) pairs of equal length where ``targets[t]`` is the token
-after ``inputs[t]``; -100 marks positions that are not scored (padding).
+after ``inputs[t]``; -100 marks positions that are not scored (padding). Rows packed with several
+documents or examples may carry segment ids, which keep each to itself in the model.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -69,6 +71,26 @@ def pack_rows(docs: list[np.ndarray], block_size: int, pad_id: int) -> tuple[Ten
         inputs[r, : len(chunk) - 1] = chunk[:-1]
         targets[r, : len(chunk) - 1] = chunk[1:]
     return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def pack_documents(
+    docs: list[np.ndarray], block_size: int, pad_id: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``pack_rows`` with each document kept to itself: the segment id of each position is its
+    document's index (padding: -1), so the model lets a token see only its own document and
+    restarts positions there (``GPT2.hidden_states(segment_ids=...)``). A document cut across two
+    rows is a segment in each. The target after a document's <|endoftext|> (the next document's
+    first token, which nothing of its own document precedes) is not scored, so a packed batch's
+    loss is that of its documents computed alone.
+    """
+    inputs, targets = pack_rows(docs, block_size, pad_id)
+    doc_of = np.repeat(np.arange(len(docs)), [len(d) for d in docs])  # of each stream token
+    n = len(doc_of) - 1  # stream positions with a target
+    segments = np.full(inputs.numel(), -1, dtype=np.int64)
+    segments[:n] = doc_of[:-1]
+    flat = targets.view(-1)  # a view: masks the rows' targets in place
+    flat[:n][torch.from_numpy(doc_of[1:] != doc_of[:-1])] = IGNORE
+    return inputs, targets, torch.from_numpy(segments).view(inputs.shape)
 
 
 def document_rows(docs: list[np.ndarray], block_size: int, pad_id: int) -> tuple[Tensor, Tensor]:
@@ -162,8 +184,8 @@ class Rows:
     inputs: Tensor
     targets: Tensor
     segments: Tensor | None = None
-    """(N, block_size) example ids of rows packed with several examples (a token attends only
-    within its example, whose positions restart); None: a row is one stream."""
+    """(N, block_size) example (or document) ids of rows packed with several (a token attends
+    only within its own, whose positions restart); None: a row is one stream."""
 
     def __len__(self) -> int:
         return self.inputs.size(0)
@@ -179,10 +201,25 @@ class Rows:
         return int((self.targets != IGNORE).sum())
 
 
-def make_rows(docs: list[np.ndarray], block_size: int, pad_id: int, pack: bool = True) -> Rows:
-    """Rows for training: packed windows (default) or one padded document per row."""
-    fn = pack_rows if pack else document_rows
-    return Rows(*fn(docs, block_size, pad_id))
+def make_rows(
+    docs: list[np.ndarray],
+    block_size: int,
+    pad_id: int,
+    pack: bool = True,
+    attention: Literal["document", "causal"] = "document",
+) -> Rows:
+    """Rows of plain text: packed windows (default) or one padded document per row.
+
+    Args:
+        attention: for packed rows, ``document`` keeps each document to itself
+            (``pack_documents``); ``causal`` lets a token see every earlier token of its row,
+            those of the documents before its own included (``pack_rows``).
+    """
+    if not pack:
+        return Rows(*document_rows(docs, block_size, pad_id))
+    if attention == "document":
+        return Rows(*pack_documents(docs, block_size, pad_id))
+    return Rows(*pack_rows(docs, block_size, pad_id))
 
 
 def epoch_order(n_rows: int, epoch: int, seed: int) -> list[int]:

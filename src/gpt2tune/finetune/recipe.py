@@ -47,8 +47,6 @@ __all__ = ["DataOptions", "ModelOptions", "RunOptions", "fine_tune", "train"]
 
 log = logging.getLogger("gpt2tune")
 RUN_FILE = "run.json"
-ADDED_TO_IDENTITY = ("loss_on",)
-"""Identity options added after runs were saved without them (those ran with the default)."""
 
 
 @dataclass
@@ -79,6 +77,10 @@ class RunOptions:
             "pack": self.data.pack,
             "task": self.data.task,
             "loss_on": self.data.loss_on,
+            # only packed language-model rows have it (--no-pack rows hold one document each)
+            "pack_attention": (
+                self.data.pack_attention if self.data.pack and self.data.task == "lm" else None
+            ),
             "batch_size": t.batch_size,
             "grad_accum": t.grad_accum,
             "seed": t.seed,
@@ -196,7 +198,7 @@ def _fine_tune(
 
     resume_state = None
     if opts.resume:
-        _check_same_run(opts, out)
+        _check_same_run(opts, out, dialogue=what == "examples")
         base = model
         resume_state, model, _ = load_checkpoint(
             out, lambda ckpt: checkpoint_weights(base, ckpt, t.method)
@@ -245,15 +247,12 @@ def _fine_tune(
     return result
 
 
-def _check_same_run(opts: RunOptions, out: Path) -> None:
-    """A resumed run must be the run in ``out``: the options of its identity as they were."""
+def _check_same_run(opts: RunOptions, out: Path, dialogue: bool) -> None:
+    """A resumed run must be the run in ``out``: the options of its identity as they were.
+    ``dialogue``: the run's data are prompt/completion or chat examples."""
     saved = json.loads((out / RUN_FILE).read_text())["identity"]
     now = opts.identity()
-    # a run saved before an option existed ran with that option's default
-    saved = {
-        **{k: v for k, v in RunOptions().identity().items() if k in ADDED_TO_IDENTITY},
-        **saved,
-    }
+    saved = {**_before_recorded(saved, dialogue), **saved}
     diff = [k for k in now if saved.get(k) != now[k]]
     if diff:
         raise UserError(
@@ -261,6 +260,15 @@ def _check_same_run(opts: RunOptions, out: Path) -> None:
             f"({saved.get(diff[0])!r} vs {now[diff[0]]!r}); use the same options, or a new `out`",
             field=diff[0],
         )
+
+
+def _before_recorded(saved: dict, dialogue: bool) -> dict:
+    """What a run saved before an identity option existed ran with: ``loss_on``'s default, and
+    for packed language-model rows the attention they had then: causal over plain text, each
+    example to itself in dialogue data (``pack_attention`` document)."""
+    packed = saved.get("pack", True) and saved.get("task", "lm") == "lm"
+    attention = ("document" if dialogue else "causal") if packed else None
+    return {"loss_on": "completion", "pack_attention": attention}
 
 
 def _log_run(
