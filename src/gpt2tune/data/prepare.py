@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from gpt2tune.core.tokenizer import Tokenizer
-from gpt2tune.data.dialogue import Example, dialogue_format, encode_examples, read_examples
+from gpt2tune.data.dialogue import Example, dialogue_format, encode_examples, read_dialogue
 from gpt2tune.data.labeled import Labeled, encode_labeled, label_names, read_labeled
 from gpt2tune.data.options import DataOptions
 from gpt2tune.data.rows import (
@@ -139,17 +139,7 @@ def _load_dialogue(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, se
             "`pack_attention` causal is for plain text: packed dialogue examples each attend "
             "only to themselves; leave it at document"
         )
-    examples = read_examples(opts.data, split="train")
-    heldout: list[Example] = []
-    if opts.val_data:
-        if not dialogue_format(opts.val_data):
-            raise UserError(
-                f"`val_data` {opts.val_data} is not dialogue data like `data`; give a .jsonl/.json "
-                "file of prompt/completion or messages rows"
-            )
-        heldout = read_examples(opts.val_data, split="test")
-    elif opts.val_split:
-        examples, heldout = split_train_val(examples, opts.val_split, seed)
+    examples, heldout = read_dialogue(opts, seed)  # the split the demo and compare score on
     block = block_size(opts, n_positions, default=min(512, n_positions))
 
     def rows_of(part: list[Example]) -> Rows:
