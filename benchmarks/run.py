@@ -60,6 +60,9 @@ class Case:
     lora_r: int = LORA_R
     fallback: bool = False
     """Run only where bf16 is not native (the fp32 stand-in of a bf16 row)."""
+    packed: bool = False
+    """Training: each row packed with several examples, each attending only to itself (segment
+    ids; transformers: a (B, 1, T, T) block-diagonal causal mask and restarting positions)."""
 
 
 # GPT-2 XL (1.5B), LoRA r=8 on c_attn, batch 2 x 256: a laptop user's largest fine-tune
@@ -67,6 +70,8 @@ XL = dict(size="gpt2-xl", batch=2, lora_r=8)
 CASES = [
     *(Case(f"train-{m}-{p}", "train", p, method=m) for m in ("lora", "full") for p in ("fp32", "bf16")),
     *(Case(f"generate-b{b}-{p}", "generate", p, batch=b) for b in (1, 8) for p in ("fp32", "bf16")),
+    # packed chat data: the LoRA step on rows holding several examples each (segment ids)
+    Case("train-lora-packed-bf16", "train", "bf16", method="lora", packed=True),
     Case("train-lora-xl-bf16", "train", "bf16", method="lora", **XL),
     Case("train-lora-xl-fp32", "train", "fp32", method="lora", fallback=True, **XL),
     # what users wait for: `gpt2tune train` on builtin:news against a transformers Trainer +
@@ -203,6 +208,17 @@ def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> d
     model.train()
     gen = torch.Generator().manual_seed(0)
     data = torch.randint(0, 50257, (case.batch, SEQ + 1), generator=gen).to(device)
+    segments = None
+    if case.packed:
+        # chat-sized examples, 16..127 tokens (about 3.6 a row), a row's last one cut at its end
+        rows = []
+        for _ in range(case.batch):
+            lengths = []
+            while sum(lengths) < SEQ:
+                lengths.append(int(torch.randint(16, 128, (), generator=gen)))
+            ids = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+            rows.append(ids[:SEQ])
+        segments = torch.stack(rows).to(device)
     if lib == "gpt2tune":
         from gpt2tune.finetune.config import TrainConfig
         from gpt2tune.finetune.loop import Trainer
@@ -210,7 +226,13 @@ def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> d
 
         trainer = Trainer(model, TrainConfig(method=case.method, precision=case.precision),
                           total_steps=warmup + steps, parallel=SingleProcess())
-        batch = [(data[:, :-1], data[:, 1:])]
+        if segments is None:
+            batch = [(data[:, :-1], data[:, 1:])]
+        else:
+            # an example's last token predicts nothing (the next example is not its business)
+            last = torch.ones_like(segments, dtype=torch.bool)
+            last[:, :-1] = segments[:, 1:] != segments[:, :-1]
+            batch = [(data[:, :-1], data[:, 1:].masked_fill(last, -100), segments)]
 
         def train_step() -> float:
             return trainer.step(batch).loss
@@ -221,10 +243,21 @@ def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> d
         # what transformers' Trainer does by default with torch >= 2.8: optim="adamw_torch_fused"
         optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01, fused=True)
         x = data[:, :-1]
+        labels, packed = x, {}
+        if segments is not None:
+            # transformers packs by a 4D mask and position ids (its attention_mask accepts one)
+            start = torch.ones_like(segments, dtype=torch.bool)
+            start[:, 1:] = segments[:, 1:] != segments[:, :-1]
+            idx = torch.arange(SEQ, device=device)
+            first = torch.where(start, idx, 0).cummax(dim=1).values
+            same = segments.unsqueeze(2) == segments.unsqueeze(1)
+            causal = torch.ones(SEQ, SEQ, dtype=torch.bool, device=device).tril()
+            packed = {"attention_mask": (same & causal).unsqueeze(1), "position_ids": idx - first}
+            labels = x.masked_fill(start, -100)  # labels shift inside: a start is not predicted
 
         def train_step() -> float:
             with _amp(device, case.precision):
-                loss = model(input_ids=x, labels=x).loss  # shifts inside: our forward's shape
+                loss = model(input_ids=x, labels=labels, **packed).loss  # shifts inside
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
