@@ -52,6 +52,31 @@ def tiny_hf(tmp_path_factory):
     return path, make_hf_model(path)
 
 
+@pytest.fixture(scope="session")
+def nodrop(tmp_path_factory):
+    """(directory, transformers model) of ``tiny_hf``'s shape without dropout, so a training
+    step's loss is the model's loss (the first-step tests)."""
+    path = tmp_path_factory.mktemp("nodrop")
+    return path, make_hf_model(path, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizers(tmp_path_factory):
+    """transformers' (slow, fast) GPT-2 tokenizers built from the vocabulary files gpt2tune
+    bundles: the reference for token counts."""
+    import shutil
+
+    from transformers import GPT2Tokenizer, GPT2TokenizerFast
+
+    from gpt2tune.core.tokenizer import bundled_vocab_files
+
+    d = tmp_path_factory.mktemp("tok")
+    vocab, merges = bundled_vocab_files()
+    shutil.copyfile(vocab, d / "vocab.json")
+    shutil.copyfile(merges, d / "merges.txt")
+    return GPT2Tokenizer.from_pretrained(d), GPT2TokenizerFast.from_pretrained(d)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(directory, transformers model) of a 2-layer, 48-wide GPT-2 with a 1,000-token vocabulary

@@ -20,17 +20,6 @@ HARD = [
 ]
 
 
-@pytest.fixture(scope="module")
-def hf_tokenizers(tmp_path_factory):
-    from transformers import GPT2Tokenizer, GPT2TokenizerFast
-
-    d = tmp_path_factory.mktemp("tok")
-    vocab, merges = bundled_vocab_files()
-    shutil.copyfile(vocab, d / "vocab.json")
-    shutil.copyfile(merges, d / "merges.txt")
-    return GPT2Tokenizer.from_pretrained(d), GPT2TokenizerFast.from_pretrained(d)
-
-
 @pytest.mark.parametrize("text", HARD)
 def test_ids_match_transformers(hf_tokenizers, text):
     slow, fast = hf_tokenizers

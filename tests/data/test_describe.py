@@ -5,7 +5,6 @@ the scored tokens marked, and bad data as training's one-line errors."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -20,17 +19,9 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def hf_tok(tmp_path_factory):
-    from transformers import GPT2TokenizerFast
-
-    from gpt2tune.core.tokenizer import bundled_vocab_files
-
-    d = tmp_path_factory.mktemp("tok")
-    vocab, merges = bundled_vocab_files()
-    shutil.copyfile(vocab, d / "vocab.json")
-    shutil.copyfile(merges, d / "merges.txt")
-    return GPT2TokenizerFast.from_pretrained(d)
+@pytest.fixture
+def hf_tok(hf_tokenizers):
+    return hf_tokenizers[1]
 
 
 def _show(capsys, *argv):

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from first_step import first_loss
 
 from gpt2tune.cli.main import main
 from gpt2tune.core.tokenizer import Tokenizer
@@ -24,35 +25,6 @@ PAIRS = [
 def _jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-def _first_loss(capsys, base, data, out, *extra):
-    code = main(
-        [
-            "train",
-            "--model",
-            str(base),
-            "--data",
-            str(data),
-            "--method",
-            "full",
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "8",
-            "--block-size",
-            "48",
-            "--precision",
-            "fp32",
-            "--out",
-            str(out),
-            "--no-progress",
-            *extra,
-        ]
-    )
-    err = capsys.readouterr().err
-    assert code == 0, err
-    return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
 
 
 def _reference(hf, examples, mask_prompt=True):
@@ -73,26 +45,18 @@ def _reference(hf, examples, mask_prompt=True):
     return total / count
 
 
-@pytest.fixture(scope="module")
-def nodrop(tmp_path_factory):
-    from checkpoints import make_hf_model
-
-    path = tmp_path_factory.mktemp("nodrop")
-    return path, make_hf_model(path, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-
-
 def test_prompt_completion_loss_covers_the_reply_only(capsys, nodrop, tmp_path):
     """The first step's loss (before any update, every example in one batch) is transformers'
     loss with the prompts masked, example by example; with --loss-on all, over every token."""
     base, hf = nodrop
     data = _jsonl(tmp_path / "pc.jsonl", [{"prompt": p, "completion": " " + c} for p, c in PAIRS])
     examples = [(p, " " + c) for p, c in PAIRS]
-    masked = _first_loss(capsys, base, data, tmp_path / "masked")
+    masked = first_loss(capsys, base, data, tmp_path / "masked")
     assert masked == pytest.approx(_reference(hf, examples), abs=1e-4)
     # packed (the default) or one example per row: the same loss, no example seeing another
-    alone = _first_loss(capsys, base, data, tmp_path / "alone", "--no-pack")
+    alone = first_loss(capsys, base, data, tmp_path / "alone", "--no-pack")
     assert alone == pytest.approx(masked, abs=1e-5)
-    everything = _first_loss(capsys, base, data, tmp_path / "all", "--loss-on", "all")
+    everything = first_loss(capsys, base, data, tmp_path / "all", "--loss-on", "all")
     assert everything == pytest.approx(_reference(hf, examples, mask_prompt=False), abs=1e-4)
     assert masked != pytest.approx(everything, abs=1e-3)
 
@@ -121,7 +85,7 @@ def test_chat_messages_render_as_the_server_renders_them(capsys, nodrop, tmp_pat
         Tokenizer(),
     )
     assert served == Tokenizer().encode(by_hand[0][0])
-    loss = _first_loss(capsys, base, data, tmp_path / "chat")
+    loss = first_loss(capsys, base, data, tmp_path / "chat")
     assert loss == pytest.approx(_reference(hf, by_hand), abs=1e-4)
 
 
@@ -162,7 +126,7 @@ def test_every_assistant_turn_of_a_conversation_is_a_target(capsys, nodrop, tmp_
             count += n
         return total / count
 
-    loss = _first_loss(capsys, base, data, tmp_path / "turns")
+    loss = first_loss(capsys, base, data, tmp_path / "turns")
     assert loss == pytest.approx(reference(last_only=False), abs=1e-4)
     assert loss != pytest.approx(reference(last_only=True), abs=1e-3)
 
@@ -255,7 +219,7 @@ def test_held_out_examples_are_scored_on_their_replies(capsys, nodrop, tmp_path)
     rows = [{"prompt": p, "completion": " " + c} for p, c in PAIRS * 2]
     data = _jsonl(tmp_path / "pc.jsonl", rows)
     out = tmp_path / "val"
-    _first_loss(capsys, base, data, out, "--lr", "1e-12", "--val-split", "0.25")
+    first_loss(capsys, base, data, out, "--lr", "1e-12", "--val-split", "0.25")
     _, held = split_train_val([(r["prompt"], r["completion"]) for r in rows], 0.25, 0)
     val = json.loads((out / "summary.json").read_text())["val_loss"]
     # lr 1e-12: the weights after one step are the base's to far below the tolerance

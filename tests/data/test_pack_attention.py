@@ -5,13 +5,14 @@ GPT2LMHeadModel as the reference."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
+import first_step
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2tune.cli.main import main
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.rows import IGNORE, make_rows, pack_rows
 from gpt2tune.formats.hf import load_model
@@ -123,45 +124,9 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def nodrop(tmp_path_factory):
-    from checkpoints import make_hf_model
-
-    path = tmp_path_factory.mktemp("nodrop")
-    return path, make_hf_model(path, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-
-
-def _train(capsys, base, data, out, *extra) -> int:
-    code = main(
-        [
-            "train",
-            "--model",
-            str(base),
-            "--data",
-            str(data),
-            "--method",
-            "full",
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "8",
-            "--block-size",
-            "64",
-            "--precision",
-            "fp32",
-            "--out",
-            str(out),
-            "--no-progress",
-            *extra,
-        ]
-    )
-    return code
-
-
-def _first_loss(capsys, base, data, out, *extra) -> float:
-    code = _train(capsys, base, data, out, *extra)
-    assert code == 0, capsys.readouterr().err
-    return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+# one 64-token row holds all four documents
+train = partial(first_step.train, block_size=64)
+first_loss = partial(first_step.first_loss, block_size=64)
 
 
 def test_train_first_step_loss_per_pack_attention(capsys, nodrop, tmp_path):
@@ -182,12 +147,10 @@ def test_train_first_step_loss_per_pack_attention(capsys, nodrop, tmp_path):
             count += len(d) - 1
         packed = hf(stream, labels=stream).loss.item()
     alone /= count
-    document = _first_loss(capsys, base, data, tmp_path / "document")
-    explicit = _first_loss(
-        capsys, base, data, tmp_path / "explicit", "--pack-attention", "document"
-    )
-    causal = _first_loss(capsys, base, data, tmp_path / "causal", "--pack-attention", "causal")
-    no_pack = _first_loss(capsys, base, data, tmp_path / "no-pack", "--no-pack")
+    document = first_loss(capsys, base, data, tmp_path / "document")
+    explicit = first_loss(capsys, base, data, tmp_path / "explicit", "--pack-attention", "document")
+    causal = first_loss(capsys, base, data, tmp_path / "causal", "--pack-attention", "causal")
+    no_pack = first_loss(capsys, base, data, tmp_path / "no-pack", "--no-pack")
     assert document == explicit == pytest.approx(alone, abs=1e-4)
     assert no_pack == pytest.approx(alone, abs=1e-4)
     assert causal == pytest.approx(packed, abs=1e-4)
@@ -198,20 +161,20 @@ def test_resume_must_keep_pack_attention_and_older_runs_resume_as_causal(capsys,
     data = tmp_path / "docs.txt"
     data.write_text("\n\n".join(TEXTS * 3) + "\n")
     out = tmp_path / "run"
-    assert _train(capsys, tiny_hf[0], data, out, "--max-steps", "2", "--block-size", "16") == 0
+    assert train(tiny_hf[0], data, out, "--max-steps", "2", "--block-size", "16") == 0
     capsys.readouterr()
     again = ["--max-steps", "2", "--block-size", "16", "--resume"]
-    assert _train(capsys, tiny_hf[0], data, out, *again, "--pack-attention", "causal") == 2
+    assert train(tiny_hf[0], data, out, *again, "--pack-attention", "causal") == 2
     assert "--pack-attention differs from the run" in capsys.readouterr().err
     # a run.json written before pack_attention existed: its packed plain text ran causal
     run_json = out / "run.json"
     record = json.loads(run_json.read_text())
     del record["identity"]["pack_attention"]
     run_json.write_text(json.dumps(record))
-    assert _train(capsys, tiny_hf[0], data, out, *again) == 2
+    assert train(tiny_hf[0], data, out, *again) == 2
     err = capsys.readouterr().err
     assert "--pack-attention differs from the run" in err and "('causal' vs 'document')" in err
-    assert _train(capsys, tiny_hf[0], data, out, *again, "--pack-attention", "causal") == 0
+    assert train(tiny_hf[0], data, out, *again, "--pack-attention", "causal") == 0
 
 
 def test_no_pack_rows_ignore_pack_attention(capsys, tiny_hf, tmp_path):
@@ -221,14 +184,14 @@ def test_no_pack_rows_ignore_pack_attention(capsys, tiny_hf, tmp_path):
     data.write_text("\n\n".join(TEXTS) + "\n")
     out = tmp_path / "run"
     args = ["--max-steps", "2", "--no-pack", "--pack-attention", "causal"]
-    assert _train(capsys, tiny_hf[0], data, out, *args) == 0
-    assert _train(capsys, tiny_hf[0], data, out, "--max-steps", "2", "--resume", "--no-pack") == 0
+    assert train(tiny_hf[0], data, out, *args) == 0
+    assert train(tiny_hf[0], data, out, "--max-steps", "2", "--resume", "--no-pack") == 0
 
 
 def test_causal_on_dialogue_data_is_refused_naming_the_option(capsys, tiny_hf, tmp_path):
     data = tmp_path / "pc.jsonl"
     data.write_text(json.dumps({"prompt": "Hi?", "completion": " Hello."}) + "\n")
-    code = _train(capsys, tiny_hf[0], data, tmp_path / "run", "--pack-attention", "causal")
+    code = train(tiny_hf[0], data, tmp_path / "run", "--pack-attention", "causal")
     err = capsys.readouterr().err
     assert code == 2 and "--pack-attention causal is for plain text" in err
     assert len(err.strip().splitlines()) == 1
