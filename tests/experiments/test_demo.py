@@ -2,12 +2,14 @@
 end to end (building its own base in an empty cache, as on a fresh CI machine)."""
 
 import json
+import math
 import re
 
 import pytest
 
 from gpt2tune.cli.main import build_parser, collect, main
 from gpt2tune.core.lora import LoRAConfig
+from gpt2tune.data.dialogue import read_dialogue
 from gpt2tune.data.options import DataOptions
 from gpt2tune.experiments.base import PretrainConfig, ensure_base
 from gpt2tune.experiments.commands import train_command
@@ -60,7 +62,8 @@ def test_train_command_parses_back_to_the_same_options(method):
 
 def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     """The CI check of issue 4: every report section, and LoRA and full fine-tuning each lower
-    held-out news perplexity below the base model's."""
+    held-out news perplexity below the base model's; experiment 4 (issue 24) answers held-out
+    cues, scored on the replies only."""
     monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--device", "cpu"]) == 0
@@ -104,6 +107,30 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert re.search(
         r"DoRA recovers -?\d+% of full fine-tuning's gain, plain LoRA -?\d+%: it ", capacity
     )
+
+    # experiment 4: the character answers cues no run trained on, scored on its replies only
+    evals, name = res["evals"], "builtin:dialogue:FALSTAFF"
+    answers = md.split(f"## {SECTIONS[5]}")[1].split("## ")[0]
+    cues = res["prompts"]["answers"]
+    train, _ = read_dialogue(DataOptions(data=name, val_data=name), 0)
+    assert len(cues) == 2 and not set(cues) & {ex.cue for ex in train}
+    assert all(c.splitlines()[0] in answers for c in cues)
+    assert "User: " in answers and "Assistant: " in answers  # the priming conversation
+    assert "gpt2tune train " in answers and "builtin:dialogue:FALSTAFF" in answers
+    assert set(res["samples"]["answers"]) == {"base", "priming", "lora", "full"}
+    assert all(len(s) == 2 for s in res["samples"]["answers"].values())
+    base = evals["answers/base"]
+    assert evals["answers/priming"]["tokens"] == base["tokens"] > 0  # the prime is never scored
+    for run in (res["runs"]["answers/lora"], res["runs"]["answers/full"]):
+        assert math.isfinite(run["heldout_perplexity"]) and run["steps"] == 4
+        assert "--data builtin:dialogue:FALSTAFF" in run["command"]
+    assert res["runs"]["answers/full"]["heldout_perplexity"] < base["perplexity"]
+    assert set(res["style"]["share_in_character_by_experiment"]["answers"]) == {
+        "base",
+        "priming",
+        "lora",
+        "full",
+    }
 
     # the base is cached: a second demo would reuse it instead of pretraining again
     cfg = PretrainConfig(**{**res["base"]["pretrain"]})

@@ -10,7 +10,13 @@ from dataclasses import replace
 import pytest
 
 from gpt2tune.experiments.base import BaseInfo
-from gpt2tune.experiments.demo_plan import FULL_PLAN, QUICK_PLAN, DemoPlan, demo_experiments
+from gpt2tune.experiments.demo_plan import (
+    FULL_PLAN,
+    QUICK_PLAN,
+    DemoPlan,
+    answers_experiment,
+    demo_experiments,
+)
 from gpt2tune.experiments.hparams import hyperparams_for
 
 EMBEDDED = BaseInfo(
@@ -81,6 +87,31 @@ def test_demo_experiments_are_consistent(plan: DemoPlan):
         directory=None,
     )
     assert dora.use_dora and plus.loraplus_ratio == plan.loraplus_ratio
+
+
+@pytest.mark.parametrize("plan", [QUICK_PLAN, FULL_PLAN], ids=["quick", "full"])
+def test_the_answers_experiment_is_the_characters_dialogue_with_experiment_2s_lora(plan):
+    hp = hyperparams_for(EMBEDDED)
+    _, char = demo_experiments(plan, "Falstaff", hp)
+    answers = answers_experiment(plan, "Falstaff", hp)
+    assert answers.dataset == answers.data.val_data == "builtin:dialogue:Falstaff"
+    assert not answers.data.val_split and answers.style_of == "FALSTAFF"
+    base, priming, lora, full = answers.methods
+    assert [m.name for m in answers.methods] == ["base", "priming", "lora", "full"]
+    assert all(m.sample for m in answers.methods) and not any(m.uses for m in answers.methods)
+    assert not base.train and not base.prime and priming.prime and not priming.train
+    assert answers.prime_speeches == plan.answers_prime_exchanges > 0
+    assert (lora.train, lora.rank, lora.alpha, lora.targets, lora.lr) == (
+        "lora",
+        char.methods[2].rank,
+        char.methods[2].alpha,
+        char.methods[2].targets,
+        hp.lr_lora,
+    )
+    assert full.train == "full" and full.lr == hp.lr_full
+    assert (answers.epochs, answers.max_steps) == (plan.answers_epochs, plan.answers_max_steps)
+    assert answers.samples_per_prompt == plan.answers_samples_per_cue
+    assert answers.prompts == ()  # held-out cues, chosen when the demo runs
 
 
 def test_options_plans_and_specs_import_no_torch():

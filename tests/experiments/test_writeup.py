@@ -129,6 +129,11 @@ ODD_PLAN = replace(
     max_new_tokens=33,
     temperature=0.7,
     top_k=17,
+    answers_epochs=None,
+    answers_max_steps=9,
+    answers_prime_exchanges=2,
+    answers_samples_per_cue=3,
+    answers_max_new_tokens=21,
 )
 ODD_BASE = embedded_base(
     config={**CONFIG, "vocab_size": 1000},
@@ -170,6 +175,12 @@ def test_the_report_states_the_results_numbers_not_the_demos_usual_ones(odd_md):
         "a 128.0k-parameter model pretrained for 2.5 minutes",
         "LoRA r=2 (c_attn) (sample 1)",
         "“Sirrah,”",
+        "351 training exchanges of Hotspur (`builtin:dialogue:HOTSPUR`)",
+        "Priming places 2 training exchanges",
+        "LoRA: r=8 on `c_attn`, lr 0.01 (experiment 2's run)",
+        "each trains 9 steps of 3 rows",
+        "3 per method and cue",
+        "temperature 0.7, top-k 17, 21 new tokens at most",
     ]:
         assert said in md, said
     for usual in [
@@ -304,6 +315,35 @@ def test_the_compare_capacity_verdict_uses_the_runs_it_has(no_figures):
     assert "From r=1 to r=16 the held-out loss changes by -0.200 nats." in capacity
 
 
+def test_the_answers_section_shows_its_numbers_cues_replies_prime_and_commands(no_figures):
+    res = demo_results(
+        answers_losses={"base": 8.0, "priming": 8.2, "lora": 7.0, "full": 8.1},
+        cues=("Hal, art thou there?", "Speak, knave."),
+    )
+    md = render_markdown(build_report(res))
+    answers = _section(md, SECTIONS[5])
+    for said in [
+        "351 training exchanges of Falstaff (`builtin:dialogue:FALSTAFF`)",
+        "39 exchanges are held out",
+        "the held-out loss over the reply tokens only",
+        "9,000 tokens, the same for every method",
+        "Priming places 3 training exchanges (57 tokens",
+        "the prime is never scored (9,000 scored tokens, the same as the base's)",
+        "Against the base model's reply perplexity of 2,981: priming 3,641 (higher), "
+        "LoRA r=4 1,097 (lower), full 3,294 (higher).",
+        "| LoRA r=4 (c_attn) | 1,097 | 7.000 | 4,000 | 12 s | 45% | 0.45 |",
+        "| reference: real held-out Falstaff speeches |",
+        "User: Hal?\nAssistant: Sack!<|endoftext|>",  # the priming conversation
+        "**held-out cue 2**\n\n> Speak, knave.",
+        "**LoRA r=4 (c_attn)**\n\n>  lora sample 1.",  # its reply to cue 2
+        "# full fine-tuning\ngpt2tune train --out full",
+    ]:
+        assert said in answers, said
+    summary = _section(md, SECTIONS[0])
+    assert "**Falstaff answers.** Held-out perplexity of Falstaff's replies (9,000 reply" in summary
+    assert "judged in character: base 10%, priming 30%, LoRA r=4 45%, full 50%." in summary
+
+
 # ----------------------------------------------------------------------------- sections
 
 
@@ -320,6 +360,7 @@ def test_the_compare_capacity_verdict_uses_the_runs_it_has(no_figures):
                 "news_experiment",
                 "voice_experiment",
                 "capacity_experiment",
+                "answers_experiment",
                 "rerun",
                 "machine",
                 "timings",

@@ -11,7 +11,12 @@ from dataclasses import replace
 
 from gpt2tune.data.options import DataOptions
 from gpt2tune.experiments.base import BaseInfo
-from gpt2tune.experiments.demo_plan import QUICK_PLAN, DemoPlan, demo_experiments
+from gpt2tune.experiments.demo_plan import (
+    QUICK_PLAN,
+    DemoPlan,
+    answers_experiment,
+    demo_experiments,
+)
 from gpt2tune.experiments.hparams import hyperparams_for
 from gpt2tune.experiments.methods import compare_experiment
 from gpt2tune.experiments.options import CompareOptions, DemoOptions
@@ -196,6 +201,8 @@ def demo_results(
     news_losses: dict[str, float] | None = None,
     char_losses: dict[str, float] | None = None,
     shares: dict[str, float] | None = None,
+    answers_losses: dict[str, float] | None = None,
+    cues: tuple[str, ...] = ("Sir John, you owe me money.", "Where hast thou been?"),
 ) -> DemoResults:
     """A finished demo's results for ``plan`` and ``character``."""
     base = base or embedded_base()
@@ -212,6 +219,19 @@ def demo_results(
         style=style_check(character.upper()),
         prime=Prime(text="...", file="character/prime.txt", tokens=412),
     )
+    answers_spec = replace(answers_experiment(plan, character, hp), prompts=cues)
+    answers = experiment(
+        answers_spec,
+        351,
+        39,
+        answers_losses,
+        total=base.parameters,
+        shares={"base": 0.1, "priming": 0.3, "lora": 0.45, "full": 0.5},
+        style=style_check(character.upper()),
+        prime=Prime(
+            text="User: Hal?\nAssistant: Sack!<|endoftext|>", file="answers/prime.txt", tokens=57
+        ),
+    )
     return DemoResults(
         options=DemoOptions(character=character, quick=plan is QUICK_PLAN, precision="fp32"),
         plan=plan,
@@ -219,6 +239,7 @@ def demo_results(
         hyperparams=hp,
         news=news,
         character=char,
+        answers=answers,
         timings={"base model": 60.0, "total before the report": 180.0},
         commands=[("news LoRA", "gpt2tune train --out news/lora")],
         device="cpu",

@@ -51,8 +51,9 @@ COMMANDS = [
     (
         "demo",
         "rerun the seed project's experiments and write a report",
-        "News style and a Shakespeare character's voice: base model, priming, LoRA and full "
-        "fine-tuning, a LoRA rank sweep; writes report.md and report.html to --out.",
+        "News style, a Shakespeare character's voice and the character answering cues: base "
+        "model, priming, LoRA and full fine-tuning, a LoRA rank sweep; writes report.md and "
+        "report.html to --out.",
         demo_options,
     ),
     (

@@ -1,13 +1,16 @@
 """``gpt2tune demo``: the seed project's experiments, rerun on one footing, written up as a report.
 
 The seed project fine-tuned GPT-2 with LoRA on news articles (it worked) and on one character's
-speeches (it did not; its author blamed LoRA's capacity and tried priming). The demo reruns both
-and answers the capacity question:
+speeches (it did not; its author blamed LoRA's capacity and tried priming). The demo reruns both,
+answers the capacity question, and has the character answer:
 
 1. **News style**: base vs LoRA (r=4 on ``c_attn``, as the seed) vs full fine-tuning.
 2. **Character voice**: base, priming only, LoRA, full, LoRA + priming; held-out perplexity and a
    style score from a classifier (``gpt2tune.experiments.style``).
 3. **LoRA capacity**: a rank sweep (and more target modules) against full fine-tuning.
+4. **The character answers**: base, priming, LoRA, full on ``builtin:dialogue:CHARACTER`` (each
+   speech the reply to the one before it); held-out perplexity of the replies only, and replies to
+   held-out cues with their style score.
 
 The demo is a fixed plan (``demo_plan``) run by the study flow (``study.run_study``) through the
 experiment engine, plus its write-up (``writeup.build_report``). Offline, the base model is the
@@ -23,9 +26,16 @@ from pathlib import Path
 from gpt2tune.data.prepare import load_data
 from gpt2tune.experiments.budget import fit_to_budget, time_steps_per_kind
 from gpt2tune.experiments.commands import pretrain_command
-from gpt2tune.experiments.demo_plan import FULL_PLAN, QUICK_PLAN, DemoPlan, demo_experiments
+from gpt2tune.experiments.demo_plan import (
+    FULL_PLAN,
+    QUICK_PLAN,
+    DemoPlan,
+    answers_experiment,
+    demo_experiments,
+)
 from gpt2tune.experiments.engine import Stages
 from gpt2tune.experiments.hparams import hyperparams_for
+from gpt2tune.experiments.material import held_out
 from gpt2tune.experiments.options import DemoOptions, PretrainConfig
 from gpt2tune.experiments.results import DemoResults, ExperimentResult, results_json
 from gpt2tune.experiments.setup import load_study
@@ -39,7 +49,7 @@ DemoResult = StudyOutput[DemoResults]
 
 
 def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
-    """Run the three experiments and write ``report.md``, ``report.html`` and ``results.json``.
+    """Run the four experiments and write ``report.md``, ``report.html`` and ``results.json``.
 
     Args:
         opts: what to run (``opts.quick`` picks the small plan).
@@ -58,7 +68,7 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
     opts = replace(opts, precision=fp32_or_bf16(opts.precision, resolve_device(opts.device)))
 
     def results(planned: Planned, done: list[ExperimentResult], facts: Facts) -> DemoResults:
-        news, character = done
+        news, character, answers = done
         base = planned.setup.base
         commands = []
         if base.embedded:
@@ -70,6 +80,7 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
             **planned.timings,
             **news.timings,
             **character.timings,
+            **answers.timings,
             "total before the report": facts.seconds,
         }
         return DemoResults(
@@ -79,8 +90,9 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
             hyperparams=planned.hyperparams,
             news=news,
             character=character,
+            answers=answers,
             timings=timings,
-            commands=commands + news.commands + character.commands,
+            commands=commands + news.commands + character.commands + answers.commands,
             device=facts.device,
             machine=facts.machine,
             load_at_start=facts.load_at_start,
@@ -103,13 +115,16 @@ def run_demo(opts: DemoOptions, plan: DemoPlan | None = None) -> DemoResult:
 
 
 def plan_demo(opts: DemoOptions, sizes: DemoPlan, out: Path) -> Planned:
-    """The demo's two experiments on its base (built or found), fitted to ``--max-minutes``."""
+    """The demo's experiments on its base (built or found), fitted to ``--max-minutes``; the
+    answers' samples reply to held-out cues (seeded), so no run trained on them."""
     stage = Stages()
     with stage("base model"):
         setup = load_study(opts, out, sizes.base_recipe(opts.precision), command="demo")
     base = setup.base
     hp = hyperparams_for(base)
     news, character = demo_experiments(sizes, opts.character, hp)
+    answers = answers_experiment(sizes, opts.character, hp)
+    answers = replace(answers, prompts=held_out(answers, opts.seed, sizes.answers_cues).cues)
     note = ""
     if opts.max_minutes is not None:
         with stage("time budget"):
@@ -120,14 +135,14 @@ def plan_demo(opts: DemoOptions, sizes: DemoPlan, out: Path) -> Planned:
                         spec.data, setup.tokenizer, setup.model.config.n_positions, opts.seed
                     ).rows,
                 )
-                for spec in (news, character)
+                for spec in (news, character, answers)
             ]
-            (news, character), note = fit_to_budget(
+            (news, character, answers), note = fit_to_budget(
                 runs, time_steps_per_kind(runs, setup), opts.max_minutes
             )
     return Planned(
         setup=setup,
-        experiments=[news, character],
+        experiments=[news, character, answers],
         hyperparams=hp,
         budget_note=note,
         timings=stage.timings,

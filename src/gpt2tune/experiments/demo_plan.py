@@ -1,5 +1,6 @@
 """The demo's fixed plan: its sizes (``DemoPlan``; ``FULL_PLAN`` and ``QUICK_PLAN`` differ only
-there) and its two experiments (``demo_experiments``), as data for ``engine.run_experiment``.
+there) and its experiments (``demo_experiments``: news and the character's voice;
+``answers_experiment``: the character answering), as data for ``engine.run_experiment``.
 Nothing here imports torch.
 """
 
@@ -70,6 +71,21 @@ class DemoPlan:
     """Samples per method and character prompt."""
     max_new_tokens: int = 60
     """Tokens per sample at most."""
+    answers_epochs: float | None = 2
+    """Epochs of each run of experiment 4, the character answering (used when
+    ``answers_max_steps`` is None)."""
+    answers_max_steps: int | None = None
+    """Optimizer steps of each run of experiment 4, instead of epochs."""
+    answers_eval_every: int = 8
+    """Held-out loss every this many steps of a run of experiment 4."""
+    answers_prime_exchanges: int = 3
+    """Training exchanges before each held-out exchange and cue when priming (experiment 4)."""
+    answers_cues: int = 3
+    """Held-out cues experiment 4's samples reply to (seeded, chosen at run time)."""
+    answers_samples_per_cue: int = 2
+    """Replies per method and cue."""
+    answers_max_new_tokens: int = 48
+    """Tokens per reply at most (a reply ends earlier at ``<|endoftext|>`` or the next turn)."""
     temperature: float = 0.9
     """Sampling temperature."""
     top_k: int = 40
@@ -103,6 +119,12 @@ QUICK_PLAN = DemoPlan(
     samples_per_prompt=3,
     news_samples=2,
     max_new_tokens=40,
+    answers_epochs=None,
+    answers_max_steps=4,
+    answers_eval_every=4,
+    answers_cues=2,
+    answers_samples_per_cue=1,
+    answers_max_new_tokens=24,
 )
 
 
@@ -124,8 +146,7 @@ def demo_experiments(
     Returns:
         (news: experiment 1; character: experiments 2 and 3, which share their runs).
     """
-    base = Method("base", "base model", "base model")
-    full = Method("full", "full fine-tuning", "full", train="full", lr=hp.lr_full)
+    base, full = _base(), _full(hp)
     experiment = partial(
         Experiment,
         batch_size=plan.batch_size,
@@ -184,3 +205,49 @@ def demo_experiments(
         style_of=character.upper(),
     )
     return news, char
+
+
+def answers_experiment(plan: DemoPlan, character: str, hp: Hyperparams) -> Experiment:
+    """Experiment 4: the character answers (``builtin:dialogue:CHARACTER``: each of the
+    character's speeches is the assistant's reply to the speech before it).
+
+    Base, priming (``answers_prime_exchanges`` training exchanges before each held-out exchange
+    and cue), LoRA (experiment 2's rank, modules and learning rate) and full fine-tuning; the
+    held-out loss is over the replies only. Its ``prompts`` are left empty: the samples reply to
+    held-out cues, which the demo picks when it runs (``material.held_out``) so that no run
+    trained on them.
+
+    Args:
+        plan: the sizes.
+        character: the Shakespeare character (``--character``).
+        hp: learning rates and LoRA alpha for the base model.
+    """
+    return Experiment(
+        "answers",
+        _builtin(f"builtin:dialogue:{character}"),
+        (
+            _base(),
+            Method("priming", "priming only", "priming", prime=True),
+            lora_method(hp, plan.char_rank, name="lora"),
+            _full(hp),
+        ),
+        batch_size=plan.batch_size,
+        epochs=plan.answers_epochs,
+        max_steps=plan.answers_max_steps,
+        eval_every=plan.answers_eval_every,
+        prompts=(),
+        samples_per_prompt=plan.answers_samples_per_cue,
+        max_new_tokens=plan.answers_max_new_tokens,
+        temperature=plan.temperature,
+        top_k=plan.top_k,
+        prime_speeches=plan.answers_prime_exchanges,
+        style_of=character.upper(),
+    )
+
+
+def _base() -> Method:
+    return Method("base", "base model", "base model")
+
+
+def _full(hp: Hyperparams) -> Method:
+    return Method("full", "full fine-tuning", "full", train="full", lr=hp.lr_full)

@@ -90,7 +90,7 @@ class DemoOptions(StudyOptions):
     out: str = "runs/demo"
     """Directory for the report, plots, adapters and models."""
     character: str = "FALSTAFF"
-    """Shakespeare character of experiments 2 and 3."""
+    """Shakespeare character of experiments 2, 3 and 4 (its speeches, and its replies)."""
     quick: bool = False
     """Smaller everything (about 3 minutes with its own small base): for CI and a first look."""
 

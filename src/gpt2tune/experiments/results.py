@@ -173,6 +173,8 @@ class DemoResults:
     """Experiment 1."""
     character: ExperimentResult
     """Experiments 2 and 3."""
+    answers: ExperimentResult
+    """Experiment 4: the character answers held-out cues."""
     timings: dict[str, float]
     """Wall time per stage, in seconds."""
     commands: list[tuple[str, str]]
@@ -193,9 +195,12 @@ def results_json(res: DemoResults) -> dict:
     """The demo's ``results.json``: every number as plain JSON data.
 
     Keys: options, plan, base, evals (untrained methods, as ``"news/base"``), runs (training
-    runs, by output directory as ``"character/lora-r4"``), style, samples, timings, commands.
+    runs, by output directory as ``"character/lora-r4"``), style (the classifier, and the
+    character experiment's shares in character; ``share_in_character_by_experiment`` has every
+    scored experiment's), samples and the prompts they continue or cues they answer (by
+    experiment), timings, commands.
     """
-    experiments = (res.news, res.character)
+    experiments = (res.news, res.character, res.answers)
 
     def run_dict(m: MethodResult) -> dict:
         return {
@@ -220,17 +225,21 @@ def results_json(res: DemoResults) -> dict:
         }
 
     style = {}
-    for e in experiments:
-        if e.style:
-            h = e.style.heldout
-            style = {
-                "heldout_accuracy": h.accuracy,
-                "heldout_in_character_rate": h.in_character_rate,
-                "heldout_false_positive_rate": h.false_positive_rate,
-                "heldout_positives": h.positives,
-                "heldout_negatives": h.negatives,
-                "share_in_character": {m.name: m.style_share for m in e.sampled},
-            }
+    if res.character.style:
+        h = res.character.style.heldout
+        style = {
+            "heldout_accuracy": h.accuracy,
+            "heldout_in_character_rate": h.in_character_rate,
+            "heldout_false_positive_rate": h.false_positive_rate,
+            "heldout_positives": h.positives,
+            "heldout_negatives": h.negatives,
+            "share_in_character": {m.name: m.style_share for m in res.character.sampled},
+            "share_in_character_by_experiment": {
+                e.spec.name: {m.name: m.style_share for m in e.sampled}
+                for e in experiments
+                if e.style
+            },
+        }
     return {
         "options": asdict(res.options),
         "plan": asdict(res.plan),
@@ -255,6 +264,7 @@ def results_json(res: DemoResults) -> dict:
         },
         "style": style,
         "samples": {e.spec.name: {m.name: m.samples for m in e.sampled} for e in experiments},
+        "prompts": {e.spec.name: list(e.spec.prompts) for e in experiments},
         "timings": res.timings,
         "commands": res.commands,
     }

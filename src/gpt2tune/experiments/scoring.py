@@ -5,6 +5,7 @@ classifier that scores them; and the priming text itself.
 from __future__ import annotations
 
 import random
+from functools import lru_cache
 
 import torch
 
@@ -113,10 +114,18 @@ def style_classifier(
     (``style_of``), or of the experiment's own text against a contrast (``style_contrast``);
     None where the experiment scores no style."""
     if spec.style_of:
-        return train_style_classifier(spec.style_of)
+        return _character_classifier(spec.style_of)
     if spec.style_contrast:
         return fit_style_classifier("your text", train_texts, test_texts, _contrast(spec, seed))
     return None
+
+
+@lru_cache(maxsize=2)
+def _character_classifier(character: str) -> StyleClassifier:
+    """A character's classifier, trained once per process: the demo's character and answers
+    experiments score with the same one (it is fitted from fixed data with a fixed seed, and
+    scoring does not change it)."""
+    return train_style_classifier(character)
 
 
 def _contrast(spec: Experiment, seed: int) -> list[str]:

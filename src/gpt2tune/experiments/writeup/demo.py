@@ -1,7 +1,8 @@
 """The demo's report: ``build_report`` lists its sections, one function each, in order.
 
-The summary, the base model and the closing sections are here; the three experiments' sections
-are in ``demo_experiments``. Every section reads only the ``DemoResults`` it is given.
+The summary, the base model and the closing sections are here; the first three experiments'
+sections are in ``demo_experiments``, the fourth's (the character answers) in ``demo_answers``.
+Every section reads only the ``DemoResults`` it is given.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import gpt2tune.experiments.writeup.shared as shared
 from gpt2tune.experiments.base import VAL_TOKENS_PER_DOC, BaseInfo
 from gpt2tune.experiments.results import DemoResults, MethodResult
+from gpt2tune.experiments.writeup.demo_answers import answers_experiment, answers_summary
 from gpt2tune.experiments.writeup.demo_experiments import (
     capacity_experiment,
     news_experiment,
@@ -135,6 +137,7 @@ def summary(res: DemoResults) -> Section:
     news, voice = _short_labels(r)
     s = Section(SECTIONS[0])
     s.add(_news_summary(res, r), _voice_summary(res, voice), _capacity_summary(r))
+    s.add(answers_summary(res))
     png = figures.perplexity_by_method(
         {label: m.val_perplexity for label, m in news},
         {label: m.val_perplexity for label, m in voice},
@@ -242,7 +245,7 @@ def base_model(res: DemoResults) -> Section:
 def rerun(res: DemoResults) -> Section:
     """The commands that redo each result by hand."""
     return shared.rerun_section(
-        SECTIONS[5],
+        SECTIONS[6],
         res.commands,
         (
             "Each result above comes from one of these commands (run from the directory the demo "
@@ -256,7 +259,7 @@ def rerun(res: DemoResults) -> Section:
 def machine(res: DemoResults) -> Section:
     """The machine, software versions and load."""
     s = shared.machine_section(
-        SECTIONS[6], res.machine, res.device, res.options.precision, res.load_at_start
+        SECTIONS[7], res.machine, res.device, res.options.precision, res.load_at_start
     )
     return s.add(
         Paragraph(
@@ -268,7 +271,7 @@ def machine(res: DemoResults) -> Section:
 
 def timings(res: DemoResults) -> Section:
     """Wall time per stage."""
-    return shared.timings_section(SECTIONS[7], res.timings)
+    return shared.timings_section(SECTIONS[8], res.timings)
 
 
 def build_report(res: DemoResults) -> Report:
@@ -289,6 +292,7 @@ def build_report(res: DemoResults) -> Report:
             news_experiment(res),
             voice_experiment(res),
             capacity_experiment(res),
+            answers_experiment(res),
             rerun(res),
             machine(res),
             timings(res),

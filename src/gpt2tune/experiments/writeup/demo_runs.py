@@ -14,6 +14,7 @@ EXPERIMENTS = {
     "news": "news style",
     "voice": "character voice",
     "capacity": "LoRA capacity (rank sweep)",
+    "answers": "the character answers",
 }
 """The demo's experiments in the report's order: a key the text refers to each by, its topic."""
 
