@@ -136,7 +136,8 @@ def _builtin(name: str) -> DataOptions:
 def demo_experiments(
     plan: DemoPlan, character: str, hp: Hyperparams
 ) -> tuple[Experiment, Experiment]:
-    """The demo's two experiments for ``plan``.
+    """The demo's news and character experiments for ``plan`` (experiment 4, the character
+    answering, is ``answers_experiment``).
 
     Args:
         plan: the sizes.
