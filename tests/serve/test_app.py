@@ -551,3 +551,17 @@ def test_a_greedy_chat_reply_equals_generate_chat(client, serve_files, capsys):
     assert code == 0, err
     reply = r.choices[0].message.content
     assert reply.strip() and out.strip() == reply.strip()
+
+
+def test_back_to_back_requests_never_meet_their_own_finished_one(small_server):
+    """With no queue (one request at a time), a client that sends its next request the moment
+    the last one answered is served: a finished request no longer counts as in flight once its
+    client can see that it finished."""
+    body = json.dumps(
+        {"model": "news", "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}
+    ).encode()
+    statuses = [
+        post(small_server.url + "/v1/chat/completions", body, {"Authorization": "Bearer sesame"})[0]
+        for _ in range(30)
+    ]
+    assert statuses == [200] * 30

@@ -228,6 +228,8 @@ class Service:
                 self._end(self._streams.pop((eid, rid)), END)
 
     def _end(self, stream: Stream, last: Failure | End) -> None:
-        stream.push(last)
+        # its rows are done: free its place before the client can learn it ended, so a client
+        # that sends its next request at once never finds its own finished one still counted
         with self._lock:
             self._in_flight[id(stream.model.engine)] -= 1
+        stream.push(last)
