@@ -14,7 +14,7 @@ DEMO_BASE ?= embedded
 # apt-get runs as root: directly in CI (root), through sudo elsewhere
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench mutants install browser clean
+.PHONY: demo test lint bench mutants install browser export-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,23 @@ browser:
 	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y --no-install-recommends chromium chromium-driver; }
 
+# `gpt2tune export`'s tests load every GGUF file in llama.cpp itself (llama-cpp-python: a source
+# distribution that pip builds with the machine's C++ compiler and CMake, about 10 minutes on 2
+# cores the first time; pip keeps the built wheel in its cache) and render the Ollama template
+# with Go's own text/template; Debian provides the compiler, CMake and Go
+LLAMA_CPP ?= llama-cpp-python==0.3.36
+export-tools:
+	@command -v go >/dev/null && command -v cmake >/dev/null && command -v g++ >/dev/null || \
+	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y --no-install-recommends golang-go cmake g++; }
+
+# built for any x86-64 with AVX2 (GGML_NATIVE=OFF), not for this CPU: pip reuses the built wheel
+# from its cache on the next machine, and a native build's instructions (AMX, which a VM may
+# advertise but not enable) stop the process with an illegal instruction elsewhere
+$(VENV)/.llama: $(VENV)/.torch | export-tools
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet "$(LLAMA_CPP)"
+	touch $@
+
 # the linter, the formatter's check and the type checker (settings in pyproject.toml); part of
 # make test, so CI enforces them. `ruff check --fix` and `ruff format` fix most of what they find
 lint: $(VENV)/.installed
@@ -49,7 +66,7 @@ lint: $(VENV)/.installed
 
 # two pytest-xdist workers of one torch thread each (tests/conftest.py): on 2 cores about half the
 # time of one pytest process (README, Development)
-test: $(VENV)/.installed browser lint
+test: $(VENV)/.installed browser $(VENV)/.llama lint
 	$(BIN)/python -m pytest tests -n 2
 
 bench: $(VENV)/.installed

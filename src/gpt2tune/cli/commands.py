@@ -9,6 +9,7 @@ command is chosen.
 """
 
 from gpt2tune.cli.common import Precision
+from gpt2tune.cli.export_command import export_options
 from gpt2tune.cli.generate_command import generate_options
 from gpt2tune.cli.model_commands import (
     classify_options,
@@ -41,6 +42,14 @@ COMMANDS = [
         train_options,
     ),
     ("merge", "merge a LoRA adapter into its base, saved as an HF model", None, merge_options),
+    (
+        "export",
+        "a model, its LoRA adapter or both merged as GGUF for llama.cpp, or an Ollama folder",
+        "Writes llama.cpp's GGUF: the model (--dtype f32|f16|bf16|q8_0), a LoRA adapter "
+        "(--adapter) as a GGUF LoRA adapter, or the two merged (--merge); --format ollama writes "
+        "a folder with a Modelfile that uses gpt2tune's chat template.",
+        export_options,
+    ),
     ("data", "list and inspect the built-in datasets", None, data_options),
     (
         "pretrain",
