@@ -48,7 +48,8 @@ def time_llama(path: Path, ids: list[int], tokens: int, repeats: int, threads: i
     def run(n: int) -> float:
         llm.reset()
         t0 = time.perf_counter()
-        for made, _ in enumerate(llm.generate(ids, top_k=40, temp=1.0, logits_processor=_ban_eot)):
+        ban = llama_cpp.LogitsProcessorList([_ban_eot])
+        for made, _ in enumerate(llm.generate(ids, top_k=40, temp=1.0, logits_processor=ban)):
             if made + 1 == n:
                 break
         return time.perf_counter() - t0
@@ -77,7 +78,7 @@ def time_gpt2tune(model_dir: Path, ids: list[int], tokens: int, repeats: int, pr
     def run(n: int) -> float:
         cfg = SamplingConfig(max_new_tokens=n, top_k=40, stop_at_eot=False, seed=0)
         t0 = time.perf_counter()
-        generate_ids(model, [ids], cfg, autocast_dtype=amp)
+        generate_ids(model, [ids], cfg, eot_id=50256, autocast_dtype=amp)
         return time.perf_counter() - t0
 
     run(4)
