@@ -69,9 +69,10 @@ lint: $(VENV)/.installed
 test: $(VENV)/.installed browser $(VENV)/.llama lint
 	$(BIN)/python -m pytest tests -n 2
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(VENV)/.llama
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/gguf.py
 
 # mutation testing (slow: not part of make test); PACKAGES=core limits it, e.g. make mutants PACKAGES="core serve"
 PACKAGES ?=
