@@ -5,7 +5,15 @@ import pytest
 import torch
 from lora_helpers import hf_base, logits
 
-from gpt2tune.core.multilora import adapter_bank, install_adapters
+from gpt2tune.core.model import cast_for_inference
+from gpt2tune.core.multilora import (
+    AdapterBank,
+    MultiLoRALinear,
+    adapter_bank,
+    add_adapter,
+    install_adapters,
+    remove_adapter,
+)
 from gpt2tune.errors import UserError
 from gpt2tune.formats.hf import load_model
 from gpt2tune.formats.peft import load_adapter, read_adapter
@@ -100,3 +108,46 @@ def test_mixed_rows_equal_each_adapter_alone(tiny, peft_adapters, tokens):
         with bank.select([name], x.device):
             alone = logits(model, x[i : i + 1])
         torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-6, rtol=0)
+
+
+def test_adapters_added_and_removed_at_run_time_equal_installed_ones(tiny, peft_adapters, tokens):
+    """A server adds and removes adapters between forward passes: an adapter added to a model
+    that serves in bf16 (cast before the add) gives exactly what the same adapter installed at
+    load time (then cast) gives, as `gpt2tune generate --adapter` runs it; removing one leaves the
+    other's rows as they were, and removing the last leaves the plain base model."""
+    path, _ = tiny
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    reference = load_model(path).eval()
+    ref_bank = install_adapters(
+        reference, {n: read_adapter(d, reference) for n, (d, _) in peft_adapters.items()}
+    )
+    cast_for_inference(reference, torch.bfloat16)
+    x = torch.cat([tokens, tokens[:1]])
+    rows = ["mlp", None, "attn"]
+    with ref_bank.select(rows, x.device), bf16:
+        want = logits(reference, x)
+    model = cast_for_inference(load_model(path).eval(), torch.bfloat16)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    bank = AdapterBank()
+    with bank.select([None] * len(x), x.device), bf16:  # decoding the base before the first add
+        assert torch.equal(logits(model, x)[1], want[1])
+    for name, (d, _) in peft_adapters.items():
+        add_adapter(model, bank, name, *read_adapter(d, model))
+    with bank.select(rows, x.device), bf16:
+        assert torch.equal(logits(model, x), want)
+    with pytest.raises(UserError, match="installed already"):
+        add_adapter(model, bank, "mlp", *read_adapter(peft_adapters["mlp"][0], model))
+    remove_adapter(model, bank, "attn")  # index 0: the "mlp" rows now gather another slot
+    assert bank.names == ["mlp"]
+    with bank.select(["mlp", None, "mlp"], x.device), bf16:
+        got = logits(model, x)
+    assert torch.equal(got[:2], want[:2])
+    with pytest.raises(KeyError), bank.select(["attn"], x.device):
+        pass
+    with pytest.raises(KeyError):
+        remove_adapter(model, bank, "attn")
+    remove_adapter(model, bank, "mlp")
+    assert bank.names == [] and adapter_bank(model) is None
+    assert not any(isinstance(m, MultiLoRALinear) for m in model.modules())
+    after = model.state_dict()
+    assert after.keys() == base.keys() and all(torch.equal(after[k], base[k]) for k in base)

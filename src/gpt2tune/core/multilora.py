@@ -17,6 +17,10 @@ Which adapter each row uses is set for one forward pass by ``AdapterBank.select`
 one explicit object that the engine owns and every wrapper refers to (``nn.Linear`` call sites
 take the input alone, so the per-row choice cannot travel as an argument without changing every
 layer of the model for the sake of serving).
+
+A server adds and removes adapters while it runs (``add_adapter``, ``remove_adapter``), between
+two forward passes: the other adapters' weights and rows are untouched, and a projection no
+adapter targets any more is the plain ``nn.Linear`` again.
 """
 
 from __future__ import annotations
@@ -38,11 +42,13 @@ class AdapterBank:
 
     def __init__(self) -> None:
         self.names: list[str] = []
-        # (adapter index, row indices) for the current forward; empty outside ``select``.
-        self.groups: list[tuple[int, Tensor | None]] = []
+        # (adapter name, row indices) for the current forward; empty outside ``select``.
+        self.groups: list[tuple[str, Tensor | None]] = []
         # each row's adapter index (len(names) for the base), when the rows use more than one
         # adapter (or some use none); None otherwise
         self.slots: Tensor | None = None
+        # bumped when an adapter comes or goes: the wrappers' stacked weights are then rebuilt
+        self.version = 0
 
     def index(self, name: str) -> int:
         """The adapter's index; raises ``KeyError`` for an unknown name."""
@@ -56,10 +62,11 @@ class AdapterBank:
 
         Rows are grouped by adapter once here, not in each of the model's projections.
         """
-        order: dict[int, list[int]] = {}
+        order: dict[str, list[int]] = {}
         for row, name in enumerate(adapters):
             if name is not None:
-                order.setdefault(self.index(name), []).append(row)
+                self.index(name)  # KeyError for an unknown name, before anything runs
+                order.setdefault(name, []).append(row)
         everyone = len(adapters)
         self.groups = [
             (a, None if len(rows) == everyone else torch.tensor(rows, device=device))
@@ -84,8 +91,8 @@ class MultiLoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.bank = bank
-        # adapter index -> (A (r, in), B (out, r), scaling), for the adapters of this module
-        self.updates: dict[int, tuple[Tensor, Tensor, float]] = {}
+        # adapter name -> (A (r, in), B (out, r), scaling), for the adapters of this module
+        self.updates: dict[str, tuple[Tensor, Tensor, float]] = {}
         self._stacked: tuple[int, Tensor, Tensor, Tensor] | None = None
 
     def stacked(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -93,18 +100,19 @@ class MultiLoRALinear(nn.Module):
         B (n + 1, out, r), scaling (n + 1,), zero-padded to the largest rank r; slot n (the base)
         and the adapters that skip this module are zeros. Built once per set of adapters."""
         n = len(self.bank.names)
-        if self._stacked is None or self._stacked[0] != n:
+        if self._stacked is None or self._stacked[0] != self.bank.version:
             first = next(iter(self.updates.values()))[0]
             device, dtype = first.device, first.dtype  # the adapters' own dtype
             r = max(A.size(0) for A, _, _ in self.updates.values())
             A_all = torch.zeros(n + 1, r, self.base.in_features, device=device, dtype=dtype)
             B_all = torch.zeros(n + 1, self.base.out_features, r, device=device, dtype=dtype)
             scaling = torch.zeros(n + 1, device=device, dtype=dtype)
-            for i, (A, B, s) in self.updates.items():
+            for name, (A, B, s) in self.updates.items():
+                i = self.bank.index(name)
                 A_all[i, : A.size(0)] = A
                 B_all[i, :, : B.size(1)] = B
                 scaling[i] = s
-            self._stacked = (n, A_all, B_all, scaling)
+            self._stacked = (self.bank.version, A_all, B_all, scaling)
         return self._stacked[1:]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -120,8 +128,8 @@ class MultiLoRALinear(nn.Module):
             )  # (B, T, out)
             delta = delta * scaling[slots].view(-1, 1, 1)
             return out + delta.view(out.shape).to(out.dtype)
-        for index, rows in self.bank.groups:
-            update = self.updates.get(index)
+        for name, rows in self.bank.groups:
+            update = self.updates.get(name)
             if update is None:
                 continue
             A, B, s = update
@@ -163,26 +171,80 @@ def install_adapters(
             "to serve several adapters"
         )
     bank = AdapterBank()
-    n_layer = len(model.transformer.h)
-    for index, (name, (cfg, sd)) in enumerate(adapters.items()):
-        if cfg.use_dora:
-            raise UserError(
-                f"adapter {name!r} is a DoRA adapter, which cannot be mixed per row "
-                "yet; merge it (gpt2tune merge) and serve or generate with the "
-                "merged model"
-            )
-        bank.names.append(name)
-        for path in cfg.module_names(n_layer):
-            module = model.get_submodule(path)
-            if not isinstance(module, MultiLoRALinear):
-                if not isinstance(module, nn.Linear):  # pragma: no cover - GPT2's are Linear
-                    raise TypeError(f"{path} is a {type(module).__name__}, expected nn.Linear")
-                module = MultiLoRALinear(module, bank)
-                parent, _, child = path.rpartition(".")
-                setattr(model.get_submodule(parent), child, module)
-            # in the base's dtype and device, as LoRALinear keeps its weights
-            w = module.base.weight
-            A = sd[f"{path}.lora_A.weight"].to(device=w.device, dtype=w.dtype)
-            B = sd[f"{path}.lora_B.weight"].to(device=w.device, dtype=w.dtype)
-            module.updates[index] = (A, B, cfg.scaling)
+    for name, (cfg, sd) in adapters.items():
+        add_adapter(model, bank, name, cfg, sd)
     return bank
+
+
+@torch.no_grad()
+def add_adapter(
+    model: GPT2, bank: AdapterBank, name: str, cfg: LoRAConfig, sd: dict[str, Tensor]
+) -> None:
+    """Install one more adapter into ``model`` beside those of ``bank``, in place; rows may use
+    it from the next forward pass on. Call it between forward passes (not inside ``select``).
+
+    Args:
+        model: a ``GPT2`` whose multi-adapter projections (if any) belong to ``bank``.
+        bank: the model's bank (a new, empty ``AdapterBank`` for a model without adapters).
+        name: the adapter's name in the bank.
+        cfg, sd: as ``formats.peft.read_adapter`` returns them (checked against the model).
+
+    Raises:
+        UserError: the name is taken, or the adapter is a DoRA adapter. Nothing is changed then.
+    """
+    if cfg.use_dora:
+        raise UserError(
+            f"adapter {name!r} is a DoRA adapter, which cannot be mixed per row "
+            "yet; merge it (gpt2tune merge) and serve or generate with the "
+            "merged model"
+        )
+    if name in bank.names:
+        raise UserError(f"an adapter named {name!r} is installed already; choose another name")
+    # stored in the dtype the model was loaded in (its LayerNorms', which cast_for_inference
+    # leaves alone): an adapter added after the cast computes as one installed before it
+    dtype = model.transformer.ln_f.weight.dtype
+    paths = cfg.module_names(len(model.transformer.h))
+    updates = {}
+    for path in paths:  # everything read before anything changes
+        w = _linear(model, path).weight
+        A = sd[f"{path}.lora_A.weight"].to(device=w.device, dtype=dtype)
+        B = sd[f"{path}.lora_B.weight"].to(device=w.device, dtype=dtype)
+        updates[path] = (A, B, cfg.scaling)
+    for path, update in updates.items():
+        module = model.get_submodule(path)
+        if not isinstance(module, MultiLoRALinear):
+            module = MultiLoRALinear(_linear(model, path), bank)
+            parent, _, child = path.rpartition(".")
+            setattr(model.get_submodule(parent), child, module)
+        module.updates[name] = update
+    bank.names.append(name)
+    bank.version += 1
+
+
+def remove_adapter(model: GPT2, bank: AdapterBank, name: str) -> None:
+    """Take the adapter ``name`` out of ``model`` and ``bank``, in place; the other adapters and
+    their rows are untouched, and a projection left without adapters is its ``nn.Linear`` again.
+    Call it between forward passes, once no row uses the adapter.
+
+    Raises:
+        KeyError: no adapter of that name is installed.
+    """
+    bank.index(name)
+    for path, module in list(model.named_modules()):
+        if isinstance(module, MultiLoRALinear) and module.bank is bank:
+            module.updates.pop(name, None)
+            if not module.updates:
+                parent, _, child = path.rpartition(".")
+                setattr(model.get_submodule(parent), child, module.base)
+    bank.names.remove(name)
+    bank.version += 1
+
+
+def _linear(model: GPT2, path: str) -> nn.Linear:
+    """The ``nn.Linear`` at ``path``, under its multi-adapter wrapper if it has one."""
+    module = model.get_submodule(path)
+    if isinstance(module, MultiLoRALinear):
+        return module.base
+    if not isinstance(module, nn.Linear):  # pragma: no cover - GPT2's are Linear
+        raise TypeError(f"{path} is a {type(module).__name__}, expected nn.Linear")
+    return module
