@@ -47,6 +47,26 @@ REQUESTS = [
         SamplingConfig(max_new_tokens=5, top_p=0.9, temperature=0.7, seed=5),
         n=3,
     ),
+    # OpenAI's penalties and logit bias: over each row's own tokens
+    GenerationRequest(
+        [50, 51, 52],
+        SamplingConfig(
+            max_new_tokens=10,
+            greedy=True,
+            presence_penalty=0.5,
+            frequency_penalty=1.5,
+            stop_at_eot=False,
+        ),
+        logit_bias={13: 5.0, 464: -100.0},
+    ),
+    GenerationRequest(
+        [7, 8],
+        SamplingConfig(
+            max_new_tokens=8, temperature=0.8, frequency_penalty=-1.0, seed=9, stop_at_eot=False
+        ),
+        n=2,
+        logit_bias={11: 2.0},
+    ),
 ]
 
 
@@ -232,3 +252,102 @@ def run_alone_eot(model, request):
     while not engine.idle:
         out += [t.token for t in engine.step()]
     return out
+
+
+def greedy_by_hand(hf, prompt, steps, presence=0.0, frequency=0.0, bias=None) -> list[int]:
+    """The reference: greedy decoding written out over transformers' full forward pass, with
+    OpenAI's formulas applied by hand: logit + bias - presence * (count > 0) - frequency * count,
+    count over the generated tokens only."""
+    seq, new = list(prompt), []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = hf(torch.tensor([seq])).logits[0, -1].double()
+        for token, b in (bias or {}).items():
+            logits[token] += b
+        for token in set(new):
+            logits[token] -= presence + frequency * new.count(token)
+        seq.append(int(logits.argmax()))
+        new.append(seq[-1])
+    return new
+
+
+@pytest.mark.parametrize("presence,frequency", [(0.0, 2.0), (1.5, 0.0), (1.2, -0.5)])
+def test_presence_and_frequency_penalties_follow_openais_formula(
+    ours, tiny_hf, presence, frequency
+):
+    prompt = [464, 2068, 7586, 464, 2068]  # repeated prompt tokens do not count
+    cfg = SamplingConfig(max_new_tokens=16, greedy=True, stop_at_eot=False)
+    penalised = SamplingConfig(
+        max_new_tokens=16,
+        greedy=True,
+        stop_at_eot=False,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+    )
+    (got,) = run_alone(ours, GenerationRequest(prompt, penalised))
+    assert got == greedy_by_hand(tiny_hf[1], prompt, 16, presence, frequency)
+    assert got != run_alone(ours, GenerationRequest(prompt, cfg))[0]  # they did change the text
+
+
+def test_logit_bias_forces_and_bans_tokens(ours, tiny_hf):
+    prompt = [464, 2068, 7586]
+    greedy = SamplingConfig(max_new_tokens=8, greedy=True, stop_at_eot=False)
+    sampled = SamplingConfig(max_new_tokens=8, temperature=1.5, seed=1, stop_at_eot=False)
+    for cfg in (greedy, sampled):
+        (forced,) = run_alone(ours, GenerationRequest(prompt, cfg, logit_bias={1000: 100.0}))
+        assert forced == [1000] * 8
+    (free,) = run_alone(ours, GenerationRequest(prompt, greedy))
+    banned = {free[0]: -100.0, 13: 3.0}
+    (got,) = run_alone(ours, GenerationRequest(prompt, greedy, logit_bias=banned))
+    assert free[0] not in got and got == greedy_by_hand(tiny_hf[1], prompt, 8, bias=banned)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_prompt_logprobs_are_the_models_log_softmax(ours, tiny_hf, use_cache):
+    """Each prompt token's log-probability given the ones before it, on every row's first
+    token; the reference is transformers' log-softmax over the prompt."""
+    prompt = [464, 2068, 7586, 21831, 18045]
+    engine = Engine(ours, eot_id=EOT, use_cache=use_cache)
+    cfg = SamplingConfig(max_new_tokens=3, seed=0, stop_at_eot=False)
+    engine.submit(GenerationRequest(prompt, cfg, n=2, logprobs=2, prompt_logprobs=True))
+    engine.submit(GenerationRequest([5, 6], cfg))  # prefilled beside it, asking for nothing
+    first = engine.step()
+    with torch.no_grad():
+        ref = tiny_hf[1](torch.tensor([prompt])).logits[0].log_softmax(-1)
+    rows = [t for t in first if t.request == 0]
+    assert len(rows) == 2 and rows[0].prompt is rows[1].prompt
+    got = rows[0].prompt
+    assert [t.token for t in got] == prompt
+    assert got[0].logprob is None and got[0].top is None
+    for j, t in enumerate(got[1:]):
+        assert t.logprob == pytest.approx(float(ref[j, prompt[j + 1]]), abs=1e-4)
+        assert [i for i, _ in t.top] == ref[j].topk(2).indices.tolist()
+    assert all(t.prompt is None for t in first if t.request == 1)
+    assert all(t.prompt is None for t in engine.step())  # only on the first token
+
+
+@pytest.mark.parametrize(
+    "bad,field",
+    [
+        (dict(temperature=1e-300), "temperature"),
+        (dict(temperature=float("inf")), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_p=float("nan")), "top_p"),
+        (dict(repetition_penalty=float("inf")), "repetition_penalty"),
+        (dict(repetition_penalty=1e-300), "repetition_penalty"),
+        (dict(presence_penalty=2.5), "presence_penalty"),
+        (dict(frequency_penalty=float("nan")), "frequency_penalty"),
+        (dict(seed=2**64), "seed"),
+        (dict(seed=-1), "seed"),
+    ],
+)
+def test_degenerate_sampling_values_are_refused(ours, bad, field):
+    engine = Engine(ours, eot_id=EOT)
+    with pytest.raises(UserError) as info:
+        engine.submit(GenerationRequest([1], SamplingConfig(max_new_tokens=2, **bad)))
+    assert info.value.field == field
+    for bias in ({50257: 1.0}, {-1: 1.0}, {5: 101.0}, {5: float("nan")}):
+        with pytest.raises(UserError) as info:
+            engine.submit(GenerationRequest([1], SamplingConfig(max_new_tokens=2), logit_bias=bias))
+        assert info.value.field == "logit_bias"
+    assert engine.idle

@@ -297,9 +297,9 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, liv
         (dict(model="news", prompt="x", max_tokens=5000), openai.BadRequestError, "cap"),
         (dict(model="news", prompt=[5, 99999]), openai.BadRequestError, "token ids must be"),
         (
-            dict(model="news", prompt="x", presence_penalty=1.0),
+            dict(model="news", prompt="x", suffix="!"),
             openai.BadRequestError,
-            "repetition_penalty",
+            "suffix",
         ),
     ]
     reference = greedy(client, "news", "Hello", 6)

@@ -9,8 +9,9 @@ forward pass (each attends over its own cached positions only). Rows may use dif
 adapters of one base (``core.multilora``). A row leaves when it ends; a waiting request joins
 as soon as there are free slots for all its samples.
 
-A row's tokens do not depend on which other rows share its batch: its sampling settings, random
-generator and adapter are its request's own.
+A row's tokens do not depend on which other rows share its batch: its sampling settings (logit
+bias and penalties over its own tokens included), random generator and adapter are its request's
+own.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import Tensor
 from gpt2tune.core.model import GPT2, KVCache
 from gpt2tune.core.multilora import adapter_bank
 from gpt2tune.errors import UserError
-from gpt2tune.inference.sampling import SamplingConfig, draw, process_logits
+from gpt2tune.inference.sampling import SamplingConfig, adjust, draw, process_logits
 from gpt2tune.runtime import autocast
 
 
@@ -43,7 +44,14 @@ class GenerationRequest:
     """The LoRA adapter to generate with (installed with ``core.multilora``); None: the base."""
     logprobs: int | None = None
     """Report the log-probability of each sampled token and the ``logprobs`` most likely
-    alternatives (from the model's distribution, before sampling settings); None: none."""
+    alternatives (from the model's distribution, before sampling settings, logit bias and
+    penalties); None: none."""
+    prompt_logprobs: bool = False
+    """Also report each prompt token's log-probability given the tokens before it (and the
+    ``logprobs`` most likely), on every row's first token (``Token.prompt``); needs ``logprobs``."""
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    """Added to the logits of these token ids before sampling (OpenAI's ``logit_bias``:
+    -100..100; -100 bans a token, 100 all but forces it)."""
 
 
 @dataclass
@@ -61,6 +69,9 @@ class Token:
     """The most likely tokens and their log-probabilities, when asked for."""
     finish: str | None = None
     """``"stop"`` (end of text), ``"length"`` (the token budget is spent) or None (more to come)."""
+    prompt: list[Token] | None = None
+    """On a row's first token, when the request asked for ``prompt_logprobs``: the prompt's
+    tokens with their log-probabilities (the first has none: nothing comes before it)."""
 
 
 @dataclass
@@ -78,6 +89,8 @@ class _Running:
     request: GenerationRequest
     generator: torch.Generator
     rows_left: int
+    prompt: list[Token] | None = None
+    """The prompt's log-probabilities, when asked for (computed at the prefill)."""
 
 
 class Engine:
@@ -168,6 +181,20 @@ class Engine:
             )
         if request.logprobs is not None and request.logprobs < 0:
             raise UserError(f"`logprobs` must be >= 0, got {request.logprobs}")
+        if request.prompt_logprobs and request.logprobs is None:
+            raise UserError("`prompt_logprobs` needs `logprobs` (0 for no alternatives)")
+        vocab = self.model.config.vocab_size
+        for token, bias in request.logit_bias.items():
+            if not 0 <= token < vocab:
+                raise UserError(
+                    f"`logit_bias` names token {token}, outside this model's vocabulary "
+                    f"(0..{vocab - 1})"
+                )
+            if not -100 <= bias <= 100:  # (NaN fails too)
+                raise UserError(
+                    f"`logit_bias` values must be between -100 and 100, got {bias} for token "
+                    f"{token}"
+                )
 
     def submit(self, request: GenerationRequest) -> int:
         """Queue ``request``; it joins the batch at a coming ``step()``. Returns its id.
@@ -250,7 +277,17 @@ class Engine:
         requests = [self.running[rid].request for rid in admitted]
         first = len(self.rows)
         if self.use_cache:
-            self._prefill(first, [(r.prompt[:-1], r.adapter) for r in requests])
+            logits = self._prefill(
+                first, [(r.prompt[:-1], r.adapter, r.prompt_logprobs) for r in requests]
+            )
+        else:
+            logits = [
+                self._logits(r.prompt[:-1], r.adapter) if r.prompt_logprobs else None
+                for r in requests
+            ]
+        for rid, req, lg in zip(admitted, requests, logits):
+            if lg is not None:
+                self.running[rid].prompt = _prompt_tokens(rid, req, lg)
         copies = first + len(admitted)
         new = []
         for j, (rid, req) in enumerate(zip(admitted, requests)):
@@ -274,29 +311,47 @@ class Engine:
         with torch.no_grad(), autocast(self.device, self.autocast_dtype), select:
             yield
 
-    def _prefill(self, first: int, prompts: list[tuple[list[int], str | None]]) -> None:
+    def _prefill(
+        self, first: int, prompts: list[tuple[list[int], str | None, bool]]
+    ) -> list[Tensor | None]:
         """Put each prompt (all but its last token) through the model into slots first, first+1,
         ... of the cache, in one forward pass. Shorter prompts are padded on the right: their
         tokens never attend to the padding (causal), and each slot's length ends at its prompt,
-        so the padding's keys are never attended to later and get overwritten."""
+        so the padding's keys are never attended to later and get overwritten.
+
+        Returns the (len, vocab) logits of the prompts whose third item asks for them."""
         if self.cache is None:
             dtype = self.autocast_dtype or next(self.model.parameters()).dtype
             self.cache = KVCache(
                 self.model.config, self.max_batch, self.max_len, self.device, dtype
             )
-        width = max(len(ids) for ids, _ in prompts)
+        width = max(len(ids) for ids, _, _ in prompts)
         for j in range(len(prompts)):
             self.cache.lengths[first + j] = 0
+        logits: list[Tensor | None] = [
+            torch.empty(0, self.model.config.vocab_size) if want else None for _, _, want in prompts
+        ]
         if width > 0:
             x = torch.full((len(prompts), width), self.eot_id, dtype=torch.long)
-            for j, (ids, _) in enumerate(prompts):
+            for j, (ids, _, _) in enumerate(prompts):
                 x[j, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            with self._forward([adapter for _, adapter in prompts]):
-                self.model.hidden_states(
+            with self._forward([adapter for _, adapter, _ in prompts]):
+                h = self.model.hidden_states(
                     x.to(self.device), cache=self.cache.rows(first, first + len(prompts))
                 )
-        for j, (ids, _) in enumerate(prompts):
+                for j, (ids, _, want) in enumerate(prompts):
+                    if want:  # (the padding's positions are no prompt's)
+                        logits[j] = self.model.lm_head(h[j, : len(ids)]).float()
+        for j, (ids, _, _) in enumerate(prompts):
             self.cache.lengths[first + j] = len(ids)
+        return logits
+
+    def _logits(self, ids: list[int], adapter: str | None) -> Tensor:
+        """(len(ids), vocab) float32 logits after each of ``ids``, without the cache."""
+        if not ids:
+            return torch.empty(0, self.model.config.vocab_size)
+        with self._forward([adapter]):
+            return self.model(torch.tensor([ids], device=self.device))[0].float()
 
     def _next_logits(self) -> Tensor:
         """(B, vocab) float32 logits of every row's next token."""
@@ -325,6 +380,7 @@ class Engine:
             cfg = self.running[rid].request.sampling
             key = (cfg.greedy, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
             groups.setdefault(key, []).append(rid)
+        adjusted = self._adjust(logits)
         out: list[tuple[int, Token]] = []
         for rids in groups.values():
             slots = [i for rid in rids for i in by_request[rid]]
@@ -336,7 +392,7 @@ class Engine:
                 context = torch.full((len(slots), width), -1, dtype=torch.long, device=self.device)
                 for j, i in enumerate(slots):
                     context[j, : len(self.rows[i].tokens)] = torch.tensor(self.rows[i].tokens)
-            processed = process_logits(raw, context, cfg)
+            processed = process_logits(adjusted[slots], context, cfg)
             start = 0
             for rid in rids:
                 n = len(by_request[rid])
@@ -345,6 +401,20 @@ class Engine:
                 out += self._take(rid, by_request[rid], raw[rows], processed[rows])
         # in slot order, so the caller can find each row's token
         return [t for _, t in sorted(out, key=lambda it: it[0])]
+
+    def _adjust(self, logits: Tensor) -> Tensor:
+        """The logits with each row's logit bias and presence and frequency penalties (over the
+        tokens the row has generated) applied; the rows without any are left as they are."""
+        adjusted = logits
+        for i, r in enumerate(self.rows):
+            req = self.running[r.request].request
+            cfg = req.sampling
+            if req.logit_bias or cfg.presence_penalty or cfg.frequency_penalty:
+                if adjusted is logits:
+                    adjusted = logits.clone()
+                generated = r.tokens[len(r.tokens) - r.generated :]
+                adjusted[i] = adjust(logits[i], generated, cfg, req.logit_bias)
+        return adjusted
 
     def _take(
         self, rid: int, slots: list[int], raw: Tensor, processed: Tensor
@@ -365,6 +435,8 @@ class Engine:
             row.tokens.append(token)
             row.generated += 1
             t = Token(rid, row.index, token)
+            if row.generated == 1:
+                t.prompt = self.running[rid].prompt
             if logp is not None:
                 t.logprob = float(logp[j, token])
                 t.top = (
@@ -401,3 +473,18 @@ class Engine:
     def finished(self, request: int) -> bool:
         """Every row of the request has ended (or it was cancelled)."""
         return request not in self.running
+
+
+def _prompt_tokens(rid: int, request: GenerationRequest, logits: Tensor) -> list[Token]:
+    """The prompt's tokens with their log-probabilities, from the (len - 1, vocab) logits after
+    each but the last prompt token."""
+    logp = logits.log_softmax(-1)
+    targets = torch.tensor(request.prompt[1:], device=logp.device)
+    chosen = logp.gather(1, targets[:, None])[:, 0].tolist()
+    k = request.logprobs or 0
+    top_lp, top_ids = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0])
+    out = [Token(rid, 0, request.prompt[0])]  # nothing before it: no log-probability
+    for j, token in enumerate(request.prompt[1:]):
+        top = [(int(a), float(b)) for a, b in zip(top_ids[j], top_lp[j])]
+        out.append(Token(rid, 0, token, chosen[j], top))
+    return out

@@ -49,7 +49,15 @@ def create_app(
         api_key: if given, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
         max_tokens_cap: the most new tokens one request may ask for.
         max_body_bytes: larger request bodies are refused with 413.
+
+    Raises:
+        UserError: an ``api_key`` that no HTTP header can carry.
     """
+    if api_key is not None and not _sendable(api_key):
+        raise UserError(
+            "`api_key` must be printable characters an HTTP header can carry (Latin-1, "
+            "ASCII is safest), with no space at either end"
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -67,6 +75,7 @@ def create_app(
     app.state.service = service
     app.state.settings = Settings(api_key=api_key, max_tokens_cap=max_tokens_cap, created=now())
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(CatchAll)
     app.include_router(public)
     app.include_router(v1)
     return app
@@ -102,6 +111,45 @@ async def invalid_request(_request: Request, e: RequestValidationError) -> JSONR
 async def http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
     """Starlette's own errors (404 for an unknown path, 405 for a wrong method)."""
     return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
+
+
+class CatchAll:
+    """An error no handler answers (a bug) as a JSON 500 in OpenAI's shape, logged once, with the
+    connection kept open. (Starlette's own answer is a text/plain 500, and it re-raises, so
+    uvicorn logs it again and closes the connection.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if started:  # too late for a JSON answer: the server closes the connection
+                raise
+            log.exception("an error answering %s %s", scope["method"], scope["path"])
+            error = APIError(
+                500, "the server failed on this request (a bug; it is logged)", type="server_error"
+            )
+            await JSONResponse(error.body(), status_code=500)(scope, receive, send)
+
+
+def _sendable(key: str) -> bool:
+    """A header value can carry ``key`` as it is (HTTP strips the value's ends)."""
+    try:
+        key.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return key.isprintable() and key == key.strip() != ""
 
 
 ErrorHandler = Callable[[Request, Any], Coroutine[Any, Any, Response]]

@@ -18,7 +18,7 @@ from fastapi import Request
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.inference.engine import GenerationRequest, Token
 from gpt2tune.inference.generate import TextRow, build_context
-from gpt2tune.serve.protocol import APIError, SamplingFields
+from gpt2tune.serve.protocol import APIError, CompletionRequest, SamplingFields
 from gpt2tune.serve.service import End, Failure, ServedModel, Service, Stream
 
 DISCONNECT_POLL_S = 0.25
@@ -51,7 +51,7 @@ def prepare(
 ) -> tuple[list[GenerationRequest], list[int]]:
     """Engine requests for the prompts (text, or a chat's token ids; prime placed before each),
     and each one's length."""
-    body.check_unsupported()
+    body.check()
     tok, n_positions = model.tokenizer, model.engine.model.config.n_positions
     vocab = model.engine.model.config.vocab_size
     for p in prompts:
@@ -64,22 +64,36 @@ def prepare(
             )
     longest = max(len(tok.encode(p)) if isinstance(p, str) else len(p) for p in prompts)
     max_tokens = max_tokens_of(asked, default, longest, n_positions, cap)
-    if longest + max_tokens > n_positions:
+    # an empty prompt is one token, <|endoftext|>: the model needs a token to continue
+    if max(longest, 1) + max_tokens > n_positions:
+        what = f"prompt ({longest} tokens)" if longest else "an empty prompt (1 token, end of text)"
         raise APIError(
             400,
-            f"prompt ({longest} tokens) + max_tokens ({max_tokens}) exceeds "
+            f"{what} + max_tokens ({max_tokens}) exceeds "
             f"the model's context of {n_positions} tokens; shorten the prompt "
             "or lower max_tokens",
             param="max_tokens",
             code="context_length_exceeded",
         )
     cfg = body.sampling(max_tokens)
+    echo = isinstance(body, CompletionRequest) and body.prompt_logprobs
+    bias = body.logit_bias or {}
     out, lengths = [], []
     for p in prompts:
         # the prime is trimmed from the left to fit, as `gpt2tune generate` does
         ids, _ = build_context(tok, p, body.prime, max_tokens, n_positions)
         ids = ids or [tok.eot_id]  # nothing to condition on: start a new document
-        out.append(GenerationRequest(ids, cfg, n=body.n, adapter=model.adapter, logprobs=logprobs))
+        out.append(
+            GenerationRequest(
+                ids,
+                cfg,
+                n=body.n,
+                adapter=model.adapter,
+                logprobs=logprobs,
+                prompt_logprobs=echo,
+                logit_bias=bias,
+            )
+        )
         lengths.append(len(ids))
     return out, lengths
 
@@ -95,9 +109,13 @@ class Event:
     finish: str | None = None
     offset: int = 0
     """Characters of the choice's text before this piece."""
+    logprobs: bool = False
+    """The request asked for log-probabilities."""
 
     def completion_logprobs(self) -> dict | None:
-        if not self.tokens or self.tokens[0].logprob is None:
+        """OpenAI's ``logprobs`` of a completion choice; an echoed prompt's first token has
+        none (null), as nothing comes before it."""
+        if not self.logprobs or not self.tokens:
             return None
         strs, offsets, at = [], [], self.offset
         for t in self.tokens:
@@ -109,13 +127,14 @@ class Event:
             "tokens": strs,
             "token_logprobs": [t.logprob for t in self.tokens],
             "top_logprobs": [
-                {self.tokenizer.decode([i]): lp for i, lp in t.top or []} for t in self.tokens
+                None if t.top is None else {self.tokenizer.decode([i]): lp for i, lp in t.top}
+                for t in self.tokens
             ],
             "text_offset": offsets,
         }
 
     def chat_logprobs(self) -> dict | None:
-        if not self.tokens or self.tokens[0].logprob is None:
+        if not self.logprobs or not self.tokens:
             return None
 
         def entry(token: int, lp: float | None) -> dict:
@@ -149,6 +168,8 @@ class Run:
         stops = streams[0].request.sampling.stop
         self.rows = [[TextRow(model.tokenizer, stops, eot) for _ in range(n)] for _ in streams]
         self.echo = echo
+        self.echoed: set[tuple[int, int]] = set()
+        self.logprobs = streams[0].request.logprobs is not None
         self.completion_tokens = 0
 
     async def _next(self, stream: Stream) -> Token | Failure | End:
@@ -163,10 +184,6 @@ class Run:
         """Each choice's text as it becomes final, ending with its finish reason. Leaving early
         (the client went away) cancels what is still running."""
         try:
-            if self.echo is not None:
-                for k, prompt in enumerate(self.echo):
-                    for j in range(self.n):
-                        yield Event(k * self.n + j, prompt, self.tokenizer)
             for k, stream in enumerate(self.streams):
                 while True:
                     item = await self._next(stream)
@@ -174,6 +191,18 @@ class Run:
                         break
                     if isinstance(item, Failure):
                         raise APIError(500, item.message, type="server_error")
+                    if self.echo is not None and (k, item.row) not in self.echoed:
+                        # the prompt first, with its log-probabilities (they come with the row's
+                        # first token: the engine computes them at the prefill)
+                        self.echoed.add((k, item.row))
+                        tokens = (item.prompt or []) if self.echo[k] else []  # ("": none)
+                        yield Event(
+                            k * self.n + item.row,
+                            self.echo[k],
+                            self.tokenizer,
+                            list(tokens),
+                            logprobs=self.logprobs,
+                        )
                     ev = self._take(k, item, stream)
                     if ev is not None:
                         yield ev
@@ -192,11 +221,14 @@ class Run:
             self.service.cancel(stream, t.row)
         if self.echo is not None:
             offset += len(self.echo[k])
-        return Event(k * self.n + t.row, piece, self.tokenizer, [t], finish, offset)
+        return Event(k * self.n + t.row, piece, self.tokenizer, [t], finish, offset, self.logprobs)
 
     async def collect(self) -> list[Event]:
         """Every choice whole: its text, all its tokens and its finish reason."""
-        choices = [Event(i, "", self.tokenizer) for i in range(len(self.streams) * self.n)]
+        choices = [
+            Event(i, "", self.tokenizer, logprobs=self.logprobs)
+            for i in range(len(self.streams) * self.n)
+        ]
         try:
             async for ev in self.events():
                 c = choices[ev.index]

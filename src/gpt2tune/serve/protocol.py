@@ -2,7 +2,9 @@
 
 Requests are pydantic models (FastAPI validates them); responses are plain dicts in the shapes of
 OpenAI's ``text_completion``, ``chat.completion`` and their streamed chunks. Fields OpenAI has
-and GPT-2 cannot honour are refused with a 400 rather than silently ignored.
+and this server does not honour are refused with a 400 naming the field rather than silently
+ignored (a null value, which clients send for "not set", is accepted); so are non-finite numbers
+(JSON's ``Infinity`` and ``NaN``, which Python's parser takes).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpt2tune.data.chat import STOP, Message, prompt_ids
 from gpt2tune.errors import UserError
-from gpt2tune.inference.sampling import SamplingConfig
+from gpt2tune.inference.sampling import MIN_TEMPERATURE, SamplingConfig
 
 
 class APIError(Exception):
@@ -65,10 +67,20 @@ def request_field(field: str) -> str:
     return REQUEST_FIELDS.get(field, field)
 
 
+IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+"""OpenAI's fields that do not change the answer (an end user's id, labels for OpenAI's own
+storage, a hint that matters only with tools): accepted and ignored. Any other field this server
+does not know is refused unless its value is null."""
+
+NOT_SET: tuple = (None, False, [], {}, {"type": "text"}, "none")
+"""Values of a field this server does not implement that ask for nothing: null, false, no tools,
+plain text as the response format, ``tool_choice: "none"``."""
+
+
 class SamplingFields(BaseModel):
     """The sampling fields completions and chat share (OpenAI's, then gpt2tune's extras)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -81,7 +93,11 @@ class SamplingFields(BaseModel):
     stream_options: dict | None = None
     seed: int | None = None
     presence_penalty: float = 0.0
+    """OpenAI's (-2..2): subtracted from the logit of every token generated so far."""
     frequency_penalty: float = 0.0
+    """OpenAI's (-2..2): subtracted once per time a token was generated so far."""
+    logit_bias: dict[int, float] | None = None
+    """OpenAI's: token id (a string, as JSON's keys are) -> -100..100 added to its logit."""
     # gpt2tune's extras (the openai client sends them with extra_body=)
     top_k: int = Field(default=0, ge=0)
     """Sample among the k most likely tokens only; 0 = off."""
@@ -95,15 +111,23 @@ class SamplingFields(BaseModel):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
-    def check_unsupported(self) -> None:
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
+    def check(self) -> None:
+        """400 for what the server does not implement, and for a temperature too small to
+        sample with (the sampler's own limits are checked by the engine, also as 400s)."""
+        for name, value in (self.model_extra or {}).items():
+            if name not in IGNORED_FIELDS and not any(value == v for v in NOT_SET):
                 raise APIError(
                     400,
-                    f"{name} is not supported; use repetition_penalty (an extra "
-                    "field) to discourage repeats",
+                    f"{name} is not supported by this server; leave it out (or null)",
                     param=name,
                 )
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise APIError(
+                400,
+                f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}: smaller ones "
+                f"overflow the logits divided by it; got {self.temperature}",
+                param="temperature",
+            )
 
     def sampling(self, max_tokens: int) -> SamplingConfig:
         return SamplingConfig(
@@ -113,6 +137,8 @@ class SamplingFields(BaseModel):
             top_k=self.top_k,
             top_p=self.top_p,
             repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
             stop=self.stops(),
             seed=self.seed,
         )
@@ -138,8 +164,8 @@ class CompletionRequest(SamplingFields):
             return [cast(list[int], list(self.prompt))]
         return cast(list[str] | list[list[int]], list(self.prompt))
 
-    def check_unsupported(self) -> None:
-        super().check_unsupported()
+    def check(self) -> None:
+        super().check()
         if self.suffix:
             raise APIError(
                 400, "suffix (insertion) is not supported by GPT-2; leave it out", param="suffix"
@@ -150,6 +176,18 @@ class CompletionRequest(SamplingFields):
             )
         if not self.prompts():
             raise APIError(400, "prompt is an empty list; give at least one prompt", param="prompt")
+        if self.echo and self.logprobs is not None and self.prime:
+            raise APIError(
+                400,
+                "echo with logprobs cannot be combined with prime (the prime's and the "
+                "prompt's tokens may merge); leave out one of them",
+                param="prime",
+            )
+
+    @property
+    def prompt_logprobs(self) -> bool:
+        """The prompt's tokens are echoed with their log-probabilities."""
+        return self.echo and self.logprobs is not None
 
 
 class ChatMessage(BaseModel):

@@ -71,8 +71,12 @@ async def authorized(request: Request, settings: SettingsDep) -> None:
     """401 unless the request carries the server's API key (when it has one)."""
     if settings.api_key is None:
         return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
+    # the header's bytes as sent (Starlette decodes them as latin-1), against the key's bytes in
+    # UTF-8 (curl, most clients) and in latin-1 (a browser's fetch sends each character a byte)
+    given = request.headers.get("authorization", "").encode("latin-1")
+    wanted = [b"Bearer " + settings.api_key.encode(enc) for enc in ("utf-8", "latin-1")]
+    matches = [hmac.compare_digest(given, w) for w in wanted]  # (both: no early exit)
+    if not any(matches):
         raise APIError(
             401,
             "missing or wrong API key; send the header "
@@ -153,13 +157,6 @@ async def completions(
     body: CompletionRequest, request: Request, service: ServiceDep, settings: SettingsDep
 ) -> dict | StreamingResponse:
     model = lookup(service, body.model)
-    if body.echo and body.logprobs is not None:
-        raise APIError(
-            400,
-            "echo with logprobs is not supported (no log-probabilities of "
-            "prompt tokens); drop one of them",
-            param="echo",
-        )
     reqs, lengths = prepare(
         body, model, body.prompts(), body.max_tokens, 16, body.logprobs, settings.max_tokens_cap
     )
