@@ -124,6 +124,24 @@ def _wait_for_health(url: str, failed) -> None:
     raise RuntimeError(f"server did not start in {STARTUP_S}s")
 
 
+def cli_generate(capsys, served: Served, model: str, prompt: str, *args: str) -> list[str]:
+    """`gpt2tune generate --json` for a served model name (``served.dirs[model]``: an adapter
+    directory of tiny-base, or a model's); the texts of its samples."""
+    import json
+
+    from gpt2tune.cli.main import main
+
+    dirs = served.dirs
+    argv = ["generate", "--prompt", prompt, "--json", *args]
+    if (dirs[model] / "adapter_config.json").is_file():
+        argv += ["--model", str(dirs["tiny-base"]), "--adapter", str(dirs[model])]
+    else:
+        argv += ["--model", str(dirs[model])]
+    capsys.readouterr()
+    assert main(argv) == 0
+    return [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()]
+
+
 def stop_server(served: Served) -> int:
     """Stop it as SIGTERM does (running requests finish first); the exit code (0 in process)."""
     if served.process is None:

@@ -13,25 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 import torch
-from serving import start_server, stop_server
+from serving import cli_generate, start_server, stop_server
 
 from gpt2tune.cli.main import main
 from gpt2tune.core.tokenizer import Tokenizer
 
 PROMPT = "The meaning of life is"
-
-
-def cli_generate(capsys, live_server, model: str, prompt: str, *args: str) -> list[str]:
-    """`gpt2tune generate --json` for a served model name; the texts of its samples."""
-    dirs = live_server.dirs
-    argv = ["generate", "--prompt", prompt, "--json", *args]
-    if model in ("news", "falstaff"):
-        argv += ["--model", str(dirs["tiny-base"]), "--adapter", str(dirs[model])]
-    else:
-        argv += ["--model", str(dirs[model])]
-    capsys.readouterr()
-    assert main(argv) == 0
-    return [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()]
 
 
 def get(url: str, headers: dict | None = None) -> tuple[int, dict]:

@@ -284,3 +284,42 @@ def test_user_and_model_text_is_text_not_markup(live_server, browser):
     generate_and_wait(browser)
     assert column(browser, "news")["output"] == PROMPT + " " + XSS
     no_markup(browser)
+
+
+def test_the_model_list_follows_adapters_loaded_and_unloaded(serve_files, browser, tmp_path):
+    """A picker that gets the focus lists the models again: an adapter loaded after the page
+    opened is offered without a reload, and one unloaded leaves the list and its column."""
+    import json
+    import urllib.request
+
+    from serving import start_server, stop_server
+
+    served = start_server(
+        serve_files, tmp_path / "serve.log", "--allow-adapter-loading", "--adapter-root", "/"
+    )
+
+    def call(path: str, body: dict) -> None:
+        req = urllib.request.Request(
+            f"{served.url}/v1/{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(req, timeout=30).close()
+
+    def offered(picker: str) -> list[str]:
+        browser.find_element(By.ID, picker).click()  # the focus
+        return browser.execute_script(
+            f"return [...document.querySelectorAll('#{picker} option')].map(o => o.value)"
+        )
+
+    try:
+        open_page(browser, served)
+        assert "later" not in offered("model-2")
+        call("load_lora_adapter", {"lora_name": "later", "lora_path": str(serve_files["news"])})
+        WebDriverWait(browser, 10).until(lambda _: "later" in offered("model-3"))
+        choose(browser, ["later"])
+        call("unload_lora_adapter", {"lora_name": "later"})
+        WebDriverWait(browser, 10).until(lambda _: "later" not in offered("model-1"))
+        assert Select(browser.find_element(By.ID, "model-0")).first_selected_option.text == "(none)"
+    finally:
+        stop_server(served)

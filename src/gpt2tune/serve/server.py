@@ -56,6 +56,11 @@ class ServeConfig:
     natively, else fp32 (as gpt2tune generate: the same greedy tokens at the same precision)."""
     device: str = "auto"
     """auto, cpu or cuda[:N]."""
+    allow_adapter_loading: bool = False
+    """Offer POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's): LoRA adapters of
+    the base loaded and unloaded while the server runs. Off: those paths do not exist (404)."""
+    adapter_root: str | None = None
+    """With `allow_adapter_loading`: adapters may be loaded only from under this directory."""
 
 
 def _named(pairs: list[str], field: str) -> dict[str, str | Path]:
@@ -163,6 +168,10 @@ def build_server(cfg: ServeConfig):
                 f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); choose "
                 "another `port` or stop what uses it"
             ) from None
+    if cfg.adapter_root is not None and not cfg.allow_adapter_loading:
+        raise UserError("`adapter_root` applies to `allow_adapter_loading`; give both or neither")
+    if cfg.adapter_root is not None and not Path(cfg.adapter_root).is_dir():
+        raise UserError(f"`adapter_root` {cfg.adapter_root} is not a directory; give one that is")
     service = build_service(cfg)
     app = create_app(
         service,
@@ -170,6 +179,10 @@ def build_server(cfg: ServeConfig):
         max_tokens_cap=cfg.max_tokens_cap,
         max_body_bytes=cfg.max_body_bytes,
     )
+    if cfg.allow_adapter_loading:
+        from gpt2tune.serve.adapters import enable_adapter_loading
+
+        enable_adapter_loading(app, cfg.adapter_root)
     log.info("serving %s on http://%s:%d", ", ".join(service.models), cfg.host, cfg.port)
     return uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
 

@@ -5,6 +5,11 @@ rows of different adapters); each full fine-tuned variant has an engine of its o
 worker thread steps every engine that has work, so the event loop that answers HTTP never
 waits on a forward pass. Requests and cancellations reach the worker through a thread-safe
 inbox; tokens come back to each request's asyncio queue.
+
+Adapters of the base can be added and removed while the server runs (``add_adapter``,
+``remove_adapter``): the worker changes the model between two decoding steps, so a new adapter
+joins the running batch at once, and a removed one keeps its weights until its last running row
+has ended.
 """
 
 from __future__ import annotations
@@ -14,13 +19,17 @@ import logging
 import queue
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from gpt2tune.core.classifier import GPT2Classifier
+from gpt2tune.core.lora import LoRAConfig
+from gpt2tune.core.multilora import AdapterBank, add_adapter, remove_adapter
 from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.errors import UserError
 from gpt2tune.inference.classify import classify_texts
 from gpt2tune.inference.engine import Engine, GenerationRequest, Token
 
@@ -93,6 +102,32 @@ class Stream:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+@dataclass
+class WorkerCall:
+    """A function to run on the worker thread between two decoding steps; its result (or its
+    exception) comes back to an asyncio future."""
+
+    fn: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+    def run(self) -> None:
+        try:
+            result = self.fn()
+        except Exception as e:
+            self.loop.call_soon_threadsafe(self._settle, None, e)
+        else:
+            self.loop.call_soon_threadsafe(self._settle, result, None)
+
+    def _settle(self, result: Any, error: Exception | None) -> None:
+        if self.future.done():  # the awaiting handler was cancelled
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
+
+
 class Service:
     """Owns the engines and the worker thread."""
 
@@ -117,6 +152,9 @@ class Service:
         self._in_flight = {id(e): 0 for e in self.engines}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._adding: set[str] = set()  # names whose adapters are being installed
+        # adapters to remove from their engine once no request uses them (worker thread only)
+        self._draining: dict[str, Engine] = {}
 
     # ------------------------------------------------------------------ called from the event loop
 
@@ -153,6 +191,82 @@ class Service:
         """Stop one row of a stream's request, or all of it (the client went away)."""
         self._inbox.put(("cancel", stream, row))
 
+    # ------------------------------------------------------------------ adapters at run time
+
+    def base(self) -> ServedModel:
+        """The base model, whose engine the adapters share."""
+        return next(m for m in self.models.values() if m.kind == "base")
+
+    def name_taken(self, name: str) -> bool:
+        """Whether a model or classifier is served as ``name``, or one is being added so."""
+        return name in self.models or name in self.classifiers or name in self._adding
+
+    async def add_adapter(
+        self, name: str, adapter: tuple[LoRAConfig, dict[str, torch.Tensor]]
+    ) -> ServedModel:
+        """Install an adapter of the base (``formats.peft.read_adapter``'s result) and serve it as
+        ``name``; requests may use it as soon as this returns.
+
+        Raises:
+            UserError: ``name`` is taken, or the adapter cannot be mixed per row (DoRA).
+        """
+        if self.name_taken(name):
+            raise UserError(f"a model named {name!r} is served already; choose another name")
+        base = self.base()
+        self._adding.add(name)
+        try:
+            key = await self._on_worker(lambda: self._install(base.engine, name, adapter))
+        finally:
+            self._adding.discard(name)
+        model = ServedModel(name, "adapter", base.engine, key, base.tokenizer)
+        self.models[name] = model
+        return model
+
+    async def remove_adapter(self, name: str) -> None:
+        """Stop serving the adapter ``name``: it is gone for new requests at once; its running
+        rows finish, then the worker removes its weights.
+
+        Raises:
+            KeyError: no adapter is served as ``name``.
+        """
+        model = self.models.get(name)
+        if model is None or model.kind != "adapter" or model.adapter is None:
+            raise KeyError(name)
+        del self.models[name]
+        key, engine = model.adapter, model.engine
+        # the requests submitted before are ahead of this in the inbox: the worker sees their rows
+        await self._on_worker(lambda: self._draining.update({key: engine}))
+
+    async def _on_worker(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run on the worker thread between two decoding steps."""
+        loop = asyncio.get_running_loop()
+        call = WorkerCall(fn, loop, loop.create_future())
+        self._inbox.put(call)
+        return await call.future
+
+    def _install(
+        self, engine: Engine, name: str, adapter: tuple[LoRAConfig, dict[str, torch.Tensor]]
+    ) -> str:
+        """(worker) Put the adapter into ``engine``'s model; return its name there: ``name``, or
+        ``name#2``... while an adapter unloaded under ``name`` still finishes its rows."""
+        bank = engine.bank if engine.bank is not None else AdapterBank()
+        key, i = name, 1
+        while key in bank.names:
+            i += 1
+            key = f"{name}#{i}"
+        add_adapter(engine.model, bank, key, *adapter)
+        engine.bank = bank  # a model served without adapters had none
+        return key
+
+    def _remove_unused_adapters(self) -> None:
+        """(worker) Remove the unloaded adapters that no request (waiting or running) uses."""
+        for key, engine in list(self._draining.items()):
+            if any(run.request.adapter == key for run in engine.running.values()):
+                continue
+            if engine.bank is not None and key in engine.bank.names:
+                remove_adapter(engine.model, engine.bank, key)
+            del self._draining[key]
+
     @property
     def in_flight(self) -> int:
         """Requests accepted and not finished, over all engines."""
@@ -180,8 +294,13 @@ class Service:
                 item = self._inbox.get(timeout=0.05) if not busy else self._inbox.get_nowait()
             except queue.Empty:
                 item = None
-            if item is not None:
+            if isinstance(item, WorkerCall):
+                item.run()
+            elif item is not None:
                 self._take(*item)
+            if self._draining:
+                self._remove_unused_adapters()
+            if item is not None:
                 continue  # drain the inbox before the next step
             if not busy:
                 if self._stopping.is_set():
