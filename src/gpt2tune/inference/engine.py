@@ -26,6 +26,7 @@ from torch import Tensor
 from gpt2tune.core.model import GPT2, KVCache
 from gpt2tune.core.multilora import adapter_bank
 from gpt2tune.errors import UserError
+from gpt2tune.inference.prefix_cache import PrefixCache, load
 from gpt2tune.inference.sampling import SamplingConfig, adjust, draw, process_logits
 from gpt2tune.runtime import autocast
 
@@ -105,6 +106,7 @@ class Engine:
         autocast_dtype: torch.dtype | None = None,
         use_cache: bool = True,
         max_len: int | None = None,
+        prefix_cache_mb: float = 0,
     ) -> None:
         """Args:
         model: the language model (eval mode), with adapters installed by
@@ -116,6 +118,7 @@ class Engine:
             step: the reference the cache is tested against).
         max_len: the longest prompt + new tokens any request will need (the KV cache's
             length per row); default: the model's context.
+        prefix_cache_mb: MiB for the K/V of prompt prefixes that later prompts share; 0: none.
         """
         if max_batch < 1:
             raise UserError(f"`max_batch` must be >= 1, got {max_batch}")
@@ -135,6 +138,7 @@ class Engine:
         self._next_id = 0
         self.peak_rows = 0
         """The most rows decoded together in one step so far."""
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
 
     # ------------------------------------------------------------------ requests
 
@@ -277,9 +281,11 @@ class Engine:
         requests = [self.running[rid].request for rid in admitted]
         first = len(self.rows)
         if self.use_cache:
-            logits = self._prefill(
-                first, [(r.prompt[:-1], r.adapter, r.prompt_logprobs) for r in requests]
-            )
+            prompts = [(r.prompt[:-1], r.adapter, r.prompt_logprobs) for r in requests]
+            hits = self.prefix_cache.lookup_all(prompts, self.bank)
+            order = sorted(range(len(admitted)), key=lambda j: len(hits[j]))
+            admitted, requests = [admitted[j] for j in order], [requests[j] for j in order]
+            logits = self._prefill(first, [prompts[j] for j in order], [hits[j] for j in order])
         else:
             logits = [
                 self._logits(r.prompt[:-1], r.adapter) if r.prompt_logprobs else None
@@ -312,10 +318,11 @@ class Engine:
             yield
 
     def _prefill(
-        self, first: int, prompts: list[tuple[list[int], str | None, bool]]
+        self, first: int, prompts: list[tuple[list[int], str | None, bool]], hits: list[list]
     ) -> list[Tensor | None]:
-        """Put each prompt (all but its last token) through the model into slots first, first+1,
-        ... of the cache, in one forward pass. Shorter prompts are padded on the right: their
+        """Put each prompt (all but its last token) into slots first, first+1, ... of the cache:
+        its cached prefix blocks (``hits``, sorted by length) copied in, the rest through the
+        model, one forward pass per cached length. Shorter prompts are padded on the right: their
         tokens never attend to the padding (causal), and each slot's length ends at its prompt,
         so the padding's keys are never attended to later and get overwritten.
 
@@ -325,25 +332,28 @@ class Engine:
             self.cache = KVCache(
                 self.model.config, self.max_batch, self.max_len, self.device, dtype
             )
-        width = max(len(ids) for ids, _, _ in prompts)
-        for j in range(len(prompts)):
-            self.cache.lengths[first + j] = 0
+        cached = [load(blocks, self.cache, first + j) for j, blocks in enumerate(hits)]
         logits: list[Tensor | None] = [
             torch.empty(0, self.model.config.vocab_size) if want else None for _, _, want in prompts
         ]
-        if width > 0:
-            x = torch.full((len(prompts), width), self.eot_id, dtype=torch.long)
-            for j, (ids, _, _) in enumerate(prompts):
-                x[j, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            with self._forward([adapter for _, adapter, _ in prompts]):
-                h = self.model.hidden_states(
-                    x.to(self.device), cache=self.cache.rows(first, first + len(prompts))
-                )
-                for j, (ids, _, want) in enumerate(prompts):
-                    if want:  # (the padding's positions are no prompt's)
-                        logits[j] = self.model.lm_head(h[j, : len(ids)]).float()
-        for j, (ids, _, _) in enumerate(prompts):
+        for past in sorted(set(cached)):  # (sorted: the prompts with `past` cached are adjacent)
+            start, stop = cached.index(past), cached.index(past) + cached.count(past)
+            group = prompts[start:stop]
+            width = max(len(ids) for ids, _, _ in group) - past
+            if width > 0:
+                x = torch.full((len(group), width), self.eot_id, dtype=torch.long)
+                for j, (ids, _, _) in enumerate(group):
+                    x[j, : len(ids) - past] = torch.tensor(ids[past:], dtype=torch.long)
+                with self._forward([adapter for _, adapter, _ in group]):
+                    h = self.model.hidden_states(
+                        x.to(self.device), cache=self.cache.rows(first + start, first + stop)
+                    )
+                    for j, (ids, _, want) in enumerate(group):
+                        if want:  # (no cached prefix; the padding's positions are no prompt's)
+                            logits[start + j] = self.model.lm_head(h[j, : len(ids)]).float()
+        for j, (ids, adapter, _) in enumerate(prompts):
             self.cache.lengths[first + j] = len(ids)
+            self.prefix_cache.save(adapter, ids, self.cache, first + j, cached[j])
         return logits
 
     def _logits(self, ids: list[int], adapter: str | None) -> Tensor:
