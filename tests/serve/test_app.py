@@ -461,9 +461,11 @@ def test_queue_full_is_429_and_a_dropped_stream_frees_its_row(small_server):
         else:
             pytest.fail("the dropped stream's row was never freed")
         assert r.choices[0].finish_reason in ("stop", "length")
-        # two prompts are two requests: together over the one-row capacity
-        with pytest.raises(openai.RateLimitError):
+        # two prompts are two requests: more than the one row and empty queue ever hold, so
+        # retrying cannot help (a 400, not a 429)
+        with pytest.raises(openai.BadRequestError) as bad:
             c.completions.create(model="falstaff", prompt=["b", "c"], max_tokens=2)
+        assert bad.value.body["param"] == "prompt" and "1" in bad.value.body["message"]
 
 
 def test_sigterm_finishes_running_requests_then_stops(tmp_path):

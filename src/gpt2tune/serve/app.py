@@ -86,7 +86,7 @@ def create_app(
 
 async def api_error(_request: Request, e: APIError) -> JSONResponse:
     """An ``APIError`` a route raised."""
-    return JSONResponse(e.body(), status_code=e.status)
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
 async def user_error(request: Request, e: UserError) -> JSONResponse:

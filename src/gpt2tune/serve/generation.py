@@ -1,7 +1,8 @@
 """What one HTTP request asks of the engine, and the OpenAI choices its tokens make.
 
 ``prepare`` turns the prompts and sampling fields into engine requests (priming, the context
-limit, the token cap); ``Run`` follows the engine's tokens of those requests and assembles the
+limit, the token cap, the server's work budget per request; tokenizing off the event loop);
+``Run`` follows the engine's tokens of those requests and assembles the
 choices, whole or piece by piece for streaming. Each row's text goes through the same
 ``TextRow`` as ``gpt2tune generate`` (stop strings, UTF-8 held back), so a streamed answer joins
 up to the non-streamed one.
@@ -10,10 +11,11 @@ up to the non-streamed one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.inference.engine import GenerationRequest, Token
@@ -40,7 +42,72 @@ def max_tokens_of(
     return asked
 
 
-def prepare(
+def too_large(what: str, budget: int, param: str) -> APIError:
+    """The 400 for a request over the server's work budget (``max_request_tokens``)."""
+    return APIError(
+        400,
+        f"this request needs {what}; this server takes at most {budget} token slots per "
+        "request; send fewer prompts or texts, or lower n, max_tokens or logprobs",
+        param=param,
+        code="request_too_large",
+    )
+
+
+async def prepare(
+    body: SamplingFields,
+    model: ServedModel,
+    service: Service,
+    prompts: list[str] | list[list[int]],
+    asked: int | None,
+    default: int,
+    logprobs: int | None,
+    cap: int,
+) -> tuple[list[GenerationRequest], list[int]]:
+    """Engine requests for the prompts (text, or a chat's token ids; prime placed before each),
+    and each one's length.
+
+    The work budget (``Service.budget``: n x (prompt tokens + max_tokens) per prompt, times
+    1 + logprobs) is checked twice: before tokenizing, on the least the request can cost (every
+    prompt at least one token), so that a request that can never fit costs nothing; then, once
+    tokenized, exactly. Tokenizing runs in a worker thread, not on the event loop."""
+    body.check()
+    n_positions = model.engine.model.config.n_positions
+    budget = service.budget(n_positions)
+    if len(prompts) > service.capacity(model):
+        raise APIError(
+            400,
+            f"{len(prompts)} prompts are more than this server takes at once "
+            f"({service.capacity(model)}); send at most {service.capacity(model)}",
+            param="prompt",
+            code="request_too_large",
+        )
+    if asked is not None:
+        max_tokens_of(asked, default, 0, n_positions, cap)  # (400 over the cap)
+    weight = 1 + (logprobs or 0)
+    lp = "logprobs" if isinstance(body, CompletionRequest) else "top_logprobs"
+    param = "prompt" if len(prompts) > 1 else lp if weight > 1 else "n" if body.n > 1 else None
+    least = len(prompts) * body.n * (1 + (asked or 1)) * weight
+    if least > budget:
+        what = f"at least {least} token slots ({_terms(len(prompts), body.n, asked, logprobs)})"
+        raise too_large(what, budget, param or "max_tokens")
+    out, lengths = await asyncio.to_thread(
+        _requests, body, model, prompts, asked, default, logprobs, cap
+    )
+    max_tokens = out[0].sampling.max_new_tokens
+    need = sum(body.n * (n + max_tokens) for n in lengths) * weight
+    if need > budget:
+        what = f"{need} token slots ({_terms(len(prompts), body.n, max_tokens, logprobs)})"
+        raise too_large(what, budget, param or "max_tokens")
+    return out, lengths
+
+
+def _terms(prompts: int, n: int, max_tokens: int | None, logprobs: int | None) -> str:
+    """How a request's token slots add up, in its own fields."""
+    terms = f"{prompts} prompt(s) x n={n} x (prompt tokens + max_tokens={max_tokens or 1})"
+    return terms + (f" x (1 + logprobs={logprobs})" if logprobs else "")
+
+
+def _requests(
     body: SamplingFields,
     model: ServedModel,
     prompts: list[str] | list[list[int]],
@@ -49,9 +116,7 @@ def prepare(
     logprobs: int | None,
     cap: int,
 ) -> tuple[list[GenerationRequest], list[int]]:
-    """Engine requests for the prompts (text, or a chat's token ids; prime placed before each),
-    and each one's length."""
-    body.check()
+    """(worker thread) ``prepare``'s engine requests: tokenized, checked against the context."""
     tok, n_positions = model.tokenizer, model.engine.model.config.n_positions
     vocab = model.engine.model.config.vocab_size
     for p in prompts:
@@ -62,7 +127,8 @@ def prepare(
                 "vocabulary); send text, or ids from its tokenizer",
                 param="prompt",
             )
-    longest = max(len(tok.encode(p)) if isinstance(p, str) else len(p) for p in prompts)
+    encoded = [tok.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+    longest = max(len(ids) for ids in encoded)
     max_tokens = max_tokens_of(asked, default, longest, n_positions, cap)
     # an empty prompt is one token, <|endoftext|>: the model needs a token to continue
     if max(longest, 1) + max_tokens > n_positions:
@@ -79,9 +145,11 @@ def prepare(
     echo = isinstance(body, CompletionRequest) and body.prompt_logprobs
     bias = body.logit_bias or {}
     out, lengths = [], []
-    for p in prompts:
-        # the prime is trimmed from the left to fit, as `gpt2tune generate` does
-        ids, _ = build_context(tok, p, body.prime, max_tokens, n_positions)
+    for i in range(len(prompts)):
+        # the prime is trimmed from the left to fit, as `gpt2tune generate` does (without one,
+        # the prompt's ids are its context: no need to tokenize it again)
+        source = prompts[i] if body.prime else encoded[i]
+        ids, _ = build_context(tok, source, body.prime, max_tokens, n_positions)
         ids = ids or [tok.eot_id]  # nothing to condition on: start a new document
         out.append(
             GenerationRequest(
@@ -96,6 +164,12 @@ def prepare(
         )
         lengths.append(len(ids))
     return out, lengths
+
+
+async def json_response(build: Callable[[], dict]) -> JSONResponse:
+    """The JSON response of ``build()``, built and serialised in a worker thread: a body with
+    many samples and log-probabilities takes a while, and the event loop serves the others."""
+    return await asyncio.to_thread(lambda: JSONResponse(build()))
 
 
 @dataclass

@@ -32,10 +32,13 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type = status, message, type
         self.param, self.code = param, code
+        self.headers = headers
+        """HTTP headers of the answer (a 429's ``Retry-After``)."""
 
     def body(self) -> dict:
         return {

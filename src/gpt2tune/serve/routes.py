@@ -13,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from gpt2tune.inference.engine import GenerationRequest
-from gpt2tune.serve.generation import ClientGone, Run, prepare
+from gpt2tune.serve.generation import ClientGone, Run, json_response, prepare, too_large
 from gpt2tune.serve.protocol import (
     CHAT_STOP,
     APIError,
@@ -35,7 +35,14 @@ from gpt2tune.serve.protocol import (
     now,
     usage,
 )
-from gpt2tune.serve.service import Busy, ServedModel, Service, Stream
+from gpt2tune.serve.service import Busy, ServedModel, Service, Stream, TooLarge
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+CLASSIFY_CHUNK = 16
+"""Texts classified per step of a classify request; between two, a client that went away
+stops the rest."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +133,8 @@ async def models(service: ServiceDep, settings: SettingsDep) -> dict:
     }
 
 
-@v1.post("/classify")
-async def classify(body: ClassifyRequest, service: ServiceDep) -> dict:
+@v1.post("/classify", response_model=None)
+async def classify(body: ClassifyRequest, request: Request, service: ServiceDep) -> Response:
     clf = service.classifiers.get(body.model)
     if clf is None:
         raise APIError(
@@ -142,23 +149,48 @@ async def classify(body: ClassifyRequest, service: ServiceDep) -> dict:
         raise APIError(
             400, "input is empty, or one of its texts is; give text to classify", param="input"
         )
-    results = await asyncio.to_thread(clf.classify, texts)
-    tokens = sum(len(clf.tokenizer.encode(t)) for t in texts)
-    return {
-        "object": "list",
-        "model": clf.name,
-        "data": [{"index": i, "object": "classification", **r} for i, r in enumerate(results)],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    # the budget: the tokens the classifier reads (each text's last `window`, at least one)
+    window = clf.model.config.n_positions
+    budget = service.budget(window)
+    if len(texts) > budget:  # can never fit: refused before tokenizing
+        raise too_large(f"at least {len(texts)} token slots ({len(texts)} texts)", budget, "input")
+    admit(service.admit_classify, clf)
+    try:
+        ids = await asyncio.to_thread(lambda: [clf.tokenizer.encode(t) for t in texts])
+        tokens = sum(min(len(x), window) for x in ids)
+        if tokens > budget:
+            raise too_large(f"{tokens} token slots (the texts' tokens)", budget, "input")
+        results: list[dict] = []
+        for i in range(0, len(texts), CLASSIFY_CHUNK):
+            if await request.is_disconnected():  # nobody waits for the rest
+                raise APIError(499, "client closed the request")
+            results += await asyncio.to_thread(clf.classify, texts[i : i + CLASSIFY_CHUNK])
+    finally:
+        service.release_classify(clf)
+    return await json_response(
+        lambda: {
+            "object": "list",
+            "model": clf.name,
+            "data": [{"index": i, "object": "classification", **r} for i, r in enumerate(results)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
 
 
 @v1.post("/completions", response_model=None)
 async def completions(
     body: CompletionRequest, request: Request, service: ServiceDep, settings: SettingsDep
-) -> dict | StreamingResponse:
+) -> Response:
     model = lookup(service, body.model)
-    reqs, lengths = prepare(
-        body, model, body.prompts(), body.max_tokens, 16, body.logprobs, settings.max_tokens_cap
+    reqs, lengths = await prepare(
+        body,
+        model,
+        service,
+        body.prompts(),
+        body.max_tokens,
+        16,
+        body.logprobs,
+        settings.max_tokens_cap,
     )
     streams = start(service, model, reqs)
     echo = None
@@ -195,31 +227,36 @@ async def completions(
 
         return sse(events())
     choices = await run.collect()
-    return chunk(
-        [
-            {
-                "index": c.index,
-                "text": c.text,
-                "logprobs": c.completion_logprobs(),
-                "finish_reason": c.finish,
-            }
-            for c in choices
-        ]
-    ) | {"usage": usage(sum(lengths), run.completion_tokens)}
+    return await json_response(
+        lambda: (
+            chunk(
+                [
+                    {
+                        "index": c.index,
+                        "text": c.text,
+                        "logprobs": c.completion_logprobs(),
+                        "finish_reason": c.finish,
+                    }
+                    for c in choices
+                ]
+            )
+            | {"usage": usage(sum(lengths), run.completion_tokens)}
+        )
+    )
 
 
 @v1.post("/chat/completions", response_model=None)
 async def chat(
     body: ChatRequest, request: Request, service: ServiceDep, settings: SettingsDep
-) -> dict | StreamingResponse:
+) -> Response:
     model = lookup(service, body.model)
     if CHAT_STOP not in body.stops():
         body.stop = body.stops() + [CHAT_STOP]
     top = (body.top_logprobs or 0) if body.logprobs else None
     asked = body.max_completion_tokens or body.max_tokens
     cap = settings.max_tokens_cap
-    prompt = chat_prompt(body.messages, model.tokenizer)
-    reqs, lengths = prepare(body, model, [prompt], asked, cap, top, cap)
+    prompt = await asyncio.to_thread(chat_prompt, body.messages, model.tokenizer)
+    reqs, lengths = await prepare(body, model, service, [prompt], asked, cap, top, cap)
     streams = start(service, model, reqs)
     run = Run(service, streams, model, body.n, request)
     rid, created = new_id("chatcmpl"), now()
@@ -264,18 +301,23 @@ async def chat(
 
         return sse(events())
     choices = await run.collect()
-    return chunk(
-        [
-            {
-                "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": c.chat_logprobs(),
-                "finish_reason": c.finish,
-            }
-            for c in choices
-        ],
-        "chat.completion",
-    ) | {"usage": usage(sum(lengths), run.completion_tokens)}
+    return await json_response(
+        lambda: (
+            chunk(
+                [
+                    {
+                        "index": c.index,
+                        "message": {"role": "assistant", "content": c.text},
+                        "logprobs": c.chat_logprobs(),
+                        "finish_reason": c.finish,
+                    }
+                    for c in choices
+                ],
+                "chat.completion",
+            )
+            | {"usage": usage(sum(lengths), run.completion_tokens)}
+        )
+    )
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -295,12 +337,27 @@ def lookup(service: Service, name: str) -> ServedModel:
 
 
 def start(service: Service, model: ServedModel, requests: list[GenerationRequest]) -> list[Stream]:
-    """Hand the requests to the engine; 429 if the queue is full. A request that cannot run
-    raises the engine's ``UserError``, which the app answers with a 400."""
+    """Hand the requests to the engine; 429 (with ``Retry-After``) if the queue is full, 400 if
+    they are more than the server ever holds at once. A request that cannot run raises the
+    engine's ``UserError``, which the app answers with a 400."""
+    return admit(service.submit, [(model, r) for r in requests])
+
+
+def admit(enter: Callable[[T], R], what: T) -> R:
+    """``enter(what)`` (the service's admission), its refusals as OpenAI's errors: ``Busy`` a
+    429 with ``Retry-After``, ``TooLarge`` a 400 naming the field."""
     try:
-        return service.submit([(model, r) for r in requests])
+        return enter(what)
     except Busy as e:
-        raise APIError(429, str(e), type="rate_limit_error", code="queue_full") from None
+        raise APIError(
+            429,
+            str(e),
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(e.retry_after_s)},
+        ) from None
+    except TooLarge as e:
+        raise APIError(400, str(e), param=e.param, code="request_too_large") from None
 
 
 def sse(events: AsyncIterator[dict]) -> StreamingResponse:

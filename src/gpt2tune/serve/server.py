@@ -61,6 +61,11 @@ class ServeConfig:
     the base loaded and unloaded while the server runs. Off: those paths do not exist (404)."""
     adapter_root: str | None = None
     """With `allow_adapter_loading`: adapters may be loaded only from under this directory."""
+    max_request_tokens: int | None = None
+    """The most token slots one request may use, checked before its work starts (larger: 400):
+    over its prompts, n x (prompt tokens + max_tokens), times 1 + logprobs when it asks for
+    log-probabilities; for /v1/classify, its texts' tokens as the classifier reads them. Default:
+    4 x max_batch x the model's context."""
 
 
 def _named(pairs: list[str], field: str) -> dict[str, str | Path]:
@@ -104,6 +109,8 @@ def build_service(cfg: ServeConfig) -> Service:
     for limit, least in (("max_batch", 1), ("max_queue", 0), ("max_tokens_cap", 1)):
         if getattr(cfg, limit) < least:
             raise UserError(f"`{limit}` must be >= {least}, got {getattr(cfg, limit)}")
+    if cfg.max_request_tokens is not None and cfg.max_request_tokens < 2:
+        raise UserError(f"`max_request_tokens` must be >= 2, got {cfg.max_request_tokens}")
     device = resolve_device(cfg.device)
     dtype = autocast_dtype(cfg.precision, device)
 
@@ -137,7 +144,12 @@ def build_service(cfg: ServeConfig) -> Service:
             else load_classifier_with_adapter(path, device=device)
         )
         clfs.append(ServedClassifier(name, clf, Tokenizer(clf.source_dir), dtype))
-    return Service(served, max_queue=cfg.max_queue, classifiers=clfs)
+    return Service(
+        served,
+        max_queue=cfg.max_queue,
+        classifiers=clfs,
+        max_request_tokens=cfg.max_request_tokens,
+    )
 
 
 def build_server(cfg: ServeConfig):

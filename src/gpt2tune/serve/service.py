@@ -68,7 +68,20 @@ class ServedClassifier:
 
 
 class Busy(Exception):
-    """The queue is full: try again later (HTTP 429)."""
+    """The queue is full: try again later (HTTP 429, with ``Retry-After``)."""
+
+    retry_after_s = 1
+    """A hint for the client: seconds to wait before retrying."""
+
+
+class TooLarge(Exception):
+    """A request larger than the server ever takes at once (HTTP 400): retrying cannot help.
+
+    ``param`` names the request's field to make smaller."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass
@@ -137,6 +150,7 @@ class Service:
         *,
         max_queue: int = 64,
         classifiers: Sequence[ServedClassifier] = (),
+        max_request_tokens: int | None = None,
     ) -> None:
         self.models = {m.name: m for m in models}
         self.classifiers = {c.name: c for c in classifiers}
@@ -145,16 +159,53 @@ class Service:
             if all(m.engine is not e for e in self.engines):
                 self.engines.append(m.engine)
         self.max_queue = max_queue
+        self.max_request_tokens = max_request_tokens
         self._inbox: queue.Queue = queue.Queue()
         self._streams: dict[tuple[int, int], Stream] = {}
         self._lock = threading.Lock()
         # accepted and unfinished requests per engine: at most its batch plus the queue
         self._in_flight = {id(e): 0 for e in self.engines}
+        # classify requests accepted and unfinished per classifier: one runs, the rest wait
+        self._classifying = dict.fromkeys(self.classifiers, 0)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._adding: set[str] = set()  # names whose adapters are being installed
         # adapters to remove from their engine once no request uses them (worker thread only)
         self._draining: dict[str, Engine] = {}
+
+    # ------------------------------------------------------------------ admission
+
+    def budget(self, window: int) -> int:
+        """The most token slots one request may use: ``max_request_tokens``, by default four
+        full batches of the model's context ``window`` (4 x max_batch x window)."""
+        if self.max_request_tokens is not None:
+            return self.max_request_tokens
+        return 4 * max((e.max_batch for e in self.engines), default=1) * window
+
+    def capacity(self, model: ServedModel) -> int:
+        """The most engine requests (prompts) of ``model`` the server holds at once: its batch
+        plus the queue. A list of more prompts can never be admitted."""
+        return model.engine.max_batch + self.max_queue
+
+    def admit_classify(self, clf: ServedClassifier) -> None:
+        """Count a classify request in (one runs at a time, ``max_queue`` may wait); pair with
+        ``release_classify``.
+
+        Raises:
+            Busy: ``max_queue`` requests are waiting for this classifier already.
+        """
+        with self._lock:
+            if self._classifying[clf.name] >= 1 + self.max_queue:
+                raise Busy(
+                    f"the server is busy ({self._classifying[clf.name]} requests in flight for "
+                    f"{clf.name}, queue of {self.max_queue}); retry shortly"
+                )
+            self._classifying[clf.name] += 1
+
+    def release_classify(self, clf: ServedClassifier) -> None:
+        """A classify request ``admit_classify`` counted in has ended."""
+        with self._lock:
+            self._classifying[clf.name] -= 1
 
     # ------------------------------------------------------------------ called from the event loop
 
@@ -163,16 +214,24 @@ class Service:
 
         Raises:
             UserError: a request cannot run (checked here, before anything is queued).
+            TooLarge: more requests of one engine than its batch and the queue hold together.
             Busy: more than ``max_queue`` requests would wait for the batch.
         """
         for model, request in requests:
             model.engine.check(request)
         # a list of prompts is several requests of one engine: they count together
         wanted = Counter(id(model.engine) for model, _ in requests)
+        for model, _ in requests:
+            if wanted[id(model.engine)] > self.capacity(model):
+                raise TooLarge(
+                    f"{wanted[id(model.engine)]} prompts are more than this server takes at "
+                    f"once ({self.capacity(model)}); send at most {self.capacity(model)}",
+                    "prompt",
+                )
         with self._lock:
             for model, _ in requests:
                 engine = model.engine
-                limit = engine.max_batch + self.max_queue
+                limit = self.capacity(model)
                 if self._in_flight[id(engine)] + wanted[id(engine)] > limit:
                     raise Busy(
                         f"the server is busy ({self._in_flight[id(engine)]} requests in "
@@ -269,8 +328,8 @@ class Service:
 
     @property
     def in_flight(self) -> int:
-        """Requests accepted and not finished, over all engines."""
-        return sum(self._in_flight.values())
+        """Requests accepted and not finished, over all engines and classifiers."""
+        return sum(self._in_flight.values()) + sum(self._classifying.values())
 
     # ------------------------------------------------------------------ lifecycle
 
