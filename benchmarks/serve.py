@@ -104,12 +104,13 @@ def free_port() -> int:
 
 
 def start_server(base: Path, adapters: dict[str, Path], port: int, device: str,
-                 log: Path, precision: str = "auto") -> subprocess.Popen:
+                 log: Path, precision: str = "auto", extra: tuple[str, ...] = ()
+                 ) -> subprocess.Popen:
     """Start `gpt2tune serve` on 127.0.0.1:``port`` and wait (at most STARTUP_S) for /health."""
     argv = [sys.executable, "-m", "gpt2tune", "serve", "--model", str(base),
             *(a for name, d in adapters.items() for a in ("--adapter", f"{name}={d}")),
             "--max-batch", str(ADAPTERS), "--host", "127.0.0.1", "--port", str(port),
-            "--device", device, "--precision", precision]
+            "--device", device, "--precision", precision, *extra]
     proc = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + STARTUP_S
@@ -280,6 +281,76 @@ def verdict(levels: list[dict]) -> dict:
     return {"target": text, "speedup": round(speedup, 2), "met": speedup >= TARGET_SPEEDUP}
 
 
+# ----------------------------------------------------------------------------- shared prime
+
+PRIME_TOKENS, PRIME_REQUESTS = 700, 8
+
+
+def prime_text(tokens: int) -> str:
+    """About ``tokens`` tokens of plain English (GPT-2's tokenizer), cut at a word."""
+    from gpt2tune.core.tokenizer import Tokenizer
+
+    tok = Tokenizer()
+    text, words = "", " ".join(PROMPTS * 40).split()
+    for i in range(len(words)):
+        if len(tok.encode(" ".join(words[: i + 1]))) > tokens:
+            break
+        text = " ".join(words[: i + 1])
+    return text
+
+
+def prime_ttft(base_url: str, prime: str) -> list[float]:
+    """Seconds to the first streamed token of ``PRIME_REQUESTS`` requests sent one after the
+    other, each with ``prime`` and its own prompt (greedy, 1 token, the base model)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key="-", max_retries=0)
+    model = client.models.list().data[0].id
+    out = []
+    for i in range(PRIME_REQUESTS):
+        t = time.perf_counter()
+        stream = client.completions.create(model=model, prompt=PROMPTS[i], max_tokens=1,
+                                           temperature=0, stream=True,
+                                           extra_body={"prime": prime})
+        first = None
+        for _ in stream:
+            first = first or time.perf_counter() - t
+        out.append(first)
+    return out
+
+
+def run_prime(args) -> int:
+    """The --prime mode: TTFT of a shared 700-token prime without and with the prefix cache."""
+    with tempfile.TemporaryDirectory(prefix="gpt2tune-serve-bench-") as tmp:
+        root = Path(tmp)
+        base, _ = build_models(root, args.size)
+        prime = prime_text(PRIME_TOKENS)
+        rows = {}
+        for label, extra in (("--prefix-cache-mb 0", ("--prefix-cache-mb", "0")),
+                             ("default (256 MiB)", ())):
+            port = free_port()
+            proc = start_server(base, {}, port, args.device, root / "serve.log", args.precision,
+                                extra)
+            try:
+                base_url = f"http://127.0.0.1:{port}/v1"
+                prime_ttft(base_url, prime[:200])  # warm-up with another prime
+                wait_for_quiet(args.quiet_wait)
+                rows[label] = (prime_ttft(base_url, prime), health(port).get("prefix_cache"))
+            finally:
+                stop_server(proc)
+    print(f"TTFT of {PRIME_REQUESTS} requests sent one after the other, each a {PRIME_TOKENS}-"
+          f"token prime + its own prompt (model {args.size}, --precision {args.precision}):")
+    print("| server | 1st request (ms) | requests 2-8, median (ms) | mean of all 8 (ms) |")
+    print("|---|---:|---:|---:|")
+    for label, (ttft, _) in rows.items():
+        rest = sorted(ttft[1:])[len(ttft[1:]) // 2]
+        print(f"| {label} | {ttft[0] * 1e3:.0f} | {rest * 1e3:.0f} | "
+              f"{sum(ttft) / len(ttft) * 1e3:.0f} |")
+    for label, (ttft, stats) in rows.items():
+        print(f"{label}: TTFT ms {[round(t * 1e3) for t in ttft]}; /health prefix_cache {stats}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="gpt2",
@@ -297,7 +368,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="before each level, wait up to this long for other processes to leave "
                          "the CPU (default 60; 0 = don't wait)")
     ap.add_argument("--out", type=Path, help="write the results to this JSON file")
+    ap.add_argument("--prime", action="store_true",
+                    help=f"instead: time to first token of {PRIME_REQUESTS} requests sharing a "
+                         f"{PRIME_TOKENS}-token prime, --prefix-cache-mb 0 against the default")
     args = ap.parse_args(argv)
+    if args.prime:
+        return run_prime(args)
     levels = [int(c) for c in args.clients.split(",") if c]
     if not levels or not all(1 <= c <= ADAPTERS for c in levels):
         ap.error(f"--clients takes levels between 1 and {ADAPTERS}, e.g. 1,4,8")

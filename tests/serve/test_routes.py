@@ -42,6 +42,7 @@ def test_handlers_are_functions_of_their_dependencies(service):
         "models": ["tiny-base", "news"],
         "in_flight": 0,
         "peak_batch": 0,
+        "prefix_cache": {"blocks": 0, "bytes": 0, "hits": 0, "tokens_reused": 0},
     }
     listed = asyncio.run(routes.models(service, settings))
     assert [(m["id"], m["kind"], m["created"]) for m in listed["data"]] == [

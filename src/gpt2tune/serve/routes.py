@@ -117,6 +117,10 @@ async def health(service: ServiceDep) -> dict:
         "models": list(service.models),
         "in_flight": service.in_flight,
         "peak_batch": max(e.peak_rows for e in service.engines),
+        "prefix_cache": {  # summed over the models' engines
+            k: sum(e.prefix_cache.stats()[k] for e in service.engines)
+            for k in ("blocks", "bytes", "hits", "tokens_reused")
+        },
     }
 
 

@@ -66,6 +66,10 @@ class ServeConfig:
     over its prompts, n x (prompt tokens + max_tokens), times 1 + logprobs when it asks for
     log-probabilities; for /v1/classify, its texts' tokens as the classifier reads them. Default:
     4 x max_batch x the model's context."""
+    prefix_cache_mb: float = 256
+    """MiB per model (the base with its adapters, each variant) for the keys and values of
+    prompt prefixes, kept in 64-token blocks, least recently used out: a priming text that
+    requests share is prefilled once. 0: off."""
 
 
 def _named(pairs: list[str], field: str) -> dict[str, str | Path]:
@@ -122,6 +126,7 @@ def build_service(cfg: ServeConfig) -> Service:
             eot_id=Tokenizer(model.source_dir).eot_id,
             max_batch=cfg.max_batch,
             autocast_dtype=dtype,
+            prefix_cache_mb=cfg.prefix_cache_mb,
         )
 
     base_model = load_model_with_adapters(cfg.model, adapters, device=device)
