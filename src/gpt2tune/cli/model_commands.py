@@ -334,6 +334,7 @@ def serve_options(p: argparse.ArgumentParser) -> None:
         overrides={
             "adapter": {**repeat, "metavar": "NAME=DIR"},
             "variant": {**repeat, "metavar": "NAME=DIR"},
+            "allowed_host": {**repeat, "metavar": "NAME"},
         },
     )
     p.set_defaults(func=cmd_serve)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,6 +27,7 @@ from gpt2tune.errors import UserError
 from gpt2tune.serve.protocol import APIError, now
 from gpt2tune.serve.routes import Settings, public, v1
 from gpt2tune.serve.service import Service
+from gpt2tune.serve.transport import HostCheck
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def create_app(
     api_key: str | None = None,
     max_tokens_cap: int = 1024,
     max_body_bytes: int = 1 << 20,
+    allowed_hosts: Collection[str] | None = None,
 ) -> FastAPI:
     """The server's ASGI app. Starting it (lifespan) starts the service's worker; shutting it
     down lets the running requests finish first.
@@ -49,6 +51,8 @@ def create_app(
         api_key: if given, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
         max_tokens_cap: the most new tokens one request may ask for.
         max_body_bytes: larger request bodies are refused with 413.
+        allowed_hosts: if given, only requests whose Host header names one of these (or a
+            loopback address) are answered, others get 400 (``transport.allowed_hosts``).
 
     Raises:
         UserError: an ``api_key`` that no HTTP header can carry.
@@ -76,6 +80,8 @@ def create_app(
     app.state.settings = Settings(api_key=api_key, max_tokens_cap=max_tokens_cap, created=now())
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(CatchAll)
+    if allowed_hosts is not None:  # outermost: a refused request reaches nothing else
+        app.add_middleware(HostCheck, allowed=allowed_hosts)
     app.include_router(public)
     app.include_router(v1)
     return app

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, TypeVar
@@ -36,6 +36,7 @@ from gpt2tune.serve.protocol import (
     usage,
 )
 from gpt2tune.serve.service import Busy, ServedModel, Service, Stream, TooLarge
+from gpt2tune.serve.transport import EventStream
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -365,9 +366,11 @@ def admit(enter: Callable[[T], R], what: T) -> R:
 
 
 def sse(events: AsyncIterator[dict]) -> StreamingResponse:
-    """Server-sent events in OpenAI's format: ``data: <json>`` per chunk, then ``data: [DONE]``."""
+    """Server-sent events in OpenAI's format: ``data: <json>`` per chunk, then ``data: [DONE]``.
+    However the response ends (a client dropped for not reading, a shutdown), ``events`` is
+    closed then, which cancels the request's rows."""
 
-    async def body() -> AsyncIterator[str]:
+    async def body() -> AsyncGenerator[str, None]:
         try:
             async for ev in events:
                 yield f"data: {json.dumps(ev)}\n\n"
@@ -375,8 +378,12 @@ def sse(events: AsyncIterator[dict]) -> StreamingResponse:
             yield f"data: {json.dumps(e.body())}\n\n"
         except ClientGone:
             return
+        finally:
+            close = getattr(events, "aclose", None)  # (a generator's; a no-op once it ended)
+            if close is not None:
+                await close()
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(
+    return EventStream(
         body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )

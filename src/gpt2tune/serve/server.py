@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -70,6 +73,24 @@ class ServeConfig:
     """MiB per model (the base with its adapters, each variant) for the keys and values of
     prompt prefixes, kept in 64-token blocks, least recently used out: a priming text that
     requests share is prefilled once. 0: off."""
+    allowed_host: list[str] = field(default_factory=list)
+    """NAME: a Host name (any port) answered besides localhost, 127.0.0.1 and [::1]
+    (repeatable). With a loopback `host` only those names are answered, so a web page whose name
+    is rebound to this machine cannot use the API; with another `host`, Host is not checked
+    unless this is given."""
+    header_timeout: float = 10.0
+    """Seconds a connection has to send its request's headers, from its opening or its previous
+    response; then it is closed (also one that sends a byte now and then)."""
+    idle_timeout: int = 5
+    """Seconds a connection may stay idle between requests before it is closed."""
+    send_timeout: float = 30.0
+    """Seconds a response may wait for its client to read; then the client is dropped and its
+    rows freed (a stalled streaming reader)."""
+    shutdown_timeout: float = 30.0
+    """Seconds SIGTERM (or Ctrl-C) waits for the running requests; then the connections still
+    open are dropped and the server stops (after SIGTERM with exit status 0)."""
+    max_connections: int = 256
+    """Connections served at once; a request on a connection over the cap gets a 503."""
 
 
 def _named(pairs: list[str], field: str) -> dict[str, str | Path]:
@@ -159,7 +180,8 @@ def build_service(cfg: ServeConfig) -> Service:
 
 def build_server(cfg: ServeConfig):
     """The uvicorn server for ``cfg``, models loaded, not yet running (``.run()`` runs it; from
-    the main thread, SIGINT/SIGTERM stop it after the running requests finish).
+    the main thread, SIGINT/SIGTERM stop it after the running requests finish, or after
+    ``cfg.shutdown_timeout``).
 
     Raises:
         UserError: FastAPI/uvicorn are missing, the port is taken, or a model cannot be loaded.
@@ -168,6 +190,7 @@ def build_server(cfg: ServeConfig):
         import uvicorn
 
         from gpt2tune.serve.app import create_app
+        from gpt2tune.serve.transport import GuardedH11Protocol, Limits, allowed_hosts
     except ImportError as e:
         raise UserError(
             f"gpt2tune serve needs FastAPI and uvicorn ({e.name} is missing); "
@@ -189,21 +212,71 @@ def build_server(cfg: ServeConfig):
         raise UserError("`adapter_root` applies to `allow_adapter_loading`; give both or neither")
     if cfg.adapter_root is not None and not Path(cfg.adapter_root).is_dir():
         raise UserError(f"`adapter_root` {cfg.adapter_root} is not a directory; give one that is")
+    hosts = allowed_hosts(cfg.host, _checked_limits(cfg))
     service = build_service(cfg)
     app = create_app(
         service,
         api_key=cfg.api_key,
         max_tokens_cap=cfg.max_tokens_cap,
         max_body_bytes=cfg.max_body_bytes,
+        allowed_hosts=hosts,
     )
     if cfg.allow_adapter_loading:
         from gpt2tune.serve.adapters import enable_adapter_loading
 
         enable_adapter_loading(app, cfg.adapter_root)
     log.info("serving %s on http://%s:%d", ", ".join(service.models), cfg.host, cfg.port)
-    return uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
+    limits = Limits(
+        header_timeout=cfg.header_timeout,
+        send_timeout=cfg.send_timeout,
+        shutdown_timeout=cfg.shutdown_timeout,
+    )
+    config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level="warning",
+        http=GuardedH11Protocol.with_limits(limits),
+        timeout_keep_alive=cfg.idle_timeout,
+        # uvicorn counts the connection asking among those open: N + 1 serves N at once
+        limit_concurrency=cfg.max_connections + 1,
+        # the protocol drops what is still open at shutdown_timeout; uvicorn's own timeout,
+        # which cancels the requests' tasks, is only a backstop
+        timeout_graceful_shutdown=math.ceil(cfg.shutdown_timeout) + 5,
+    )
+    return uvicorn.Server(config)
+
+
+def _checked_limits(cfg: ServeConfig) -> list[str]:
+    """``cfg.allowed_host``, once it and the connection limits are checked.
+
+    Raises:
+        UserError: a limit out of range, or an empty or malformed host name.
+    """
+    for name in ("header_timeout", "idle_timeout", "send_timeout", "shutdown_timeout"):
+        value = getattr(cfg, name)
+        if not 0 < value < math.inf:
+            raise UserError(f"`{name}` must be a number of seconds > 0, got {value}")
+    if cfg.max_connections < 1:
+        raise UserError(f"`max_connections` must be >= 1, got {cfg.max_connections}")
+    for name in cfg.allowed_host:
+        if not name.strip() or any(c in name for c in " /,@") or not name.isprintable():
+            raise UserError(
+                f"`allowed_host` {name!r} is not a host name; give one such as myhost.lan"
+            )
+    return cfg.allowed_host
 
 
 def serve(cfg: ServeConfig) -> None:
-    """Run the server until SIGINT/SIGTERM; running requests finish before it stops."""
-    build_server(cfg).run()
+    """Run the server until SIGINT/SIGTERM; running requests finish (up to
+    ``cfg.shutdown_timeout``) before it stops."""
+    server = build_server(cfg)
+    # uvicorn raises the signal that stopped it again once it has shut down, which would end the
+    # process by SIGTERM; the shutdown it asked for is done by then, so it exits normally (0)
+    if threading.current_thread() is not threading.main_thread():  # (no signals there)
+        return server.run()
+    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
