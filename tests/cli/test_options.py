@@ -385,3 +385,19 @@ def test_top_level_help_and_version_do_not_import_torch():
     assert not _imports_torch("--help")
     assert not _imports_torch("--version")
     assert _imports_torch("generate", "--help")  # the check sees torch where it is imported
+
+
+def test_serve_takes_each_repeatable_flag_many_times():
+    """--adapter, --variant, --classifier and --allowed-host each add one more (a second one must
+    not replace the first)."""
+    from gpt2tune.serve.server import ServeConfig
+
+    args = build_parser()[0].parse_args(
+        ["serve", "--model", "m"]
+        + ["--adapter", "a=1", "--adapter", "b=2", "--variant", "v=3", "--variant", "w=4"]
+        + ["--classifier", "c=5", "--classifier", "d=6"]
+        + ["--allowed-host", "x.test", "--allowed-host", "y.test"]
+    )
+    cfg = collect(args, "serve", ServeConfig)
+    assert cfg.adapter == ["a=1", "b=2"] and cfg.variant == ["v=3", "w=4"]
+    assert cfg.classifier == ["c=5", "d=6"] and cfg.allowed_host == ["x.test", "y.test"]

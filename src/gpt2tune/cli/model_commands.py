@@ -335,6 +335,7 @@ def serve_options(p: argparse.ArgumentParser) -> None:
             "adapter": {**repeat, "metavar": "NAME=DIR"},
             "variant": {**repeat, "metavar": "NAME=DIR"},
             "allowed_host": {**repeat, "metavar": "NAME"},
+            "classifier": {**repeat, "metavar": "NAME=DIR"},
         },
     )
     p.set_defaults(func=cmd_serve)
