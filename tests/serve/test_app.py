@@ -498,8 +498,8 @@ def test_sigterm_finishes_running_requests_then_stops(tmp_path):
                 pytest.fail("new connections were still accepted 5 s after SIGTERM")
             chunks += list(stream)
         assert len(chunks) == 400 and chunks[-1].choices[0].finish_reason == "length"
-        # uvicorn re-raises the signal once it has shut down: the exit is by SIGTERM (-15)
-        assert served.process.wait(30) in (0, -signal.SIGTERM)
+        # a drained shutdown is a clean exit (uvicorn's re-raised signal is caught by serve())
+        assert served.process.wait(30) == 0
         assert "Traceback" not in served.log.read_text()
     finally:
         stop_server(served)

@@ -11,7 +11,7 @@ up to the non-streamed one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -254,7 +254,7 @@ class Run:
                 if await self.request.is_disconnected():
                     raise ClientGone from None
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         """Each choice's text as it becomes final, ending with its finish reason. Leaving early
         (the client went away) cancels what is still running."""
         try:

@@ -11,6 +11,7 @@ engine requests and the engine's tokens into OpenAI's responses, whole or as ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -216,17 +217,19 @@ async def completions(
     if body.stream:
 
         async def events() -> AsyncIterator[dict]:
-            async for ev in run.events():
-                yield chunk(
-                    [
-                        {
-                            "index": ev.index,
-                            "text": ev.text,
-                            "logprobs": ev.completion_logprobs(),
-                            "finish_reason": ev.finish,
-                        }
-                    ]
-                )
+            # closed here, not left to garbage collection: a dropped client's rows end at once
+            async with contextlib.aclosing(run.events()) as stream:
+                async for ev in stream:
+                    yield chunk(
+                        [
+                            {
+                                "index": ev.index,
+                                "text": ev.text,
+                                "logprobs": ev.completion_logprobs(),
+                                "finish_reason": ev.finish,
+                            }
+                        ]
+                    )
             if body.include_usage:
                 yield {**chunk([]), "usage": usage(sum(lengths), run.completion_tokens)}
 
@@ -289,18 +292,20 @@ async def chat(
                         }
                     ]
                 )
-            async for ev in run.events():
-                delta = {"content": ev.text} if ev.text else {}
-                yield chunk(
-                    [
-                        {
-                            "index": ev.index,
-                            "delta": delta,
-                            "logprobs": ev.chat_logprobs(),
-                            "finish_reason": ev.finish,
-                        }
-                    ]
-                )
+            # closed here, not left to garbage collection: a dropped client's rows end at once
+            async with contextlib.aclosing(run.events()) as stream:
+                async for ev in stream:
+                    delta = {"content": ev.text} if ev.text else {}
+                    yield chunk(
+                        [
+                            {
+                                "index": ev.index,
+                                "delta": delta,
+                                "logprobs": ev.chat_logprobs(),
+                                "finish_reason": ev.finish,
+                            }
+                        ]
+                    )
             if body.include_usage:
                 yield {**chunk([]), "usage": usage(sum(lengths), run.completion_tokens)}
 
