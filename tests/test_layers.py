@@ -170,3 +170,10 @@ def test_modules_stay_short(module):
 def test_no_module_reaches_into_most_of_the_package(module):
     used = sorted(GRAPH[module] - PACKAGES)
     assert len(used) <= MAX_IMPORTS, f"{module} imports {len(used)} modules: {used}"
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test modules by their file name (tests/ has no packages): two files of one
+    name in different folders stop the whole run at collection."""
+    names = [p.name for p in Path(__file__).parent.rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
