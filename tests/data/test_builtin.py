@@ -214,6 +214,7 @@ def test_names_listing_and_description():
         "builtin:shakespeare",
         "builtin:speakers",
         "builtin:dialogue",
+        "builtin:qa-speakers",
         "builtin:wiki",
     ]
     assert all(entry["description"] and entry["package"] for entry in list_builtins())

