@@ -52,3 +52,30 @@ def slow_steps_script(directory: Path) -> Path:
         "sys.exit(main())\n"
     )
     return script
+
+
+def make_hf_qa_model(path: Path | None = None, seed: int = 0):
+    """A random ``GPT2ForQuestionAnswering`` of ``make_hf_model``'s shape (eval mode, no dropout),
+    its head's bias non-zero so that a lost bias shows; saved to ``path`` if given."""
+    from transformers import GPT2Config, GPT2ForQuestionAnswering
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=2, n_head=3, n_embd=48, n_positions=64, vocab_size=50257)
+    model = GPT2ForQuestionAnswering(cfg).eval()
+    with torch.no_grad():
+        model.qa_outputs.bias.copy_(torch.tensor([0.3, -0.2]))
+    if path is not None:
+        model.save_pretrained(path)
+    return model
+
+
+def qa_batch(pad: int = 50256):
+    """Question-then-context rows of different lengths, padded on the right, and their mask."""
+    rows = [[464, 2068, 7586, 21831, 18045, 625, 262], [40, 1101, 257], [1639, 389, 257, 1332]]
+    width = max(map(len, rows))
+    ids = torch.full((3, width), pad)
+    mask = torch.zeros((3, width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask

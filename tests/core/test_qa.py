@@ -2,23 +2,12 @@
 
 import pytest
 import torch
+from checkpoints import make_hf_qa_model, qa_batch
 
 from gpt2tune.core.model import GPT2, GPT2Config
 from gpt2tune.core.qa import GPT2QuestionAnswering
 
-PAD = 50256
 SIZES = dict(n_layer=2, n_head=3, n_embd=48, n_positions=64, vocab_size=50257)
-
-
-def hf_qa(seed: int = 0):
-    """A random GPT2ForQuestionAnswering (head with a non-zero bias, so a lost bias shows)."""
-    from transformers import GPT2Config as HFConfig, GPT2ForQuestionAnswering
-
-    torch.manual_seed(seed)
-    model = GPT2ForQuestionAnswering(HFConfig(**SIZES, pad_token_id=PAD)).eval()
-    with torch.no_grad():
-        model.qa_outputs.bias.copy_(torch.tensor([0.3, -0.2]))
-    return model
 
 
 def ours_from(hf) -> GPT2QuestionAnswering:
@@ -35,22 +24,10 @@ def ours_from(hf) -> GPT2QuestionAnswering:
     return ours
 
 
-def batch():
-    """Question-then-context rows of different lengths, padded on the right, and their mask."""
-    rows = [[464, 2068, 7586, 21831, 18045, 625, 262], [40, 1101, 257], [1639, 389, 257, 1332]]
-    width = max(map(len, rows))
-    ids = torch.full((3, width), PAD)
-    mask = torch.zeros((3, width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def test_span_logits_equal_transformers_at_every_position():
-    hf = hf_qa()
+    hf = make_hf_qa_model()
     ours = ours_from(hf)
-    ids, mask = batch()
+    ids, mask = qa_batch()
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask)
         start, end = ours.span_logits(ids, attention_mask=mask)
@@ -70,9 +47,9 @@ def test_span_logits_equal_transformers_at_every_position():
     ],
 )
 def test_loss_equals_transformers_including_positions_out_of_range(starts, ends):
-    hf = hf_qa()
+    hf = make_hf_qa_model()
     ours = ours_from(hf)
-    ids, mask = batch()
+    ids, mask = qa_batch()
     start_positions, end_positions = torch.tensor(starts), torch.tensor(ends)
     with torch.no_grad():
         ref = hf(
@@ -91,8 +68,8 @@ def test_loss_equals_transformers_including_positions_out_of_range(starts, ends)
 
 def test_loss_averages_start_and_end():
     """A planted bug (sum instead of mean, or one term only) is caught independently of HF."""
-    ours = ours_from(hf_qa())
-    ids, mask = batch()
+    ours = ours_from(make_hf_qa_model())
+    ids, mask = qa_batch()
     s, e = torch.tensor([1, 0, 2]), torch.tensor([3, 2, 3])
     with torch.no_grad():
         start, end = ours.span_logits(ids, attention_mask=mask)
@@ -120,11 +97,11 @@ def test_from_language_model_shares_the_body_and_draws_a_head():
 
 
 def test_gradient_checkpointing_changes_no_gradient():
-    ids, mask = batch()
+    ids, mask = qa_batch()
     targets = torch.tensor([[1, 3], [0, 2], [2, 3]])
     grads = []
     for ckpt in (False, True):
-        ours = ours_from(hf_qa()).train()
+        ours = ours_from(make_hf_qa_model()).train()
         ours.gradient_checkpointing = ckpt
         ours.loss(ids, targets, attention_mask=mask).backward()
         grads.append([p.grad.clone() for p in ours.parameters()])

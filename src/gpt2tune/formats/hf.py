@@ -17,6 +17,7 @@ from torch import Tensor
 
 from gpt2tune.core.classifier import PAD_TOKEN_ID, GPT2Classifier
 from gpt2tune.core.model import GPT2, GPT2Config, empty_init
+from gpt2tune.core.qa import GPT2QuestionAnswering
 from gpt2tune.core.tokenizer import vocab_files
 from gpt2tune.errors import UserError, first_line
 from gpt2tune.formats.atomic import atomic_dir
@@ -233,7 +234,7 @@ def hf_to_ours(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     for key, t in sd.items():
         if key.endswith((".attn.bias", ".attn.masked_bias")):
             continue  # causal-mask buffers of old checkpoints, not parameters
-        if not key.startswith(("transformer.", "lm_head.", "score.")):
+        if not key.startswith(("transformer.", "lm_head.", "score.", "qa_outputs.")):
             key = "transformer." + key  # OpenAI's original upload has no "transformer." prefix
         if key.endswith(CONV1D_SUFFIXES):
             t = t.t()
@@ -270,7 +271,8 @@ def load_model(
     model_dir = resolve_model_dir(name_or_path)
     config = load_config(model_dir)
     sd = hf_to_ours(load_hf_state_dict(model_dir))
-    sd.pop("score.weight", None)  # a classifier's checkpoint: its body is a GPT-2 too
+    for head in HEAD_KEYS:  # a classifier's or QA model's checkpoint: its body is a GPT-2 too
+        sd.pop(head, None)
     return _load_weights(_empty_gpt2(config, model_dir), sd, model_dir, dtype, device)
 
 
@@ -306,6 +308,9 @@ def _load_weights(
 
 
 CLASSIFIER_ARCH = "GPT2ForSequenceClassification"
+QA_ARCH = "GPT2ForQuestionAnswering"
+HEAD_KEYS = ("score.weight", "qa_outputs.weight", "qa_outputs.bias")
+"""The task heads' tensors: what a body loaded as a language model leaves out."""
 
 
 def load_classifier(
@@ -328,6 +333,8 @@ def load_classifier(
     hf = read_hf_config(model_dir)
     config = config_from_hf(hf, str(model_dir / "config.json"))
     sd = hf_to_ours(load_hf_state_dict(model_dir))
+    if QA_ARCH in (hf.get("architectures") or []):
+        raise UserError(f"{model_dir} is a question-answering model ({QA_ARCH}), not a classifier")
     if CLASSIFIER_ARCH not in (hf.get("architectures") or []):
         if not labels:
             raise UserError(
@@ -363,6 +370,36 @@ def load_classifier(
     return _load_weights(model, sd, model_dir, None, device)
 
 
+def load_qa_model(
+    name_or_path: str | Path, *, device: torch.device | str = "cpu"
+) -> GPT2QuestionAnswering:
+    """Load a ``GPT2ForQuestionAnswering`` directory, or start a QA model from a plain GPT-2
+    checkpoint with a fresh ``qa_outputs`` head.
+
+    Raises:
+        UserError: a classifier checkpoint, or weights that do not fit.
+    """
+    model_dir = resolve_model_dir(name_or_path)
+    hf = read_hf_config(model_dir)
+    architectures = hf.get("architectures") or []
+    if CLASSIFIER_ARCH in architectures:
+        raise UserError(
+            f"{model_dir} is a classifier ({CLASSIFIER_ARCH}), not a question-answering model; "
+            "start from a plain GPT-2"
+        )
+    if QA_ARCH not in architectures:
+        return GPT2QuestionAnswering.from_language_model(load_model(model_dir, device=device))
+    sd = hf_to_ours(load_hf_state_dict(model_dir))
+    with empty_init():
+        model = GPT2QuestionAnswering(
+            config_from_hf(hf, str(model_dir / "config.json")),
+            init_weights=False,
+            source_dir=model_dir,
+        )
+    # the same exact key and shape check as the body's (a missing qa_outputs head included)
+    return _load_weights(model, sd, model_dir, None, device)
+
+
 def _empty_gpt2(config: GPT2Config, model_dir: Path) -> GPT2:
     with empty_init():
         return GPT2(config, init_weights=False, source_dir=model_dir)
@@ -394,7 +431,8 @@ def write_tokenizer_files(out_dir: Path, source_dir: Path | None) -> None:
 
 def save_model(model: GPT2, out_dir: str | Path, *, dtype: torch.dtype | None = None) -> Path:
     """Save ``model`` as an HF-format directory that ``GPT2LMHeadModel.from_pretrained`` loads
-    (a ``GPT2Classifier``: that ``GPT2ForSequenceClassification.from_pretrained`` loads).
+    (a ``GPT2Classifier``: that ``GPT2ForSequenceClassification.from_pretrained`` loads; a
+    ``GPT2QuestionAnswering``: ``GPT2ForQuestionAnswering``).
 
     Writes ``config.json``, ``model.safetensors`` and the tokenizer files.
     """
@@ -412,6 +450,8 @@ def save_model(model: GPT2, out_dir: str | Path, *, dtype: torch.dtype | None = 
             label2id={name: i for i, name in enumerate(model.labels)},
             problem_type="regression" if model.regression else "single_label_classification",
         )
+    elif isinstance(model, GPT2QuestionAnswering):
+        config.update(architectures=[QA_ARCH])
     with atomic_dir(out_dir) as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
