@@ -27,9 +27,16 @@ from gpt2tune.core.lora import (
 )
 from gpt2tune.core.model import GPT2
 from gpt2tune.core.multilora import MultiLoRALinear, install_adapters
+from gpt2tune.core.qa import GPT2QuestionAnswering
 from gpt2tune.errors import UserError
 from gpt2tune.formats.atomic import atomic_dir
-from gpt2tune.formats.hf import load_bin, load_classifier, load_model, load_safetensors
+from gpt2tune.formats.hf import (
+    load_bin,
+    load_classifier,
+    load_model,
+    load_qa_model,
+    load_safetensors,
+)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -41,6 +48,9 @@ PEFT_PREFIX = "base_model.model."  # PeftModel wraps a LoraModel wrapping the HF
 SEQ_CLS_HEADS = ("classifier", "score")
 LABELS_FILE = "labels.json"
 HEAD_KEY = "score.weight"
+# peft's QUESTION_ANS task saves GPT-2's qa_outputs head (weight and bias) the same way
+QA_HEAD = "qa_outputs"
+QA_HEAD_KEYS = ("qa_outputs.weight", "qa_outputs.bias")
 
 # adapter_config.json fields that change what the adapter computes, and the one value we support.
 _PEFT_UNSUPPORTED: dict[str, object] = {
@@ -115,6 +125,9 @@ def save_adapter(
         # the head trains with the adapter, so it is saved with it (peft's SEQ_CLS layout)
         config.update(task_type="SEQ_CLS", modules_to_save=["score"])
         weights[HEAD_KEY] = model.score.weight.detach()
+    elif isinstance(model, GPT2QuestionAnswering):
+        config.update(task_type="QUESTION_ANS", modules_to_save=[QA_HEAD])
+        weights.update(zip(QA_HEAD_KEYS, (t.detach() for t in model.qa_outputs.parameters())))
     tensors = {PEFT_PREFIX + key: t.contiguous().cpu() for key, t in weights.items()}
     with atomic_dir(out_dir) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
@@ -152,6 +165,21 @@ def load_classifier_with_adapter(
     return clf.eval()
 
 
+def load_qa_model_with_adapter(
+    model: str | Path, adapter: str | Path | None = None, *, device: torch.device | str = "cpu"
+) -> GPT2QuestionAnswering:
+    """A QA model: a ``GPT2ForQuestionAnswering`` checkpoint, or a base plus a QUESTION_ANS
+    adapter (which carries the ``qa_outputs`` head).
+
+    Raises:
+        UserError: the adapter is not a question-answering one, or does not fit.
+    """
+    qa = load_qa_model(model, device=device)
+    if adapter:
+        load_adapter(qa, adapter)
+    return qa.eval()
+
+
 def _peft_targets_module(name: str, targets: str | list[str]) -> bool:
     """Whether peft's ``target_modules`` selects the module called ``name``."""
     if isinstance(targets, str):
@@ -174,11 +202,11 @@ def lora_config_from_peft(peft_cfg: dict, n_layer: int, where: str = ADAPTER_CON
             "adapters only (peft_type LORA)"
         )
     saved_modules = peft_cfg.get("modules_to_save") or []
-    if set(saved_modules) - set(SEQ_CLS_HEADS):
+    if set(saved_modules) - {*SEQ_CLS_HEADS, QA_HEAD}:
         raise UserError(
-            f"{where}: modules_to_save={saved_modules!r}: gpt2tune saves and loads "
-            "only a classifier's score head with an adapter; retrain without the "
-            "others"
+            f"{where}: modules_to_save={saved_modules!r}: gpt2tune saves and loads only a "
+            "classifier's score head or a QA model's qa_outputs with an adapter; retrain "
+            "without the others"
         )
     for key, supported in _PEFT_UNSUPPORTED.items():
         if key == "modules_to_save":
@@ -302,6 +330,24 @@ def read_adapter(
                 f"{adapter_dir}: its score head has shape {tuple(head.shape)}, this "
                 f"classifier's is {tuple(model.score.weight.shape)}; the labels differ"
             )
+    qa_head = {k: sd.pop(k) for k in QA_HEAD_KEYS if k in sd}
+    if isinstance(model, GPT2QuestionAnswering):
+        if len(qa_head) != len(QA_HEAD_KEYS):  # (a classifier's score head was refused above)
+            raise UserError(
+                f"{adapter_dir} carries no qa_outputs head (weight and bias): it is not a "
+                "question-answering adapter (task_type QUESTION_ANS)"
+            )
+        want = {k: tuple(getattr(model.qa_outputs, k.split(".")[-1]).shape) for k in qa_head}
+        got = {k: tuple(t.shape) for k, t in qa_head.items()}
+        if got != want:
+            raise UserError(
+                f"{adapter_dir}: its qa_outputs head has shapes {got}, this model's are {want}"
+            )
+    elif qa_head:
+        raise UserError(
+            f"{adapter_dir} is a question-answering adapter (it carries a qa_outputs head); "
+            "load it onto a question-answering model"
+        )
     expected: dict[str, tuple[int, ...]] = {}
     for name in cfg.module_names(model.config.n_layer):
         base = model.get_submodule(name)
@@ -316,6 +362,7 @@ def read_adapter(
     check_adapter_tensors(expected, sd, str(adapter_dir))
     if head is not None:
         sd[HEAD_KEY] = head
+    sd.update(qa_head)
     return cfg, sd
 
 
@@ -335,12 +382,18 @@ def load_adapter(model: GPT2, adapter_dir: str | Path) -> LoRAConfig:
     # Checked against the base model before touching it, so a bad adapter leaves it unchanged.
     cfg, sd = read_adapter(adapter_dir, model)
     head = sd.pop(HEAD_KEY, None)
+    qa_head = [sd.pop(k) for k in QA_HEAD_KEYS if k in sd]
     apply_lora(model, cfg)
     load_adapter_state_dict(model, sd, str(adapter_dir))
     if head is not None and isinstance(model, GPT2Classifier):  # (read_adapter checked it is)
         with torch.no_grad():
             model.score.weight.copy_(head.to(model.score.weight))
         model.score.weight.requires_grad_(True)  # it trains with the adapter
+    if qa_head and isinstance(model, GPT2QuestionAnswering):  # (read_adapter checked it is)
+        with torch.no_grad():
+            for p, t in zip(model.qa_outputs.parameters(), qa_head, strict=True):
+                p.copy_(t.to(p))
+        model.qa_outputs.requires_grad_(True)  # it trains with the adapter
     return cfg
 
 
