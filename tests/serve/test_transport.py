@@ -288,5 +288,9 @@ def test_sigterm_with_a_stalled_reader_exits_0_within_the_shutdown_timeout(long_
         stalled.close()
         stop_server(served)
     assert code == 0
-    assert took < 2 + 3, took
+    # --shutdown-timeout 2 drops the connection, uvicorn's backstop is 5 s past it and the engine's
+    # worker gets 2 s more (app.STOP_GRACE_S): bounded well below the unbounded wait this was,
+    # with room for a loaded machine (a busy CI runner took up to 17 s with the old unbounded
+    # worker join)
+    assert took < 12, took
     assert "Traceback" not in served.log.read_text()

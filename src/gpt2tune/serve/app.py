@@ -31,6 +31,8 @@ from gpt2tune.serve.transport import HostCheck
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_S = 2.0
+"""At shutdown, after the connections: how long the engine's worker may take to finish."""
 DRAIN_BYTES = 64 << 20
 """An oversized body is read (and dropped) up to this size before the 413 goes out."""
 
@@ -67,7 +69,9 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
         yield
-        await asyncio.to_thread(service.stop)
+        # uvicorn has closed every connection by now (within its shutdown timeout); rows still
+        # decoding belong to clients that are gone: give the worker a moment, then end them
+        await asyncio.to_thread(service.stop, STOP_GRACE_S)
 
     app = FastAPI(
         title="gpt2tune",

@@ -168,6 +168,7 @@ class Service:
         # classify requests accepted and unfinished per classifier: one runs, the rest wait
         self._classifying = dict.fromkeys(self.classifiers, 0)
         self._stopping = threading.Event()
+        self._abort = threading.Event()
         self._thread: threading.Thread | None = None
         self._adding: set[str] = set()  # names whose adapters are being installed
         # adapters to remove from their engine once no request uses them (worker thread only)
@@ -338,15 +339,30 @@ class Service:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish what is running, then stop the worker."""
+        """Finish what is running, then stop the worker; after ``timeout`` seconds, end what is
+        still running (its clients are gone by then: the server stops only after its
+        connections) and stop anyway, so shutdown stays bounded."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._abort.set()
+                self._thread.join(5)
+
+    def _end_all(self) -> None:
+        """(worker) End every request still running: the server is stopping."""
+        for eid, rid in list(self._streams):
+            stream = self._streams.pop((eid, rid))
+            stream.model.engine.cancel(rid)
+            self._end(stream, Failure("the server is shutting down"))
 
     # ------------------------------------------------------------------ the worker thread
 
     def _run(self) -> None:
         while True:
+            if self._abort.is_set():
+                self._end_all()
+                return
             busy = [e for e in self.engines if not e.idle]
             try:
                 # wait for work only when there is nothing to decode
