@@ -17,7 +17,7 @@ import numpy as np
 
 from gpt2tune.data.chat import ROLES, Message, Part, as_text, encode, render
 from gpt2tune.data.options import DataOptions
-from gpt2tune.data.sources import read_records, read_text
+from gpt2tune.data.sources import read_records, read_text, string_field
 from gpt2tune.data.split import split_train_val
 from gpt2tune.errors import UserError
 
@@ -93,14 +93,6 @@ def _kind(first: object) -> str | None:
     return None
 
 
-def _text(record: dict, key: str, where: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str):
-        got = "missing" if key not in record else f"a {type(value).__name__}"
-        raise UserError(f"{where}: {key!r} must be a string, got {got}; fix or remove the row")
-    return value
-
-
 def _from_messages(record: dict, where: str) -> Example:
     turns = record.get("messages")
     if not isinstance(turns, list) or not turns:
@@ -110,10 +102,10 @@ def _from_messages(record: dict, where: str) -> Example:
         at = f"{where}, message {i}"
         if not isinstance(turn, dict):
             raise UserError(f"{at}: a message is an object with 'role' and 'content'")
-        role = _text(turn, "role", at)
+        role = string_field(turn, "role", at)
         if role not in ROLES:
             raise UserError(f"{at}: unknown role {role!r}; use {', '.join(ROLES)}")
-        messages.append(Message(role, _text(turn, "content", at)))
+        messages.append(Message(role, string_field(turn, "content", at)))
     if messages[-1].role != "assistant":
         raise UserError(
             f"{where}: the last message must be the assistant's reply (the one trained on); "
@@ -153,7 +145,9 @@ def read_examples(spec: str | Path, split: str = "train") -> list[Example]:
         if kind == "messages":
             ex = _from_messages(record, where)
         else:
-            ex = Example.pair(_text(record, "prompt", where), _text(record, "completion", where))
+            ex = Example.pair(
+                string_field(record, "prompt", where), string_field(record, "completion", where)
+            )
         if any(p.reply and not p.text.strip() for p in ex.parts):
             raise UserError(f"{where}: a completion (a reply) is empty; fix or remove the row")
         examples.append(ex)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2tune.core.tokenizer import Tokenizer
-from gpt2tune.data.sources import read_records, read_text
+from gpt2tune.data.sources import read_records, read_text, string_field
 from gpt2tune.errors import UserError
 
 NO_ANSWER = 0
@@ -125,14 +125,6 @@ def _nested(articles: list, path: Path) -> list[QAExample]:
 _DEFAULT_FIELDS = ("question", "context", "answers")
 
 
-def _text(record: dict, key: str, where: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str):
-        got = "missing" if key not in record else f"a {type(value).__name__}"
-        raise UserError(f"{where}: {key!r} must be a string, got {got}; fix or remove the row")
-    return value
-
-
 def _example(
     record: object,
     where: str,
@@ -143,8 +135,8 @@ def _example(
 ) -> QAExample:
     if not isinstance(record, dict):
         raise UserError(f"{where}: a row is an object with {question_field!r}, {context_field!r}")
-    question = _text(record, question_field, where)
-    context = _text(record, context_field, where)
+    question = string_field(record, question_field, where)
+    context = string_field(record, context_field, where)
     if not context.strip():
         raise UserError(f"{where}: {context_field!r} is empty; fix or remove the row")
     answers = _answers(record.get(answers_field), answers_field, where)

@@ -59,6 +59,16 @@ def _field(record: object, field: str, where: str) -> str:
     return value
 
 
+def string_field(record: dict, key: str, where: str) -> str:
+    """``record[key]``, which must be a string; else a one-line error naming ``where`` (the file
+    and line) and the field."""
+    value = record.get(key)
+    if not isinstance(value, str):
+        got = "missing" if key not in record else f"a {type(value).__name__}"
+        raise UserError(f"{where}: {key!r} must be a string, got {got}; fix or remove the row")
+    return value
+
+
 def read_records(path: Path) -> list[tuple[int, object]]:
     """(line number, record) of each record of a ``.jsonl`` file (a JSON value per non-empty
     line) or a ``.csv`` file (a dict per row; the header is line 1).
