@@ -236,3 +236,15 @@ def test_refusals_are_one_line_and_write_nothing(files, tmp_path, capsys, args, 
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
     assert not out.exists() and existing.read_bytes() == b"keep me"
+
+
+def test_ollama_overwrite_replaces_the_folder_whole(files, tmp_path):
+    """--overwrite swaps a newly built folder in: nothing of the old one stays beside it."""
+    root, _, _ = files
+    out = tmp_path / "ollama"
+    out.mkdir()
+    (out / "old.txt").write_text("from before")
+    _export("--model", str(root / "base"), "--format", "ollama", "--out", str(out),
+            "--dtype", "f32", "--overwrite")  # fmt: skip
+    assert {p.name for p in out.iterdir()} == {"model.gguf", "Modelfile"}
+    assert not any(p.name != "ollama" for p in tmp_path.iterdir() if p.name.startswith("ollama"))

@@ -73,17 +73,18 @@ def cmd_export(args: argparse.Namespace) -> int:
             )
     name = Path(opts.model).name or "gpt2"
     if opts.format == "ollama":
-        if out.exists():
-            import shutil
+        from gpt2tune.formats.atomic import staged_dir
 
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        out.mkdir(parents=True)
-        gguf.write_model(model, out / "model.gguf", opts.dtype, name)
-        if adapter is not None:
-            gguf.write_adapter(*adapter, out / "adapter.gguf")
-        (out / "Modelfile").write_text(
-            gguf.modelfile("model.gguf", "adapter.gguf" if adapter else None), encoding="utf-8"
-        )
+        if out.exists() and not out.is_dir():
+            out.unlink()  # (--overwrite given): a file where the folder goes
+        # built beside --out and swapped in whole: a failed export leaves what was there
+        with staged_dir(out) as folder:
+            gguf.write_model(model, folder / "model.gguf", opts.dtype, name)
+            if adapter is not None:
+                gguf.write_adapter(*adapter, folder / "adapter.gguf")
+            (folder / "Modelfile").write_text(
+                gguf.modelfile("model.gguf", "adapter.gguf" if adapter else None), encoding="utf-8"
+            )
         print(f"Ollama folder written to {out}: ollama create NAME -f {out / 'Modelfile'}")
         return 0
     if adapter is not None:

@@ -71,6 +71,14 @@ def _add(writer, name: str, t: torch.Tensor, dtype: str) -> None:
         writer.add_tensor(name, gguf.quants.quantize(a, qtype[dtype]), raw_dtype=qtype[dtype])
 
 
+def _finish(writer) -> None:
+    """Write what ``writer`` was given, header first, and close it."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def _vocabulary(writer, source_dir: Path | None, n_vocab: int) -> None:
     """GPT-2's byte-level BPE: tokens by id, merges, ``<|endoftext|>`` as the control token that
     begins and ends text; llama.cpp's ``gpt-2`` pre-tokenizer."""
@@ -138,10 +146,7 @@ def write_model(model: GPT2, out: str | Path, dtype: str = "f16", name: str = "g
                 continue  # tied to token_embd, which llama.cpp reuses when output is absent
             module, _, kind = key.rpartition(".")
             _add(w, f"{tensor_name(module)}.{kind}", t, dtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
+        _finish(w)
     return Path(out)
 
 
@@ -175,10 +180,7 @@ def write_adapter(
             if which is None:
                 raise UserError(f"adapter tensor {key!r} is not a LoRA matrix llama.cpp applies")
             _add(w, f"{tensor_name(module)}.weight.{which}", t, dtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
+        _finish(w)
     return Path(out)
 
 
