@@ -72,7 +72,8 @@ class DataShowOptions:
 
     name: str
     """A file or directory as --data takes it, or a built-in name (builtin:news,
-    builtin:dialogue:FALSTAFF)."""
+    builtin:dialogue:FALSTAFF, builtin:qa-speakers). Dialogue and question-answering files are
+    recognised from their first record's fields."""
     doc_sep: Literal["blank", "line"] = "blank"
     """In .txt files documents are separated by blank lines (``blank``) or lines (``line``)."""
     text_field: str = "text"
@@ -86,7 +87,8 @@ def data_options(p: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="the builtin: names", build=data_list_options)
     sub.add_parser(
         "show",
-        help="documents (or dialogue examples), tokens and a sample of a file or built-in dataset",
+        help="documents (or dialogue examples, or questions), tokens and a sample of a file or "
+        "built-in dataset",
         build=data_show_options,
     )
 
@@ -117,13 +119,18 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     if opts.json:
         print(json.dumps(info))
         return 0
+    marks = " and ".join(SCORED)
     for k, v in info.items():
         if k != "sample":
             print(f"{k}: {v}")
         elif info["format"] == "text":
             print(f"sample:\n{v}")
+        elif info["format"] == "qa":
+            print(f"sample (question 1, its answer between {marks}):")
+            print(f"question: {v['question']}")
+            print(f"answer: {v['answer'] or 'none (the context does not answer it)'}")
+            print(f"context: {v['context']}")
         else:
-            marks = " and ".join(SCORED)
             print(f"sample (example 1, the scored tokens between {marks}):\n{v}")
     return 0
 

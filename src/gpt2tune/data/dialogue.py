@@ -17,7 +17,7 @@ import numpy as np
 
 from gpt2tune.data.chat import ROLES, Message, Part, as_text, encode, render
 from gpt2tune.data.options import DataOptions
-from gpt2tune.data.sources import read_records, read_text, string_field
+from gpt2tune.data.sources import first_record, read_records, read_text, string_field
 from gpt2tune.data.split import split_train_val
 from gpt2tune.errors import UserError
 
@@ -67,21 +67,9 @@ def dialogue_format(spec: str | Path) -> str | None:
     first record has those fields; None for anything else (plain text)."""
     if str(spec).lower().startswith("builtin:dialogue"):
         return "messages"
-    path = Path(spec).expanduser()
-    if str(spec).startswith("builtin:") or path.suffix not in (".jsonl", ".json"):
+    if str(spec).startswith("builtin:"):
         return None
-    if not path.is_file():
-        return None
-    if path.suffix == ".json":
-        records = _records(path)
-        return _kind(records[0][1] if records else None)
-    # .jsonl: the first record says it; the file is read whole only by its reader
-    try:
-        with path.open(encoding="utf-8") as f:
-            line = next((line for line in f if line.strip()), "")
-        return _kind(json.loads(line)) if line else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None  # plain text's reader names the problem
+    return _kind(first_record(Path(spec).expanduser()))
 
 
 def _kind(first: object) -> str | None:

@@ -92,6 +92,24 @@ def read_records(path: Path) -> list[tuple[int, object]]:
     return records
 
 
+def first_record(path: Path) -> object:
+    """The first record of a ``.jsonl`` file (its first non-empty line) or a ``.json`` file (a
+    list's first item, else the value itself), read only as far as needed to say what kind of data
+    the file holds; None for any other file, an empty one, or one that does not parse (its reader
+    names the problem)."""
+    if path.suffix not in (".jsonl", ".json") or not path.is_file():
+        return None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(read_text(path))
+            return (data[0] if data else None) if isinstance(data, list) else data
+        with path.open(encoding="utf-8-sig") as f:
+            line = next((line for line in f if line.strip()), "")
+        return json.loads(line) if line else None
+    except (UserError, OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 def _read_jsonl(path: Path, field: str) -> list[str]:
     return [_field(record, field, f"{path}: line {n}") for n, record in read_records(path)]
 
