@@ -150,7 +150,7 @@ def test_every_example_yields_a_feature_and_answers_decode_to_their_text():
 
 
 def test_question_longer_than_the_window_is_an_error():
-    with pytest.raises(UserError, match="raise max_length or lower doc_stride"):
+    with pytest.raises(UserError, match="lower doc_stride or raise block_size"):
         qa_features([QAExample("a b c d", "x", [], "x")], Tokenizer(), 6, doc_stride=2)
 
 

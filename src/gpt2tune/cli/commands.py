@@ -18,6 +18,7 @@ from gpt2tune.cli.model_commands import (
     merge_options,
     serve_options,
 )
+from gpt2tune.cli.qa_commands import answer_options
 from gpt2tune.cli.study_commands import compare_options, demo_options
 from gpt2tune.cli.train_commands import data_options, pretrain_options, train_options
 
@@ -33,6 +34,13 @@ COMMANDS = [
         "base plus a classification adapter)",
         None,
         classify_options,
+    ),
+    (
+        "answer",
+        "answer questions from a context with a question-answering model (a "
+        "GPT2ForQuestionAnswering model, or a base plus a QA adapter)",
+        None,
+        answer_options,
     ),
     (
         "train",

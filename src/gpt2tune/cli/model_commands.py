@@ -29,9 +29,12 @@ class EvalOptions:
     batch_size: int = 8
     """Windows scored at a time."""
     json: bool = False
-    """Print {loss, perplexity, tokens} as JSON (with --task classify: the scores)."""
+    """Print {loss, perplexity, tokens} as JSON (with --task classify or qa: the scores)."""
     out: str | None = None
-    """With --task classify: write confusion_matrix.png into this directory."""
+    """With --task classify: write confusion_matrix.png into this directory; with --task qa:
+    predictions.jsonl, each question's answer and scores."""
+    max_answer_tokens: int = 30
+    """With --task qa: the longest answer considered, in tokens."""
 
 
 EVAL_DATA_HELP: dict[str, dict] = {
@@ -43,7 +46,8 @@ EVAL_DATA_HELP: dict[str, dict] = {
     "task": {
         "help": "lm: loss and perplexity; classify: accuracy, macro-F1, per-class "
         "precision and recall and the confusion matrix of a classifier on "
-        "labelled data (default: lm)"
+        "labelled data; qa: SQuAD's exact match and F1 of a question-answering model "
+        "(default: lm)"
     },
 }
 
@@ -69,6 +73,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = collect(args, "data", DataOptions)
     if data.task == "classify":
         return _eval_classifier(opts, data, collect(args, "load", LoadOptions))
+    if data.task == "qa":
+        from gpt2tune.cli.qa_commands import eval_qa
+
+        return eval_qa(
+            data,
+            collect(args, "load", LoadOptions),
+            batch_size=opts.batch_size,
+            max_answer_tokens=opts.max_answer_tokens,
+            as_json=opts.json,
+            out=opts.out,
+        )
     if data.data and dialogue_format(data.data):
         return _eval_dialogue(opts, data, collect(args, "load", LoadOptions))
     texts = read_documents(data.data, data.doc_sep, data.text_field, split="test")

@@ -45,7 +45,15 @@ def compare_options(p: argparse.ArgumentParser) -> None:
         p,
         DataOptions,
         "data",
-        skip=("task", "label_field", "loss_on"),
+        skip=(
+            "task",
+            "label_field",
+            "loss_on",
+            "question_field",
+            "context_field",
+            "answers_field",
+            "doc_stride",
+        ),
         overrides={
             "data": {
                 "required": True,

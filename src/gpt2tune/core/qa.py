@@ -119,11 +119,17 @@ class GPT2QuestionAnswering(GPT2):
         segment_ids: Tensor | None = None,
     ) -> Tensor:
         """The trainer's loss for this model: ``span_loss`` with ``targets`` (B, 2) holding each
-        row's start and end position. Rows padded on the right need no attention mask for the
-        real tokens (causal attention keeps them from the padding after them). A row holds one
-        question and context, never packed (``segment_ids`` must be None)."""
-        if segment_ids is not None:
-            raise ValueError("a question-answering row holds one example; rows are never packed")
+        row's start and end position.
+
+        A row is one question and context, never packed: ``segment_ids`` (B, T), as
+        ``data.qa.qa_rows`` makes them, is 0 for real tokens and -1 for padding, and serves as
+        the attention mask, so padding positions score as in transformers (they are part of the
+        softmax). ``chunk_size`` is for the language-model loss and unused here.
+        """
+        if attention_mask is None and segment_ids is not None:
+            if int(segment_ids.max()) > 0:
+                raise ValueError("a question-answering row holds one example; rows are not packed")
+            attention_mask = (segment_ids >= 0).long()
         return self.span_loss(
             input_ids, targets[:, 0], targets[:, 1], attention_mask=attention_mask
         )

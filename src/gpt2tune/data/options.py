@@ -10,7 +10,7 @@ from typing import Literal
 
 from gpt2tune.errors import UserError
 
-TASKS = ("lm", "classify")
+TASKS = ("lm", "classify", "qa")
 DOC_SEPS = ("blank", "line")
 LOSS_ON = ("completion", "all")
 PACK_ATTENTION = ("document", "causal")
@@ -38,11 +38,23 @@ class DataOptions:
     """In rows packed from plain text, a token sees only its own document, whose positions
     restart (``document``), or every earlier token of its row (``causal``). Dialogue data always
     keeps each example to itself; --no-pack rows hold one document each."""
-    task: Literal["lm", "classify"] = "lm"
-    """``lm`` (language modelling: continue text) or ``classify`` (a score head over each text,
-    trained on --label-field; .jsonl/.csv data or builtin:speakers)."""
+    task: Literal["lm", "classify", "qa"] = "lm"
+    """``lm`` (language modelling: continue text), ``classify`` (a score head over each text,
+    trained on --label-field; .jsonl/.csv data or builtin:speakers) or ``qa`` (extractive
+    question answering: a start/end head over SQuAD-format .jsonl/.json data or
+    builtin:qa-speakers)."""
     label_field: str = "label"
     """With --task classify: the JSON field or CSV column holding each text's label."""
+    question_field: str = "question"
+    """With --task qa: the JSON field holding each question."""
+    context_field: str = "context"
+    """With --task qa: the JSON field holding the text each question is about."""
+    answers_field: str = "answers"
+    """With --task qa: the JSON field holding the answers, ``{"text": [...], "answer_start":
+    [...]}`` (character offsets into the context)."""
+    doc_stride: int = 128
+    """With --task qa: a context longer than the window is split into windows that overlap by
+    this many tokens."""
     loss_on: Literal["completion", "all"] = "completion"
     """For prompt/completion and chat (messages) data: score the reply only (``completion``:
     its tokens and the <|endoftext|> after it), or every token (``all``)."""
@@ -55,11 +67,10 @@ class DataOptions:
             UserError: the first problem found, naming its field.
         """
         if not self.data:
-            what = (
-                "a .jsonl/.csv file with text and label fields, or builtin:speakers"
-                if self.task == "classify"
-                else "a text file, a directory of .txt files, or builtin:NAME"
-            )
+            what = {
+                "classify": "a .jsonl/.csv file with text and label fields, or builtin:speakers",
+                "qa": "a SQuAD-format .jsonl/.json file, or builtin:qa-speakers",
+            }.get(self.task, "a text file, a directory of .txt files, or builtin:NAME")
             raise UserError(f"`data` is required: {what}")
         if self.val_data and self.val_split:
             raise UserError("give either `val_data` or `val_split`, not both")
@@ -75,5 +86,7 @@ class DataOptions:
             raise UserError(
                 f"`pack_attention` {self.pack_attention!r}: use {' or '.join(PACK_ATTENTION)}"
             )
+        if self.doc_stride < 0:
+            raise UserError(f"`doc_stride` must be at least 0, got {self.doc_stride}")
         if self.block_size is not None and self.block_size < 2:
             raise UserError(f"`block_size` must be at least 2, got {self.block_size}")

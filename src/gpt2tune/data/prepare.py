@@ -2,7 +2,8 @@
 
 ``read_texts`` is the one place a run's training and held-out documents are chosen (the trainer,
 the demo and ``compare`` all split through it, so they hold out the same documents for a seed);
-``load_data`` cuts them into rows for language modelling, ``load_labeled_data`` for a classifier.
+``load_data`` cuts them into rows for language modelling, ``load_labeled_data`` for a classifier,
+``load_qa_data`` for extractive question answering.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.dialogue import Example, dialogue_format, encode_examples, read_dialogue
 from gpt2tune.data.labeled import Labeled, encode_labeled, label_names, read_labeled
 from gpt2tune.data.options import DataOptions
+from gpt2tune.data.qa import qa_features, qa_rows, read_qa
 from gpt2tune.data.rows import (
     Rows,
     example_rows,
@@ -191,3 +193,40 @@ def load_labeled_data(
             "classifier reads each text's end)"
         )
     return LabeledData(labels=labels, rows=rows, val_rows=val_rows, documents=len(data))
+
+
+@dataclass(frozen=True)
+class QAData:
+    """Extractive question answering data, as windows of question and context."""
+
+    rows: Rows
+    """Training rows: one window each, its answer's start and end positions the targets."""
+    val_rows: Rows | None
+    """Validation windows; None: none."""
+    documents: int
+    """Training questions (a question with a long context gives several rows)."""
+    heldout: int = 0
+    """Validation questions."""
+
+
+def load_qa_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int) -> QAData:
+    """For ``task="qa"``: windows of ``block_size`` tokens (default min(384, the model's
+    context), run_qa's length) overlapping by ``doc_stride``; held-out questions from
+    ``val_data`` or ``val_split`` (split by context: the questions about one context are all
+    held out or all trained on, so none is answered from a context seen in training)."""
+    opts.check()
+    assert opts.data is not None  # check() requires it
+    fields = (opts.question_field, opts.context_field, opts.answers_field)
+    examples = read_qa(opts.data, "train", *fields)
+    heldout = []
+    if opts.val_data:
+        heldout = read_qa(opts.val_data, "test", *fields)
+    elif opts.val_split:
+        contexts = list(dict.fromkeys(e.context for e in examples))
+        held = set(split_train_val(contexts, opts.val_split, seed)[1])
+        heldout = [e for e in examples if e.context in held]
+        examples = [e for e in examples if e.context not in held]
+    block = block_size(opts, n_positions, default=min(384, n_positions))
+    rows = qa_rows(qa_features(examples, tokenizer, block, opts.doc_stride))
+    val = qa_rows(qa_features(heldout, tokenizer, block, opts.doc_stride)) if heldout else None
+    return QAData(rows=rows, val_rows=val, documents=len(examples), heldout=len(heldout))

@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from gpt2tune.core.tokenizer import Tokenizer
+from gpt2tune.data.rows import Rows
 from gpt2tune.data.sources import read_records, read_text, string_field
 from gpt2tune.errors import UserError
 
@@ -64,6 +67,8 @@ def read_qa(
     question_field: str = "question",
     context_field: str = "context",
     answers_field: str = "answers",
+    *,
+    require_answers: bool = True,
 ) -> list[QAExample]:
     """Every example of a SQuAD-format file, checked; of ``builtin:qa-speakers``, the split's.
 
@@ -72,6 +77,8 @@ def read_qa(
             SQuAD's nested ``{"data": [{"paragraphs": [{"context", "qas"}]}]}``), or a built-in.
         split: for a built-in, ``train``, ``test`` or ``all``; files have one split.
         question_field, context_field, answers_field: the fields' names in flat records.
+        require_answers: a record without ``answers_field`` is an error (training, scoring);
+            False reads it as a question to answer (``gpt2tune answer --file``).
 
     Raises:
         UserError: a missing or non-string field, an empty context, malformed answers, or an answer
@@ -82,7 +89,7 @@ def read_qa(
 
         return [QAExample(*question) for question in load_qa_builtin(str(spec), split)]
     path = Path(spec).expanduser()
-    fields = (question_field, context_field, answers_field)
+    fields = (question_field, context_field, answers_field, require_answers)
     if path.suffix == ".jsonl":
         return [
             _example(record, f"{path}: line {n}", str(n), *fields)
@@ -95,13 +102,13 @@ def read_qa(
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
-        return _nested(data["data"], path)
+        return _nested(data["data"], path, require_answers)
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a list of objects, or SQuAD's {{'data': [...]}}")
     return [_example(r, f"{path}: item {i}", str(i), *fields) for i, r in enumerate(data)]
 
 
-def _nested(articles: list, path: Path) -> list[QAExample]:
+def _nested(articles: list, path: Path, require_answers: bool) -> list[QAExample]:
     """SQuAD's own layout: articles -> paragraphs (a context) -> qas (questions about it)."""
     examples = []
     for i, article in enumerate(articles):
@@ -117,7 +124,13 @@ def _nested(articles: list, path: Path) -> list[QAExample]:
                     raise UserError(f"{where}.qas[{k}]: a question is an object")
                 record = {**qa, "context": paragraph.get("context")}
                 examples.append(
-                    _example(record, f"{where}.qas[{k}]", f"{i}.{j}.{k}", *_DEFAULT_FIELDS)
+                    _example(
+                        record,
+                        f"{where}.qas[{k}]",
+                        f"{i}.{j}.{k}",
+                        *_DEFAULT_FIELDS,
+                        require_answers,
+                    )
                 )
     return examples
 
@@ -132,6 +145,7 @@ def _example(
     question_field: str,
     context_field: str,
     answers_field: str,
+    require_answers: bool,
 ) -> QAExample:
     if not isinstance(record, dict):
         raise UserError(f"{where}: a row is an object with {question_field!r}, {context_field!r}")
@@ -139,7 +153,8 @@ def _example(
     context = string_field(record, context_field, where)
     if not context.strip():
         raise UserError(f"{where}: {context_field!r} is empty; fix or remove the row")
-    answers = _answers(record.get(answers_field), answers_field, where)
+    value = record.get(answers_field)
+    answers = _answers(value, answers_field, where) if require_answers or value else []
     for text, start in answers:
         if context[start : start + len(text)] != text:
             found = context[start : start + len(text)]
@@ -216,8 +231,9 @@ def qa_features(
         if room <= doc_stride:
             raise UserError(
                 f"example {example.id!r}: its question takes {len(question)} of {max_length} "
-                f"tokens, leaving no more than doc_stride={doc_stride} for the context; "
-                "raise max_length or lower doc_stride"
+                f"tokens, leaving no more than `doc_stride` {doc_stride} for the context; "
+                "lower `doc_stride` or raise `block_size`",
+                field="doc_stride",
             )
         start = 0
         while True:
@@ -261,3 +277,15 @@ def _feature(
         start_position=start_position,
         end_position=end_position,
     )
+
+
+def qa_rows(features: Sequence[QAFeature]) -> Rows:
+    """The trainer's rows of ``features``: inputs (N, T), targets (N, 2) holding each window's
+    start and end position, and segments (N, T) of 0 for real tokens and -1 for padding, which
+    ``GPT2QuestionAnswering.loss`` reads as the attention mask (a row is one example)."""
+    if not features:
+        raise UserError("no question to train on; the data holds no examples")
+    inputs = torch.tensor([f.input_ids for f in features], dtype=torch.long)
+    targets = torch.tensor([(f.start_position, f.end_position) for f in features])
+    mask = torch.tensor([f.attention_mask for f in features], dtype=torch.long)
+    return Rows(inputs=inputs, targets=targets, segments=mask - 1)

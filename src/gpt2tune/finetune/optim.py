@@ -13,6 +13,7 @@ from torch import nn
 from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.lora import lora_modules, lora_parameters
 from gpt2tune.core.model import GPT2
+from gpt2tune.core.qa import GPT2QuestionAnswering
 from gpt2tune.data.rows import batch_indices
 from gpt2tune.errors import UserError
 from gpt2tune.finetune.config import TrainConfig
@@ -75,6 +76,8 @@ def trainable_setup(model: GPT2, method: str) -> None:
         if isinstance(model, GPT2Classifier):
             params.append(model.score.weight)  # a new head trains with the adapter (peft's
             # modules_to_save), and is saved with it
+        if isinstance(model, GPT2QuestionAnswering):
+            params += [model.qa_outputs.weight, model.qa_outputs.bias]
         for p in params:
             p.requires_grad_(True)
     else:

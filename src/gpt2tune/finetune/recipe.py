@@ -16,15 +16,21 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.lora import LoRAConfig, apply_lora, count_parameters, format_parameter_report
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.options import DataOptions
-from gpt2tune.data.prepare import load_data, load_labeled_data
+from gpt2tune.data.prepare import load_data, load_labeled_data, load_qa_data
 from gpt2tune.errors import RunAborted, UserError, WriteError
 from gpt2tune.finetune.callbacks import tensorboard_writer
 from gpt2tune.finetune.config import Resolved, TrainConfig, TrainResult
-from gpt2tune.finetune.models import ModelOptions, build_model, checkpoint_weights
+from gpt2tune.finetune.models import (
+    ModelOptions,
+    build_classifier,
+    build_model,
+    build_qa_model,
+    checkpoint_weights,
+)
+from gpt2tune.finetune.optim import trainable_setup
 from gpt2tune.finetune.parallel import (
     SingleProcess,
     Terminated,
@@ -41,6 +47,7 @@ from gpt2tune.formats.outdir import OutputLock, prepare_output_dir
 from gpt2tune.runtime import autocast_dtype
 
 if TYPE_CHECKING:
+    from gpt2tune.core.model import GPT2
     from gpt2tune.data.rows import Rows
 
 __all__ = ["DataOptions", "ModelOptions", "RunOptions", "fine_tune", "train"]
@@ -81,6 +88,8 @@ class RunOptions:
             "pack_attention": (
                 self.data.pack_attention if self.data.pack and self.data.task == "lm" else None
             ),
+            # a question-answering run's windows depend on it
+            "doc_stride": self.data.doc_stride if self.data.task == "qa" else None,
             "batch_size": t.batch_size,
             "grad_accum": t.grad_accum,
             "seed": t.seed,
@@ -172,15 +181,20 @@ def _fine_tune(
     """``fine_tune`` once ``out`` is locked and checked."""
     t = opts.train
     torch.manual_seed(t.seed)  # LoRA's initial A (and a new score head) come from here
-    model = build_model(opts.model)
+    model = build_qa_model(opts.model) if opts.data.task == "qa" else build_model(opts.model)
     tokenizer = Tokenizer(model.source_dir)
     val: list[list[int]] | Rows | None
-    if opts.data.task == "classify":
+    if opts.data.task == "qa":
+        qa = load_qa_data(opts.data, tokenizer, model.config.n_positions, t.seed)
+        rows, val, n_docs, n_val = qa.rows, qa.val_rows, qa.documents, qa.heldout
+        what = "questions"
+        opts = replace(opts, data=replace(opts.data, block_size=rows.inputs.size(1)))
+    elif opts.data.task == "classify":
         labeled = load_labeled_data(opts.data, tokenizer, model.config.n_positions, t.seed)
         rows, val, n_docs = labeled.rows, labeled.val_rows, labeled.documents
         n_val = len(val) if val is not None else 0  # one text a row
         what = "texts"
-        model = GPT2Classifier.from_language_model(model, labeled.labels)
+        model = build_classifier(model, labeled.labels)
         log.info(f"classes: {', '.join(labeled.labels)}")
     else:
         data = load_data(opts.data, tokenizer, model.config.n_positions, t.seed)
@@ -268,15 +282,16 @@ def _before_recorded(saved: dict, dialogue: bool) -> dict:
     example to itself in dialogue data (``pack_attention`` document)."""
     packed = saved.get("pack", True) and saved.get("task", "lm") == "lm"
     attention = ("document" if dialogue else "causal") if packed else None
-    return {"loss_on": "completion", "pack_attention": attention}
+    return {"loss_on": "completion", "pack_attention": attention, "doc_stride": None}
 
 
 def _log_run(
-    opts: RunOptions, model: torch.nn.Module, rows: Rows, counts: tuple[int, int, str], world: int
+    opts: RunOptions, model: GPT2, rows: Rows, counts: tuple[int, int, str], world: int
 ) -> None:
     """Say what trains, on what, and how the batch is made up."""
     t = opts.train
     if t.method == "lora":
+        trainable_setup(model, "lora")  # as train() marks them: a task head trains too
         trainable, total = count_parameters(model)
     else:
         trainable = total = sum(p.numel() for p in model.parameters())
