@@ -54,10 +54,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     what = "adapter" if opts.train.method == "lora" else "model"
     val = f", val loss {res.val_loss:.4f}" if res.val_loss is not None else ""
-    seen = "texts" if opts.data.task == "classify" else "tokens"  # a text has one target
+    # what the targets count: a text has one, a question-answering window two (start and end)
+    seen = {"classify": (1, "texts"), "qa": (2, "windows")}.get(opts.data.task, (1, "tokens"))
     loss = f"final loss {res.final_loss:.4f}" if res.final_loss is not None else "no loss"
     print(
-        f"done: {res.steps} steps, {res.tokens_seen:,} {seen} in {res.wall_s:.1f}s, "
+        f"done: {res.steps} steps, {res.tokens_seen // seen[0]:,} {seen[1]} in "
+        f"{res.wall_s:.1f}s, "
         f"{loss}{val}; {what} saved to {opts.out}"
     )
     return 0
