@@ -57,7 +57,7 @@ def window_length(model: GPT2QuestionAnswering, block_size: int | None = None) -
         UserError: ``block_size`` is outside 2..the model's context.
     """
     n_positions = model.config.n_positions
-    block = block_size or min(384, n_positions)
+    block = min(384, n_positions) if block_size is None else block_size  # 0 is no default
     if not 2 <= block <= n_positions:
         raise UserError(
             f"`block_size` {block} is outside 2..{n_positions} (the model's context); "
