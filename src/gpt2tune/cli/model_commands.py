@@ -38,6 +38,10 @@ class EvalOptions:
 
 
 EVAL_DATA_HELP: dict[str, dict] = {
+    "block_size": {
+        "help": "Tokens the model reads at a time: the scoring window (lm), the longest text "
+        "(classify), a question's window (qa); default the model's context (qa: at most 384)"
+    },
     "data": {
         "required": True,
         "help": "Text file (documents separated by blank lines), .jsonl/.json/.csv, a "
@@ -59,7 +63,7 @@ def eval_options(p: argparse.ArgumentParser) -> None:
         DataOptions,
         "data",
         overrides=EVAL_DATA_HELP,
-        skip=("val_data", "val_split", "block_size", "pack", "pack_attention"),
+        skip=("val_data", "val_split", "pack", "pack_attention"),
     )
     add_dataclass_args(p, EvalOptions, "eval")
     p.set_defaults(func=cmd_eval)
@@ -90,7 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     load = collect(args, "load", LoadOptions)
     model, tok, device = load_model(load)
     docs = [ids + [tok.eot_id] for ids in tok.encode_batch(texts)]
-    n_ctx = model.config.n_positions
+    n_ctx = _window(data, model)
     if opts.stride is not None and not 0 < opts.stride <= n_ctx:
         raise UserError(f"--stride must be between 1 and the context ({n_ctx}), got {opts.stride}")
     res = evaluate(
@@ -99,6 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         stride=opts.stride,
         batch_size=opts.batch_size,
         autocast_dtype=autocast_dtype(load.precision, device),
+        context=n_ctx,
     )
     if opts.json:
         print(json.dumps(res.to_dict()))
@@ -106,6 +111,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"documents: {len(docs)}  tokens scored: {res.tokens:,}")
         print(f"loss: {res.loss:.4f}  perplexity: {res.perplexity:.3f}")
     return 0
+
+
+def _window(data: DataOptions, model) -> int:
+    """``block_size``, checked against the model's context, else the context."""
+    from gpt2tune.data.prepare import block_size
+
+    n_positions = model.config.n_positions
+    return block_size(data, n_positions, default=n_positions)
 
 
 def _eval_dialogue(opts: EvalOptions, data_opts: DataOptions, load: LoadOptions) -> int:
@@ -117,7 +130,7 @@ def _eval_dialogue(opts: EvalOptions, data_opts: DataOptions, load: LoadOptions)
     examples = read_examples(data_opts.data, split="test")  # a built-in name: its test split
     model, tok, device = load_model(load)
     items = example_windows(
-        encode_examples(examples, tok, data_opts.loss_on), model.config.n_positions
+        encode_examples(examples, tok, data_opts.loss_on), _window(data_opts, model)
     )
     res = score_windows(
         model,
@@ -149,7 +162,7 @@ def _eval_classifier(opts: EvalOptions, data_opts: DataOptions, load: LoadOption
     model = load_classifier_with_adapter(load.model, load.adapter, device=device)
     tok = Tokenizer(model.source_dir)
     rows, cut = encode_labeled(
-        data, tok, model.labels, model.config.n_positions, model.pad_token_id
+        data, tok, model.labels, _window(data_opts, model), model.pad_token_id
     )
     res = score(
         model,
@@ -351,6 +364,7 @@ def serve_options(p: argparse.ArgumentParser) -> None:
             "variant": {**repeat, "metavar": "NAME=DIR"},
             "allowed_host": {**repeat, "metavar": "NAME"},
             "classifier": {**repeat, "metavar": "NAME=DIR"},
+            "qa": {**repeat, "metavar": "NAME=DIR"},
         },
     )
     p.set_defaults(func=cmd_serve)

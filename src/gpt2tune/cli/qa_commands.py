@@ -142,6 +142,7 @@ def eval_qa(
         model,
         Tokenizer(model.source_dir),
         examples,
+        block_size=data_opts.block_size,
         doc_stride=data_opts.doc_stride,
         max_answer_tokens=max_answer_tokens,
         batch_size=batch_size,
