@@ -149,6 +149,18 @@ SAME_OPTIONS = [
             "o",
             "--loss-on",
             "all",
+            "--block-size",
+            "32",
+            "--question-field",
+            "q",
+            "--context-field",
+            "c",
+            "--answers-field",
+            "a",
+            "--doc-stride",
+            "8",
+            "--max-answer-tokens",
+            "5",
         ],
         dict(
             model="m",
@@ -165,6 +177,59 @@ SAME_OPTIONS = [
             label_field="kind",
             out="o",
             loss_on="all",
+            block_size=32,
+            question_field="q",
+            context_field="c",
+            answers_field="a",
+            doc_stride=8,
+            max_answer_tokens=5,
+        ),
+    ),
+    (
+        "answer",
+        [
+            "--model",
+            "m",
+            "--adapter",
+            "a",
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+            "--question",
+            "Q1",
+            "--question",
+            "Q2",
+            "--context",
+            "C",
+            "--file",
+            "f.jsonl",
+            "--question-field",
+            "q",
+            "--context-field",
+            "c",
+            "--doc-stride",
+            "8",
+            "--block-size",
+            "40",
+            "--max-answer-tokens",
+            "5",
+            "--json",
+        ],
+        dict(
+            model="m",
+            adapter="a",
+            device="cpu",
+            precision="bf16",
+            question=["Q1", "Q2"],
+            context=["C"],
+            file="f.jsonl",
+            question_field="q",
+            context_field="c",
+            doc_stride=8,
+            block_size=40,
+            max_answer_tokens=5,
+            json=True,
         ),
     ),
     (
@@ -388,16 +453,17 @@ def test_top_level_help_and_version_do_not_import_torch():
 
 
 def test_serve_takes_each_repeatable_flag_many_times():
-    """--adapter, --variant, --classifier and --allowed-host each add one more (a second one must
-    not replace the first)."""
+    """--adapter, --variant, --classifier, --qa and --allowed-host each add one more (a second one
+    must not replace the first)."""
     from gpt2tune.serve.server import ServeConfig
 
     args = build_parser()[0].parse_args(
         ["serve", "--model", "m"]
         + ["--adapter", "a=1", "--adapter", "b=2", "--variant", "v=3", "--variant", "w=4"]
-        + ["--classifier", "c=5", "--classifier", "d=6"]
+        + ["--classifier", "c=5", "--classifier", "d=6", "--qa", "q=7", "--qa", "r=8"]
         + ["--allowed-host", "x.test", "--allowed-host", "y.test"]
     )
     cfg = collect(args, "serve", ServeConfig)
     assert cfg.adapter == ["a=1", "b=2"] and cfg.variant == ["v=3", "w=4"]
     assert cfg.classifier == ["c=5", "d=6"] and cfg.allowed_host == ["x.test", "y.test"]
+    assert cfg.qa == ["q=7", "r=8"]
