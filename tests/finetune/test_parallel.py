@@ -239,6 +239,39 @@ def test_fsdp_two_ranks_equal_one_process(setup, tmp_path, method, monkeypatch):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "method, sharding", [("lora", []), ("full", ["--fsdp"])], ids=["ddp-lora", "fsdp-full"]
+)
+def test_two_ranks_equal_one_process_on_question_answering(
+    setup, tmp_path, method, sharding, monkeypatch
+):
+    """``--task qa``: windows of question and context with two targets each, the ``qa_outputs``
+    head trained (with the adapter, or sharded with the body); two ranks step and validate as one
+    process with the double batch."""
+    from qa_task import qa_examples, write_qa
+
+    monkeypatch.setenv("GPT2TUNE_CACHE", str(tmp_path / "cache"))
+    data = write_qa(tmp_path / "qa.jsonl", qa_examples(40, seed=4))
+    extra = ["--task", "qa", "--method", method, "--doc-stride", "16", "--val-split", "0.2"]
+    extra += ["--eval-every", "2"]
+    assert main(_args(setup, tmp_path / "one", 4, *extra, data=data)) == 0
+    _torchrun(_args(setup, tmp_path / "two", 2, *extra, *sharding, data=data), tmp=tmp_path)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _losses(two) == pytest.approx(_losses(one), abs=1e-5)
+    assert _losses(two, "grad_norm") == pytest.approx(_losses(one, "grad_norm"), rel=1e-4)
+    assert _val_losses(one) and _val_losses(two) == pytest.approx(_val_losses(one), abs=1e-5)
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    a, b = load_file(one / name), load_file(two / name)
+    assert a.keys() == b.keys() and any("qa_outputs.weight" in k for k in a)
+    for k in a:
+        # The head's bias, and ln_f's bias through the head, shift every position's score alike,
+        # which the softmax over positions cancels: their gradients are zero up to rounding, and
+        # Adam turns that rounding into steps of size lr that differ between one process and
+        # two. They change no loss and no answer.
+        if not k.endswith(("qa_outputs.bias", "ln_f.bias")):
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
 def test_fsdp_without_torchrun_is_a_clear_error(setup, tmp_path, capsys):
     assert main(_args(setup, tmp_path / "x", 2, "--fsdp")) == 2
     assert "launch with torchrun" in capsys.readouterr().err

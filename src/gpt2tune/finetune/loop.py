@@ -304,23 +304,30 @@ class Trainer:
         return loss_sum / max(count, 1)
 
     def _rows_loss(self, rows: Rows) -> float:
-        """Mean loss per target over rows (a classifier's labelled texts, or dialogue examples
-        with their prompts masked), this rank's share scored and the sums reduced over the
-        ranks."""
+        """Mean loss per target over rows (a classifier's labelled texts, dialogue examples with
+        their prompts masked, question-answering windows), this rank's share scored and the sums
+        reduced over the ranks; with FSDP every rank scores every row through the wrapper, whose
+        hooks gather the shards for each forward."""
         par, bs = self.parallel, self.cfg.batch_size
         self.model.eval()
         total, count = 0.0, 0
-        mine = list(range(par.rank, len(rows), par.world))
+        sharded = par.shards_weights
+        mine = list(range(len(rows))) if sharded else list(range(par.rank, len(rows), par.world))
         with autocast(self.device, self.amp_dtype):
             for i in range(0, len(mine), bs):
                 idx = mine[i : i + bs]
                 x, y = rows.inputs[idx].to(self.device), rows.targets[idx].to(self.device)
                 scored = int((y != IGNORE).sum())  # a mean per target, weighted by targets
                 seg = rows.segments[idx].to(self.device) if rows.segments is not None else None
-                total += self.model.loss(x, y, segment_ids=seg).item() * scored
+                if sharded:
+                    loss = self.wrapped(x, y, segments=seg)
+                else:
+                    loss = self.model.loss(x, y, segment_ids=seg)
+                total += loss.item() * scored
                 count += scored
         self.model.train()
-        total, count = par.all_sum(total, count)
+        if not sharded:
+            total, count = par.all_sum(total, count)
         return total / max(count, 1)
 
     # --------------------------------------------------------------- the loop

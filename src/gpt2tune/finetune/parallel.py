@@ -20,8 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.lora import LoRALinear, lora_modules
 from gpt2tune.core.model import GPT2, empty_init
+from gpt2tune.core.qa import GPT2QuestionAnswering
 from gpt2tune.errors import UserError, first_line
 
 if TYPE_CHECKING:
@@ -222,6 +224,24 @@ class DataParallel(SingleProcess):
         dist.destroy_process_group()
 
 
+def _empty_like(model: GPT2) -> GPT2:
+    """A model of ``model``'s class and shape (a task head included), its weights unallocated."""
+    with empty_init():
+        if isinstance(model, GPT2Classifier):
+            return GPT2Classifier(
+                model.config,
+                model.labels,
+                init_weights=False,
+                source_dir=model.source_dir,
+                pad_token_id=model.pad_token_id,
+            )
+        if isinstance(model, GPT2QuestionAnswering):
+            return GPT2QuestionAnswering(
+                model.config, init_weights=False, source_dir=model.source_dir
+            )
+        return GPT2(model.config, init_weights=False, source_dir=model.source_dir)
+
+
 class FullyShardedDataParallel(DataParallel):
     """FSDP2: parameters, gradients and optimizer state sharded over the ranks, one
     ``fully_shard`` per Transformer block plus the root; whole weights are gathered to rank 0
@@ -250,8 +270,7 @@ class FullyShardedDataParallel(DataParallel):
         )
         if not self.is_main:
             return None
-        with empty_init():
-            copy = GPT2(model.config, init_weights=False, source_dir=model.source_dir)
+        copy = _empty_like(model)
         for name, mod in lora_modules(model):  # same adapters, same places
             parent, _, attr = name.rpartition(".")
             base = copy.get_submodule(name)
