@@ -20,6 +20,13 @@ _API = {
     "KVCache": "gpt2tune.core.model",
     "GPT2Classifier": "gpt2tune.core.classifier",
     "load_classifier": "gpt2tune.formats.hf",
+    "GPT2QuestionAnswering": "gpt2tune.core.qa",
+    "load_qa_model": "gpt2tune.formats.hf",
+    "load_qa_model_with_adapter": "gpt2tune.formats.peft",
+    "QAExample": "gpt2tune.data.qa",
+    "read_qa": "gpt2tune.data.qa",
+    "answer_questions": "gpt2tune.inference.qa",
+    "score_answers": "gpt2tune.inference.qa",
     "LoRAConfig": "gpt2tune.core.lora",
     "apply_lora": "gpt2tune.core.lora",
     "merge_and_unload": "gpt2tune.core.lora",
@@ -62,8 +69,10 @@ if TYPE_CHECKING:
     )
     from gpt2tune.core.model import GPT2 as GPT2, GPT2Config as GPT2Config, KVCache as KVCache
     from gpt2tune.core.multilora import install_adapters as install_adapters
+    from gpt2tune.core.qa import GPT2QuestionAnswering as GPT2QuestionAnswering
     from gpt2tune.core.tokenizer import Tokenizer as Tokenizer
     from gpt2tune.data.options import DataOptions as DataOptions
+    from gpt2tune.data.qa import QAExample as QAExample, read_qa as read_qa
     from gpt2tune.data.sources import read_documents as read_documents
     from gpt2tune.errors import UserError as UserError
     from gpt2tune.finetune.config import TrainConfig as TrainConfig, TrainResult as TrainResult
@@ -76,17 +85,23 @@ if TYPE_CHECKING:
     from gpt2tune.formats.hf import (
         load_classifier as load_classifier,
         load_model as load_model,
+        load_qa_model as load_qa_model,
         save_model as save_model,
     )
     from gpt2tune.formats.peft import (
         load_adapter as load_adapter,
         load_model_with_adapter as load_model_with_adapter,
         load_model_with_adapters as load_model_with_adapters,
+        load_qa_model_with_adapter as load_qa_model_with_adapter,
         save_adapter as save_adapter,
     )
     from gpt2tune.inference.engine import Engine as Engine, GenerationRequest as GenerationRequest
     from gpt2tune.inference.evaluate import EvalResult as EvalResult, evaluate as evaluate
     from gpt2tune.inference.generate import generate as generate
+    from gpt2tune.inference.qa import (
+        answer_questions as answer_questions,
+        score_answers as score_answers,
+    )
     from gpt2tune.inference.sampling import SamplingConfig as SamplingConfig
 
 
