@@ -12,7 +12,7 @@ training appends.
 Question-answering data (``data.qa``: a SQuAD-format file, ``builtin:qa-speakers``) is counted in
 questions, distinct contexts and their tokens as ``qa_features`` encodes them (no ``<|endoftext|>``:
 a window is the question's tokens then the context's); the longest question + context says whether
-``--max-length`` splits contexts into windows. Its first question is shown with the part of its
+``--block-size`` splits contexts into windows. Its first question is shown with the part of its
 context around the answer, the answer between the ``SCORED`` marks.
 """
 
