@@ -190,12 +190,12 @@ def test_classify_admission_queues_then_refuses_with_retry_after():
 
     clf = Classifier()
     service = Service([], max_queue=1, classifiers=[clf])  # type: ignore[list-item]
-    routes.admit(service.admit_classify, clf)  # runs
-    routes.admit(service.admit_classify, clf)  # waits
+    routes.admit(service.admit_serial, clf)  # runs
+    routes.admit(service.admit_serial, clf)  # waits
     assert service.in_flight == 2
     with pytest.raises(APIError) as info:
-        routes.admit(service.admit_classify, clf)
+        routes.admit(service.admit_serial, clf)
     assert info.value.status == 429 and info.value.headers == {"Retry-After": "1"}
-    service.release_classify(clf)
-    routes.admit(service.admit_classify, clf)
+    service.release_serial(clf)
+    routes.admit(service.admit_serial, clf)
     assert service.in_flight == 2

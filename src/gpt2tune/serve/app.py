@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gpt2tune.errors import UserError
+from gpt2tune.serve import qa_route
 from gpt2tune.serve.protocol import APIError, now
 from gpt2tune.serve.routes import Settings, public, v1
 from gpt2tune.serve.service import Service
@@ -88,6 +89,7 @@ def create_app(
         app.add_middleware(HostCheck, allowed=allowed_hosts)
     app.include_router(public)
     app.include_router(v1)
+    app.include_router(qa_route.router)
     return app
 
 

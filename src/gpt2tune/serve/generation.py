@@ -42,12 +42,18 @@ def max_tokens_of(
     return asked
 
 
-def too_large(what: str, budget: int, param: str) -> APIError:
-    """The 400 for a request over the server's work budget (``max_request_tokens``)."""
+def too_large(
+    what: str,
+    budget: int,
+    param: str,
+    advice: str = "send fewer prompts or texts, or lower n, max_tokens or logprobs",
+) -> APIError:
+    """The 400 for a request over the server's work budget (``max_request_tokens``); ``advice``
+    says how to make it smaller."""
     return APIError(
         400,
         f"this request needs {what}; this server takes at most {budget} token slots per "
-        "request; send fewer prompts or texts, or lower n, max_tokens or logprobs",
+        f"request; {advice}",
         param=param,
         code="request_too_large",
     )

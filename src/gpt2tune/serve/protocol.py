@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpt2tune.data.chat import STOP, Message, prompt_ids
 from gpt2tune.errors import UserError
+from gpt2tune.inference.qa import DOC_STRIDE, MAX_ANSWER_TOKENS
 from gpt2tune.inference.sampling import MIN_TEMPERATURE, SamplingConfig
 
 
@@ -247,3 +248,43 @@ class ClassifyRequest(BaseModel):
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class AnswerRequest(BaseModel):
+    """``POST /v1/answer``: gpt2tune's own endpoint, the server's ``gpt2tune answer``. A field
+    it does not know is refused (a misspelt option would otherwise change the answers
+    silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    question: str | list[str]
+    context: str | list[str]
+    """One context for every question, or one per question."""
+    doc_stride: int = Field(default=DOC_STRIDE, ge=0)
+    """A context longer than the window is split into windows overlapping by this many tokens."""
+    max_answer_tokens: int = Field(default=MAX_ANSWER_TOKENS, ge=1)
+    """The longest answer considered, in tokens (at most the model's window)."""
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(question, context) of each question.
+
+        Raises:
+            APIError: no question, an empty question or context, or contexts that are neither
+                one nor one per question.
+        """
+        questions = [self.question] if isinstance(self.question, str) else self.question
+        contexts = [self.context] if isinstance(self.context, str) else self.context
+        for name, texts in (("question", questions), ("context", contexts)):
+            if not texts or any(not t.strip() for t in texts):
+                raise APIError(
+                    400, f"{name} is empty, or one of its texts is; give text", param=name
+                )
+        if len(contexts) not in (1, len(questions)):
+            raise APIError(
+                400,
+                f"{len(questions)} questions and {len(contexts)} contexts; give one context for "
+                "every question, or one per question",
+                param="context",
+            )
+        return list(zip(questions, contexts * len(questions) if len(contexts) == 1 else contexts))

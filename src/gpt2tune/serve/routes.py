@@ -37,14 +37,16 @@ from gpt2tune.serve.protocol import (
     usage,
 )
 from gpt2tune.serve.service import Busy, ServedModel, Service, Stream, TooLarge
+from gpt2tune.serve.tasks import ServedTask
 from gpt2tune.serve.transport import EventStream
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S", bound=ServedTask)
 
-CLASSIFY_CHUNK = 16
-"""Texts classified per step of a classify request; between two, a client that went away
-stops the rest."""
+CHUNK = 16
+"""Texts classified, or questions answered, per step of a task model's request; between two, a
+client that went away stops the rest."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ public = APIRouter()
 """Routes open to anyone: the playground and the health check."""
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])
-"""OpenAI's endpoints (and ``/v1/classify``), behind the API key."""
+"""OpenAI's endpoints (and ``/v1/classify``; ``/v1/answer`` is ``serve.qa_route``'s), behind the
+API key."""
 
 
 # ------------------------------------------------------------------------------- public routes
@@ -135,21 +138,14 @@ async def models(service: ServiceDep, settings: SettingsDep) -> dict:
     return {
         "object": "list",
         "data": [model_card(m.name, m.kind, created) for m in service.models.values()]
-        + [model_card(name, "classifier", created) for name in service.classifiers],
+        + [model_card(name, "classifier", created) for name in service.classifiers]
+        + [model_card(name, "question-answering", created) for name in service.qa],
     }
 
 
 @v1.post("/classify", response_model=None)
 async def classify(body: ClassifyRequest, request: Request, service: ServiceDep) -> Response:
-    clf = service.classifiers.get(body.model)
-    if clf is None:
-        raise APIError(
-            404,
-            f"classifier {body.model!r} does not exist; this server's "
-            f"classifiers: {', '.join(service.classifiers) or 'none'}",
-            param="model",
-            code="model_not_found",
-        )
+    clf = task_named(service.classifiers, body.model, "classifier")
     texts = body.texts()
     if not texts or any(not t.strip() for t in texts):
         raise APIError(
@@ -160,27 +156,15 @@ async def classify(body: ClassifyRequest, request: Request, service: ServiceDep)
     budget = service.budget(window)
     if len(texts) > budget:  # can never fit: refused before tokenizing
         raise too_large(f"at least {len(texts)} token slots ({len(texts)} texts)", budget, "input")
-    admit(service.admit_classify, clf)
-    try:
-        ids = await asyncio.to_thread(lambda: [clf.tokenizer.encode(t) for t in texts])
-        tokens = sum(min(len(x), window) for x in ids)
+
+    def count() -> int:
+        tokens = sum(min(len(clf.tokenizer.encode(t)), window) for t in texts)
         if tokens > budget:
             raise too_large(f"{tokens} token slots (the texts' tokens)", budget, "input")
-        results: list[dict] = []
-        for i in range(0, len(texts), CLASSIFY_CHUNK):
-            if await request.is_disconnected():  # nobody waits for the rest
-                raise APIError(499, "client closed the request")
-            results += await asyncio.to_thread(clf.classify, texts[i : i + CLASSIFY_CHUNK])
-    finally:
-        service.release_classify(clf)
-    return await json_response(
-        lambda: {
-            "object": "list",
-            "model": clf.name,
-            "data": [{"index": i, "object": "classification", **r} for i, r in enumerate(results)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-    )
+        return tokens
+
+    tokens, results = await run_serial(service, clf, request, count, texts, clf.classify)
+    return await listing(clf.name, "classification", results, tokens)
 
 
 @v1.post("/completions", response_model=None)
@@ -344,6 +328,58 @@ def lookup(service: Service, name: str) -> ServedModel:
             code="model_not_found",
         )
     return model
+
+
+def task_named(tasks: dict[str, S], name: str, what: str) -> S:
+    """The task model (``what``: classifier, ...) called ``name``; 404 if there is none."""
+    task = tasks.get(name)
+    if task is None:
+        raise APIError(
+            404,
+            f"{what} {name!r} does not exist; this server's {what}s: {', '.join(tasks) or 'none'}",
+            param="model",
+            code="model_not_found",
+        )
+    return task
+
+
+async def run_serial(
+    service: Service,
+    task: ServedTask,
+    request: Request,
+    count: Callable[[], int],
+    items: list[T],
+    work: Callable[[list[T]], list[dict]],
+) -> tuple[int, list[dict]]:
+    """A task model's request, run as the model's only one: admitted (429 while ``max_queue``
+    others wait), then ``count()`` (tokenizing: it returns the tokens used and raises the 400 of a
+    request over the budget), then ``work`` over ``items`` in chunks of ``CHUNK``, each in a
+    worker thread; a client that went away between two stops the rest. Returns the tokens and
+    ``work``'s results."""
+    admit(service.admit_serial, task)
+    try:
+        tokens = await asyncio.to_thread(count)
+        results: list[dict] = []
+        for i in range(0, len(items), CHUNK):
+            if await request.is_disconnected():  # nobody waits for the rest
+                raise APIError(499, "client closed the request")
+            results += await asyncio.to_thread(work, items[i : i + CHUNK])
+    finally:
+        service.release_serial(task)
+    return tokens, results
+
+
+async def listing(model: str, kind: str, results: list[dict], tokens: int) -> Response:
+    """A task model's answer, shaped as OpenAI's embeddings: each result an ``object`` of
+    ``kind`` with its ``index``, and the tokens read as ``usage``."""
+    return await json_response(
+        lambda: {
+            "object": "list",
+            "model": model,
+            "data": [{"index": i, "object": kind, **r} for i, r in enumerate(results)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
 
 
 def start(service: Service, model: ServedModel, requests: list[GenerationRequest]) -> list[Stream]:

@@ -11,17 +11,20 @@ from pathlib import Path
 from typing import Literal
 
 from gpt2tune.core.model import cast_for_inference
+from gpt2tune.core.qa import GPT2QuestionAnswering
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.errors import UserError
-from gpt2tune.formats.hf import load_model
+from gpt2tune.formats.hf import QA_ARCH, load_model, read_hf_config, resolve_model_dir
 from gpt2tune.formats.peft import (
     ADAPTER_CONFIG,
     load_classifier_with_adapter,
     load_model_with_adapters,
+    load_qa_model_with_adapter,
 )
 from gpt2tune.inference.engine import Engine
 from gpt2tune.runtime import autocast_dtype, resolve_device
-from gpt2tune.serve.service import ServedClassifier, ServedModel, Service
+from gpt2tune.serve.service import ServedModel, Service
+from gpt2tune.serve.tasks import ServedClassifier, ServedQA
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,10 @@ class ServeConfig:
     classifier: list[str] = field(default_factory=list)
     """NAME=DIR: a classifier for POST /v1/classify, served as NAME: a
     GPT2ForSequenceClassification directory, or a classification adapter of --model
+    (repeatable)."""
+    qa: list[str] = field(default_factory=list)
+    """NAME=DIR: a question-answering model for POST /v1/answer, served as NAME: a
+    GPT2ForQuestionAnswering directory, or a question-answering adapter of --model
     (repeatable)."""
     host: str = "127.0.0.1"
     """Address to listen on (127.0.0.1: this machine only)."""
@@ -67,7 +74,8 @@ class ServeConfig:
     max_request_tokens: int | None = None
     """The most token slots one request may use, checked before its work starts (larger: 400):
     over its prompts, n x (prompt tokens + max_tokens), times 1 + logprobs when it asks for
-    log-probabilities; for /v1/classify, its texts' tokens as the classifier reads them. Default:
+    log-probabilities; for /v1/classify, its texts' tokens as the classifier reads them; for
+    /v1/answer, the question and context tokens of every window the model reads. Default:
     4 x max_batch x the model's context."""
     prefix_cache_mb: float = 256
     """MiB per model (the base with its adapters, each variant) for the keys and values of
@@ -123,13 +131,14 @@ def build_service(cfg: ServeConfig) -> Service:
     adapters = _named(cfg.adapter, "adapter")
     variants = _named(cfg.variant, "variant")
     classifiers = _named(cfg.classifier, "classifier")
+    qa = _named(cfg.qa, "qa")
     base = base_name(cfg.model)
-    names = [base, *adapters, *variants, *classifiers]
+    names = [base, *adapters, *variants, *classifiers, *qa]
     clash = next((n for n in names if names.count(n) > 1), None)
     if clash is not None:
         raise UserError(
             f"two models would be served as {clash!r}; rename the `adapter`, "
-            "`variant` or `classifier` (NAME=DIR)"
+            "`variant`, `classifier` or `qa` (NAME=DIR)"
         )
     for limit, least in (("max_batch", 1), ("max_queue", 0), ("max_tokens_cap", 1)):
         if getattr(cfg, limit) < least:
@@ -160,22 +169,47 @@ def build_service(cfg: ServeConfig) -> Service:
         served.append(
             ServedModel(name, "variant", engine(model), None, Tokenizer(model.source_dir))
         )
+
+    def task_model(load, path):
+        # an adapter directory is an adapter of the base (its task head inside); else a whole model
+        if (Path(path) / ADAPTER_CONFIG).is_file():
+            return load(cfg.model, path, device=device)
+        return load(path, device=device)
+
     clfs = []
     for name, path in classifiers.items():
-        # an adapter directory is a classification adapter of the base; else a whole classifier
-        is_adapter = (Path(path) / ADAPTER_CONFIG).is_file()
-        clf = (
-            load_classifier_with_adapter(cfg.model, path, device=device)
-            if is_adapter
-            else load_classifier_with_adapter(path, device=device)
-        )
+        clf = task_model(load_classifier_with_adapter, path)
         clfs.append(ServedClassifier(name, clf, Tokenizer(clf.source_dir), dtype))
+    readers = []
+    for name, path in qa.items():
+        reader = task_model(_qa_model, path)
+        readers.append(ServedQA(name, reader, Tokenizer(reader.source_dir), dtype))
     return Service(
         served,
         max_queue=cfg.max_queue,
         classifiers=clfs,
+        qa=readers,
         max_request_tokens=cfg.max_request_tokens,
     )
+
+
+def _qa_model(
+    model: str | Path, adapter: str | Path | None = None, *, device
+) -> GPT2QuestionAnswering:
+    """``load_qa_model_with_adapter``, refusing a plain GPT-2 without an adapter: it would get a
+    fresh, untrained head and answer at random (a classifier without labels is refused so too).
+
+    Raises:
+        UserError: a plain GPT-2 without an adapter, or what the loader refuses.
+    """
+    if adapter is None and QA_ARCH not in read_hf_config(resolve_model_dir(model)).get(
+        "architectures", []
+    ):
+        raise UserError(
+            f"`qa` {model} has no question-answering head; give a {QA_ARCH} directory or a "
+            "question-answering adapter of `model`"
+        )
+    return load_qa_model_with_adapter(model, adapter, device=device)
 
 
 def build_server(cfg: ServeConfig):

@@ -25,13 +25,12 @@ from typing import Any
 
 import torch
 
-from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.lora import LoRAConfig
 from gpt2tune.core.multilora import AdapterBank, add_adapter, remove_adapter
 from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.errors import UserError
-from gpt2tune.inference.classify import classify_texts
 from gpt2tune.inference.engine import Engine, GenerationRequest, Token
+from gpt2tune.serve.tasks import ServedClassifier, ServedQA, ServedTask
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +46,6 @@ class ServedModel:
     adapter: str | None
     """The adapter's name inside the engine; None for a base or a variant."""
     tokenizer: Tokenizer
-
-
-@dataclass
-class ServedClassifier:
-    """A classifier clients can ask for at ``/v1/classify``; one request uses it at a time."""
-
-    name: str
-    model: GPT2Classifier
-    tokenizer: Tokenizer
-    autocast_dtype: torch.dtype | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def classify(self, texts: list[str]) -> list[dict]:
-        """Label and probabilities per text (called in a worker thread, not the event loop)."""
-        with self.lock:
-            return classify_texts(
-                self.model, self.tokenizer, texts, autocast_dtype=self.autocast_dtype
-            )
 
 
 class Busy(Exception):
@@ -150,10 +131,12 @@ class Service:
         *,
         max_queue: int = 64,
         classifiers: Sequence[ServedClassifier] = (),
+        qa: Sequence[ServedQA] = (),
         max_request_tokens: int | None = None,
     ) -> None:
         self.models = {m.name: m for m in models}
         self.classifiers = {c.name: c for c in classifiers}
+        self.qa = {q.name: q for q in qa}
         self.engines: list[Engine] = []
         for m in models:
             if all(m.engine is not e for e in self.engines):
@@ -165,8 +148,8 @@ class Service:
         self._lock = threading.Lock()
         # accepted and unfinished requests per engine: at most its batch plus the queue
         self._in_flight = {id(e): 0 for e in self.engines}
-        # classify requests accepted and unfinished per classifier: one runs, the rest wait
-        self._classifying = dict.fromkeys(self.classifiers, 0)
+        # requests accepted and unfinished per task model (classifier, QA): one runs, the rest wait
+        self._serial = dict.fromkeys([*self.classifiers, *self.qa], 0)
         self._stopping = threading.Event()
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
@@ -188,25 +171,25 @@ class Service:
         plus the queue. A list of more prompts can never be admitted."""
         return model.engine.max_batch + self.max_queue
 
-    def admit_classify(self, clf: ServedClassifier) -> None:
-        """Count a classify request in (one runs at a time, ``max_queue`` may wait); pair with
-        ``release_classify``.
+    def admit_serial(self, task: ServedTask) -> None:
+        """Count a request of a task model (a classifier, a QA model) in: one runs at a time,
+        ``max_queue`` may wait; pair with ``release_serial``.
 
         Raises:
-            Busy: ``max_queue`` requests are waiting for this classifier already.
+            Busy: ``max_queue`` requests are waiting for this model already.
         """
         with self._lock:
-            if self._classifying[clf.name] >= 1 + self.max_queue:
+            if self._serial[task.name] >= 1 + self.max_queue:
                 raise Busy(
-                    f"the server is busy ({self._classifying[clf.name]} requests in flight for "
-                    f"{clf.name}, queue of {self.max_queue}); retry shortly"
+                    f"the server is busy ({self._serial[task.name]} requests in flight for "
+                    f"{task.name}, queue of {self.max_queue}); retry shortly"
                 )
-            self._classifying[clf.name] += 1
+            self._serial[task.name] += 1
 
-    def release_classify(self, clf: ServedClassifier) -> None:
-        """A classify request ``admit_classify`` counted in has ended."""
+    def release_serial(self, task: ServedTask) -> None:
+        """A request ``admit_serial`` counted in has ended."""
         with self._lock:
-            self._classifying[clf.name] -= 1
+            self._serial[task.name] -= 1
 
     # ------------------------------------------------------------------ called from the event loop
 
@@ -258,8 +241,9 @@ class Service:
         return next(m for m in self.models.values() if m.kind == "base")
 
     def name_taken(self, name: str) -> bool:
-        """Whether a model or classifier is served as ``name``, or one is being added so."""
-        return name in self.models or name in self.classifiers or name in self._adding
+        """Whether a model, classifier or QA model is served as ``name``, or one is being added
+        so."""
+        return name in self._serial or name in self.models or name in self._adding
 
     async def add_adapter(
         self, name: str, adapter: tuple[LoRAConfig, dict[str, torch.Tensor]]
@@ -329,8 +313,8 @@ class Service:
 
     @property
     def in_flight(self) -> int:
-        """Requests accepted and not finished, over all engines and classifiers."""
-        return sum(self._in_flight.values()) + sum(self._classifying.values())
+        """Requests accepted and not finished, over all engines and task models."""
+        return sum(self._in_flight.values()) + sum(self._serial.values())
 
     # ------------------------------------------------------------------ lifecycle
 
