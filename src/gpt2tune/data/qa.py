@@ -235,16 +235,21 @@ def qa_features(
                 "lower `doc_stride` or raise `block_size`",
                 field="doc_stride",
             )
-        start = 0
-        while True:
+        for k in range(window_count(len(context), room, doc_stride)):
+            start = k * (room - doc_stride)
             window = range(start, min(start + room, len(context)))
             features.append(
                 _feature(index, example, question, context, offsets, window, max_length, pad_id)
             )
-            if window.stop >= len(context):
-                break
-            start += room - doc_stride
     return features
+
+
+def window_count(context: int, room: int, doc_stride: int) -> int:
+    """How many windows ``qa_features`` cuts a context of ``context`` tokens into: one every
+    ``room - doc_stride`` tokens (``room``: the window's tokens left after the question, more
+    than ``doc_stride``) until one reaches the context's end."""
+    step = room - doc_stride
+    return 1 + max(0, -(-(context - room) // step))  # 1 + ceil((context - room) / step)
 
 
 def _feature(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from gpt2tune.data.qa import QAExample
+from gpt2tune.data.qa import QAExample, window_count
 from gpt2tune.inference.qa import window_length
 from gpt2tune.serve.generation import too_large
 from gpt2tune.serve.protocol import AnswerRequest, APIError
@@ -90,6 +90,6 @@ def read_tokens(question: int, context: int, window: int, doc_stride: int, index
             "question or a smaller doc_stride",
             param="doc_stride" if room >= 1 else "question",
         )
-    windows = 1 + max(0, -(-(context - room) // step))  # ceil((context - room) / step)
+    windows = window_count(context, room, doc_stride)
     # every window holds the question; all but the last room tokens of context, the last the rest
     return windows * question + (windows - 1) * room + context - (windows - 1) * step
