@@ -60,8 +60,8 @@ $(VENV)/.llama: $(VENV)/.torch | export-tools
 # the linter, the formatter's check and the type checker (settings in pyproject.toml); part of
 # make test, so CI enforces them. `ruff check --fix` and `ruff format` fix most of what they find
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
 # two pytest-xdist workers of one torch thread each (tests/conftest.py): on 2 cores about half the

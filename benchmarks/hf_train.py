@@ -25,7 +25,9 @@ def blocks(tok, path: Path, block: int) -> list[dict]:
     for enc in tok(docs)["input_ids"]:
         ids += enc + [tok.eos_token_id]
     n = len(ids) // block * block
-    return [{"input_ids": ids[i:i + block], "labels": ids[i:i + block]} for i in range(0, n, block)]
+    return [
+        {"input_ids": ids[i : i + block], "labels": ids[i : i + block]} for i in range(0, n, block)
+    ]
 
 
 def main() -> None:
@@ -45,30 +47,69 @@ def main() -> None:
 
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (GPT2LMHeadModel, GPT2TokenizerFast, Trainer, TrainingArguments,
-                              default_data_collator)
+    from transformers import (
+        GPT2LMHeadModel,
+        GPT2TokenizerFast,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+    )
 
     torch.manual_seed(args.seed)
     tok = GPT2TokenizerFast.from_pretrained(args.model)
     train, val = blocks(tok, args.train, args.block_size), blocks(tok, args.val, args.block_size)
     model = GPT2LMHeadModel.from_pretrained(args.model)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"],
-                                             lora_dropout=0.0, fan_in_fan_out=True,
-                                             task_type="CAUSAL_LM"))
-    targs = TrainingArguments(output_dir=args.out, max_steps=args.max_steps,
-                              per_device_train_batch_size=args.batch_size,
-                              per_device_eval_batch_size=args.batch_size, learning_rate=args.lr,
-                              weight_decay=0.01, warmup_steps=0, lr_scheduler_type="cosine",
-                              max_grad_norm=1.0, bf16=args.bf16, use_cpu=True, seed=args.seed,
-                              logging_steps=10, eval_strategy="no", save_strategy="no",
-                              report_to=[], dataloader_num_workers=0, disable_tqdm=True)
-    trainer = Trainer(model=model, args=targs, train_dataset=train, eval_dataset=val,
-                      data_collator=default_data_collator)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["c_attn"],
+            lora_dropout=0.0,
+            fan_in_fan_out=True,
+            task_type="CAUSAL_LM",
+        ),
+    )
+    targs = TrainingArguments(
+        output_dir=args.out,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weight_decay=0.01,
+        warmup_steps=0,
+        lr_scheduler_type="cosine",
+        max_grad_norm=1.0,
+        bf16=args.bf16,
+        use_cpu=True,
+        seed=args.seed,
+        logging_steps=10,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=train,
+        eval_dataset=val,
+        data_collator=default_data_collator,
+    )
     result = trainer.train()
     metrics = trainer.evaluate()
     model.save_pretrained(args.out)
-    print(json.dumps({"train_loss": result.training_loss, "val_loss": metrics["eval_loss"],
-                      "steps": result.global_step, "rows": len(train)}))
+    print(
+        json.dumps(
+            {
+                "train_loss": result.training_loss,
+                "val_loss": metrics["eval_loss"],
+                "steps": result.global_step,
+                "rows": len(train),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

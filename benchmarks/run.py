@@ -68,7 +68,11 @@ class Case:
 # GPT-2 XL (1.5B), LoRA r=8 on c_attn, batch 2 x 256: a laptop user's largest fine-tune
 XL = dict(size="gpt2-xl", batch=2, lora_r=8)
 CASES = [
-    *(Case(f"train-{m}-{p}", "train", p, method=m) for m in ("lora", "full") for p in ("fp32", "bf16")),
+    *(
+        Case(f"train-{m}-{p}", "train", p, method=m)
+        for m in ("lora", "full")
+        for p in ("fp32", "bf16")
+    ),
     *(Case(f"generate-b{b}-{p}", "generate", p, batch=b) for b in (1, 8) for p in ("fp32", "bf16")),
     # packed chat data: the LoRA step on rows holding several examples each (segment ids)
     Case("train-lora-packed-bf16", "train", "bf16", method="lora", packed=True),
@@ -93,8 +97,11 @@ TARGETS = {
     **{(f"generate-b{b}-{p}", "tokens/s"): (">=", 1.5) for b in (1, 8) for p in ("fp32", "bf16")},
     # issue 13: batch-1 fp32 decoding is bound by memory bandwidth in both libraries
     ("generate-b1-fp32", "tokens/s"): (">=", 1.0),
-    **{(f"train-lora-xl-{p}", what): target for p in ("bf16", "fp32")
-       for what, target in (("tokens/s", (">=", 1.5)), ("peak memory", ("<=", 0.5)))},
+    **{
+        (f"train-lora-xl-{p}", what): target
+        for p in ("bf16", "fp32")
+        for what, target in (("tokens/s", (">=", 1.5)), ("peak memory", ("<=", 0.5)))
+    },
 }
 # Targets on gpt2tune's own figure rather than the ratio (issue 21: 40% of the bf16 peak).
 ABSOLUTE_TARGETS = {("train-lora-bf16", "MFU"): (">=", 0.40)}
@@ -104,13 +111,17 @@ ABSOLUTE_TARGETS = {("train-lora-bf16", "MFU"): (">=", 0.40)}
 
 PRESETS_SHAPE = {"gpt2": dict(n_layer=12, n_embd=768), "gpt2-xl": dict(n_layer=48, n_embd=1600)}
 
+
 def matmul_params(n_layer: int = 12, n_embd: int = 768, vocab: int = 50257) -> int:
     """Weights that take part in a matmul per token: the four projections of each block
-    (12 d^2) and the tied LM head (V d). Biases, LayerNorms and the embedding lookups are left out."""
+    (12 d^2) and the tied LM head (V d). Biases, LayerNorms and the embedding lookups are left
+    out."""
     return n_layer * 12 * n_embd**2 + vocab * n_embd
 
 
-def train_flops_per_token(method: str, seq: int = SEQ, n_layer: int = 12, n_embd: int = 768) -> float:
+def train_flops_per_token(
+    method: str, seq: int = SEQ, n_layer: int = 12, n_embd: int = 768
+) -> float:
     """Model FLOPs per trained token.
 
     Weights: forward 2N, backward 2N for the input gradients plus 2N for the weight gradients;
@@ -124,6 +135,7 @@ def train_flops_per_token(method: str, seq: int = SEQ, n_layer: int = 12, n_embd
 
 
 # ----------------------------------------------------------------------------- child side
+
 
 def _bf16_native(device: str) -> bool:
     import torch
@@ -189,9 +201,16 @@ def _build(lib: str, method: str | None, device: str, size: str = "gpt2", lora_r
         if method == "lora":
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=alpha,
-                                                     target_modules=["c_attn"], lora_dropout=0.0,
-                                                     fan_in_fan_out=True))
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora_r,
+                    lora_alpha=alpha,
+                    target_modules=["c_attn"],
+                    lora_dropout=0.0,
+                    fan_in_fan_out=True,
+                ),
+            )
     model.to(device)
     return model, [p for p in model.parameters() if p.requires_grad]
 
@@ -224,8 +243,12 @@ def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> d
         from gpt2tune.finetune.loop import Trainer
         from gpt2tune.finetune.parallel import SingleProcess
 
-        trainer = Trainer(model, TrainConfig(method=case.method, precision=case.precision),
-                          total_steps=warmup + steps, parallel=SingleProcess())
+        trainer = Trainer(
+            model,
+            TrainConfig(method=case.method, precision=case.precision),
+            total_steps=warmup + steps,
+            parallel=SingleProcess(),
+        )
         if segments is None:
             batch = [(data[:, :-1], data[:, 1:])]
         else:
@@ -276,8 +299,13 @@ def child_train(lib: str, case: Case, device: str, warmup: int, steps: int) -> d
             if i >= warmup:
                 times.append(time.perf_counter() - t)
     assert math.isfinite(loss)
-    return {"step_s": times, "tokens_per_step": case.batch * SEQ, "setup_peak_mib": setup_mib,
-            "peak_mib": _peak_mib(device), "trainable_params": sum(p.numel() for p in params)}
+    return {
+        "step_s": times,
+        "tokens_per_step": case.batch * SEQ,
+        "setup_peak_mib": setup_mib,
+        "peak_mib": _peak_mib(device),
+        "trainable_params": sum(p.numel() for p in params),
+    }
 
 
 def child_generate(lib: str, case: Case, device: str, new_tokens: int, repeats: int) -> dict:
@@ -300,18 +328,28 @@ def child_generate(lib: str, case: Case, device: str, new_tokens: int, repeats: 
         rows = prompts.tolist()
 
         def run(n: int) -> int:
-            out = generate_ids(model, rows, SamplingConfig(max_new_tokens=n, top_k=TOP_K,
-                                                           stop_at_eot=False, seed=0),
-                               eot_id=EOT, autocast_dtype=amp)
+            out = generate_ids(
+                model,
+                rows,
+                SamplingConfig(max_new_tokens=n, top_k=TOP_K, stop_at_eot=False, seed=0),
+                eot_id=EOT,
+                autocast_dtype=amp,
+            )
             return sum(len(r) for r in out)
     else:
         mask = torch.ones_like(prompts)
 
         def run(n: int) -> int:
             with torch.no_grad(), _amp(device, case.precision):
-                out = model.generate(input_ids=prompts, attention_mask=mask, do_sample=True,
-                                     top_k=TOP_K, max_new_tokens=n, min_new_tokens=n,
-                                     pad_token_id=EOT)
+                out = model.generate(
+                    input_ids=prompts,
+                    attention_mask=mask,
+                    do_sample=True,
+                    top_k=TOP_K,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    pad_token_id=EOT,
+                )
             return (out.size(1) - PROMPT_LEN) * out.size(0)
 
     run(4)
@@ -365,18 +403,62 @@ def child_e2e(lib: str, case: Case, device: str, steps: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="gpt2tune-e2e-"))
     try:
         model_dir, train, val = _e2e_inputs(work)
-        common = ["--max-steps", str(steps), "--batch-size", str(BATCH), "--block-size", str(SEQ),
-                  "--lr", "2e-4"]
+        common = [
+            "--max-steps",
+            str(steps),
+            "--batch-size",
+            str(BATCH),
+            "--block-size",
+            str(SEQ),
+            "--lr",
+            "2e-4",
+        ]
         if lib == "gpt2tune":
-            cmd = [sys.executable, "-m", "gpt2tune", "train", "--model", str(model_dir),
-                   "--data", str(train), "--val-data", str(val), "--out", str(work / "out"),
-                   "--method", "lora", "--lora-r", str(LORA_R), "--lora-alpha", str(LORA_ALPHA),
-                   "--lora-targets", "c_attn", "--warmup-steps", "0", "--device", device,
-                   "--precision", "bf16" if bf16 else "fp32", "--no-progress", *common]
+            cmd = [
+                sys.executable,
+                "-m",
+                "gpt2tune",
+                "train",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(train),
+                "--val-data",
+                str(val),
+                "--out",
+                str(work / "out"),
+                "--method",
+                "lora",
+                "--lora-r",
+                str(LORA_R),
+                "--lora-alpha",
+                str(LORA_ALPHA),
+                "--lora-targets",
+                "c_attn",
+                "--warmup-steps",
+                "0",
+                "--device",
+                device,
+                "--precision",
+                "bf16" if bf16 else "fp32",
+                "--no-progress",
+                *common,
+            ]
         else:
-            cmd = [sys.executable, str(HERE / "hf_train.py"), "--model", str(model_dir),
-                   "--train", str(train), "--val", str(val), "--out", str(work / "out"),
-                   *common, *(["--bf16"] if bf16 else [])]
+            cmd = [
+                sys.executable,
+                str(HERE / "hf_train.py"),
+                "--model",
+                str(model_dir),
+                "--train",
+                str(train),
+                "--val",
+                str(val),
+                "--out",
+                str(work / "out"),
+                *common,
+                *(["--bf16"] if bf16 else []),
+            ]
         env = {**os.environ, "GPT2TUNE_CACHE": str(work / "cache")}
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -384,9 +466,14 @@ def child_e2e(lib: str, case: Case, device: str, steps: int) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(" | ".join(proc.stderr.strip().splitlines()[-3:]))
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        return {"wall_s": [wall], "steps": steps, "tokens": steps * BATCH * SEQ,
-                "precision": "bf16" if bf16 else "fp32", "peak_mib": peak,
-                "stdout_tail": proc.stdout.strip().splitlines()[-1:]}
+        return {
+            "wall_s": [wall],
+            "steps": steps,
+            "tokens": steps * BATCH * SEQ,
+            "precision": "bf16" if bf16 else "fp32",
+            "peak_mib": peak,
+            "stdout_tail": proc.stdout.strip().splitlines()[-1:],
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -411,8 +498,7 @@ def child_bandwidth(device: str, budget_s: float, mib: int = 1024) -> dict:
         a.sum().item()
         best_read = min(best_read, time.perf_counter() - t)
     size = n * 4
-    return {"copy_gbs": 2 * size / best_copy / 1e9, "read_gbs": size / best_read / 1e9,
-            "mib": mib}
+    return {"copy_gbs": 2 * size / best_copy / 1e9, "read_gbs": size / best_read / 1e9, "mib": mib}
 
 
 def child_matmul(precision: str, device: str, budget_s: float) -> dict:
@@ -461,12 +547,14 @@ def child_main(spec: dict) -> None:
         elif case.kind == "train":
             out = child_train(spec["lib"], case, spec["device"], spec["warmup"], spec["steps"])
         else:
-            out = child_generate(spec["lib"], case, spec["device"], spec["new_tokens"],
-                                 spec["repeats"])
+            out = child_generate(
+                spec["lib"], case, spec["device"], spec["new_tokens"], spec["repeats"]
+            )
     print("BENCH_RESULT " + json.dumps(out), flush=True)
 
 
 # ----------------------------------------------------------------------------- parent side
+
 
 def _cpu_busy_s() -> float | None:
     """CPU-seconds all processes on the machine have used since boot (Linux /proc/stat)."""
@@ -511,8 +599,12 @@ def run_child(spec: dict, timeout_s: float) -> dict:
     Adds ``others_cores``: the CPU that other processes on the machine used while the child ran,
     in cores (all busy time minus the child's own, over the child's wall time)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     busy0, own0, t0 = _cpu_busy_s(), _children_cpu_s(), time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -521,7 +613,7 @@ def run_child(spec: dict, timeout_s: float) -> dict:
     wall, busy1, own1 = time.perf_counter() - t0, _cpu_busy_s(), _children_cpu_s()
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
-            out = json.loads(line[len("BENCH_RESULT "):])
+            out = json.loads(line[len("BENCH_RESULT ") :])
             if busy0 is not None and busy1 is not None:
                 out["others_cores"] = round(max(0.0, (busy1 - busy0) - (own1 - own0)) / wall, 2)
             return out
@@ -534,11 +626,16 @@ def machine_info(device: str) -> dict:
 
     from gpt2tune.runtime import BF16_FLAGS, cpu_flags
 
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "python": platform.python_version(), "device": device,
-            "bf16_flags": [f for f in BF16_FLAGS if f in cpu_flags()]}
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+        "device": device,
+        "bf16_flags": [f for f in BF16_FLAGS if f in cpu_flags()],
+    }
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -564,11 +661,23 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b not in (None, 0) else None
 
 
-def _row(case: str, what: str, unit: str, ours: float | None, theirs: float | None,
-         digits: int = 1, note: str = "") -> dict:
+def _row(
+    case: str,
+    what: str,
+    unit: str,
+    ours: float | None,
+    theirs: float | None,
+    digits: int = 1,
+    note: str = "",
+) -> dict:
     r = lambda v: round(v, digits) if v is not None else None  # noqa: E731
-    row = {"name": f"{case} {what}", "unit": unit, "gpt2tune": r(ours), "transformers": r(theirs),
-           "ratio": _ratio(ours, theirs)}
+    row = {
+        "name": f"{case} {what}",
+        "unit": unit,
+        "gpt2tune": r(ours),
+        "transformers": r(theirs),
+        "ratio": _ratio(ours, theirs),
+    }
     for targets, key in ((TARGETS, "ratio"), (ABSOLUTE_TARGETS, "gpt2tune")):
         target = targets.get((case, what))
         if target is not None:
@@ -597,70 +706,158 @@ def build_rows(results: dict, peaks: dict, bandwidth: dict | None = None) -> lis
             continue
         skipped = res.get("skipped")
         ours, theirs = res.get("gpt2tune", {}), res.get("transformers", {})
-        note = skipped or "; ".join(f"{lib}: {r['error']}" for lib, r in
-                                    (("gpt2tune", ours), ("transformers", theirs)) if "error" in r)
-        busy = [f"{lib} {r['others_cores']}" for lib, r in
-                (("gpt2tune", ours), ("transformers", theirs)) if r.get("others_cores", 0) > BUSY]
+        note = skipped or "; ".join(
+            f"{lib}: {r['error']}"
+            for lib, r in (("gpt2tune", ours), ("transformers", theirs))
+            if "error" in r
+        )
+        busy = [
+            f"{lib} {r['others_cores']}"
+            for lib, r in (("gpt2tune", ours), ("transformers", theirs))
+            if r.get("others_cores", 0) > BUSY
+        ]
         if busy:
-            note = (note + "; " if note else "") + ("other processes used CPU cores during the "
-                                                    "run (" + ", ".join(busy) + "): less reliable")
+            note = (note + "; " if note else "") + (
+                "other processes used CPU cores during the "
+                "run (" + ", ".join(busy) + "): less reliable"
+            )
         if case.kind == "e2e":
-            wall = {lib: (min(r["wall_s"]) if "wall_s" in r else None)
-                    for lib, r in (("gpt2tune", ours), ("transformers", theirs))}
+            wall = {
+                lib: (min(r["wall_s"]) if "wall_s" in r else None)
+                for lib, r in (("gpt2tune", ours), ("transformers", theirs))
+            }
             precision = ours.get("precision") or theirs.get("precision")
-            rows.append(_row(case.name, "wall s", f"s for the whole process, {E2E_STEPS} steps + "
-                             f"evaluation, {precision} (lower is better: ratio < 1 = gpt2tune "
-                             "faster)", wall["gpt2tune"], wall["transformers"], note=note))
-            rows.append(_row(case.name, "peak memory", MEMORY_UNIT,
-                             ours.get("peak_mib"), theirs.get("peak_mib")))
+            rows.append(
+                _row(
+                    case.name,
+                    "wall s",
+                    f"s for the whole process, {E2E_STEPS} steps + "
+                    f"evaluation, {precision} (lower is better: ratio < 1 = gpt2tune "
+                    "faster)",
+                    wall["gpt2tune"],
+                    wall["transformers"],
+                    note=note,
+                )
+            )
+            rows.append(
+                _row(
+                    case.name,
+                    "peak memory",
+                    MEMORY_UNIT,
+                    ours.get("peak_mib"),
+                    theirs.get("peak_mib"),
+                )
+            )
             continue
         # a train child reports seconds per step, a generate child seconds per run
-        tokens, seconds = (("tokens_per_step", "step_s") if case.kind == "train"
-                           else ("tokens_per_run", "run_s"))
-        tps = {lib: (r[tokens] / min(r[seconds]) if seconds in r else None)
-               for lib, r in (("gpt2tune", ours), ("transformers", theirs))}
-        rows.append(_row(case.name, "tokens/s", "tokens/s (higher is better)",
-                         tps["gpt2tune"], tps["transformers"], note=note))
-        rows.append(_row(case.name, "peak memory", MEMORY_UNIT,
-                         ours.get("peak_mib"), theirs.get("peak_mib")))
+        tokens, seconds = (
+            ("tokens_per_step", "step_s") if case.kind == "train" else ("tokens_per_run", "run_s")
+        )
+        tps = {
+            lib: (r[tokens] / min(r[seconds]) if seconds in r else None)
+            for lib, r in (("gpt2tune", ours), ("transformers", theirs))
+        }
+        rows.append(
+            _row(
+                case.name,
+                "tokens/s",
+                "tokens/s (higher is better)",
+                tps["gpt2tune"],
+                tps["transformers"],
+                note=note,
+            )
+        )
+        rows.append(
+            _row(
+                case.name, "peak memory", MEMORY_UNIT, ours.get("peak_mib"), theirs.get("peak_mib")
+            )
+        )
         if case.kind == "generate" and case.batch == 1 and bandwidth and "read_gbs" in bandwidth:
-            share = {lib: (v * decode_bytes_per_token(lib, case.precision)
-                           / (bandwidth["read_gbs"] * 1e9) if v is not None else None)
-                     for lib, v in tps.items()}
-            rows.append(_row(case.name, "bandwidth", "fraction of the measured memory read "
-                             "bandwidth spent reading the weights as stored (higher is better)",
-                             share["gpt2tune"], share["transformers"], digits=3))
+            share = {
+                lib: (
+                    v * decode_bytes_per_token(lib, case.precision) / (bandwidth["read_gbs"] * 1e9)
+                    if v is not None
+                    else None
+                )
+                for lib, v in tps.items()
+            }
+            rows.append(
+                _row(
+                    case.name,
+                    "bandwidth",
+                    "fraction of the measured memory read "
+                    "bandwidth spent reading the weights as stored (higher is better)",
+                    share["gpt2tune"],
+                    share["transformers"],
+                    digits=3,
+                )
+            )
         if case.kind == "train":
             peak = peaks.get(case.precision)
             shape = PRESETS_SHAPE.get(case.size, {})
             flops = train_flops_per_token(case.method, **shape)
-            mfu = {lib: (v * flops / (peak * 1e9) if v is not None and peak else None)
-                   for lib, v in tps.items()}
-            rows.append(_row(case.name, "MFU", "fraction of the measured matmul peak in the "
-                             "row's dtype (higher is better)", mfu["gpt2tune"],
-                             mfu["transformers"], digits=3))
+            mfu = {
+                lib: (v * flops / (peak * 1e9) if v is not None and peak else None)
+                for lib, v in tps.items()
+            }
+            rows.append(
+                _row(
+                    case.name,
+                    "MFU",
+                    "fraction of the measured matmul peak in the row's dtype (higher is better)",
+                    mfu["gpt2tune"],
+                    mfu["transformers"],
+                    digits=3,
+                )
+            )
     return rows
 
 
 def format_table(rows: list[dict], meta: dict) -> str:
     m = meta["machine"]
-    head = [f"machine: {m['cpu']}, {m['cores']} cores, {m.get('gpu') or 'CPU'}; bf16 flags: "
-            f"{', '.join(m.get('bf16_flags') or []) or 'none'}; torch {m['torch']}, "
-            f"transformers {m['transformers']}, peft {m['peft']}, gpt2tune {m['gpt2tune']}",
-            "matmul peak (the better of the run's start and end): "
-            + ", ".join(f"{p} {v['gflops']:.1f} GFLOP/s (n={v['n']})"
-                        for p, v in meta["matmul"].items() if "gflops" in v),
-            "memory bandwidth: " + (f"read {meta['bandwidth']['read_gbs']:.1f} GB/s, copy "
-                                    f"{meta['bandwidth']['copy_gbs']:.1f} GB/s"
-                                    if "read_gbs" in meta.get("bandwidth", {}) else "-"),
-            f"load average at start/end: {meta['loadavg_start']} / {meta['loadavg_end']}", ""]
+    head = [
+        f"machine: {m['cpu']}, {m['cores']} cores, {m.get('gpu') or 'CPU'}; bf16 flags: "
+        f"{', '.join(m.get('bf16_flags') or []) or 'none'}; torch {m['torch']}, "
+        f"transformers {m['transformers']}, peft {m['peft']}, gpt2tune {m['gpt2tune']}",
+        "matmul peak (the better of the run's start and end): "
+        + ", ".join(
+            f"{p} {v['gflops']:.1f} GFLOP/s (n={v['n']})"
+            for p, v in meta["matmul"].items()
+            if "gflops" in v
+        ),
+        "memory bandwidth: "
+        + (
+            f"read {meta['bandwidth']['read_gbs']:.1f} GB/s, copy "
+            f"{meta['bandwidth']['copy_gbs']:.1f} GB/s"
+            if "read_gbs" in meta.get("bandwidth", {})
+            else "-"
+        ),
+        f"load average at start/end: {meta['loadavg_start']} / {meta['loadavg_end']}",
+        "",
+    ]
     cols = ["name", "gpt2tune", "transformers", "ratio", "target"]
-    body = [["" if r.get(c) is None else
-             (f"{r[c]}" + (" ok" if c == "target" and r.get("met") else
-                           " MISSED" if c == "target" and r.get("met") is False else ""))
-             for c in cols] for r in rows]
+    body = [
+        [
+            ""
+            if r.get(c) is None
+            else (
+                f"{r[c]}"
+                + (
+                    " ok"
+                    if c == "target" and r.get("met")
+                    else " MISSED"
+                    if c == "target" and r.get("met") is False
+                    else ""
+                )
+            )
+            for c in cols
+        ]
+        for r in rows
+    ]
     body = [b[:1] + [v if v else "-" for v in b[1:4]] + b[4:] for b in body]
-    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
+    widths = [
+        max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)
+    ]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     out = head + [line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(b) for b in body]
@@ -672,33 +869,60 @@ def format_table(rows: list[dict], meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 warm-up + 1 timed step, 16 new tokens; writes no file "
-                         "unless --output is given")
-    ap.add_argument("--only", metavar="PATTERN",
-                    help="run only configurations whose name matches this regex "
-                         f"(names: {', '.join(c.name for c in CASES)})")
-    ap.add_argument("--libs", default=",".join(LIBS), help="comma-separated subset of: "
-                    + ", ".join(LIBS))
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 warm-up + 1 timed step, 16 new tokens; writes no file "
+        "unless --output is given",
+    )
+    ap.add_argument(
+        "--only",
+        metavar="PATTERN",
+        help="run only configurations whose name matches this regex "
+        f"(names: {', '.join(c.name for c in CASES)})",
+    )
+    ap.add_argument(
+        "--libs", default=",".join(LIBS), help="comma-separated subset of: " + ", ".join(LIBS)
+    )
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
-                    help="bf16 configurations: auto runs them only where the device has native "
-                         "bf16 matmuls (elsewhere they take hours)")
+    ap.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bf16 configurations: auto runs them only where the device has native "
+        "bf16 matmuls (elsewhere they take hours)",
+    )
     ap.add_argument("--warmup", type=int, help="training warm-up steps (default 1)")
     ap.add_argument("--steps", type=int, help="timed training steps (default 3)")
     ap.add_argument("--new-tokens", type=int, help="tokens generated per row (default 128)")
     ap.add_argument("--repeats", type=int, help="timed generations per configuration (default 2)")
-    ap.add_argument("--output", type=Path, help="results file (default benchmarks/results.json "
-                    "for a full run, none for --quick/--only/--libs runs)")
-    ap.add_argument("--threads", type=int, help="torch threads in each child (default: "
-                    "torch's default, one per core)")
+    ap.add_argument(
+        "--output",
+        type=Path,
+        help="results file (default benchmarks/results.json "
+        "for a full run, none for --quick/--only/--libs runs)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads in each child (default: torch's default, one per core)",
+    )
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
-    ap.add_argument("--quiet-wait", type=float, default=180, metavar="SECONDS",
-                    help="before each configuration, wait up to this long for other processes "
-                         "to leave the CPU (default 180; 0 = don't wait)")
-    ap.add_argument("--retries", type=int, default=1,
-                    help=f"run a configuration again when other processes used more than {BUSY} "
-                         "cores during it; the least disturbed run is kept (default 1)")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=180,
+        metavar="SECONDS",
+        help="before each configuration, wait up to this long for other processes "
+        "to leave the CPU (default 180; 0 = don't wait)",
+    )
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help=f"run a configuration again when other processes used more than {BUSY} "
+        "cores during it; the least disturbed run is kept (default 1)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -716,23 +940,46 @@ def main(argv: list[str] | None = None) -> int:
     partial = args.quick or args.only is not None or libs != list(LIBS)
     output = args.output or (None if partial else HERE / "results.json")
 
-    meta = {"machine": machine_info(args.device), "loadavg_start": _loadavg(),
-            "settings": {"batch": BATCH, "seq": SEQ, "lora_r": LORA_R, "lora_alpha": LORA_ALPHA,
-                         "lora_targets": ["c_attn"], "warmup_steps": warmup, "timed_steps": steps,
-                         "prompt_len": PROMPT_LEN, "new_tokens": new_tokens, "top_k": TOP_K,
-                         "generate_repeats": repeats, "libs": libs,
-                         "threads": args.threads or meta_threads()}}
+    meta = {
+        "machine": machine_info(args.device),
+        "loadavg_start": _loadavg(),
+        "settings": {
+            "batch": BATCH,
+            "seq": SEQ,
+            "lora_r": LORA_R,
+            "lora_alpha": LORA_ALPHA,
+            "lora_targets": ["c_attn"],
+            "warmup_steps": warmup,
+            "timed_steps": steps,
+            "prompt_len": PROMPT_LEN,
+            "new_tokens": new_tokens,
+            "top_k": TOP_K,
+            "generate_repeats": repeats,
+            "libs": libs,
+            "threads": args.threads or meta_threads(),
+        },
+    }
     t_start = time.perf_counter()
-    print(f"machine: {meta['machine']['cpu']} ({meta['machine']['cores']} cores), "
-          f"load average {meta['loadavg_start']}", flush=True)
+    print(
+        f"machine: {meta['machine']['cpu']} ({meta['machine']['cores']} cores), "
+        f"load average {meta['loadavg_start']}",
+        flush=True,
+    )
 
     meta["matmul_start"] = measure_peaks(args)
     wait_for_quiet(args.quiet_wait)
-    meta["bandwidth"] = run_child({"what": "bandwidth", "device": args.device,
-                                   "budget_s": 0.5 if args.quick else 2.0,
-                                   "threads": args.threads}, args.timeout)
+    meta["bandwidth"] = run_child(
+        {
+            "what": "bandwidth",
+            "device": args.device,
+            "budget_s": 0.5 if args.quick else 2.0,
+            "threads": args.threads,
+        },
+        args.timeout,
+    )
     print(f"memory bandwidth: {meta['bandwidth']}", flush=True)
     native_bf16 = meta["matmul_start"]["bf16"].get("native_bf16", False)
+    start_peaks = {p: r.get("gflops", 0) for p, r in meta["matmul_start"].items()}
     run_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16)
 
     results: dict[str, dict] = {}
@@ -740,23 +987,38 @@ def main(argv: list[str] | None = None) -> int:
         if case.fallback and run_bf16:
             continue  # the bf16 row runs instead
         if case.precision == "bf16" and not run_bf16:
-            results[case.name] = {"skipped": (
-                f"skipped: no native bf16 matmul on this {args.device} (measured "
-                f"{peaks.get('bf16', 0):.1f} vs {peaks.get('fp32', 0):.1f} GFLOP/s fp32); "
-                "--bf16 on runs it anyway")}
+            results[case.name] = {
+                "skipped": (
+                    f"skipped: no native bf16 matmul on this {args.device} (measured "
+                    f"{start_peaks.get('bf16', 0):.1f} vs {start_peaks.get('fp32', 0):.1f} GFLOP/s "
+                    "fp32); "
+                    "--bf16 on runs it anyway"
+                )
+            }
             continue
         results[case.name] = {}
         # alternate which library goes first, so slow drift in the machine's load evens out
-        for lib in (libs if k % 2 == 0 else libs[::-1]):
-            spec = {"what": case.kind, "lib": lib, "case": asdict(case), "device": args.device,
-                    "warmup": warmup, "steps": steps, "new_tokens": new_tokens, "repeats": repeats,
-                    "threads": args.threads, "e2e_steps": 2 if args.quick else E2E_STEPS}
-            for attempt in range(1 + args.retries):
+        for lib in libs if k % 2 == 0 else libs[::-1]:
+            spec = {
+                "what": case.kind,
+                "lib": lib,
+                "case": asdict(case),
+                "device": args.device,
+                "warmup": warmup,
+                "steps": steps,
+                "new_tokens": new_tokens,
+                "repeats": repeats,
+                "threads": args.threads,
+                "e2e_steps": 2 if args.quick else E2E_STEPS,
+            }
+            for _attempt in range(1 + args.retries):
                 wait_for_quiet(args.quiet_wait)
                 t = time.perf_counter()
                 res = run_child(spec, args.timeout)
-                print(f"{case.name:<20} {lib:<13} {time.perf_counter() - t:6.1f} s  "
-                      f"{_summary(res)}", flush=True)
+                print(
+                    f"{case.name:<20} {lib:<13} {time.perf_counter() - t:6.1f} s  {_summary(res)}",
+                    flush=True,
+                )
                 best = results[case.name].get(lib)
                 if best is None or res.get("others_cores", 0) < best.get("others_cores", 0):
                     results[case.name][lib] = res
@@ -766,8 +1028,10 @@ def main(argv: list[str] | None = None) -> int:
     # the peak again at the end: the MFU rows take the better of the two (the machine's rate
     # drifts; the best it showed is what it can do)
     meta["matmul_end"] = measure_peaks(args)
-    meta["matmul"] = {p: max((meta["matmul_start"][p], meta["matmul_end"][p]),
-                             key=lambda r: r.get("gflops", 0)) for p in ("fp32", "bf16")}
+    meta["matmul"] = {
+        p: max((meta["matmul_start"][p], meta["matmul_end"][p]), key=lambda r: r.get("gflops", 0))
+        for p in ("fp32", "bf16")
+    }
     peaks = {p: r["gflops"] for p, r in meta["matmul"].items() if "gflops" in r}
     meta["loadavg_end"] = _loadavg()
     meta["wall_s"] = round(time.perf_counter() - t_start, 1)
@@ -777,8 +1041,15 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows, meta))
     if output is not None:
         m = meta["machine"]
-        meta_row = {"name": "metadata", "unit": "versions", "gpt2tune": m["gpt2tune"],
-                    "transformers": m["transformers"], "ratio": None, **meta, "raw": results}
+        meta_row = {
+            "name": "metadata",
+            "unit": "versions",
+            "gpt2tune": m["gpt2tune"],
+            "transformers": m["transformers"],
+            "ratio": None,
+            **meta,
+            "raw": results,
+        }
         output.write_text(json.dumps(rows + [meta_row], indent=1) + "\n")
         print(f"\nwrote {output}")
     return 0
@@ -789,11 +1060,18 @@ def measure_peaks(args: argparse.Namespace) -> dict[str, dict]:
     processes disturbed it; the least disturbed, best measurement is kept."""
     out: dict[str, dict] = {}
     for precision in ("fp32", "bf16"):
-        for attempt in range(1 + args.retries):
+        for _attempt in range(1 + args.retries):
             wait_for_quiet(args.quiet_wait)
-            res = run_child({"what": "matmul", "precision": precision, "device": args.device,
-                             "budget_s": 0.6 if args.quick else 3.0,
-                             "threads": args.threads}, args.timeout)
+            res = run_child(
+                {
+                    "what": "matmul",
+                    "precision": precision,
+                    "device": args.device,
+                    "budget_s": 0.6 if args.quick else 3.0,
+                    "threads": args.threads,
+                },
+                args.timeout,
+            )
             if res.get("gflops", 0) > out.get(precision, {}).get("gflops", 0):
                 out[precision] = res
             if res.get("others_cores", 0) <= BUSY:
@@ -821,15 +1099,21 @@ def _summary(res: dict) -> str:
         return "ERROR " + res["error"]
     others = f"  others {res['others_cores']} cores" if "others_cores" in res else ""
     if "wall_s" in res:
-        return (f"{min(res['wall_s']):8.1f} s whole process ({res['precision']})  "
-                f"peak {res['peak_mib']:.0f} MiB{others}")
+        return (
+            f"{min(res['wall_s']):8.1f} s whole process ({res['precision']})  "
+            f"peak {res['peak_mib']:.0f} MiB{others}"
+        )
     if "step_s" in res:
-        return (f"{res['tokens_per_step'] / min(res['step_s']):8.1f} tokens/s  "
-                f"steps {', '.join(f'{s:.2f}' for s in res['step_s'])} s  "
-                f"peak {res['peak_mib']:.0f} MiB{others}")
-    return (f"{res['tokens_per_run'] / min(res['run_s']):8.1f} tokens/s  "
-            f"runs {', '.join(f'{s:.2f}' for s in res['run_s'])} s  peak {res['peak_mib']:.0f} MiB"
-            f"{others}")
+        return (
+            f"{res['tokens_per_step'] / min(res['step_s']):8.1f} tokens/s  "
+            f"steps {', '.join(f'{s:.2f}' for s in res['step_s'])} s  "
+            f"peak {res['peak_mib']:.0f} MiB{others}"
+        )
+    return (
+        f"{res['tokens_per_run'] / min(res['run_s']):8.1f} tokens/s  "
+        f"runs {', '.join(f'{s:.2f}' for s in res['run_s'])} s  peak {res['peak_mib']:.0f} MiB"
+        f"{others}"
+    )
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ TARGET_CLIENTS, TARGET_SPEEDUP = 8, 3.0
 
 # ----------------------------------------------------------------------------- the models
 
+
 def build_models(root: Path, size: str) -> tuple[Path, dict[str, Path]]:
     """Save a random base and ``ADAPTERS`` random peft adapters under ``root``.
 
@@ -87,9 +88,15 @@ def build_models(root: Path, size: str) -> tuple[Path, dict[str, Path]]:
             warnings.simplefilter("ignore", FutureWarning)
             peft_model = peft.get_peft_model(
                 copy.deepcopy(model),
-                peft.LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=["c_attn"],
-                                fan_in_fan_out=True, init_lora_weights=False,
-                                lora_dropout=0.0))
+                peft.LoraConfig(
+                    r=LORA_R,
+                    lora_alpha=LORA_ALPHA,
+                    target_modules=["c_attn"],
+                    fan_in_fan_out=True,
+                    init_lora_weights=False,
+                    lora_dropout=0.0,
+                ),
+            )
         adapters[f"a{i}"] = root / f"a{i}"
         peft_model.save_pretrained(adapters[f"a{i}"])
     return base, adapters
@@ -97,22 +104,49 @@ def build_models(root: Path, size: str) -> tuple[Path, dict[str, Path]]:
 
 # ----------------------------------------------------------------------------- the server
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(base: Path, adapters: dict[str, Path], port: int, device: str,
-                 log: Path, precision: str = "auto", extra: tuple[str, ...] = ()
-                 ) -> subprocess.Popen:
+def start_server(
+    base: Path,
+    adapters: dict[str, Path],
+    port: int,
+    device: str,
+    log: Path,
+    precision: str = "auto",
+    extra: tuple[str, ...] = (),
+) -> subprocess.Popen:
     """Start `gpt2tune serve` on 127.0.0.1:``port`` and wait (at most STARTUP_S) for /health."""
-    argv = [sys.executable, "-m", "gpt2tune", "serve", "--model", str(base),
-            *(a for name, d in adapters.items() for a in ("--adapter", f"{name}={d}")),
-            "--max-batch", str(ADAPTERS), "--host", "127.0.0.1", "--port", str(port),
-            "--device", device, "--precision", precision, *extra]
-    proc = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    argv = [
+        sys.executable,
+        "-m",
+        "gpt2tune",
+        "serve",
+        "--model",
+        str(base),
+        *(a for name, d in adapters.items() for a in ("--adapter", f"{name}={d}")),
+        "--max-batch",
+        str(ADAPTERS),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        device,
+        "--precision",
+        precision,
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -163,6 +197,7 @@ def own_cpu_s() -> float:
 
 # ----------------------------------------------------------------------------- the clients
 
+
 def stream_one(base_url: str, i: int, tokens: int, barrier: threading.Barrier) -> dict:
     """Client i: wait at the barrier, then stream one completion from adapter a{i}.
 
@@ -179,8 +214,14 @@ def stream_one(base_url: str, i: int, tokens: int, barrier: threading.Barrier) -
         raise
     with client:
         stream = client.completions.create(
-            model=f"a{i}", prompt=PROMPTS[i % len(PROMPTS)], max_tokens=tokens, temperature=1.0,
-            seed=i, stream=True, stream_options={"include_usage": True})
+            model=f"a{i}",
+            prompt=PROMPTS[i % len(PROMPTS)],
+            max_tokens=tokens,
+            temperature=1.0,
+            seed=i,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         arrivals, usage, finish = [], None, None
         for chunk in stream:
             now = time.perf_counter()
@@ -200,8 +241,7 @@ def run_level(base_url: str, clients: int, tokens: int) -> dict:
     # the barrier's action runs once, as the last thread arrives: the common start
     barrier = threading.Barrier(clients, action=lambda: start.append(time.perf_counter()))
     with ThreadPoolExecutor(clients) as pool:
-        futures = [pool.submit(stream_one, base_url, i, tokens, barrier)
-                   for i in range(clients)]
+        futures = [pool.submit(stream_one, base_url, i, tokens, barrier) for i in range(clients)]
         results = [f.result() for f in futures]
     t0 = start[0]
     end = max(r["arrivals"][-1] for r in results)
@@ -211,8 +251,9 @@ def run_level(base_url: str, clients: int, tokens: int) -> dict:
         "tokens": produced,
         "tokens_per_s": produced / (end - t0),
         "ttft_ms": [(r["arrivals"][0] - t0) * 1e3 for r in results],
-        "itl_ms": [(b - a) * 1e3 for r in results
-                   for a, b in zip(r["arrivals"], r["arrivals"][1:])],
+        "itl_ms": [
+            (b - a) * 1e3 for r in results for a, b in zip(r["arrivals"], r["arrivals"][1:])
+        ],
         "usage_tokens": [r["usage_tokens"] for r in results],
         # the server's own count: checks that one chunk is one token
         "chunks_match_usage": all(len(r["arrivals"]) == r["usage_tokens"] for r in results),
@@ -233,48 +274,77 @@ def percentile(values: list[float], q: float) -> float | None:
 
 # ----------------------------------------------------------------------------- the report
 
+
 def summarize(clients: int, runs: list[dict]) -> dict:
     best = max(runs, key=lambda r: r["tokens_per_s"])
     ttft = [v for r in runs for v in r["ttft_ms"]]
     itl = [v for r in runs for v in r["itl_ms"]]
-    return {"clients": clients, "tokens": best["tokens"], "wall_s": round(best["wall_s"], 2),
-            "tokens_per_s": round(best["tokens_per_s"], 1),
-            "ttft_p50_ms": round(percentile(ttft, 50), 1),
-            "ttft_p95_ms": round(percentile(ttft, 95), 1),
-            "itl_p50_ms": round(percentile(itl, 50), 1),
-            "itl_p95_ms": round(percentile(itl, 95), 1),
-            "finish": sorted({f for r in runs for f in r["finish"]}),
-            "server_cores": best.get("server_cores"), "client_cores": best.get("client_cores"),
-            "others_cores": best.get("others_cores"), "peak_batch": best.get("peak_batch")}
+    return {
+        "clients": clients,
+        "tokens": best["tokens"],
+        "wall_s": round(best["wall_s"], 2),
+        "tokens_per_s": round(best["tokens_per_s"], 1),
+        "ttft_p50_ms": round(percentile(ttft, 50), 1),
+        "ttft_p95_ms": round(percentile(ttft, 95), 1),
+        "itl_p50_ms": round(percentile(itl, 50), 1),
+        "itl_p95_ms": round(percentile(itl, 95), 1),
+        "finish": sorted({f for r in runs for f in r["finish"]}),
+        "server_cores": best.get("server_cores"),
+        "client_cores": best.get("client_cores"),
+        "others_cores": best.get("others_cores"),
+        "peak_batch": best.get("peak_batch"),
+    }
 
 
 def format_table(levels: list[dict]) -> str:
-    cols = ["clients", "tokens", "wall s", "aggregate tokens/s", "speedup vs 1",
-            "TTFT p50 / p95 ms", "ITL p50 / p95 ms", "server / client cores"]
+    cols = [
+        "clients",
+        "tokens",
+        "wall s",
+        "aggregate tokens/s",
+        "speedup vs 1",
+        "TTFT p50 / p95 ms",
+        "ITL p50 / p95 ms",
+        "server / client cores",
+    ]
     base = next((lv["tokens_per_s"] for lv in levels if lv["clients"] == 1), None)
     rows = []
     for lv in levels:
         speedup = f"{lv['tokens_per_s'] / base:.2f}x" if base else "-"
-        cores = (f"{lv['server_cores']:.2f} / {lv['client_cores']:.2f}"
-                 if lv["server_cores"] is not None else "-")
-        rows.append([str(lv["clients"]), str(lv["tokens"]), f"{lv['wall_s']:.1f}",
-                     f"{lv['tokens_per_s']:.1f}", speedup,
-                     f"{lv['ttft_p50_ms']:.0f} / {lv['ttft_p95_ms']:.0f}",
-                     f"{lv['itl_p50_ms']:.0f} / {lv['itl_p95_ms']:.0f}", cores])
+        cores = (
+            f"{lv['server_cores']:.2f} / {lv['client_cores']:.2f}"
+            if lv["server_cores"] is not None
+            else "-"
+        )
+        rows.append(
+            [
+                str(lv["clients"]),
+                str(lv["tokens"]),
+                f"{lv['wall_s']:.1f}",
+                f"{lv['tokens_per_s']:.1f}",
+                speedup,
+                f"{lv['ttft_p50_ms']:.0f} / {lv['ttft_p95_ms']:.0f}",
+                f"{lv['itl_p50_ms']:.0f} / {lv['itl_p95_ms']:.0f}",
+                cores,
+            ]
+        )
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
 
     def line(vals: list[str]) -> str:
         return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
 
-    return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *(line(r) for r in rows)])
+    return "\n".join(
+        [line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in rows)]
+    )
 
 
 def verdict(levels: list[dict]) -> dict:
     """The target: 8 clients on different adapters >= 3x the aggregate tokens/s of 1 client."""
     by = {lv["clients"]: lv["tokens_per_s"] for lv in levels}
-    text = (f"{TARGET_CLIENTS} clients on different adapters >= {TARGET_SPEEDUP:g}x the aggregate "
-            "tokens/s of 1 client")
+    text = (
+        f"{TARGET_CLIENTS} clients on different adapters >= {TARGET_SPEEDUP:g}x the aggregate "
+        "tokens/s of 1 client"
+    )
     if 1 not in by or TARGET_CLIENTS not in by:
         return {"target": text, "speedup": None, "met": None}
     speedup = by[TARGET_CLIENTS] / by[1]
@@ -309,9 +379,14 @@ def prime_ttft(base_url: str, prime: str) -> list[float]:
     out = []
     for i in range(PRIME_REQUESTS):
         t = time.perf_counter()
-        stream = client.completions.create(model=model, prompt=PROMPTS[i], max_tokens=1,
-                                           temperature=0, stream=True,
-                                           extra_body={"prime": prime})
+        stream = client.completions.create(
+            model=model,
+            prompt=PROMPTS[i],
+            max_tokens=1,
+            temperature=0,
+            stream=True,
+            extra_body={"prime": prime},
+        )
         first = None
         for _ in stream:
             first = first or time.perf_counter() - t
@@ -326,11 +401,14 @@ def run_prime(args) -> int:
         base, _ = build_models(root, args.size)
         prime = prime_text(PRIME_TOKENS)
         rows = {}
-        for label, extra in (("--prefix-cache-mb 0", ("--prefix-cache-mb", "0")),
-                             ("default (256 MiB)", ())):
+        for label, extra in (
+            ("--prefix-cache-mb 0", ("--prefix-cache-mb", "0")),
+            ("default (256 MiB)", ()),
+        ):
             port = free_port()
-            proc = start_server(base, {}, port, args.device, root / "serve.log", args.precision,
-                                extra)
+            proc = start_server(
+                base, {}, port, args.device, root / "serve.log", args.precision, extra
+            )
             try:
                 base_url = f"http://127.0.0.1:{port}/v1"
                 prime_ttft(base_url, prime[:200])  # warm-up with another prime
@@ -338,14 +416,18 @@ def run_prime(args) -> int:
                 rows[label] = (prime_ttft(base_url, prime), health(port).get("prefix_cache"))
             finally:
                 stop_server(proc)
-    print(f"TTFT of {PRIME_REQUESTS} requests sent one after the other, each a {PRIME_TOKENS}-"
-          f"token prime + its own prompt (model {args.size}, --precision {args.precision}):")
+    print(
+        f"TTFT of {PRIME_REQUESTS} requests sent one after the other, each a {PRIME_TOKENS}-"
+        f"token prime + its own prompt (model {args.size}, --precision {args.precision}):"
+    )
     print("| server | 1st request (ms) | requests 2-8, median (ms) | mean of all 8 (ms) |")
     print("|---|---:|---:|---:|")
     for label, (ttft, _) in rows.items():
         rest = sorted(ttft[1:])[len(ttft[1:]) // 2]
-        print(f"| {label} | {ttft[0] * 1e3:.0f} | {rest * 1e3:.0f} | "
-              f"{sum(ttft) / len(ttft) * 1e3:.0f} |")
+        print(
+            f"| {label} | {ttft[0] * 1e3:.0f} | {rest * 1e3:.0f} | "
+            f"{sum(ttft) / len(ttft) * 1e3:.0f} |"
+        )
     for label, (ttft, stats) in rows.items():
         print(f"{label}: TTFT ms {[round(t * 1e3) for t in ttft]}; /health prefix_cache {stats}")
     return 0
@@ -353,24 +435,43 @@ def run_prime(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=sorted(SIZES), default="gpt2",
-                    help="gpt2: the 124M architecture (default); mini: 6 layers x 384, quick")
+    ap.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="gpt2",
+        help="gpt2: the 124M architecture (default); mini: 6 layers x 384, quick",
+    )
     ap.add_argument("--tokens", type=int, default=128, help="tokens per completion (default 128)")
-    ap.add_argument("--clients", default="1,4,8",
-                    help=f"comma-separated concurrency levels, each 1..{ADAPTERS} (default 1,4,8)")
+    ap.add_argument(
+        "--clients",
+        default="1,4,8",
+        help=f"comma-separated concurrency levels, each 1..{ADAPTERS} (default 1,4,8)",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per level (default 1)")
     ap.add_argument("--port", type=int, help="the server's port (default: a free one)")
     ap.add_argument("--device", default="auto", help="the server's --device (default auto)")
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                    help="the server's --precision (default auto, the server's own default: "
-                         "bf16 where the CPU has it natively)")
-    ap.add_argument("--quiet-wait", type=float, default=60, metavar="SECONDS",
-                    help="before each level, wait up to this long for other processes to leave "
-                         "the CPU (default 60; 0 = don't wait)")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="the server's --precision (default auto, the server's own default: "
+        "bf16 where the CPU has it natively)",
+    )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60,
+        metavar="SECONDS",
+        help="before each level, wait up to this long for other processes to leave "
+        "the CPU (default 60; 0 = don't wait)",
+    )
     ap.add_argument("--out", type=Path, help="write the results to this JSON file")
-    ap.add_argument("--prime", action="store_true",
-                    help=f"instead: time to first token of {PRIME_REQUESTS} requests sharing a "
-                         f"{PRIME_TOKENS}-token prime, --prefix-cache-mb 0 against the default")
+    ap.add_argument(
+        "--prime",
+        action="store_true",
+        help=f"instead: time to first token of {PRIME_REQUESTS} requests sharing a "
+        f"{PRIME_TOKENS}-token prime, --prefix-cache-mb 0 against the default",
+    )
     args = ap.parse_args(argv)
     if args.prime:
         return run_prime(args)
@@ -385,15 +486,20 @@ def main(argv: list[str] | None = None) -> int:
     from gpt2tune.runtime import resolve_device
 
     machine = machine_info(str(resolve_device(args.device)))
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, bf16 flags: "
-          f"{', '.join(machine['bf16_flags']) or 'none'}; torch {machine['torch']}", flush=True)
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, bf16 flags: "
+        f"{', '.join(machine['bf16_flags']) or 'none'}; torch {machine['torch']}",
+        flush=True,
+    )
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpt2tune-serve-bench-") as tmp:
         root = Path(tmp)
         t = time.perf_counter()
         base, adapters = build_models(root, args.size)
-        print(f"built {args.size} base + {len(adapters)} adapters in "
-              f"{time.perf_counter() - t:.1f} s", flush=True)
+        print(
+            f"built {args.size} base + {len(adapters)} adapters in {time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
         port = args.port or free_port()
         log = root / "serve.log"
         t = time.perf_counter()
@@ -415,54 +521,90 @@ def main(argv: list[str] | None = None) -> int:
                         res["server_cores"] = round((srv1 - srv0) / res["wall_s"], 2)
                         res["client_cores"] = round((own1 - own0) / res["wall_s"], 2)
                         if busy0 is not None and busy1 is not None:
-                            res["others_cores"] = round(max(0.0, (busy1 - busy0) - (srv1 - srv0)
-                                                            - (own1 - own0)) / res["wall_s"], 2)
+                            res["others_cores"] = round(
+                                max(0.0, (busy1 - busy0) - (srv1 - srv0) - (own1 - own0))
+                                / res["wall_s"],
+                                2,
+                            )
                     res["peak_batch"] = health(port)["peak_batch"]
                     raw[c].append(res)
-                    print(f"{c} clients: {res['tokens']} tokens in {res['wall_s']:.2f} s, "
-                          f"{res['tokens_per_s']:.1f} tokens/s, server "
-                          f"{res.get('server_cores')} cores, others {res.get('others_cores')} "
-                          f"cores", flush=True)
+                    print(
+                        f"{c} clients: {res['tokens']} tokens in {res['wall_s']:.2f} s, "
+                        f"{res['tokens_per_s']:.1f} tokens/s, server "
+                        f"{res.get('server_cores')} cores, others {res.get('others_cores')} "
+                        f"cores",
+                        flush=True,
+                    )
                 summaries.append(summarize(c, raw[c]))
         finally:
             clean = stop_server(proc)
         server_log = log.read_text()
     if not clean:
-        print(f"the server did not stop cleanly (exit {proc.returncode}):\n{server_log}",
-              file=sys.stderr)
+        print(
+            f"the server did not stop cleanly (exit {proc.returncode}):\n{server_log}",
+            file=sys.stderr,
+        )
 
     result = verdict(summaries)
     expected = [c * args.tokens for c in levels]
-    short = [f"{lv['clients']} clients: {lv['tokens']} of {e}"
-             for lv, e in zip(summaries, expected) if lv["tokens"] != e]
+    short = [
+        f"{lv['clients']} clients: {lv['tokens']} of {e}"
+        for lv, e in zip(summaries, expected)
+        if lv["tokens"] != e
+    ]
     print()
     flags = ", ".join(machine["bf16_flags"]) or "none"
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine.get('gpu') or 'CPU'}; "
-          f"bf16 flags: {flags}; torch {machine['torch']}, gpt2tune {machine['gpt2tune']}")
-    print(f"model: {args.size} (random weights), {ADAPTERS} LoRA adapters r={LORA_R} on c_attn, "
-          f"--max-batch {ADAPTERS}, --precision {args.precision}, {args.tokens} tokens per "
-          "client, temperature 1")
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine.get('gpu') or 'CPU'}; "
+        f"bf16 flags: {flags}; torch {machine['torch']}, gpt2tune {machine['gpt2tune']}"
+    )
+    print(
+        f"model: {args.size} (random weights), {ADAPTERS} LoRA adapters r={LORA_R} on c_attn, "
+        f"--max-batch {ADAPTERS}, --precision {args.precision}, {args.tokens} tokens per "
+        "client, temperature 1"
+    )
     print()
     print(format_table(summaries))
     print()
     if short:
         print("fewer tokens than asked (end of text sampled): " + "; ".join(short))
     if not all(r["chunks_match_usage"] for runs in raw.values() for r in runs):
-        print("the streamed chunks did not match the server's token counts (usage): the token "
-              "counts above are chunk counts")
+        print(
+            "the streamed chunks did not match the server's token counts (usage): the token "
+            "counts above are chunk counts"
+        )
     met = {True: "met", False: "NOT met", None: "not measured"}[result["met"]]
     figure = f" ({result['speedup']:.2f}x)" if result["speedup"] is not None else ""
     print(f"target: {result['target']}: {met}{figure}")
     print(f"wall time of the benchmark: {time.perf_counter() - t_start:.0f} s")
     if args.out is not None:
-        args.out.write_text(json.dumps({
-            "machine": machine, "loadavg_end": [round(v, 2) for v in os.getloadavg()],
-            "settings": {"size": args.size, "tokens": args.tokens, "clients": levels,
-                         "repeats": args.repeats, "adapters": ADAPTERS, "lora_r": LORA_R,
-                         "lora_alpha": LORA_ALPHA, "max_batch": ADAPTERS, "device": args.device,
-                         "precision": args.precision, "temperature": 1.0},
-            "server_start_s": round(server_start_s, 1), "levels": summaries, **result,
-            "raw": raw}, indent=1) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+                    "settings": {
+                        "size": args.size,
+                        "tokens": args.tokens,
+                        "clients": levels,
+                        "repeats": args.repeats,
+                        "adapters": ADAPTERS,
+                        "lora_r": LORA_R,
+                        "lora_alpha": LORA_ALPHA,
+                        "max_batch": ADAPTERS,
+                        "device": args.device,
+                        "precision": args.precision,
+                        "temperature": 1.0,
+                    },
+                    "server_start_s": round(server_start_s, 1),
+                    "levels": summaries,
+                    **result,
+                    "raw": raw,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         print(f"wrote {args.out}")
     return 0 if clean else 1
 
