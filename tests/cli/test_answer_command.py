@@ -148,6 +148,7 @@ def test_a_language_model_adapter_is_no_question_answering_adapter(capsys, lm_ad
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1
     assert str(adapter) in err and "not a question-answering adapter" in err
+    assert "--adapter" in err and "--task qa" in err
 
 
 # ----------------------------------------------------------------------------- eval --task qa

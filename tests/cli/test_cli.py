@@ -141,6 +141,11 @@ def test_info(capsys, tiny_hf):
     [
         (["generate", "--model", "/no/such/dir", "--prompt", "x"], "does not exist"),
         (["eval", "--model", "MODEL", "--data", "/no/such/file.txt"], "does not exist"),
+        (["eval", "--model", "MODEL", "--data", "x.txt", "--batch-size", "0"], "--batch-size"),
+        (
+            ["eval", "--model", "MODEL", "--data", "builtin:news", "--block-size", "65"],
+            "--block-size",
+        ),
         (["generate", "--model", "MODEL"], "nothing to condition on"),
         (["generate", "--model", "MODEL", "--prompt", "x", "--top-p", "1.5"], "--top-p"),
         (["generate", "--model", "MODEL", "--prompt", "x", "--max-new-tokens", "64"], "context"),

@@ -75,6 +75,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     opts = collect(args, "eval", EvalOptions)
     data = collect(args, "data", DataOptions)
+    if opts.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if data.task == "classify":
         return _eval_classifier(opts, data, collect(args, "load", LoadOptions))
     if data.task == "qa":

@@ -334,8 +334,10 @@ def read_adapter(
     if isinstance(model, GPT2QuestionAnswering):
         if len(qa_head) != len(QA_HEAD_KEYS):  # (a classifier's score head was refused above)
             raise UserError(
-                f"{adapter_dir} carries no qa_outputs head (weight and bias): it is not a "
-                "question-answering adapter (task_type QUESTION_ANS)"
+                f"`adapter` {adapter_dir} carries no qa_outputs head (weight and bias): it is "
+                "not a question-answering adapter (task_type QUESTION_ANS); give one trained "
+                "with `task` qa",
+                field="adapter",
             )
         want = {k: tuple(getattr(model.qa_outputs, k.split(".")[-1]).shape) for k in qa_head}
         got = {k: tuple(t.shape) for k, t in qa_head.items()}
