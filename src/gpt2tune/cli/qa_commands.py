@@ -6,7 +6,7 @@ import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gpt2tune.cli.common import LoadOptions
 from gpt2tune.cli.options import Append, add_dataclass_args, collect
@@ -15,6 +15,8 @@ from gpt2tune.runtime import autocast_dtype, resolve_device
 
 if TYPE_CHECKING:
     from gpt2tune.data.options import DataOptions
+    from gpt2tune.data.qa import QAExample
+    from gpt2tune.inference.qa import Answer
 
 
 @dataclass
@@ -52,10 +54,7 @@ def answer_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
-    from gpt2tune.core.tokenizer import Tokenizer
     from gpt2tune.data.qa import QAExample, read_qa
-    from gpt2tune.formats.peft import load_qa_model_with_adapter
-    from gpt2tune.inference.qa import answer_questions
 
     opts = collect(args, "answer", AnswerOptions)
     examples = [QAExample(q, c, [], str(i)) for i, (q, c) in enumerate(_pairs(opts))]
@@ -71,17 +70,12 @@ def cmd_answer(args: argparse.Namespace) -> int:
         raise UserError(
             "nothing to answer: give `question` Q with `context` C (repeatable), or `file` FILE"
         )
-    load = collect(args, "load", LoadOptions)
-    device = resolve_device(load.device)
-    model = load_qa_model_with_adapter(load.model, load.adapter, device=device)
-    answers = answer_questions(
-        model,
-        Tokenizer(model.source_dir),
+    answers = _answers(
+        collect(args, "load", LoadOptions),
         examples,
         block_size=opts.block_size,
         doc_stride=opts.doc_stride,
         max_answer_tokens=opts.max_answer_tokens,
-        autocast_dtype=autocast_dtype(load.precision, device),
     )
     for example, a in zip(examples, answers):
         if opts.json:
@@ -89,6 +83,21 @@ def cmd_answer(args: argparse.Namespace) -> int:
         else:
             print(f"{a.answer}\t{a.score:.3f}\t{example.question[:70]}")
     return 0
+
+
+def _answers(load: LoadOptions, examples: list[QAExample], **options: Any) -> list[Answer]:
+    """The answers of the model ``load`` names (a QA model, or a base plus a QA adapter) to
+    ``examples``; ``options`` as ``answer_questions``'."""
+    from gpt2tune.core.tokenizer import Tokenizer
+    from gpt2tune.formats.peft import load_qa_model_with_adapter
+    from gpt2tune.inference.qa import answer_questions
+
+    device = resolve_device(load.device)
+    model = load_qa_model_with_adapter(load.model, load.adapter, device=device)
+    precision = autocast_dtype(load.precision, device)
+    return answer_questions(
+        model, Tokenizer(model.source_dir), examples, autocast_dtype=precision, **options
+    )
 
 
 def _pairs(opts: AnswerOptions) -> list[tuple[str, str]]:
@@ -121,11 +130,9 @@ def eval_qa(
     """``eval --task qa``: SQuAD's exact match and F1 of the model's answers to ``data``'s
     questions (a built-in: its test split); with ``out``, each answer in
     ``out/predictions.jsonl``."""
-    from gpt2tune.core.tokenizer import Tokenizer
     from gpt2tune.data.qa import read_qa
     from gpt2tune.formats.atomic import write_text
-    from gpt2tune.formats.peft import load_qa_model_with_adapter
-    from gpt2tune.inference.qa import answer_questions, score_answers
+    from gpt2tune.inference.qa import score_answers
 
     data_opts.check()
     assert data_opts.data is not None  # checked
@@ -136,17 +143,13 @@ def eval_qa(
         data_opts.context_field,
         data_opts.answers_field,
     )
-    device = resolve_device(load.device)
-    model = load_qa_model_with_adapter(load.model, load.adapter, device=device)
-    answers = answer_questions(
-        model,
-        Tokenizer(model.source_dir),
+    answers = _answers(
+        load,
         examples,
         block_size=data_opts.block_size,
         doc_stride=data_opts.doc_stride,
         max_answer_tokens=max_answer_tokens,
         batch_size=batch_size,
-        autocast_dtype=autocast_dtype(load.precision, device),
     )
     res = score_answers(examples, answers)
     if out:
