@@ -342,10 +342,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from gpt2tune.core.lora import merge_and_unload
     from gpt2tune.formats.hf import save_model
     from gpt2tune.formats.outdir import prepare_output_dir
-    from gpt2tune.formats.peft import load_model_with_adapter
+    from gpt2tune.formats.peft import load_for_adapter
 
     opts = collect(args, "merge", MergeOptions)
-    merged = merge_and_unload(load_model_with_adapter(opts.model, opts.adapter))
+    # a classification or QA adapter merges into a classifier or QA model, its head included
+    merged = merge_and_unload(load_for_adapter(opts.model, opts.adapter))
     # Guarded after loading: --overwrite empties --out, which a bad --adapter must not cost.
     out = prepare_output_dir(opts.out, what="merged model", overwrite=opts.overwrite)
     save_model(merged, out)

@@ -165,6 +165,23 @@ def load_classifier_with_adapter(
     return clf.eval()
 
 
+def load_for_adapter(
+    model: str | Path, adapter: str | Path, *, device: torch.device | str = "cpu"
+) -> GPT2:
+    """A base plus an adapter of any task, the model its ``task_type`` is for: a classifier
+    (SEQ_CLS), a QA model (QUESTION_ANS) or a language model (``gpt2tune merge``)."""
+    try:
+        config = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}  # read_adapter says what is wrong with it
+    task = config.get("task_type") if isinstance(config, dict) else None
+    if task == "SEQ_CLS":
+        return load_classifier_with_adapter(model, adapter, device=device)
+    if task == "QUESTION_ANS":
+        return load_qa_model_with_adapter(model, adapter, device=device)
+    return load_model_with_adapter(model, adapter, device=device)
+
+
 def load_qa_model_with_adapter(
     model: str | Path, adapter: str | Path | None = None, *, device: torch.device | str = "cpu"
 ) -> GPT2QuestionAnswering:
