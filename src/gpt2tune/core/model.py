@@ -368,11 +368,8 @@ class GPT2(nn.Module):
                     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
                 else:
                     position_ids = torch.arange(past, S, device=device).unsqueeze(0)
-        if last > self.config.n_positions:
-            raise ValueError(
-                f"sequence of {last} positions exceeds the "
-                f"model's context of {self.config.n_positions}"
-            )
+        if last > (n := self.config.n_positions):
+            raise ValueError(f"sequence of {last} positions exceeds the model's context of {n}")
         if attention_mask is not None:
             # Boolean (B, 1, T, S) mask: causal, and no attending to padding. Each query may always
             # see itself, so a padding row is never fully masked (which would give NaN).
@@ -380,6 +377,12 @@ class GPT2(nn.Module):
             k_pos = torch.arange(S, device=device).view(1, S)
             keep = attention_mask.bool().view(B, 1, 1, S) | (k_pos == q_pos).view(1, 1, T, S)
             mask = (k_pos <= q_pos).view(1, 1, T, S) & keep
+        return self.stack(input_ids, position_ids, mask, cache)
+
+    def stack(
+        self, input_ids: Tensor, position_ids: Tensor, mask: Tensor | None, cache: KVCache | None
+    ) -> Tensor:
+        """``hidden_states`` for a made mask (None: causal): embeddings, blocks, ln_f."""
         x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
@@ -388,7 +391,7 @@ class GPT2(nn.Module):
             else:
                 x = block(x, mask, cache, i)
         if cache is not None:
-            cache.advance(T)
+            cache.advance(input_ids.size(1))
         return self.transformer.ln_f(x)
 
     def forward(

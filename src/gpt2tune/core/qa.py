@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from gpt2tune.core.model import GPT2, GPT2Config, empty_init
 
@@ -73,14 +72,7 @@ class GPT2QuestionAnswering(GPT2):
             # a query with no key at all (a row of padding only) sees itself rather than give NaN
             alone = ~allowed.any(-1, keepdim=True) & (k_pos == q_pos).view(1, 1, T, T)
             mask = allowed | alone
-        x = self.transformer.wte(input_ids) + self.transformer.wpe(torch.arange(T, device=device))
-        x = self.transformer.drop(x)
-        for i, block in enumerate(self.transformer.h):
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, mask, None, i, use_reentrant=False)
-            else:
-                x = block(x, mask, None, i)
-        h = self.transformer.ln_f(x)  # (B, T, n_embd)
+        h = self.stack(input_ids, torch.arange(T, device=device), mask, None)  # (B, T, n_embd)
         start, end = self.qa_outputs(h).unbind(-1)  # (B, T, 2) -> 2 x (B, T)
         return start, end
 
