@@ -120,7 +120,7 @@ def _window(data: DataOptions, model) -> int:
     from gpt2tune.data.prepare import block_size
 
     n_positions = model.config.n_positions
-    return block_size(data, n_positions, default=n_positions)
+    return block_size(data.block_size, n_positions, default=n_positions)
 
 
 def _eval_dialogue(opts: EvalOptions, data_opts: DataOptions, load: LoadOptions) -> int:

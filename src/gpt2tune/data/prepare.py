@@ -15,7 +15,7 @@ from gpt2tune.core.tokenizer import Tokenizer
 from gpt2tune.data.dialogue import Example, dialogue_format, encode_examples, read_dialogue
 from gpt2tune.data.labeled import Labeled, encode_labeled, label_names, read_labeled
 from gpt2tune.data.options import DataOptions
-from gpt2tune.data.qa import qa_features, qa_rows, read_qa
+from gpt2tune.data.qa import QA_WINDOW, qa_features, qa_rows, read_qa
 from gpt2tune.data.rows import (
     Rows,
     example_rows,
@@ -83,9 +83,9 @@ class LabeledData:
     """Training texts."""
 
 
-def block_size(opts: DataOptions, n_positions: int, default: int) -> int:
-    """``block_size`` (or ``default``), checked against the model's context."""
-    block = opts.block_size or default
+def block_size(block: int | None, n_positions: int, default: int) -> int:
+    """``block`` (None: ``default``), checked against the model's context."""
+    block = default if block is None else block
     if not 2 <= block <= n_positions:
         raise UserError(
             f"`block_size` {block} is outside 2..{n_positions} (the model's "
@@ -117,7 +117,7 @@ def load_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: i
     if dialogue_format(opts.data):
         return _load_dialogue(opts, tokenizer, n_positions, seed)
     texts = read_texts(opts, seed)
-    block = block_size(opts, n_positions, default=min(512, n_positions))
+    block = block_size(opts.block_size, n_positions, default=min(512, n_positions))
     rows = make_rows(
         tokenize_documents(texts.train, tokenizer),
         block,
@@ -142,7 +142,7 @@ def _load_dialogue(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, se
             "only to themselves; leave it at document"
         )
     examples, heldout = read_dialogue(opts, seed)  # the split the demo and compare score on
-    block = block_size(opts, n_positions, default=min(512, n_positions))
+    block = block_size(opts.block_size, n_positions, default=min(512, n_positions))
 
     def rows_of(part: list[Example]) -> Rows:
         # packed, each example kept to itself (segments); without `pack`, one example per row
@@ -181,7 +181,7 @@ def load_labeled_data(
         val = Labeled(val_texts, val_labels)
         data = Labeled(train_texts, train_labels)
     labels = label_names(data)
-    block = block_size(opts, n_positions, default=n_positions)
+    block = block_size(opts.block_size, n_positions, default=n_positions)
     rows, cut = encode_labeled(data, tokenizer, labels, block, tokenizer.eot_id)
     val_rows = None
     if val is not None:
@@ -210,8 +210,8 @@ class QAData:
 
 
 def load_qa_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed: int) -> QAData:
-    """For ``task="qa"``: windows of ``block_size`` tokens (default min(384, the model's
-    context), run_qa's length) overlapping by ``doc_stride``; held-out questions from
+    """For ``task="qa"``: windows of ``block_size`` tokens (default min(``QA_WINDOW``, the model's
+    context)) overlapping by ``doc_stride``; held-out questions from
     ``val_data`` or ``val_split`` (split by context: the questions about one context are all
     held out or all trained on, so none is answered from a context seen in training)."""
     opts.check()
@@ -226,7 +226,7 @@ def load_qa_data(opts: DataOptions, tokenizer: Tokenizer, n_positions: int, seed
         held = set(split_train_val(contexts, opts.val_split, seed)[1])
         heldout = [e for e in examples if e.context in held]
         examples = [e for e in examples if e.context not in held]
-    block = block_size(opts, n_positions, default=min(384, n_positions))
+    block = block_size(opts.block_size, n_positions, default=min(QA_WINDOW, n_positions))
     rows = qa_rows(qa_features(examples, tokenizer, block, opts.doc_stride))
     val = qa_rows(qa_features(heldout, tokenizer, block, opts.doc_stride)) if heldout else None
     return QAData(rows=rows, val_rows=val, documents=len(examples), heldout=len(heldout))

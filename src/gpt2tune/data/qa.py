@@ -23,6 +23,9 @@ from gpt2tune.data.rows import Rows
 from gpt2tune.data.sources import read_records, read_text, string_field
 from gpt2tune.errors import UserError
 
+QA_WINDOW = 384
+"""Tokens per window (question, context, padding) unless told otherwise, at most the model's
+context: run_qa's ``max_seq_length``."""
 NO_ANSWER = 0
 """The position an answer outside a window points at (run_qa's ``cls_index`` for GPT-2)."""
 

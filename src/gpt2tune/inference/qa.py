@@ -22,7 +22,8 @@ from torch import Tensor
 
 from gpt2tune.core.qa import GPT2QuestionAnswering
 from gpt2tune.core.tokenizer import Tokenizer
-from gpt2tune.data.qa import QAExample, QAFeature, qa_features
+from gpt2tune.data.prepare import block_size as checked_block
+from gpt2tune.data.qa import QA_WINDOW, QAExample, QAFeature, qa_features
 from gpt2tune.errors import UserError
 from gpt2tune.runtime import autocast
 
@@ -51,19 +52,14 @@ class Answer:
 
 
 def window_length(model: GPT2QuestionAnswering, block_size: int | None = None) -> int:
-    """Tokens per window: ``block_size``, else min(384, the model's context) as in training.
+    """Tokens per window: ``block_size``, else min(``QA_WINDOW``, the model's context) as in
+    training.
 
     Raises:
         UserError: ``block_size`` is outside 2..the model's context.
     """
     n_positions = model.config.n_positions
-    block = min(384, n_positions) if block_size is None else block_size  # 0 is no default
-    if not 2 <= block <= n_positions:
-        raise UserError(
-            f"`block_size` {block} is outside 2..{n_positions} (the model's context); "
-            f"use at most {n_positions}"
-        )
-    return block
+    return checked_block(block_size, n_positions, default=min(QA_WINDOW, n_positions))
 
 
 @torch.no_grad()
