@@ -222,13 +222,21 @@ def qa_features(
     (``room`` = ``max_length`` minus the question's tokens) until one reaches the context's end.
 
     Raises:
-        UserError: a question leaves no more than ``doc_stride`` tokens of room for the context.
+        UserError: ``doc_stride`` below 0, an empty context, or a question that leaves no more
+            than ``doc_stride`` tokens of room for the context.
     """
+    if doc_stride < 0:  # windows would start past the last one's end: tokens between, unread
+        raise UserError(f"`doc_stride` must be at least 0, got {doc_stride}")
     features = []
     pad_id = tokenizer.eot_id  # GPT-2 has no pad token; run_qa pads with end-of-text too
     for index, example in enumerate(examples):
         question = tokenizer.encode(example.question)
         context = tokenizer.encode(example.context)
+        if not context:  # no token, no window to find an answer in
+            raise UserError(
+                f"example {example.id!r}: its `context` is empty; give the text to find the "
+                "answer in"
+            )
         offsets = context_offsets(tokenizer, example.context, context)
         room = max_length - len(question)
         if room <= doc_stride:

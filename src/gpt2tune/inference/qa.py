@@ -87,19 +87,12 @@ def answer_questions(
         autocast_dtype: bf16/fp16 autocast, or None for fp32.
 
     Raises:
-        UserError: ``max_answer_tokens`` below 1, ``doc_stride`` below 0, an empty context, or
-            a question that leaves no room for the context in a window (``data.qa.qa_features``).
+        UserError: ``max_answer_tokens`` below 1, or what ``data.qa.qa_features`` refuses
+            (``doc_stride`` below 0, an empty context, a question that leaves no room for the
+            context in a window).
     """
     if max_answer_tokens < 1:
         raise UserError(f"`max_answer_tokens` must be at least 1, got {max_answer_tokens}")
-    if doc_stride < 0:  # windows would start past the last one's end: tokens between, unread
-        raise UserError(f"`doc_stride` must be at least 0, got {doc_stride}")
-    for example in examples:  # no token, no window to find an answer in
-        if not example.context:
-            raise UserError(
-                f"example {example.id!r}: its `context` is empty; give the text to find the "
-                "answer in"
-            )
     features = qa_features(examples, tokenizer, window_length(model, block_size), doc_stride)
     model.eval()
     device = next(model.parameters()).device
