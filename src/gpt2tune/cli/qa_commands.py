@@ -108,14 +108,9 @@ def _pairs(opts: AnswerOptions) -> list[tuple[str, str]]:
         return []
     if not contexts:
         raise UserError("`question` needs a `context`: the text to find the answer in")
-    if len(contexts) == 1:
-        return [(q, contexts[0]) for q in questions]
-    if len(contexts) != len(questions):
-        raise UserError(
-            f"{len(questions)} `question` options and {len(contexts)} `context` options; give "
-            "one context for every question, or one per question"
-        )
-    return list(zip(questions, contexts))
+    from gpt2tune.data.qa import pair_questions
+
+    return pair_questions(questions, contexts)
 
 
 def eval_qa(

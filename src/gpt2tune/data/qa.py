@@ -196,6 +196,22 @@ def _answers(value: object, field: str, where: str) -> list[tuple[str, int]]:
     return pairs
 
 
+def pair_questions(questions: Sequence[str], contexts: Sequence[str]) -> list[tuple[str, str]]:
+    """(question, context) of each question, asked of one context for every question or of one
+    context each (``gpt2tune answer``'s options, ``/v1/answer``'s fields).
+
+    Raises:
+        UserError: contexts that are neither one nor one per question (``context``).
+    """
+    if len(contexts) not in (1, len(questions)):
+        raise UserError(
+            f"{len(questions)} `question` texts and {len(contexts)} `context` texts; give one "
+            "context for every question, or one per question",
+            field="context",
+        )
+    return list(zip(questions, [contexts[0]] * len(questions) if len(contexts) == 1 else contexts))
+
+
 # --------------------------------------------------------------------------- features
 
 

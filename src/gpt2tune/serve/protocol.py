@@ -16,6 +16,7 @@ from typing import Literal, cast
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpt2tune.data.chat import STOP, Message, prompt_ids
+from gpt2tune.data.qa import pair_questions
 from gpt2tune.errors import UserError
 from gpt2tune.inference.qa import DOC_STRIDE, MAX_ANSWER_TOKENS
 from gpt2tune.inference.sampling import MIN_TEMPERATURE, SamplingConfig
@@ -270,8 +271,9 @@ class AnswerRequest(BaseModel):
         """(question, context) of each question.
 
         Raises:
-            APIError: no question, an empty question or context, or contexts that are neither
-                one nor one per question.
+            APIError: no question, or an empty question or context.
+            UserError: contexts that are neither one nor one per question (``pair_questions``;
+                the app answers it as a 400 naming ``context``).
         """
         questions = [self.question] if isinstance(self.question, str) else self.question
         contexts = [self.context] if isinstance(self.context, str) else self.context
@@ -280,11 +282,4 @@ class AnswerRequest(BaseModel):
                 raise APIError(
                     400, f"{name} is empty, or one of its texts is; give text", param=name
                 )
-        if len(contexts) not in (1, len(questions)):
-            raise APIError(
-                400,
-                f"{len(questions)} questions and {len(contexts)} contexts; give one context for "
-                "every question, or one per question",
-                param="context",
-            )
-        return list(zip(questions, contexts * len(questions) if len(contexts) == 1 else contexts))
+        return pair_questions(questions, contexts)
