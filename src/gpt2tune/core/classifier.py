@@ -28,6 +28,9 @@ class GPT2Classifier(GPT2):
     the same body can still generate.
     """
 
+    modules_to_save = ("score",)
+    """The head a LoRA run trains and saves with its adapters (peft's ``modules_to_save``)."""
+
     def __init__(
         self,
         config: GPT2Config,

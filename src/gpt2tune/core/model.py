@@ -276,6 +276,8 @@ class GPT2(nn.Module):
     computes the next-token cross-entropy without materialising every logit at once.
     """
 
+    modules_to_save: tuple[str, ...] = ()  # a task's new head, trained beside LoRA (as peft's)
+
     def __init__(
         self, config: GPT2Config, *, init_weights: bool = True, source_dir: Path | None = None
     ) -> None:

@@ -26,6 +26,9 @@ class GPT2QuestionAnswering(GPT2):
     same body can still generate.
     """
 
+    modules_to_save = ("qa_outputs",)
+    """The head a LoRA run trains and saves with its adapters (peft's ``modules_to_save``)."""
+
     def __init__(
         self,
         config: GPT2Config,

@@ -10,10 +10,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gpt2tune.core.classifier import GPT2Classifier
 from gpt2tune.core.lora import lora_modules, lora_parameters
 from gpt2tune.core.model import GPT2
-from gpt2tune.core.qa import GPT2QuestionAnswering
 from gpt2tune.data.rows import batch_indices
 from gpt2tune.errors import UserError
 from gpt2tune.finetune.config import TrainConfig
@@ -66,22 +64,29 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=cfg.betas, fused=True)
 
 
+def trainable_parameters(model: GPT2, method: str) -> list[torch.Tensor]:
+    """What trains: every parameter, or LoRA's adapters with the task's head (the model's
+    ``modules_to_save``, trained and saved with the adapters as peft does).
+
+    Raises:
+        UserError: ``method`` lora on a model without adapters.
+    """
+    if method != "lora":
+        return list(model.parameters())
+    params = list(lora_parameters(model))
+    if not params:
+        raise UserError("`method` lora but the model has no LoRA adapters; apply LoRA first")
+    for name in model.modules_to_save:
+        params += model.get_submodule(name).parameters()
+    return params
+
+
 def trainable_setup(model: GPT2, method: str) -> None:
-    """Mark what trains: LoRA adapters only, or every parameter."""
-    if method == "lora":
-        model.requires_grad_(False)
-        params = list(lora_parameters(model))
-        if not params:
-            raise UserError("`method` lora but the model has no LoRA adapters; apply LoRA first")
-        if isinstance(model, GPT2Classifier):
-            params.append(model.score.weight)  # a new head trains with the adapter (peft's
-            # modules_to_save), and is saved with it
-        if isinstance(model, GPT2QuestionAnswering):
-            params += [model.qa_outputs.weight, model.qa_outputs.bias]
-        for p in params:
-            p.requires_grad_(True)
-    else:
-        model.requires_grad_(True)
+    """Mark what trains (``trainable_parameters``): only those require gradients."""
+    params = trainable_parameters(model, method)
+    model.requires_grad_(method != "lora")
+    for p in params:
+        p.requires_grad_(True)
 
 
 def steps_per_epoch(n_rows: int, cfg: TrainConfig, rank: int = 0, world: int = 1) -> int:

@@ -30,7 +30,7 @@ from gpt2tune.finetune.models import (
     build_qa_model,
     checkpoint_weights,
 )
-from gpt2tune.finetune.optim import trainable_setup
+from gpt2tune.finetune.optim import trainable_parameters
 from gpt2tune.finetune.parallel import (
     SingleProcess,
     Terminated,
@@ -291,8 +291,8 @@ def _log_run(
     """Say what trains, on what, and how the batch is made up."""
     t = opts.train
     if t.method == "lora":
-        trainable_setup(model, "lora")  # as train() marks them: a task head trains too
-        trainable, total = count_parameters(model)
+        trainable = sum(p.numel() for p in trainable_parameters(model, "lora"))  # a head too
+        total = count_parameters(model)[1]
     else:
         trainable = total = sum(p.numel() for p in model.parameters())
     log.info(format_parameter_report(trainable, total))
