@@ -245,15 +245,18 @@ def qa_features(
         raise UserError(f"`doc_stride` must be at least 0, got {doc_stride}")
     features = []
     pad_id = tokenizer.eot_id  # GPT-2 has no pad token; run_qa pads with end-of-text too
+    encoded: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}  # questions share contexts
     for index, example in enumerate(examples):
         question = tokenizer.encode(example.question)
-        context = tokenizer.encode(example.context)
+        if example.context not in encoded:
+            ids = tokenizer.encode(example.context)
+            encoded[example.context] = ids, context_offsets(tokenizer, example.context, ids)
+        context, offsets = encoded[example.context]
         if not context:  # no token, no window to find an answer in
             raise UserError(
                 f"example {example.id!r}: its `context` is empty; give the text to find the "
                 "answer in"
             )
-        offsets = context_offsets(tokenizer, example.context, context)
         room = max_length - len(question)
         if room <= doc_stride:
             raise UserError(
